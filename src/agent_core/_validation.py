@@ -1,0 +1,72 @@
+"""Checks shared by every public entry point; each raises a typed error."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import InvalidArgument, InvalidNamespace, InvalidThreadId
+
+_ID_CHARS = re.compile(r"[A-Za-z0-9._:@-]+")
+MAX_THREAD_ID_LENGTH = 200
+MAX_NAMESPACE_LENGTH = 64
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+def _is_id(value: object, max_length: int) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and _ID_CHARS.fullmatch(value) is not None
+    )
+
+
+def check_thread_id(thread_id: object) -> str:
+    if not _is_id(thread_id, MAX_THREAD_ID_LENGTH):
+        raise InvalidThreadId(
+            f"invalid thread id {thread_id!r}: use 1-{MAX_THREAD_ID_LENGTH} characters "
+            "of A-Z a-z 0-9 . _ : @ -"
+        )
+    assert isinstance(thread_id, str)
+    return thread_id
+
+
+def check_namespace(namespace: object) -> str:
+    if not _is_id(namespace, MAX_NAMESPACE_LENGTH):
+        raise InvalidNamespace(
+            f"invalid namespace {namespace!r}: use 1-{MAX_NAMESPACE_LENGTH} characters "
+            "of A-Z a-z 0-9 . _ : @ -"
+        )
+    assert isinstance(namespace, str)
+    return namespace
+
+
+def check_idempotency_key(key: object) -> str | None:
+    if key is None:
+        return None
+    if (
+        not isinstance(key, str)
+        or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH
+        or not key.isprintable()
+    ):
+        raise InvalidArgument(
+            f"invalid idempotency_key {key!r}: use 1-{MAX_IDEMPOTENCY_KEY_LENGTH} "
+            "printable characters, e.g. a UUID, or None"
+        )
+    return key
+
+
+def check_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+    """An int (not a bool) within ``[minimum, maximum]``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        upper = "" if maximum is None else f" and at most {maximum}"
+        raise InvalidArgument(f"{name} must be an int of at least {minimum}{upper}, got {value!r}")
+    return value
+
+
+def check_optional_count(name: str, value: object, *, minimum: int) -> int | None:
+    return None if value is None else check_count(name, value, minimum=minimum)

@@ -1,0 +1,93 @@
+"""Typed errors. Each one says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentCoreError",
+    "CacheClosed",
+    "ConfigurationError",
+    "IdempotencyKeyReused",
+    "InvalidArgument",
+    "InvalidBatch",
+    "InvalidMessage",
+    "InvalidNamespace",
+    "InvalidThreadId",
+    "MessageTooLarge",
+    "StoreUnavailable",
+    "VersionConflict",
+]
+
+
+class AgentCoreError(Exception):
+    """Base class of every error that agent-core raises on purpose."""
+
+
+class InvalidArgument(AgentCoreError, ValueError):
+    """A parameter of a public call has the wrong type or is out of range."""
+
+
+class InvalidThreadId(InvalidArgument):
+    """A thread id is not 1-200 characters of ``A-Z a-z 0-9 . _ : @ -``."""
+
+
+class InvalidNamespace(InvalidArgument):
+    """A namespace is not 1-64 characters of ``A-Z a-z 0-9 . _ : @ -``."""
+
+
+class InvalidMessage(InvalidArgument):
+    """A message is not a JSON object with a known role (or a Responses API ``type``)."""
+
+
+class MessageTooLarge(InvalidMessage):
+    """A message's encoded size is over the configured cap."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class InvalidBatch(InvalidArgument):
+    """A batch of messages is empty, too long, or not a list."""
+
+
+class ConfigurationError(AgentCoreError, ValueError):
+    """A store URL or option cannot be used."""
+
+
+class VersionConflict(AgentCoreError):
+    """A compare-and-append found another version than the caller expected."""
+
+    def __init__(self, thread_id: str, *, expected: int, actual: int) -> None:
+        super().__init__(
+            f"thread {thread_id!r} is at version {actual}, not the expected {expected}: "
+            "another writer appended first; re-read the thread and retry with its version"
+        )
+        self.thread_id = thread_id
+        self.expected = expected
+        self.actual = actual
+
+
+class IdempotencyKeyReused(AgentCoreError):
+    """An idempotency key already applied to a different batch was sent again."""
+
+    def __init__(self, thread_id: str, key: str, *, version: int) -> None:
+        super().__init__(
+            f"idempotency key {key!r} of thread {thread_id!r} already produced version "
+            f"{version} with different messages; use a new key for a new batch"
+        )
+        self.thread_id = thread_id
+        self.key = key
+        self.version = version
+
+
+class StoreUnavailable(AgentCoreError):
+    """The thread store could not be reached or failed.
+
+    A read can simply be retried. An append may or may not have been applied: retry it
+    with the same ``idempotency_key`` to make sure it lands exactly once.
+    """
+
+
+class CacheClosed(AgentCoreError):
+    """The cache is used outside ``async with`` (not opened yet, or already closed)."""

@@ -1,0 +1,257 @@
+"""Immutable chat messages and conversation snapshots, held as encoded JSON bytes.
+
+A message is encoded once, when it is appended, and from then on travels as those
+bytes: into the store, through the cache tiers and into request bodies. Decoding
+happens only when a caller asks for a ``dict``, and every ``to_dict()`` returns a
+fresh copy, so nothing a caller does to it can change what the cache holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+import msgspec
+import orjson
+
+from .errors import InvalidBatch, InvalidMessage, MessageTooLarge
+
+__all__ = [
+    "DEFAULT_MAX_BATCH_MESSAGES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "KNOWN_ROLES",
+    "Conversation",
+    "Message",
+]
+
+DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
+DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
+#: Chat Completions and Responses API roles.
+KNOWN_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# Datetimes and dataclasses would come back as strings and dicts, so they are
+# refused rather than silently changed.
+_ENCODE_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+class _Head(msgspec.Struct):
+    role: Any = None
+    type: Any = None
+
+
+_decode_head = msgspec.json.Decoder(_Head).decode
+
+
+@final
+class Message:
+    """One chat item: a Chat Completions message or a Responses API item.
+
+    Any JSON object with a known ``role``, or with a string ``type`` and no role
+    (Responses API items such as ``function_call``), is accepted and round-trips
+    exactly: ``Message.from_dict(d).to_dict() == d``.
+    """
+
+    __slots__ = ("_raw",)
+    _raw: bytes
+
+    def __init__(self, item: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_raw", encode_message(item, DEFAULT_MAX_MESSAGE_BYTES))
+
+    @classmethod
+    def from_dict(
+        cls, item: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> Message:
+        """Validate and encode ``item``; raises `InvalidMessage` or `MessageTooLarge`."""
+        return cls._trusted(encode_message(item, max_bytes))
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+        """Validate encoded JSON bytes (one object) without re-encoding them."""
+        if not isinstance(raw, bytes):
+            raise InvalidMessage(f"expected the JSON of one message as bytes, got {type(raw)!r}")
+        try:
+            item = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidMessage(f"message bytes are not valid JSON: {exc}") from None
+        if not isinstance(item, dict):
+            raise InvalidMessage(f"a message must be a JSON object, got {type(item).__name__}")
+        _check_head(item)
+        _check_size(len(raw), max_bytes)
+        return cls._trusted(raw)
+
+    @classmethod
+    def _trusted(cls, raw: bytes) -> Message:
+        """Wrap bytes that this library encoded (or its store returned)."""
+        message = cls.__new__(cls)
+        object.__setattr__(message, "_raw", raw)
+        return message
+
+    @property
+    def raw(self) -> bytes:
+        """The message's encoded JSON, exactly as stored."""
+        return self._raw
+
+    @property
+    def role(self) -> str | None:
+        """``role``, or None for a Responses API item that has only a ``type``."""
+        role = _decode_head(self._raw).role
+        return role if isinstance(role, str) else None
+
+    @property
+    def type(self) -> str | None:
+        """``type`` (Responses API items), or None."""
+        kind = _decode_head(self._raw).type
+        return kind if isinstance(kind, str) else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A fresh ``dict`` equal to the one appended."""
+        result: dict[str, Any] = orjson.loads(self._raw)
+        return result
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Message is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Message is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Message):
+            return self._raw == other._raw
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._raw)
+
+    def __repr__(self) -> str:
+        text = self._raw.decode("utf-8", "replace")
+        return f"Message({text if len(text) <= 80 else text[:77] + '...'})"
+
+    def __copy__(self) -> Message:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Message:
+        return self
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """An immutable snapshot of a thread at one version."""
+
+    thread_id: str
+    version: int
+    messages: tuple[Message, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Fresh ``dict`` copies of every message, decoded in one pass."""
+        if not self.messages:
+            return []
+        result: list[dict[str, Any]] = orjson.loads(
+            b"[" + b",".join(m.raw for m in self.messages) + b"]"
+        )
+        return result
+
+
+def encode_message(item: object, max_bytes: int) -> bytes:
+    """Validate one message and return its JSON bytes."""
+    if isinstance(item, Message):
+        _check_size(len(item.raw), max_bytes)
+        return item.raw
+    if not isinstance(item, Mapping):
+        raise InvalidMessage(
+            f"a message must be a dict such as {{'role': 'user', 'content': 'hi'}}, "
+            f"got {type(item).__name__}"
+        )
+    _check_head(item)
+    try:
+        raw = orjson.dumps(item if isinstance(item, dict) else dict(item), option=_ENCODE_OPTIONS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidMessage(
+            f"message cannot be encoded as JSON ({exc}): use only dict (str keys), list, "
+            "str, int (64-bit), finite float, bool and None"
+        ) from None
+    # orjson writes NaN and Infinity as null, which would not round-trip.
+    if b"null" in raw and _has_non_finite_float(item):
+        raise InvalidMessage("message contains NaN or Infinity, which JSON cannot represent")
+    _check_size(len(raw), max_bytes)
+    return raw
+
+
+def encode_batch(
+    messages: object, *, max_message_bytes: int, max_batch_messages: int
+) -> list[bytes]:
+    """Validate a batch for one append; nothing is written if this raises."""
+    if isinstance(messages, str | bytes | bytearray | Mapping) or not isinstance(
+        messages, Sequence
+    ):
+        raise InvalidBatch(
+            f"messages must be a list of message dicts, got {type(messages).__name__}; "
+            "wrap a single message in a list"
+        )
+    if not messages:
+        raise InvalidBatch("messages is empty: append at least one message")
+    if len(messages) > max_batch_messages:
+        raise InvalidBatch(
+            f"{len(messages)} messages in one batch is over the limit of {max_batch_messages}; "
+            "split it into several appends or raise max_batch_messages"
+        )
+    encoded = []
+    for index, item in enumerate(messages):
+        try:
+            encoded.append(encode_message(item, max_message_bytes))
+        except InvalidMessage as exc:
+            exc.args = (f"messages[{index}]: {exc}",)
+            raise
+    return encoded
+
+
+def _check_head(item: Mapping[str, Any]) -> None:
+    role = item.get("role")
+    if role is None and "role" not in item:
+        if not isinstance(item.get("type"), str):
+            raise InvalidMessage(
+                "a message needs a 'role' (one of "
+                f"{', '.join(sorted(KNOWN_ROLES))}), or a string 'type' for a Responses API item"
+            )
+        return
+    if not isinstance(role, str):
+        raise InvalidMessage(f"role must be a string, got {type(role).__name__}")
+    if role not in KNOWN_ROLES:
+        raise InvalidMessage(
+            f"unknown role {role!r}: use one of {', '.join(sorted(KNOWN_ROLES))}"
+        )
+
+
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise MessageTooLarge(
+            f"message is {size} bytes encoded, over the limit of {limit} bytes; "
+            "shorten it or raise max_message_bytes",
+            size=size,
+            limit=limit,
+        )
+
+
+def _has_non_finite_float(value: object) -> bool:
+    stack: list[object] = [value]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, float):
+            if not math.isfinite(current):
+                return True
+        elif isinstance(current, Mapping):
+            stack.extend(current.values())
+        elif isinstance(current, list | tuple):
+            stack.extend(current)
+    return False
+
+
+def messages_from_raw(payloads: Iterable[bytes]) -> tuple[Message, ...]:
+    """Wrap stored payloads without decoding them."""
+    trusted = Message._trusted
+    return tuple(trusted(raw) for raw in payloads)

@@ -1,0 +1,242 @@
+"""The multi-machine store: PostgreSQL through an asyncpg pool.
+
+asyncpg was chosen over psycopg 3 by measurement (``benchmarks/pg_drivers.py``,
+``docs/BENCHMARKS.md``). Message payloads travel as raw bytes both ways: the
+``json`` type is bound in binary format, which for ``json`` is the text itself,
+so nothing is re-encoded or decoded in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from ..errors import (
+    CacheClosed,
+    ConfigurationError,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    VersionConflict,
+)
+from . import _postgres_schema as sql
+from ._protocol import (
+    AppendResult,
+    ThreadPage,
+    ThreadRecords,
+    batch_digest,
+    check_append,
+    check_list,
+    check_read,
+    check_thread,
+    page_of,
+    records_from_rows,
+)
+
+__all__ = ["PostgresStore"]
+
+_OPTIONS: Final = {"pool_min_size": 1, "pool_max_size": 10, "command_timeout": 30.0}
+_CONNECTION_ERRORS: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
+
+
+class PostgresStore:
+    """A `ThreadStore` in PostgreSQL (``postgresql://user@host:5432/db``).
+
+    Tables live in the ``agent_core`` schema. Pool size and timeout come from the
+    URL's ``pool_min_size``, ``pool_max_size`` and ``command_timeout`` (seconds).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_min_size: int = 1,
+        pool_max_size: int = 10,
+        command_timeout: float = 30.0,
+    ) -> None:
+        if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
+            raise ConfigurationError(
+                f"need 0 <= pool_min_size <= pool_max_size and pool_max_size >= 1, "
+                f"got {pool_min_size} and {pool_max_size}"
+            )
+        if command_timeout <= 0:
+            raise ConfigurationError(f"command_timeout must be > 0, got {command_timeout}")
+        self._dsn = dsn
+        self._pool_min_size = pool_min_size
+        self._pool_max_size = pool_max_size
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(
+                f"not a PostgreSQL URL: {url!r}; use postgresql://user@host:5432/database"
+            )
+        query = parse_qsl(parts.query)
+        ours = {k: v for k, v in query if k in _OPTIONS}
+        theirs = [(k, v) for k, v in query if k not in _OPTIONS]
+        try:
+            options: dict[str, Any] = {k: type(_OPTIONS[k])(v) for k, v in ours.items()}
+        except ValueError as exc:
+            raise ConfigurationError(f"bad option in PostgreSQL URL: {exc}") from None
+        dsn = urlunsplit(parts._replace(query=urlencode(theirs)))
+        return cls(dsn, **options)
+
+    def __repr__(self) -> str:
+        parts = urlsplit(self._dsn)
+        host = parts.hostname or "localhost"
+        return f"PostgresStore('{host}:{parts.port or 5432}{parts.path}')"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=self._pool_min_size,
+                max_size=self._pool_max_size,
+                command_timeout=self._command_timeout,
+                init=_init_connection,
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"cannot connect to {self!r}: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise ConfigurationError(f"cannot open {self!r}: {exc}") from exc
+        try:
+            async with pool.acquire() as connection:
+                await _migrate(connection)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
+        try:
+            async with self._pool.acquire() as connection:
+                yield connection
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"{self!r} failed: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate in (sql.VERSION_CONFLICT_STATE, sql.KEY_REUSED_STATE):
+                raise
+            raise StoreUnavailable(f"{self!r} failed: {exc}") from exc
+
+    # -- operations ------------------------------------------------------------------
+
+    async def append(
+        self,
+        namespace: str,
+        thread_id: str,
+        payloads: Sequence[bytes],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        check_append(namespace, thread_id, payloads, expected_version, idempotency_key)
+        digest = batch_digest(payloads) if idempotency_key is not None else None
+        try:
+            async with self._connection() as connection:
+                row = await connection.fetchrow(
+                    sql.APPEND,
+                    namespace,
+                    thread_id,
+                    payloads,
+                    expected_version,
+                    idempotency_key,
+                    digest,
+                )
+        except asyncpg.PostgresError as exc:
+            actual = int(exc.args[0]) if exc.args else -1
+            if exc.sqlstate == sql.VERSION_CONFLICT_STATE:
+                assert expected_version is not None
+                raise VersionConflict(thread_id, expected=expected_version, actual=actual) from None
+            assert idempotency_key is not None
+            raise IdempotencyKeyReused(thread_id, idempotency_key, version=actual) from None
+        assert row is not None
+        return AppendResult(row[0], applied=row[1])
+
+    async def read(
+        self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
+    ) -> ThreadRecords:
+        check_read(namespace, thread_id, after, last)
+        async with self._connection() as connection:
+            rows = await connection.fetch(sql.READ, namespace, thread_id, after, last)
+        if not rows:
+            return ThreadRecords(0, (), ())
+        version = rows[0][0]
+        if rows[0][1] is None:
+            return ThreadRecords(version, (), ())
+        return records_from_rows(version, [(row[1], row[2]) for row in rows])
+
+    async def version(self, namespace: str, thread_id: str) -> int:
+        check_thread(namespace, thread_id)
+        async with self._connection() as connection:
+            version: int | None = await connection.fetchval(sql.VERSION, namespace, thread_id)
+        return version or 0
+
+    async def delete(self, namespace: str, thread_id: str) -> int:
+        check_thread(namespace, thread_id)
+        async with self._connection() as connection:
+            version: int = await connection.fetchval(sql.DELETE, namespace, thread_id)
+        return version
+
+    async def list_threads(
+        self, namespace: str, *, limit: int = 100, after: str | None = None
+    ) -> ThreadPage:
+        check_list(namespace, limit, after)
+        async with self._connection() as connection:
+            rows = await connection.fetch(sql.LIST, namespace, after or "", limit + 1)
+        return page_of([row[0] for row in rows], limit)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    # In binary format a json value is its UTF-8 text: bytes in, bytes out.
+    await connection.set_type_codec(
+        "json", schema="pg_catalog", encoder=_same, decoder=_same, format="binary"
+    )
+
+
+def _same(value: bytes) -> bytes:
+    return value
+
+
+async def _migrate(connection: asyncpg.Connection) -> None:
+    encoding = await connection.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        raise ConfigurationError(
+            f"the database's encoding is {encoding}; agent-core needs a UTF8 database"
+        )
+    async with connection.transaction():
+        # Serializes concurrent first starts on an empty database.
+        await connection.execute("SELECT pg_advisory_xact_lock($1)", sql.MIGRATION_LOCK)
+        await connection.execute(sql.CREATE_SCHEMA)
+        current: int = await connection.fetchval(sql.CURRENT_VERSION)
+        if current > sql.SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the database has agent-core schema version {current}, newer than this "
+                f"agent-core ({sql.SCHEMA_VERSION}); upgrade agent-core"
+            )
+        for version, script in enumerate(sql.MIGRATIONS[current:], current + 1):
+            await connection.execute(script)
+            await connection.execute(sql.RECORD_VERSION, version)

@@ -1,0 +1,152 @@
+"""PostgreSQL schema, migrations and the SQL the store runs.
+
+Appends and deletes are PL/pgSQL functions, so each is one round trip and one
+transaction that holds the thread's row lock from start to commit.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SCHEMA: Final = "agent_core"
+# pg_advisory_xact_lock key that serializes migrations across processes ("agentcor").
+MIGRATION_LOCK: Final = 0x6167656E74636F72
+
+# Errors raised by the functions below, mapped to typed errors by the store.
+VERSION_CONFLICT_STATE: Final = "AC001"
+KEY_REUSED_STATE: Final = "AC002"
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    f"""
+    CREATE TABLE {SCHEMA}.threads (
+        namespace text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        version bigint NOT NULL DEFAULT 0,
+        cleared_through bigint NOT NULL DEFAULT 0,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (namespace, thread_id)
+    );
+    CREATE TABLE {SCHEMA}.messages (
+        namespace text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        seq bigint NOT NULL,
+        payload json NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (namespace, thread_id, seq)
+    );
+    CREATE TABLE {SCHEMA}.idempotency_keys (
+        namespace text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        key text NOT NULL,
+        version bigint NOT NULL,
+        digest bytea NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (namespace, thread_id, key)
+    );
+
+    CREATE FUNCTION {SCHEMA}.append(
+        p_namespace text, p_thread_id text, p_payloads json[],
+        p_expected bigint, p_key text, p_digest bytea
+    ) RETURNS TABLE (version bigint, applied boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        prior_version bigint;
+        prior_digest bytea;
+    BEGIN
+        -- The no-op update takes the row lock, for new and existing threads alike.
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_thread_id)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version INTO current_version;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO prior_version, prior_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key;
+            IF FOUND THEN
+                IF prior_digest <> p_digest THEN
+                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
+                        MESSAGE = prior_version::text;
+                END IF;
+                RETURN QUERY SELECT prior_version, false;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
+            -- Raising rolls back the thread row a new thread's insert created.
+            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
+                MESSAGE = current_version::text;
+        END IF;
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload)
+        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload
+        FROM unnest(p_payloads) WITH ORDINALITY AS u(payload, ordinality);
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + cardinality(p_payloads), updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO {SCHEMA}.idempotency_keys (namespace, thread_id, key, version, digest)
+            VALUES (p_namespace, p_thread_id, p_key,
+                    current_version + cardinality(p_payloads), p_digest);
+        END IF;
+        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
+    END
+    $$;
+
+    CREATE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        new_version bigint;
+    BEGIN
+        UPDATE {SCHEMA}.threads t
+        SET version = t.version + 1, cleared_through = t.version + 1, updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+          AND t.version > t.cleared_through
+        RETURNING t.version INTO new_version;
+        IF NOT FOUND THEN
+            SELECT t.version INTO new_version FROM {SCHEMA}.threads t
+            WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+            RETURN coalesce(new_version, 0);
+        END IF;
+        DELETE FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
+        RETURN new_version;
+    END
+    $$;
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+CREATE_SCHEMA: Final = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
+    version integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+CURRENT_VERSION: Final = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations"
+RECORD_VERSION: Final = f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)"
+
+APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6)"
+DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
+VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND thread_id = $2"
+# One statement, so the version and the rows come from the same snapshot. A thread
+# with no row yields no rows (version 0); with no messages, one row of NULLs.
+READ: Final = f"""
+SELECT t.version, m.seq, m.payload
+FROM {SCHEMA}.threads t
+LEFT JOIN LATERAL (
+    SELECT seq, payload FROM {SCHEMA}.messages
+    WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3
+    ORDER BY seq DESC LIMIT $4
+) m ON true
+WHERE t.namespace = $1 AND t.thread_id = $2
+ORDER BY m.seq
+"""
+LIST: Final = f"""
+SELECT thread_id FROM {SCHEMA}.threads
+WHERE namespace = $1 AND thread_id > $2 AND version > cleared_through
+ORDER BY thread_id LIMIT $3
+"""

@@ -1,0 +1,155 @@
+"""The contract every thread store keeps."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .._validation import (
+    check_count,
+    check_idempotency_key,
+    check_namespace,
+    check_optional_count,
+    check_thread_id,
+)
+from ..errors import InvalidBatch
+
+#: ``list_threads`` returns at most this many ids per page.
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What an append did: the thread's version after it, and whether it wrote."""
+
+    version: int
+    #: False when the idempotency key had already been applied (nothing written).
+    applied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadRecords:
+    """Stored messages of one thread, read in one consistent snapshot."""
+
+    version: int
+    seqs: tuple[int, ...]
+    payloads: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadPage:
+    """One page of thread ids, in id order; pass ``next_cursor`` as ``after``."""
+
+    thread_ids: tuple[str, ...]
+    next_cursor: str | None
+
+
+@runtime_checkable
+class ThreadStore(Protocol):
+    """An append-only log of messages per ``(namespace, thread_id)``.
+
+    ``version`` is the thread's highest ``seq``; it never goes back, not even across
+    ``delete``, which itself takes a version so that caches can fence on it.
+    """
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (safe with concurrent openers)."""
+
+    async def close(self) -> None:
+        """Release connections and threads; idempotent."""
+
+    async def append(
+        self,
+        namespace: str,
+        thread_id: str,
+        payloads: Sequence[bytes],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        """Append encoded messages as one contiguous batch, atomically."""
+
+    async def read(
+        self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
+    ) -> ThreadRecords:
+        """Messages with ``seq > after`` (at most the ``last`` newest), with the version."""
+
+    async def version(self, namespace: str, thread_id: str) -> int:
+        """The thread's version; 0 for a thread that was never written."""
+
+    async def delete(self, namespace: str, thread_id: str) -> int:
+        """Remove the thread's messages and idempotency keys; returns the new version."""
+
+    async def list_threads(
+        self, namespace: str, *, limit: int = 100, after: str | None = None
+    ) -> ThreadPage:
+        """Non-empty threads of a namespace, in id order, ``limit`` at a time."""
+
+
+def batch_digest(payloads: Sequence[bytes]) -> bytes:
+    """Fingerprint of a batch, to tell a retried idempotency key from a reused one."""
+    digest = hashlib.blake2b(digest_size=16)
+    for payload in payloads:
+        digest.update(len(payload).to_bytes(8, "little"))
+        digest.update(payload)
+    return digest.digest()
+
+
+def check_append(
+    namespace: str,
+    thread_id: str,
+    payloads: Sequence[bytes],
+    expected_version: int | None,
+    idempotency_key: str | None,
+) -> None:
+    check_namespace(namespace)
+    check_thread_id(thread_id)
+    if not payloads or not all(isinstance(p, bytes) for p in payloads):
+        raise InvalidBatch("a store append takes a non-empty sequence of encoded messages (bytes)")
+    check_optional_count("expected_version", expected_version, minimum=0)
+    check_idempotency_key(idempotency_key)
+
+
+def check_read(namespace: str, thread_id: str, after: int, last: int | None) -> None:
+    check_namespace(namespace)
+    check_thread_id(thread_id)
+    check_count("after", after, minimum=0)
+    check_optional_count("last", last, minimum=0)
+
+
+def check_list(namespace: str, limit: int, after: str | None) -> None:
+    check_namespace(namespace)
+    check_count("limit", limit, minimum=1, maximum=MAX_PAGE_SIZE)
+    if after is not None:
+        check_thread_id(after)
+
+
+def check_thread(namespace: str, thread_id: str) -> None:
+    check_namespace(namespace)
+    check_thread_id(thread_id)
+
+
+def records_from_rows(version: int, rows: Sequence[tuple[int, bytes]]) -> ThreadRecords:
+    if not rows:
+        return ThreadRecords(version, (), ())
+    seqs, payloads = zip(*rows, strict=True)
+    return ThreadRecords(version, seqs, payloads)
+
+
+def page_of(thread_ids: Sequence[str], limit: int) -> ThreadPage:
+    """A page from ``limit + 1`` fetched ids: the extra one says there is more."""
+    if len(thread_ids) > limit:
+        return ThreadPage(tuple(thread_ids[:limit]), thread_ids[limit - 1])
+    return ThreadPage(tuple(thread_ids), None)
+
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "AppendResult",
+    "ThreadPage",
+    "ThreadRecords",
+    "ThreadStore",
+    "batch_digest",
+]

@@ -1,0 +1,438 @@
+"""The embedded default store: one SQLite file in WAL mode.
+
+Every SQLite call runs on a worker thread, never on the event loop. Writes go to a
+single writer thread and each whole transaction is one hop to it; reads use a few
+reader threads with their own connections, which WAL lets run beside the writer.
+Appends use ``BEGIN IMMEDIATE``, which takes the database's write lock, so writers
+in other processes are serialized by SQLite itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from ..errors import (
+    CacheClosed,
+    ConfigurationError,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    VersionConflict,
+)
+from ._protocol import (
+    AppendResult,
+    ThreadPage,
+    ThreadRecords,
+    batch_digest,
+    page_of,
+    records_from_rows,
+    check_append,
+    check_list,
+    check_read,
+    check_thread,
+)
+
+__all__ = ["SQLiteStore"]
+
+_T = TypeVar("_T")
+
+# Each entry moves the schema one version up; PRAGMA user_version records where a file is.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE threads (
+            namespace TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            cleared_through INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (namespace, thread_id)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE messages (
+            namespace TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            payload TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (namespace, thread_id, seq)
+        )""",
+        """CREATE TABLE idempotency_keys (
+            namespace TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            digest BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (namespace, thread_id, key)
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+_SYNCHRONOUS: Final = ("full", "normal")
+
+
+class SQLiteStore:
+    """A `ThreadStore` in one SQLite file (``sqlite:///path/to/file.db``)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        busy_timeout_ms: int = 30_000,
+        readers: int = 2,
+    ) -> None:
+        if str(path) in ("", ":memory:") or str(path).startswith("file:"):
+            raise ConfigurationError(
+                f"SQLiteStore needs a file path, got {str(path)!r}: in-memory databases are not "
+                "shared between connections; use a file in a temporary directory instead"
+            )
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigurationError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+            )
+        if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
+            raise ConfigurationError(f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}")
+        if not isinstance(readers, int) or not 1 <= readers <= 64:
+            raise ConfigurationError(f"readers must be an int from 1 to 64, got {readers!r}")
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._reader_count = readers
+        self._writer_pool: ThreadPoolExecutor | None = None
+        self._reader_pool: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db``; options as query params."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+            raise ConfigurationError(
+                f"not a SQLite URL: {url!r}; use sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db"
+            )
+        options = dict(parse_qsl(parts.query, strict_parsing=False))
+        unknown = set(options) - {"synchronous", "busy_timeout_ms", "readers"}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown SQLite URL option(s) {sorted(unknown)}; "
+                "known: synchronous, busy_timeout_ms, readers"
+            )
+        try:
+            return cls(
+                unquote(parts.path[1:]),
+                synchronous=options.get("synchronous", "full"),
+                busy_timeout_ms=int(options.get("busy_timeout_ms", 30_000)),
+                readers=int(options.get("readers", 2)),
+            )
+        except ValueError as exc:
+            if isinstance(exc, ConfigurationError):
+                raise
+            raise ConfigurationError(f"bad option in SQLite URL {url!r}: {exc}") from None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer_pool is not None:
+            return
+        if not self.path.parent.is_dir():
+            raise ConfigurationError(
+                f"directory {str(self.path.parent)!r} for SQLite file {str(self.path)!r} "
+                "does not exist; create it first"
+            )
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="agent-core-sqlite-w")
+        self._reader_pool = ThreadPoolExecutor(
+            self._reader_count, thread_name_prefix="agent-core-sqlite-r"
+        )
+        try:
+            await self._on_writer(self._open_writer)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pools = [p for p in (self._writer_pool, self._reader_pool) if p is not None]
+        self._writer_pool = self._reader_pool = None
+        for pool in pools:
+            await asyncio.to_thread(pool.shutdown, wait=True)
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+        self._writer = None
+
+    def _connect(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self._busy_timeout_ms / 1000,
+        )
+        connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        with self._connections_lock:
+            self._connections.append(connection)
+        return connection
+
+    def _open_writer(self) -> None:
+        connection = self._connect()
+        # Switching to WAL needs a moment of exclusive access, which a process that
+        # starts beside others may not get at once; the busy handler does not cover it.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        if mode != "wal":
+            raise ConfigurationError(f"SQLite file {str(self.path)!r} cannot use WAL mode")
+        _migrate(connection)
+        self._writer = connection
+
+    # -- threads ---------------------------------------------------------------------
+
+    async def _on_writer(self, function: Callable[..., _T], *args: object) -> _T:
+        return await self._run(self._writer_pool, function, *args)
+
+    async def _on_reader(self, function: Callable[..., _T], *args: object) -> _T:
+        return await self._run(self._reader_pool, function, *args)
+
+    async def _run(
+        self, pool: ThreadPoolExecutor | None, function: Callable[..., _T], *args: object
+    ) -> _T:
+        if pool is None:
+            raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {str(self.path)!r} failed: {exc}") from exc
+        except RuntimeError as exc:  # the pool was shut down under us
+            if "shutdown" not in str(exc):
+                raise
+            raise CacheClosed(f"{self!r} was closed during the call") from None
+
+    def _reader(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._connect()
+            connection.execute("PRAGMA query_only = 1")
+            self._local.connection = connection
+        return connection
+
+    # -- operations ------------------------------------------------------------------
+
+    async def append(
+        self,
+        namespace: str,
+        thread_id: str,
+        payloads: Sequence[bytes],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> AppendResult:
+        check_append(namespace, thread_id, payloads, expected_version, idempotency_key)
+        digest = batch_digest(payloads) if idempotency_key is not None else b""
+        return await self._on_writer(
+            self._append, namespace, thread_id, payloads, expected_version, idempotency_key, digest
+        )
+
+    def _append(
+        self,
+        namespace: str,
+        thread_id: str,
+        payloads: Sequence[bytes],
+        expected_version: int | None,
+        idempotency_key: str | None,
+        digest: bytes,
+    ) -> AppendResult:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            row = connection.execute(
+                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
+                (namespace, thread_id),
+            ).fetchone()
+            current: int = row[0] if row else 0
+            if idempotency_key is not None:
+                prior = connection.execute(
+                    "SELECT version, digest FROM idempotency_keys"
+                    " WHERE namespace = ? AND thread_id = ? AND key = ?",
+                    (namespace, thread_id, idempotency_key),
+                ).fetchone()
+                if prior is not None:
+                    if prior[1] != digest:
+                        raise IdempotencyKeyReused(thread_id, idempotency_key, version=prior[0])
+                    return AppendResult(prior[0], applied=False)
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict(thread_id, expected=expected_version, actual=current)
+            now = time.time()
+            connection.executemany(
+                "INSERT INTO messages (namespace, thread_id, seq, payload, created_at)"
+                " VALUES (?, ?, ?, CAST(? AS TEXT), ?)",
+                [
+                    (namespace, thread_id, seq, payload, now)
+                    for seq, payload in enumerate(payloads, current + 1)
+                ],
+            )
+            version = current + len(payloads)
+            connection.execute(
+                "INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, thread_id)"
+                " DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                (namespace, thread_id, version, now, now),
+            )
+            if idempotency_key is not None:
+                connection.execute(
+                    "INSERT INTO idempotency_keys"
+                    " (namespace, thread_id, key, version, digest, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (namespace, thread_id, idempotency_key, version, digest, now),
+                )
+        return AppendResult(version, applied=True)
+
+    async def read(
+        self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
+    ) -> ThreadRecords:
+        check_read(namespace, thread_id, after, last)
+        return await self._on_reader(self._read, namespace, thread_id, after, last)
+
+    def _read(
+        self, namespace: str, thread_id: str, after: int, last: int | None
+    ) -> ThreadRecords:
+        connection = self._reader()
+        # One read transaction: the version and the rows come from the same snapshot.
+        connection.execute("BEGIN")
+        try:
+            row = connection.execute(
+                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
+                (namespace, thread_id),
+            ).fetchone()
+            if row is None:
+                return ThreadRecords(0, (), ())
+            if last is None:
+                rows = connection.execute(
+                    "SELECT seq, CAST(payload AS BLOB) FROM messages"
+                    " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq",
+                    (namespace, thread_id, after),
+                ).fetchall()
+            else:
+                rows = connection.execute(
+                    "SELECT seq, CAST(payload AS BLOB) FROM messages"
+                    " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?",
+                    (namespace, thread_id, after, last),
+                ).fetchall()
+                rows.reverse()
+        finally:
+            connection.execute("COMMIT")
+        return records_from_rows(row[0], rows)
+
+    async def version(self, namespace: str, thread_id: str) -> int:
+        check_thread(namespace, thread_id)
+        return await self._on_reader(self._version, namespace, thread_id)
+
+    def _version(self, namespace: str, thread_id: str) -> int:
+        row = (
+            self._reader()
+            .execute(
+                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
+                (namespace, thread_id),
+            )
+            .fetchone()
+        )
+        return row[0] if row else 0
+
+    async def delete(self, namespace: str, thread_id: str) -> int:
+        check_thread(namespace, thread_id)
+        return await self._on_writer(self._delete, namespace, thread_id)
+
+    def _delete(self, namespace: str, thread_id: str) -> int:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            row = connection.execute(
+                "SELECT version, cleared_through FROM threads"
+                " WHERE namespace = ? AND thread_id = ?",
+                (namespace, thread_id),
+            ).fetchone()
+            if row is None:
+                return 0
+            version, cleared_through = row
+            if version == cleared_through:
+                return int(version)
+            key = (namespace, thread_id)
+            connection.execute("DELETE FROM messages WHERE namespace = ? AND thread_id = ?", key)
+            connection.execute(
+                "DELETE FROM idempotency_keys WHERE namespace = ? AND thread_id = ?", key
+            )
+            connection.execute(
+                "UPDATE threads SET version = ?, cleared_through = ?, updated_at = ?"
+                " WHERE namespace = ? AND thread_id = ?",
+                (version + 1, version + 1, time.time(), namespace, thread_id),
+            )
+        return int(version) + 1
+
+    async def list_threads(
+        self, namespace: str, *, limit: int = 100, after: str | None = None
+    ) -> ThreadPage:
+        check_list(namespace, limit, after)
+        rows = await self._on_reader(self._list_threads, namespace, limit, after)
+        return page_of(rows, limit)
+
+    def _list_threads(self, namespace: str, limit: int, after: str | None) -> list[str]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT thread_id FROM threads WHERE namespace = ? AND thread_id > ?"
+                " AND version > cleared_through ORDER BY thread_id LIMIT ?",
+                (namespace, after or "", limit + 1),
+            )
+            .fetchall()
+        )
+        return [row[0] for row in rows]
+
+
+class _immediate_transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> None:
+        self._connection.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self._connection.execute("COMMIT")
+        elif self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    with _immediate_transaction(connection):
+        current = connection.execute("PRAGMA user_version").fetchone()[0]
+        if current > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"the SQLite file has schema version {current}, newer than this agent-core "
+                f"({SCHEMA_VERSION}); upgrade agent-core"
+            )
+        for statements in _MIGRATIONS[current:]:
+            for statement in statements:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

@@ -1,0 +1,113 @@
+"""Real services only: a temp-dir SQLite file and a fresh PostgreSQL database.
+
+PostgreSQL comes from AGENT_CORE_TEST_POSTGRES_URL (default: the local server). If it
+cannot be reached the run fails loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from agent_core import ConversationCache, ThreadStore, store_from_url
+
+POSTGRES_URL = os.environ.get(
+    "AGENT_CORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+STORES = ("sqlite", "postgres")
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+async def _admin(statement: str) -> None:
+    try:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=10)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL is required by the tests and is not reachable at {POSTGRES_URL}: {exc}. "
+            "Start it or set AGENT_CORE_TEST_POSTGRES_URL.",
+            pytrace=False,
+        )
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_database_factory() -> Iterator[list[str]]:
+    """Creates empty databases on demand and drops them all at the end."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def new_postgres_url(created: list[str]) -> str:
+    name = f"ac_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    created.append(name)
+    return _with_database(POSTGRES_URL, name)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_database_factory: list[str]) -> str:
+    """One database for the session; tests keep apart by namespace."""
+    return new_postgres_url(postgres_database_factory)
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_database_factory: list[str]) -> str:
+    """An empty database of this test's own."""
+    return new_postgres_url(postgres_database_factory)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'agent-core.db'}"
+
+
+@pytest.fixture(params=STORES)
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The same contract runs against every store."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture(params=STORES)
+def empty_store_url(request: pytest.FixtureRequest) -> str:
+    """A store URL whose database has no schema yet."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "fresh_postgres_url"
+    url: str = request.getfixturevalue(fixture)
+    return url
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"ns-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[ThreadStore]:
+    opened = store_from_url(store_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+async def cache(store_url: str, namespace: str) -> AsyncIterator[ConversationCache]:
+    async with ConversationCache.from_urls(store=store_url, namespace=namespace) as opened:
+        yield opened
