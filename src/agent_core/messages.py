@@ -222,9 +222,7 @@ def _check_head(item: Mapping[str, Any]) -> None:
     if not isinstance(role, str):
         raise InvalidMessage(f"role must be a string, got {type(role).__name__}")
     if role not in KNOWN_ROLES:
-        raise InvalidMessage(
-            f"unknown role {role!r}: use one of {', '.join(sorted(KNOWN_ROLES))}"
-        )
+        raise InvalidMessage(f"unknown role {role!r}: use one of {', '.join(sorted(KNOWN_ROLES))}")
 
 
 def _check_size(size: int, limit: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from ..errors import (
     CacheClosed,
@@ -38,6 +39,7 @@ from ._protocol import (
 
 __all__ = ["PostgresStore"]
 
+_Connection = asyncpg.Connection | PoolConnectionProxy
 _OPTIONS: Final = {"pool_min_size": 1, "pool_max_size": 10, "command_timeout": 30.0}
 _CONNECTION_ERRORS: Final = (
     OSError,
@@ -129,7 +131,7 @@ class PostgresStore:
             await pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _connection(self) -> AsyncIterator[_Connection]:
         if self._pool is None:
             raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
         try:
@@ -221,7 +223,7 @@ def _same(value: bytes) -> bytes:
     return value
 
 
-async def _migrate(connection: asyncpg.Connection) -> None:
+async def _migrate(connection: _Connection) -> None:
     encoding = await connection.fetchval("SHOW server_encoding")
     if encoding != "UTF8":
         raise ConfigurationError(

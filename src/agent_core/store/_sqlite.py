@@ -31,12 +31,12 @@ from ._protocol import (
     ThreadPage,
     ThreadRecords,
     batch_digest,
-    page_of,
-    records_from_rows,
     check_append,
     check_list,
     check_read,
     check_thread,
+    page_of,
+    records_from_rows,
 )
 
 __all__ = ["SQLiteStore"]
@@ -99,7 +99,9 @@ class SQLiteStore:
                 f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
             )
         if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
-            raise ConfigurationError(f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}")
+            raise ConfigurationError(
+                f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}"
+            )
         if not isinstance(readers, int) or not 1 <= readers <= 64:
             raise ConfigurationError(f"readers must be an int from 1 to 64, got {readers!r}")
         self.path = Path(path)
@@ -313,9 +315,7 @@ class SQLiteStore:
         check_read(namespace, thread_id, after, last)
         return await self._on_reader(self._read, namespace, thread_id, after, last)
 
-    def _read(
-        self, namespace: str, thread_id: str, after: int, last: int | None
-    ) -> ThreadRecords:
+    def _read(self, namespace: str, thread_id: str, after: int, last: int | None) -> ThreadRecords:
         connection = self._reader()
         # One read transaction: the version and the rows come from the same snapshot.
         connection.execute("BEGIN")

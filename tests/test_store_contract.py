@@ -1,0 +1,316 @@
+"""The contract every store keeps, run against real SQLite and real PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_core import (
+    CacheClosed,
+    ConfigurationError,
+    ConversationCache,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    InvalidBatch,
+    InvalidMessage,
+    InvalidNamespace,
+    InvalidThreadId,
+    MessageTooLarge,
+    ThreadStore,
+    VersionConflict,
+    store_from_url,
+)
+from agent_core.store import ThreadRecords
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+async def test_new_thread_reads_as_version_zero(cache: ConversationCache) -> None:
+    conversation = await cache.get("never-written")
+    assert (conversation.version, conversation.messages) == (0, ())
+    assert await cache.store.version(cache.namespace, "never-written") == 0
+
+
+async def test_append_and_get(cache: ConversationCache) -> None:
+    assert await cache.append("t", [user("a")]) == 1
+    assert await cache.append("t", [user("b"), user("c")]) == 3
+    conversation = await cache.get("t")
+    assert conversation.thread_id == "t"
+    assert conversation.version == 3
+    assert conversation.to_list() == [user("a"), user("b"), user("c")]
+    assert await cache.get_or_load("t") == conversation
+
+
+async def test_read_after_and_last(store: ThreadStore, namespace: str) -> None:
+    for i in range(1, 11):
+        await store.append(namespace, "t", [f'{{"role":"user","content":"{i}"}}'.encode()])
+    whole = await store.read(namespace, "t")
+    assert whole.version == 10
+    assert whole.seqs == tuple(range(1, 11))
+    after = await store.read(namespace, "t", after=7)
+    assert (after.version, after.seqs) == (10, (8, 9, 10))
+    assert after.payloads == whole.payloads[7:]
+    last = await store.read(namespace, "t", last=3)
+    assert last.seqs == (8, 9, 10)
+    assert (await store.read(namespace, "t", after=8, last=5)).seqs == (9, 10)
+    assert (await store.read(namespace, "t", last=0)).seqs == ()
+    assert (await store.read(namespace, "t", after=10)) == ThreadRecords(10, (), ())
+    assert (await store.read(namespace, "t", last=100)).seqs == whole.seqs
+
+
+async def test_compare_and_append(cache: ConversationCache) -> None:
+    assert await cache.append("t", [user("a")], expected_version=0) == 1
+    with pytest.raises(VersionConflict, match="at version 1, not the expected 0") as info:
+        await cache.append("t", [user("b")], expected_version=0)
+    assert (info.value.expected, info.value.actual) == (0, 1)
+    assert await cache.append("t", [user("b")], expected_version=1) == 2
+    assert (await cache.get("t")).to_list() == [user("a"), user("b")]
+
+
+async def test_conflict_on_a_new_thread_writes_nothing(cache: ConversationCache) -> None:
+    with pytest.raises(VersionConflict):
+        await cache.append("new", [user("a")], expected_version=5)
+    assert (await cache.get("new")).version == 0
+    assert (await cache.list_threads()).thread_ids == ()
+
+
+async def test_idempotency_key(cache: ConversationCache) -> None:
+    batch = [user("a"), user("b")]
+    assert await cache.append("t", batch, idempotency_key="k1") == 2
+    assert await cache.append("t", [user("c")]) == 3
+    # A retry returns the version its first use produced and writes nothing,
+    # even when the thread moved on and its expected_version is now stale.
+    assert await cache.append("t", batch, idempotency_key="k1") == 2
+    assert await cache.append("t", batch, idempotency_key="k1", expected_version=0) == 2
+    assert (await cache.get("t")).version == 3
+    with pytest.raises(IdempotencyKeyReused, match="already produced version 2"):
+        await cache.append("t", [user("other")], idempotency_key="k1")
+    assert (await cache.get("t")).version == 3
+    # Keys belong to a thread.
+    assert await cache.append("u", batch, idempotency_key="k1") == 2
+
+
+async def test_delete(cache: ConversationCache) -> None:
+    await cache.append("t", [user("a"), user("b")], idempotency_key="k")
+    assert await cache.delete("t") == 3
+    conversation = await cache.get("t")
+    assert (conversation.version, conversation.messages) == (3, ())
+    assert (await cache.list_threads()).thread_ids == ()
+    # Deleting again changes nothing; versions never go back.
+    assert await cache.delete("t") == 3
+    assert await cache.delete("never") == 0
+    # The key went with the thread, so the same batch is a new append.
+    assert await cache.append("t", [user("a"), user("b")], idempotency_key="k") == 5
+    records = await cache.store.read(cache.namespace, "t")
+    assert (records.version, records.seqs) == (5, (4, 5))
+    assert (await cache.get("t")).to_list() == [user("a"), user("b")]
+
+
+async def test_list_threads_paginates_in_id_order(cache: ConversationCache) -> None:
+    ids = ["b", "A", "a.1", "a-2", "a:3", "a@4", "a_5", "z", "0"]
+    for thread_id in ids:
+        await cache.append(thread_id, [user(thread_id)])
+    await cache.append("gone", [user("x")])
+    await cache.delete("gone")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await cache.list_threads(limit=2, after=cursor)
+        seen.extend(page.thread_ids)
+        if page.next_cursor is None:
+            break
+        assert len(page.thread_ids) == 2
+        cursor = page.next_cursor
+    assert seen == sorted(ids, key=lambda s: s.encode())
+    assert (await cache.list_threads(limit=100)).thread_ids == tuple(seen)
+
+
+async def test_namespaces_are_isolated(store_url: str) -> None:
+    async with (
+        ConversationCache.from_urls(store=store_url, namespace="tenant-a") as a,
+        ConversationCache.from_urls(store=store_url, namespace="tenant-b") as b,
+    ):
+        await a.append("shared", [user("from a")], idempotency_key="k")
+        assert (await b.get("shared")).version == 0
+        assert await b.append("shared", [user("from b")], idempotency_key="k") == 1
+        assert (await a.get("shared")).to_list() == [user("from a")]
+        assert (await b.get("shared")).to_list() == [user("from b")]
+        await a.delete("shared")
+        assert (await b.get("shared")).to_list() == [user("from b")]
+        assert (await a.list_threads()).thread_ids == ()
+        assert (await b.list_threads()).thread_ids == ("shared",)
+
+
+async def test_reopen_keeps_everything(store_url: str, namespace: str) -> None:
+    async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
+        await cache.append("t", [user("kept")])
+    async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
+        assert (await cache.get("t")).to_list() == [user("kept")]
+
+
+async def test_large_thread_and_message(cache: ConversationCache) -> None:
+    big = user("x" * 900_000)
+    batch = [user(str(i)) for i in range(1000)]
+    await cache.append("t", batch)
+    await cache.append("t", [big])
+    conversation = await cache.get("t")
+    assert conversation.version == 1001
+    assert conversation.to_list() == [*batch, big]
+
+
+# -- rejected calls write nothing ---------------------------------------------------------
+
+
+async def _assert_nothing_written(cache: ConversationCache) -> None:
+    assert (await cache.get("t")).version == 1
+    assert (await cache.list_threads()).thread_ids == ("t",)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "needle"),
+    [
+        (lambda c: c.append("bad id", [user("a")]), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.append("", [user("a")]), InvalidThreadId, "1-200 characters"),
+        (lambda c: c.append("x" * 201, [user("a")]), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.append("{t}", [user("a")]), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.append(7, [user("a")]), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.append("t", []), InvalidBatch, "empty"),
+        (lambda c: c.append("t", user("a")), InvalidBatch, "list of message dicts"),
+        (lambda c: c.append("t", [user("a")] * 1001), InvalidBatch, "limit of 1000"),
+        (lambda c: c.append("t", [user("a"), "b"]), InvalidMessage, r"messages\[1\]"),
+        (lambda c: c.append("t", [{"role": 3}]), InvalidMessage, "role must be a string"),
+        (lambda c: c.append("t", [{"role": "bot"}]), InvalidMessage, "unknown role"),
+        (lambda c: c.append("t", [user("a"), {"role": "user", "x": {1}}]), InvalidMessage, "JSON"),
+        (lambda c: c.append("t", [user("x" * (1 << 20))]), MessageTooLarge, "over the limit"),
+        (lambda c: c.append("t", [user("a")], expected_version=-1), InvalidArgument, "at least 0"),
+        (lambda c: c.append("t", [user("a")], expected_version=True), InvalidArgument, "int"),
+        (lambda c: c.append("t", [user("a")], idempotency_key=""), InvalidArgument, "key"),
+        (lambda c: c.append("t", [user("a")], idempotency_key="a\nb"), InvalidArgument, "key"),
+        (lambda c: c.append("t", [user("a")], idempotency_key=5), InvalidArgument, "key"),
+        (lambda c: c.append("t", [user("b")], expected_version=0), VersionConflict, "version 1"),
+        (lambda c: c.get("../etc"), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.delete("a b"), InvalidThreadId, "invalid thread id"),
+        (lambda c: c.list_threads(limit=0), InvalidArgument, "limit"),
+        (lambda c: c.list_threads(limit=1001), InvalidArgument, "limit"),
+        (lambda c: c.list_threads(after="a b"), InvalidThreadId, "invalid thread id"),
+    ],
+)
+async def test_rejected_calls_raise_typed_errors_and_write_nothing(
+    cache: ConversationCache, call: Any, error: type[Exception], needle: str
+) -> None:
+    await cache.append("t", [user("first")])
+    with pytest.raises(error, match=needle):
+        await call(cache)
+    await _assert_nothing_written(cache)
+    assert (await cache.get("t")).to_list() == [user("first")]
+
+
+async def test_message_cap_is_configurable(store_url: str, namespace: str) -> None:
+    async with ConversationCache.from_urls(
+        store=store_url, namespace=namespace, max_message_bytes=100, max_batch_messages=2
+    ) as cache:
+        await cache.append("t", [user("x" * 50)])
+        with pytest.raises(MessageTooLarge, match="over the limit of 100 bytes"):
+            await cache.append("t", [user("x" * 100)])
+        with pytest.raises(InvalidBatch, match="limit of 2"):
+            await cache.append("t", [user("a")] * 3)
+        assert (await cache.get("t")).version == 1
+
+
+async def test_store_validates_its_own_input(store: ThreadStore, namespace: str) -> None:
+    with pytest.raises(InvalidNamespace):
+        await store.append("bad namespace", "t", [b'{"role":"user"}'])
+    with pytest.raises(InvalidThreadId):
+        await store.read(namespace, "bad id")
+    with pytest.raises(InvalidBatch):
+        await store.append(namespace, "t", [])
+    with pytest.raises(InvalidBatch):
+        await store.append(namespace, "t", ['{"role":"user"}'])  # type: ignore[list-item]
+    with pytest.raises(InvalidArgument):
+        await store.read(namespace, "t", after=-1)
+    assert (await store.list_threads(namespace)).thread_ids == ()
+
+
+# -- configuration and lifecycle ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("mysql://localhost/db", "unsupported store URL"),
+        ("agent-core.db", "unsupported store URL"),
+        ("sqlite://", "not a SQLite URL"),
+        ("sqlite:///:memory:", "needs a file path"),
+        ("sqlite:///x.db?synchronous=off", "synchronous"),
+        ("sqlite:///x.db?mode=ro", "unknown SQLite URL option"),
+        ("sqlite:///x.db?readers=many", "bad option"),
+        ("postgresql://localhost/db?pool_max_size=many", "bad option"),
+        ("postgresql://localhost/db?pool_min_size=5&pool_max_size=2", "pool_min_size"),
+    ],
+)
+def test_bad_store_urls(url: str, needle: str) -> None:
+    with pytest.raises(ConfigurationError, match=needle):
+        store_from_url(url)
+
+
+def test_bad_cache_options() -> None:
+    with pytest.raises(InvalidNamespace):
+        ConversationCache.from_urls(namespace="no spaces")
+    with pytest.raises(InvalidArgument, match="max_message_bytes"):
+        ConversationCache.from_urls(max_message_bytes=0)
+    with pytest.raises(ConfigurationError, match="ThreadStore"):
+        ConversationCache(object())  # type: ignore[arg-type]
+
+
+async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    cache = ConversationCache.from_urls(store=f"sqlite:///{tmp_path}/missing/dir/x.db")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        await cache.open()
+
+
+async def test_unreachable_postgres_is_store_unavailable() -> None:
+    from agent_core import StoreUnavailable
+
+    cache = ConversationCache.from_urls(store="postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        await cache.open()
+
+
+async def test_use_outside_async_with_is_an_error(store_url: str) -> None:
+    cache = ConversationCache.from_urls(store=store_url)
+    with pytest.raises(CacheClosed, match="async with"):
+        await cache.get("t")
+    async with cache:
+        pass
+    with pytest.raises(CacheClosed):
+        await cache.append("t", [user("a")])
+    with pytest.raises(CacheClosed):
+        await cache.store.read("default", "t")
+
+
+async def test_newer_schema_is_refused(empty_store_url: str) -> None:
+    store = store_from_url(empty_store_url)
+    await store.open()
+    await store.close()
+    await _bump_schema_version(empty_store_url)
+    with pytest.raises(ConfigurationError, match="newer than this agent-core"):
+        await store_from_url(empty_store_url).open()
+
+
+async def _bump_schema_version(url: str) -> None:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        database = sqlite3.connect(url.removeprefix("sqlite:///"))
+        database.execute("PRAGMA user_version = 99")
+        database.close()
+        return
+    import asyncpg
+
+    server = await asyncpg.connect(url)
+    await server.execute("INSERT INTO agent_core.schema_migrations (version) VALUES (99)")
+    await server.close()
