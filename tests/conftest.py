@@ -18,6 +18,8 @@ import pytest
 
 from agent_core import ConversationCache, ThreadStore, store_from_url
 
+from ._redis_server import RedisServer
+
 POSTGRES_URL = os.environ.get(
     "AGENT_CORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
@@ -111,3 +113,23 @@ async def store(store_url: str) -> AsyncIterator[ThreadStore]:
 async def cache(store_url: str, namespace: str) -> AsyncIterator[ConversationCache]:
     async with ConversationCache.from_urls(store=store_url, namespace=namespace) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Redis for the session; tests keep apart by namespace."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, to kill, pause and restart."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    if server.process is not None:
+        server.resume()
+    server.kill()

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Literal, Self
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .._validation import check_count, check_namespace, check_thread_id
 from ..errors import CacheClosed, ConfigurationError
@@ -18,26 +24,45 @@ from ..messages import (
     messages_from_raw,
 )
 from ..store import ThreadPage, ThreadStore, store_from_url
-from ._stats import CacheStats
+from ._bus import FILL, WRITE, InvalidationBus
+from ._l1 import L1Tier
+from ._policy import EvictionPolicy, LRUPolicy
+from ._redis_tier import RedisTier
+from ._stats import CacheStats, Counters
 
 __all__ = ["ConversationCache"]
 
-DEFAULT_STORE_URL = "sqlite:///agent-core.db"
+DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
+Consistency = Literal["bounded", "strong"]
+_CONSISTENCY: Final = ("bounded", "strong")
+# Announced by `invalidate`, which does not know the version: older than anything.
+_EVERYTHING: Final = 1 << 62
+_POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"lru": LRUPolicy}
 
 
 class ConversationCache:
-    """Append to and read conversations of one namespace.
+    """Append to and read conversations of one namespace, through two cache tiers.
 
-    Use it as an async context manager; it opens the store (creating or migrating
-    its schema) on entry and closes it on exit. For now every read goes to the
-    store; the L1 and Redis tiers slot in behind this same API.
+    Reads try the in-process L1, then Redis (L2, shared by every instance), then
+    the store, and fill the tiers on the way back. Writes go to the store first,
+    then extend both tiers in place and announce the new version on the
+    invalidation bus. Use it as an async context manager.
     """
 
     def __init__(
         self,
         store: ThreadStore,
         *,
+        redis_client: redis.Redis | None = None,
         namespace: str = "default",
+        consistency: Consistency = "bounded",
+        l1_max_bytes: int = 64 << 20,
+        l1_ttl: float = 300.0,
+        l1_policy: str = "lru",
+        l2_ttl: float = 86_400.0,
+        redis_timeout: float = 0.05,
+        compress_min_bytes: int = 64 << 10,
+        lease_ttl: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
     ) -> None:
@@ -46,12 +71,69 @@ class ConversationCache:
                 f"store must implement ThreadStore, got {type(store).__name__}; "
                 "use ConversationCache.from_urls(store='sqlite:///agent-core.db')"
             )
+        if consistency not in _CONSISTENCY:
+            raise ConfigurationError(
+                f"consistency must be 'bounded' or 'strong', got {consistency!r}"
+            )
+        if l1_policy not in _POLICIES:
+            raise ConfigurationError(
+                f"l1_policy must be one of {sorted(_POLICIES)}, got {l1_policy!r}"
+            )
+        for name, value in (
+            ("l1_ttl", l1_ttl),
+            ("l2_ttl", l2_ttl),
+            ("redis_timeout", redis_timeout),
+        ):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if not isinstance(lease_ttl, int | float) or lease_ttl < 0:
+            raise ConfigurationError(
+                f"lease_ttl must be >= 0 seconds (0 disables), got {lease_ttl!r}"
+            )
         self.store = store
         self.namespace = check_namespace(namespace)
+        self.consistency: Consistency = consistency
         self.max_message_bytes = check_count("max_message_bytes", max_message_bytes, minimum=2)
         self.max_batch_messages = check_count("max_batch_messages", max_batch_messages, minimum=1)
-        self._stats = CacheStats()
+        check_count("l1_max_bytes", l1_max_bytes, minimum=0)
+        check_count("compress_min_bytes", compress_min_bytes, minimum=0)
+        self._l1 = L1Tier(l1_max_bytes, ttl=l1_ttl, policy=_POLICIES[l1_policy])
+        self._origin = uuid.uuid4().hex
+        self._redis = redis_client
+        self._owns_redis = False
+        self._l2: RedisTier | None = None
+        self._bus: InvalidationBus | None = None
+        if redis_client is not None:
+            self._l2 = RedisTier(
+                redis_client,
+                self.namespace,
+                ttl=l2_ttl,
+                timeout=redis_timeout,
+                compress_min_bytes=compress_min_bytes,
+                on_recover=self._forget_unannounced,
+            )
+            self._bus = InvalidationBus(
+                redis_client,
+                self.namespace,
+                origin=self._origin,
+                timeout=redis_timeout,
+                on_event=self._on_event,
+                on_subscribed=self._forget_unannounced,
+                on_lost=self._l2.fail,
+            )
+            self._l2.announce = self._announce_repair
+        self._lease_ttl = float(lease_ttl)
+        self._loads: dict[str, asyncio.Task[Conversation]] = {}
+        # While a thread loads: the newest version announced meanwhile. A load that
+        # comes back older than this must not be cached.
+        self._floors: dict[str, int] = {}
+        self._fill_waiters: dict[str, asyncio.Event] = {}
+        self._counters = Counters()
         self._open = False
+        # Test hooks: named points on the miss path where tests inject delays to
+        # drive races ("loaded": store read done, before the L2 fill; "l1_fill":
+        # before the L1 put).
+        self._hooks: dict[str, Callable[[str], Awaitable[None]]] = {}
 
     @classmethod
     def from_urls(
@@ -61,22 +143,35 @@ class ConversationCache:
         namespace: str = "default",
         **options: Any,
     ) -> ConversationCache:
-        """Build a cache from a store URL (``sqlite:///...`` or ``postgresql://...``)."""
-        if redis is not None:
-            raise ConfigurationError(
-                "the Redis tier is not available in this version of agent-core; pass redis=None"
-            )
+        """Build a cache from a store URL and an optional Redis URL (None: no L2)."""
         check_namespace(namespace)
-        return cls(store_from_url(store), namespace=namespace, **options)
+        client = None
+        if redis is not None:
+            client = _redis_client(redis)
+        cache = cls(store_from_url(store), redis_client=client, namespace=namespace, **options)
+        cache._owns_redis = client is not None
+        return cache
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
         await self.store.open()
+        if self._bus is not None:
+            await self._bus.start(wait=1.0)
         self._open = True
 
     async def close(self) -> None:
         self._open = False
+        for task in list(self._loads.values()):
+            task.cancel()
+        if self._bus is not None:
+            await self._bus.close()
+        if self._l2 is not None:
+            await self._l2.close()
+        if self._redis is not None and self._owns_redis:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+        self._l1.clear("closed")
         await self.store.close()
 
     async def __aenter__(self) -> Self:
@@ -95,12 +190,114 @@ class ConversationCache:
         if not self._open:
             raise CacheClosed("the cache is not open: use 'async with ConversationCache...'")
 
-    def _count(self, **increments: int) -> None:
-        self._stats = dataclasses.replace(
-            self._stats, **{k: getattr(self._stats, k) + v for k, v in increments.items()}
+    # -- reads -----------------------------------------------------------------------
+
+    async def get(self, thread_id: str) -> Conversation:
+        """The thread as an immutable snapshot (version 0 and no messages if new)."""
+        if not self._open:
+            self._check_open()
+        check_thread_id(thread_id)
+        held = self._l1.get(thread_id)
+        if held is not None:
+            if self._l1_is_trusted() or await self._current_version(thread_id) == held.version:
+                self._counters.l1_hits += 1
+                return held
+            self._l1.drop(thread_id, "stale")
+        return await self._load(thread_id)
+
+    get_or_load = get
+
+    def _l1_is_trusted(self) -> bool:
+        """Bounded mode trusts L1 while the bus is live, so no round trip is needed."""
+        return (
+            self.consistency == "bounded"
+            and self._bus is not None
+            and self._bus.subscribed
+            and self._l2 is not None
+            and not self._l2.degraded
         )
 
-    # -- API -------------------------------------------------------------------------
+    async def _current_version(self, thread_id: str) -> int:
+        if self._l2 is not None and not self._l2.degraded:
+            version = await self._l2.version(thread_id)
+            if version is not None:
+                return version
+        return await self.store.version(self.namespace, thread_id)
+
+    async def _load(self, thread_id: str) -> Conversation:
+        task = self._loads.get(thread_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(thread_id))
+            self._loads[thread_id] = task
+            self._floors[thread_id] = 0
+            task.add_done_callback(lambda _: self._end_load(thread_id))
+        # Shielded: a caller that gives up does not cancel the load for the others.
+        return await asyncio.shield(task)
+
+    def _end_load(self, thread_id: str) -> None:
+        self._loads.pop(thread_id, None)
+        self._floors.pop(thread_id, None)
+
+    async def _fetch(self, thread_id: str) -> Conversation:
+        conversation = await self._fetch_uncached(thread_id)
+        if "l1_fill" in self._hooks:
+            await self._hooks["l1_fill"](thread_id)
+        if conversation.version >= self._floors.get(thread_id, 0):
+            self._l1.put(conversation)
+        else:
+            self._counters.fills_dropped += 1
+        return conversation
+
+    async def _fetch_uncached(self, thread_id: str) -> Conversation:
+        lease: str | None = None
+        if self._l2 is not None:
+            entry = await self._l2.get(thread_id)
+            if entry is not None and entry.payloads is not None:
+                self._counters.l2_hits += 1
+                return Conversation(thread_id, entry.version, messages_from_raw(entry.payloads))
+            if self._lease_ttl > 0:
+                token = uuid.uuid4().hex
+                acquired = await self._l2.acquire_lease(thread_id, token, self._lease_ttl)
+                if acquired:
+                    lease = token
+                elif acquired is False:
+                    conversation = await self._await_fill(thread_id)
+                    if conversation is not None:
+                        return conversation
+        try:
+            records = await self.store.read(self.namespace, thread_id)
+            self._counters.store_loads += 1
+            self._counters.misses += 1
+            if "loaded" in self._hooks:
+                await self._hooks["loaded"](thread_id)
+            if self._l2 is not None:
+                await self._l2.fill(thread_id, records.version, records.payloads)
+        finally:
+            if lease is not None and self._l2 is not None:
+                if self._bus is not None:
+                    await self._bus.publish(FILL, thread_id, 0)
+                await self._l2.release_lease(thread_id, lease)
+        return Conversation(thread_id, records.version, messages_from_raw(records.payloads))
+
+    async def _await_fill(self, thread_id: str) -> Conversation | None:
+        """Another instance holds the load lease: wait to be woken by its fill."""
+        assert self._l2 is not None
+        self._counters.lease_waits += 1
+        event = self._fill_waiters[thread_id] = asyncio.Event()
+        try:
+            async with asyncio.timeout(self._lease_ttl):
+                await event.wait()
+        except TimeoutError:
+            return None
+        finally:
+            self._fill_waiters.pop(thread_id, None)
+        entry = await self._l2.get(thread_id)
+        if entry is None or entry.payloads is None:
+            return None
+        self._counters.l2_hits += 1
+        return Conversation(thread_id, entry.version, messages_from_raw(entry.payloads))
+
+    # -- writes ----------------------------------------------------------------------
 
     async def append(
         self,
@@ -130,31 +327,88 @@ class ConversationCache:
             expected_version=expected_version,
             idempotency_key=idempotency_key,
         )
-        self._count(appends=1)
-        return result.version
-
-    async def get(self, thread_id: str) -> Conversation:
-        """The thread as an immutable snapshot (version 0 and no messages if new)."""
-        self._check_open()
-        check_thread_id(thread_id)
-        records = await self.store.read(self.namespace, thread_id)
-        self._count(misses=1)
-        return Conversation(thread_id, records.version, messages_from_raw(records.payloads))
-
-    get_or_load = get
+        self._counters.appends += 1
+        if not result.applied:
+            return result.version
+        version = result.version
+        base = version - len(payloads)
+        added = messages_from_raw(payloads)
+        self._raise_floor(thread_id, version)
+        if base == 0:
+            # A brand-new thread: the batch is the whole conversation.
+            self._l1.put(Conversation(thread_id, version, added))
+        else:
+            self._l1.extend(thread_id, base, added, version)
+        if self._l2 is not None:
+            if base == 0:
+                await self._l2.fill(thread_id, version, payloads, written=True)
+            else:
+                await self._l2.append(thread_id, base, version, payloads)
+            await self._announce(thread_id, version)
+        return version
 
     async def delete(self, thread_id: str) -> int:
         """Delete the thread's messages; returns its new version (versions never go back)."""
         self._check_open()
         check_thread_id(thread_id)
         version = await self.store.delete(self.namespace, thread_id)
-        self._count(deletes=1)
+        self._counters.deletes += 1
+        self._raise_floor(thread_id, version)
+        # An empty snapshot at the delete's version is the tombstone: a racing
+        # fill of older history is refused by both tiers.
+        self._l1.put(Conversation(thread_id, version, ()))
+        if self._l2 is not None:
+            await self._l2.fill(thread_id, version, (), written=True)
+            await self._announce(thread_id, version)
         return version
 
     async def invalidate(self, thread_id: str) -> None:
-        """Drop any cached copy of the thread; the next read goes to the store."""
+        """Drop every cached copy of the thread, here and in every other instance."""
         self._check_open()
         check_thread_id(thread_id)
+        self._raise_floor(thread_id, _EVERYTHING)
+        self._l1.drop(thread_id, "invalidation")
+        if self._l2 is not None:
+            await self._l2.fence(thread_id, None)
+            await self._announce(thread_id, _EVERYTHING)
+
+    async def _announce(self, thread_id: str, version: int) -> None:
+        assert self._bus is not None
+        assert self._l2 is not None
+        # Degraded, the write waits in the tier's repair list and is announced on recovery.
+        if self._l2.degraded or not await self._bus.publish(WRITE, thread_id, version):
+            self._l2.mark_dirty(thread_id, version)
+
+    async def _announce_repair(self, thread_id: str, version: int) -> bool:
+        assert self._bus is not None
+        return await self._bus.publish(WRITE, thread_id, version)
+
+    def _raise_floor(self, thread_id: str, version: int) -> None:
+        if thread_id in self._floors and self._floors[thread_id] < version:
+            self._floors[thread_id] = version
+
+    # -- events ----------------------------------------------------------------------
+
+    def _on_event(self, kind: str, thread_id: str, version: int, origin: str) -> None:
+        if kind == FILL:
+            event = self._fill_waiters.get(thread_id)
+            if event is not None:
+                event.set()
+            return
+        if origin == self._origin:
+            return
+        self._counters.invalidations_received += 1
+        self._raise_floor(thread_id, version)
+        if self._l1.drop_older(thread_id, version, "invalidation"):
+            self._counters.invalidations_applied += 1
+
+    def _forget_unannounced(self) -> None:
+        """Events may have been missed: nothing in L1 or loading now can be trusted."""
+        self._l1.clear("reconnect")
+        for thread_id in self._floors:
+            self._floors[thread_id] = _EVERYTHING
+
+    # -- other -----------------------------------------------------------------------
 
     async def list_threads(self, *, limit: int = 100, after: str | None = None) -> ThreadPage:
         """Non-empty threads of this namespace in id order; page with ``next_cursor``."""
@@ -162,4 +416,40 @@ class ConversationCache:
         return await self.store.list_threads(self.namespace, limit=limit, after=after)
 
     def stats(self) -> CacheStats:
-        return self._stats
+        c = self._counters
+        l2 = self._l2.counters if self._l2 is not None else None
+        return CacheStats(
+            l1_hits=c.l1_hits,
+            l2_hits=c.l2_hits,
+            misses=c.misses,
+            store_loads=c.store_loads,
+            appends=c.appends,
+            deletes=c.deletes,
+            evictions=dict(self._l1.evictions),
+            invalidations_received=c.invalidations_received,
+            invalidations_applied=c.invalidations_applied,
+            fills_dropped=c.fills_dropped,
+            l2_fills_refused=l2.fills_refused if l2 else 0,
+            lease_waits=c.lease_waits,
+            redis_errors=l2.errors if l2 else 0,
+            l2_corrupt=l2.corrupt if l2 else 0,
+            degraded=self._l2 is not None
+            and (self._l2.degraded or not (self._bus is not None and self._bus.subscribed)),
+            l1_bytes=self._l1.bytes,
+            l1_max_bytes=self._l1.max_bytes,
+            l1_entries=len(self._l1),
+            consistency=self.consistency,
+        )
+
+
+def _redis_client(url: str) -> redis.Redis:
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigurationError(
+            f"not a Redis URL: {url!r}; use redis://host:6379/0 (or None for no L2)"
+        )
+    try:
+        # No client-side retries: every call has its own short deadline, and a
+        # failure must surface at once so the cache can switch to degraded mode.
+        return redis.Redis.from_url(url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    except ValueError as exc:
+        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None

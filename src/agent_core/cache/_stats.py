@@ -2,18 +2,58 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """A snapshot of a cache's counters since it was created."""
+@dataclass(slots=True)
+class Counters:
+    """The cache's running counts (mutable, internal)."""
 
     l1_hits: int = 0
     l2_hits: int = 0
     misses: int = 0
+    store_loads: int = 0
     appends: int = 0
     deletes: int = 0
+    invalidations_received: int = 0
+    invalidations_applied: int = 0
+    fills_dropped: int = 0
+    lease_waits: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """A snapshot of a cache's counters since it was opened.
+
+    ``l1_hits``, ``l2_hits`` and ``misses`` count reads by the tier that served them
+    (a miss is served by the store). ``store_loads`` counts store reads actually made:
+    concurrent misses of one thread share one load.
+    """
+
+    l1_hits: int = 0
+    l2_hits: int = 0
+    misses: int = 0
+    store_loads: int = 0
+    appends: int = 0
+    deletes: int = 0
+    #: Evicted or dropped L1 entries by cause: size, ttl, pressure, invalidation,
+    #: stale, reconnect.
+    evictions: Mapping[str, int] = field(default_factory=dict)
+    invalidations_received: int = 0
+    invalidations_applied: int = 0
+    #: L1 fills dropped because a newer version was announced while loading.
+    fills_dropped: int = 0
+    #: L2 fills refused because Redis already held a newer version.
+    l2_fills_refused: int = 0
+    lease_waits: int = 0
+    redis_errors: int = 0
+    l2_corrupt: int = 0
+    degraded: bool = False
+    l1_bytes: int = 0
+    l1_max_bytes: int = 0
+    l1_entries: int = 0
+    consistency: str = "bounded"
 
     @property
     def requests(self) -> int:

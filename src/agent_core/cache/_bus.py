@@ -1,0 +1,144 @@
+"""The invalidation bus: every write of a namespace is announced on one Redis channel.
+
+Events are ``(kind, thread_id, version, origin)`` encoded with msgpack: ``"w"`` for
+a write (append, delete, invalidation, external change) and ``"f"`` for a fill
+(wakes instances waiting on another's load lease). A subscriber pings its own
+connection, so a Redis that hangs (SIGSTOP) is noticed as surely as one that
+closes the socket; each (re)subscription tells the owner, who must then assume it
+missed events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgspec
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+WRITE: Final = "w"
+FILL: Final = "f"
+_PING_EVERY: Final = 0.2
+_DEAD_AFTER: Final = 0.75
+
+Event = tuple[str, str, int, str]
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(tuple[str, str, int, str]).decode
+
+
+class InvalidationBus:
+    """Publishes and receives one namespace's write events."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        *,
+        origin: str,
+        timeout: float,
+        on_event: Callable[[str, str, int, str], None],
+        on_subscribed: Callable[[], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        self._client = client
+        self.channel = f"ac:bus:{namespace}"
+        self.origin = origin
+        self._timeout = timeout
+        self._on_event = on_event
+        self._on_subscribed = on_subscribed
+        self._on_lost = on_lost
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self.received = 0
+        self.corrupt = 0
+        self.subscriptions = 0
+        self.lost_publishes = 0
+
+    @property
+    def subscribed(self) -> bool:
+        return self._ready.is_set()
+
+    async def start(self, wait: float) -> None:
+        """Start listening; wait up to ``wait`` seconds for the first subscription."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._ready.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._ready.clear()
+
+    async def publish(self, kind: str, thread_id: str, version: int) -> bool:
+        """Announce an event; a slow moment gets a second, longer try."""
+        event = _encode((kind, thread_id, version, self.origin))
+        for deadline in (self._timeout, self._timeout * 4):
+            try:
+                async with asyncio.timeout(deadline):
+                    await self._client.publish(self.channel, event)
+            except (RedisError, OSError, TimeoutError):
+                continue
+            return True
+        self.lost_publishes += 1
+        return False
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            pubsub = self._client.pubsub()
+            try:
+                await self._listen(pubsub)
+            except (RedisError, OSError, TimeoutError):
+                pass
+            finally:
+                if self._ready.is_set():
+                    self._ready.clear()
+                    self._on_lost()
+                    delay = 0.05
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self._timeout):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _listen(self, pubsub: Any) -> None:
+        async with asyncio.timeout(1.0):
+            await pubsub.subscribe(self.channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    break
+        self.subscriptions += 1
+        self._ready.set()
+        self._on_subscribed()
+        last_heard = next_ping = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=_PING_EVERY)
+            now = time.monotonic()
+            if message is not None:
+                last_heard = now
+                if message["type"] == "message":
+                    self._dispatch(message["data"])
+            if now >= next_ping:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.ping()
+                next_ping = now + _PING_EVERY
+            if now - last_heard > _DEAD_AFTER:
+                raise TimeoutError("the Redis subscription stopped answering pings")
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            kind, thread_id, version, origin = _decode(data)
+        except msgspec.DecodeError:
+            self.corrupt += 1
+            return
+        self.received += 1
+        self._on_event(kind, thread_id, version, origin)

@@ -1,0 +1,145 @@
+"""The in-process tier: immutable conversation snapshots, bounded in bytes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from ..messages import Conversation, Message
+from ._policy import EvictionPolicy, LRUPolicy
+
+# What one more message costs an entry beyond its payload: the Message object,
+# the bytes object's header and the tuple slot (checked by tests with tracemalloc).
+MESSAGE_OVERHEAD: Final = sys.getsizeof(Message._trusted(b"")) + sys.getsizeof(b"") + 8
+# The Conversation, its tuple, the entry, its dict slot and key (also checked).
+ENTRY_OVERHEAD: Final = 400
+
+
+def weigh(messages: Sequence[Message]) -> int:
+    """Bytes an entry holding ``messages`` costs in memory."""
+    return ENTRY_OVERHEAD + sum(len(m.raw) for m in messages) + MESSAGE_OVERHEAD * len(messages)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    conversation: Conversation
+    weight: int
+    expires_at: float
+
+
+class L1Tier:
+    """Thread id -> latest known `Conversation`, within ``max_bytes``.
+
+    Entries expire ``ttl`` seconds after they were written, a backstop for staleness
+    should an invalidation be missed. Evictions are counted by cause.
+    """
+
+    def __init__(
+        self,
+        max_bytes: int,
+        *,
+        ttl: float,
+        policy: Callable[[int], EvictionPolicy] = LRUPolicy,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._policy = policy(max_bytes)
+        self._ttl = ttl
+        self._clock = clock
+        self.evictions: Counter[str] = Counter()
+
+    @property
+    def max_bytes(self) -> int:
+        return self._policy.capacity
+
+    @property
+    def bytes(self) -> int:
+        return self._policy.total
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, thread_id: str) -> bool:
+        return thread_id in self._entries
+
+    def get(self, thread_id: str) -> Conversation | None:
+        entry = self._entries.get(thread_id)
+        if entry is None:
+            self._policy.record_access(thread_id, hit=False)
+            return None
+        if entry.expires_at <= self._clock():
+            self._remove(thread_id, "ttl")
+            self._policy.record_access(thread_id, hit=False)
+            return None
+        self._policy.record_access(thread_id, hit=True)
+        return entry.conversation
+
+    def version(self, thread_id: str) -> int | None:
+        entry = self._entries.get(thread_id)
+        return None if entry is None else entry.conversation.version
+
+    def put(self, conversation: Conversation, weight: int | None = None) -> bool:
+        """Keep ``conversation`` unless a newer version is held; True if kept."""
+        thread_id = conversation.thread_id
+        held = self._entries.get(thread_id)
+        if held is not None and held.conversation.version > conversation.version:
+            return False
+        if weight is None:
+            weight = weigh(conversation.messages)
+        self._entries[thread_id] = _Entry(conversation, weight, self._clock() + self._ttl)
+        self._evict(self._policy.put(thread_id, weight), "size")
+        return thread_id in self._entries
+
+    def extend(
+        self, thread_id: str, base_version: int, messages: tuple[Message, ...], version: int
+    ) -> bool:
+        """Add an append to the held entry if it is exactly at ``base_version``.
+
+        Otherwise the entry can't be brought up to date without a load, so it is dropped.
+        """
+        held = self._entries.get(thread_id)
+        if held is None:
+            return False
+        if held.conversation.version != base_version:
+            if held.conversation.version < version:
+                self._remove(thread_id, "stale")
+            return False
+        conversation = Conversation(thread_id, version, held.conversation.messages + messages)
+        return self.put(conversation, held.weight + weigh(messages) - ENTRY_OVERHEAD)
+
+    def drop(self, thread_id: str, cause: str) -> bool:
+        if thread_id not in self._entries:
+            return False
+        self._remove(thread_id, cause)
+        return True
+
+    def drop_older(self, thread_id: str, version: int, cause: str) -> bool:
+        """Drop the entry if it is older than ``version``; True if one was dropped."""
+        held = self._entries.get(thread_id)
+        if held is None or held.conversation.version >= version:
+            return False
+        self._remove(thread_id, cause)
+        return True
+
+    def clear(self, cause: str) -> None:
+        if self._entries:
+            self.evictions[cause] += len(self._entries)
+        self._entries.clear()
+        self._policy.clear()
+
+    def resize(self, max_bytes: int) -> None:
+        self._evict(self._policy.resize(max_bytes), "pressure")
+
+    def _remove(self, thread_id: str, cause: str) -> None:
+        del self._entries[thread_id]
+        self._policy.remove(thread_id)
+        self.evictions[cause] += 1
+
+    def _evict(self, keys: list[object], cause: str) -> None:
+        for key in keys:
+            if self._entries.pop(key, None) is not None:  # type: ignore[call-overload]
+                self.evictions[cause] += 1

@@ -1,0 +1,135 @@
+"""Redis failures: killed, restarted, paused. Callers never see an error or lose a message."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from agent_core import ConversationCache
+
+from ._redis_server import RedisServer, free_port
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+async def mixed_load(
+    caches: list[ConversationCache], threads: int, stop: asyncio.Event, seed: int
+) -> tuple[dict[str, list[str]], list[float]]:
+    """Appends and reads until ``stop``; returns what was appended and every call's latency."""
+    rng = random.Random(seed)
+    written: dict[str, list[str]] = {f"t{i}": [] for i in range(threads)}
+    latencies: list[float] = []
+    counter = 0
+    while not stop.is_set():
+        cache = rng.choice(caches)
+        thread_id = f"t{rng.randrange(threads)}"
+        started = time.perf_counter()
+        if rng.random() < 0.3:
+            counter += 1
+            text = f"{seed}-{counter}"
+            await cache.append(thread_id, [user(text)])
+            written[thread_id].append(text)
+        else:
+            conversation = await cache.get(thread_id)
+            contents = [m["content"] for m in conversation.to_list()]
+            mine = [c for c in contents if c.startswith(f"{seed}-")]
+            # Whatever it serves, it never serves one of our writes twice or out of order.
+            assert mine == sorted(set(mine), key=lambda c: int(c.split("-")[1]))
+        latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(0.002)
+    return written, latencies
+
+
+async def test_kill_restart_and_pause(
+    redis_server: RedisServer, store_url: str, namespace: str
+) -> None:
+    async with (
+        ConversationCache.from_urls(
+            store=store_url, redis=redis_server.url, namespace=namespace
+        ) as a,
+        ConversationCache.from_urls(
+            store=store_url, redis=redis_server.url, namespace=namespace
+        ) as b,
+    ):
+        stop = asyncio.Event()
+        workers = [
+            asyncio.create_task(mixed_load([a, b], threads=8, stop=stop, seed=seed))
+            for seed in range(3)
+        ]
+        await asyncio.sleep(1.0)
+        redis_server.kill()
+        await asyncio.sleep(0.5)
+        assert a.stats().degraded
+        assert b.stats().degraded
+        await asyncio.sleep(0.5)
+        redis_server.start()
+        await asyncio.sleep(1.5)
+        assert not a.stats().degraded
+        assert not b.stats().degraded
+        redis_server.pause()
+        await asyncio.sleep(2.0)
+        redis_server.resume()
+        await asyncio.sleep(1.5)
+        stop.set()
+        results = await asyncio.gather(*workers)  # a caller error would raise here
+
+        assert not a.stats().degraded
+        assert not b.stats().degraded
+        assert a.stats().redis_errors > 0
+        assert a.stats().evictions.get("reconnect", 0) > 0
+        latencies = [latency for _, lat in results for latency in lat]
+        # No call waited out the 2 s pause: each Redis call has a short deadline.
+        assert max(latencies) < 1.0, max(latencies)
+
+        # Nothing lost or duplicated, and both instances now serve the store's truth.
+        expected: dict[str, list[str]] = {}
+        for written, _ in results:
+            for thread_id, texts in written.items():
+                expected.setdefault(thread_id, []).extend(texts)
+        for thread_id, texts in expected.items():
+            records = await a.store.read(namespace, thread_id)
+            stored = [m["content"] for m in (await a.get(thread_id)).to_list()]
+            assert sorted(stored) == sorted(texts)
+            assert len(records.payloads) == len(texts)
+            for cache in (a, b):
+                assert (await cache.get(thread_id)).version == records.version
+
+
+async def test_stale_l1_is_cleared_when_redis_comes_back(
+    redis_server: RedisServer, store_url: str, namespace: str
+) -> None:
+    async with (
+        ConversationCache.from_urls(
+            store=store_url, redis=redis_server.url, namespace=namespace
+        ) as a,
+        ConversationCache.from_urls(
+            store=store_url, redis=redis_server.url, namespace=namespace
+        ) as b,
+    ):
+        await a.append("t", [user("a")])
+        assert (await b.get("t")).version == 1
+        redis_server.kill()
+        await a.append("t", [user("b")])  # b cannot hear of this
+        # While degraded, b checks its L1 entry against the store.
+        assert (await b.get("t")).version == 2
+        redis_server.start()
+        deadline = time.monotonic() + 5
+        while a.stats().degraded or b.stats().degraded:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert (await b.get("t")).version == 2
+        assert (await a.get("t")).to_list() == [user("a"), user("b")]
+
+
+async def test_no_redis_at_all_is_degraded_not_an_error(store_url: str, namespace: str) -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    async with ConversationCache.from_urls(
+        store=store_url, redis=url, namespace=namespace
+    ) as cache:
+        await cache.append("t", [user("a")])
+        assert (await cache.get("t")).to_list() == [user("a")]
+        assert cache.stats().degraded
