@@ -65,6 +65,7 @@ class ConversationCache:
         lease_ttl: float = 2.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
+        watch_external: bool = True,
     ) -> None:
         if not isinstance(store, ThreadStore):
             raise ConfigurationError(
@@ -130,6 +131,8 @@ class ConversationCache:
         self._fill_waiters: dict[str, asyncio.Event] = {}
         self._counters = Counters()
         self._open = False
+        self._watch_external = bool(watch_external)
+        self._background: set[asyncio.Task[None]] = set()
         # Test hooks: named points on the miss path where tests inject delays to
         # drive races ("loaded": store read done, before the L2 fill; "l1_fill":
         # before the L1 put).
@@ -156,6 +159,8 @@ class ConversationCache:
 
     async def open(self) -> None:
         await self.store.open()
+        if self._watch_external:
+            await self.store.watch(_ExternalChanges(self))
         if self._bus is not None:
             await self._bus.start(wait=1.0)
         self._open = True
@@ -166,6 +171,8 @@ class ConversationCache:
             task.cancel()
         if self._bus is not None:
             await self._bus.close()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         if self._l2 is not None:
             await self._l2.close()
         if self._redis is not None and self._owns_redis:
@@ -402,6 +409,17 @@ class ConversationCache:
         if self._l1.drop_older(thread_id, version, "invalidation"):
             self._counters.invalidations_applied += 1
 
+    def _external_change(self, namespace: str, thread_id: str, version: int) -> None:
+        if namespace != self.namespace:
+            return
+        self._counters.external_changes += 1
+        self._raise_floor(thread_id, version)
+        self._l1.drop_older(thread_id, version, "external")
+        if self._l2 is not None:
+            task = asyncio.get_running_loop().create_task(self._l2.fence(thread_id, version))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
     def _forget_unannounced(self) -> None:
         """Events may have been missed: nothing in L1 or loading now can be trusted."""
         self._l1.clear("reconnect")
@@ -429,6 +447,7 @@ class ConversationCache:
             invalidations_received=c.invalidations_received,
             invalidations_applied=c.invalidations_applied,
             fills_dropped=c.fills_dropped,
+            external_changes=c.external_changes,
             l2_fills_refused=l2.fills_refused if l2 else 0,
             lease_waits=c.lease_waits,
             redis_errors=l2.errors if l2 else 0,
@@ -440,6 +459,19 @@ class ConversationCache:
             l1_entries=len(self._l1),
             consistency=self.consistency,
         )
+
+
+class _ExternalChanges:
+    """Hears the store's watcher on behalf of a cache."""
+
+    def __init__(self, cache: ConversationCache) -> None:
+        self._cache = cache
+
+    def changed(self, namespace: str, thread_id: str, version: int) -> None:
+        self._cache._external_change(namespace, thread_id, version)
+
+    def reset(self) -> None:
+        self._cache._forget_unannounced()
 
 
 def _redis_client(url: str) -> redis.Redis:

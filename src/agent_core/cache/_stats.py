@@ -20,6 +20,7 @@ class Counters:
     invalidations_applied: int = 0
     fills_dropped: int = 0
     lease_waits: int = 0
+    external_changes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,8 @@ class CacheStats:
     invalidations_applied: int = 0
     #: L1 fills dropped because a newer version was announced while loading.
     fills_dropped: int = 0
+    #: Changes that other programs made straight to the store, heard by its watcher.
+    external_changes: int = 0
     #: L2 fills refused because Redis already held a newer version.
     l2_fills_refused: int = 0
     lease_waits: int = 0

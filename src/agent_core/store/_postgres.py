@@ -8,12 +8,15 @@ so nothing is re-encoded or decoded in Python.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
 from ..errors import (
@@ -26,6 +29,7 @@ from ..errors import (
 from . import _postgres_schema as sql
 from ._protocol import (
     AppendResult,
+    ChangeListener,
     ThreadPage,
     ThreadRecords,
     batch_digest,
@@ -77,6 +81,8 @@ class PostgresStore:
         self._pool_max_size = pool_max_size
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._listeners: list[ChangeListener] = []
+        self._watch_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -126,6 +132,12 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        self._listeners.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -210,6 +222,67 @@ class PostgresStore:
         async with self._connection() as connection:
             rows = await connection.fetch(sql.LIST, namespace, after or "", limit + 1)
         return page_of([row[0] for row in rows], limit)
+
+    # -- external changes ------------------------------------------------------------
+
+    async def watch(self, listener: ChangeListener) -> None:
+        """Report rows that other programs write straight into the messages table."""
+        if self._pool is None:
+            raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
+        self._listeners.append(listener)
+        if self._watch_task is None:
+            connection = await self._listen()
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch(connection))
+
+    async def _listen(self) -> asyncpg.Connection:
+        try:
+            connection = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
+            await connection.add_listener(sql.CHANGES_CHANNEL, self._notified)
+        except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot LISTEN on {self!r}: {exc}") from exc
+        return connection
+
+    async def _watch(self, connection: asyncpg.Connection | None) -> None:
+        """Keep the LISTEN connection alive; a lost one means changes may be missed."""
+        delay = 0.05
+        while True:
+            await asyncio.sleep(_WATCH_HEALTH_INTERVAL)
+            try:
+                if connection is None:
+                    connection = await self._listen()
+                    delay = 0.05
+                    self._reset_listeners()
+                async with asyncio.timeout(_WATCH_HEALTH_INTERVAL):
+                    await connection.execute("SELECT 1")
+            except (StoreUnavailable, *_CONNECTION_ERRORS, asyncpg.PostgresError):
+                if connection is not None:
+                    connection.terminate()
+                    connection = None
+                    self._reset_listeners()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _reset_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.reset()
+
+    def _notified(self, _connection: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            change = _decode_change(str(payload))
+        except msgspec.DecodeError:
+            return
+        for listener in self._listeners:
+            listener.changed(change.namespace, change.thread_id, change.version)
+
+
+class _Change(msgspec.Struct):
+    namespace: str
+    thread_id: str
+    version: int
+
+
+_decode_change = msgspec.json.Decoder(_Change).decode
+_WATCH_HEALTH_INTERVAL: Final = 1.0
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:

@@ -12,6 +12,9 @@ SCHEMA: Final = "agent_core"
 # pg_advisory_xact_lock key that serializes migrations across processes ("agentcor").
 MIGRATION_LOCK: Final = 0x6167656E74636F72
 
+CHANGES_CHANNEL: Final = "agent_core_changes"
+INTERNAL_FLAG: Final = "agent_core.internal"
+
 # Errors raised by the functions below, mapped to typed errors by the store.
 VERSION_CONFLICT_STATE: Final = "AC001"
 KEY_REUSED_STATE: Final = "AC002"
@@ -55,6 +58,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         prior_version bigint;
         prior_digest bytea;
     BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
         -- The no-op update takes the row lock, for new and existing threads alike.
         INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
         VALUES (p_namespace, p_thread_id)
@@ -69,6 +73,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
                     RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
                         MESSAGE = prior_version::text;
                 END IF;
+                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
                 RETURN QUERY SELECT prior_version, false;
                 RETURN;
             END IF;
@@ -89,6 +94,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
             VALUES (p_namespace, p_thread_id, p_key,
                     current_version + cardinality(p_payloads), p_digest);
         END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
         RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
     END
     $$;
@@ -98,6 +104,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     DECLARE
         new_version bigint;
     BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
         UPDATE {SCHEMA}.threads t
         SET version = t.version + 1, cleared_through = t.version + 1, updated_at = now()
         WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
@@ -112,9 +119,41 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
         DELETE FROM {SCHEMA}.idempotency_keys k
         WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
         RETURN new_version;
     END
     $$;
+    """,
+    # External change detection: a row that another program inserts, updates or
+    # deletes in `messages` moves the thread's version and is announced with
+    # NOTIFY. agent-core's own functions set a transaction-local flag that the
+    # trigger's WHEN clause checks, so they pay no trigger call.
+    f"""
+    CREATE FUNCTION {SCHEMA}.external_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        changed record;
+        new_version bigint;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN changed := OLD; ELSE changed := NEW; END IF;
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id, version)
+        VALUES (changed.namespace, changed.thread_id, changed.seq)
+        ON CONFLICT (namespace, thread_id) DO UPDATE
+        SET version = greatest(
+                t.version + 1, CASE WHEN TG_OP = 'INSERT' THEN changed.seq ELSE 0 END),
+            updated_at = now()
+        RETURNING t.version INTO new_version;
+        PERFORM pg_notify('{CHANGES_CHANNEL}', json_build_object(
+            'namespace', changed.namespace, 'thread_id', changed.thread_id,
+            'version', new_version)::text);
+        RETURN NULL;
+    END
+    $$;
+    CREATE TRIGGER messages_external_change
+    AFTER INSERT OR DELETE OR UPDATE OF payload ON {SCHEMA}.messages
+    FOR EACH ROW
+    WHEN (coalesce(current_setting('{INTERNAL_FLAG}', true), '') <> 'on')
+    EXECUTE FUNCTION {SCHEMA}.external_change();
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

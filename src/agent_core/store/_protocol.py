@@ -46,6 +46,16 @@ class ThreadPage:
     next_cursor: str | None
 
 
+class ChangeListener(Protocol):
+    """Told of changes that other programs make to the store behind agent-core's back."""
+
+    def changed(self, namespace: str, thread_id: str, version: int) -> None:
+        """``thread_id`` is now at ``version``."""
+
+    def reset(self) -> None:
+        """Changes may have been missed (the watch connection failed)."""
+
+
 @runtime_checkable
 class ThreadStore(Protocol):
     """An append-only log of messages per ``(namespace, thread_id)``.
@@ -86,6 +96,9 @@ class ThreadStore(Protocol):
         self, namespace: str, *, limit: int = 100, after: str | None = None
     ) -> ThreadPage:
         """Non-empty threads of a namespace, in id order, ``limit`` at a time."""
+
+    async def watch(self, listener: ChangeListener) -> None:
+        """Tell ``listener`` of external changes until the store closes."""
 
 
 def batch_digest(payloads: Sequence[bytes]) -> bytes:
@@ -148,6 +161,7 @@ def page_of(thread_ids: Sequence[str], limit: int) -> ThreadPage:
 __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
+    "ChangeListener",
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",

@@ -10,6 +10,7 @@ in other processes are serialized by SQLite itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -28,6 +29,7 @@ from ..errors import (
 )
 from ._protocol import (
     AppendResult,
+    ChangeListener,
     ThreadPage,
     ThreadRecords,
     batch_digest,
@@ -43,6 +45,13 @@ __all__ = ["SQLiteStore"]
 
 _T = TypeVar("_T")
 
+_NOW: Final = "((julianday('now') - 2440587.5) * 86400.0)"
+_BUMP: Final = f"""
+            UPDATE threads SET version = version + 1, updated_at = {_NOW}
+            WHERE namespace = {{row}}.namespace AND thread_id = {{row}}.thread_id;
+            INSERT INTO changes (namespace, thread_id, version, created_at)
+            SELECT namespace, thread_id, version, {_NOW} FROM threads
+            WHERE namespace = {{row}}.namespace AND thread_id = {{row}}.thread_id;"""
 # Each entry moves the schema one version up; PRAGMA user_version records where a file is.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -73,9 +82,45 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (namespace, thread_id, key)
         ) WITHOUT ROWID""",
     ),
+    # External change detection: rows that another program writes straight into
+    # `messages` move the thread's version and are logged in `changes`, which the
+    # watcher reads when `PRAGMA data_version` says another connection committed.
+    # Our own writes move the thread row first, so the triggers' conditions skip them.
+    (
+        """CREATE TABLE changes (
+            id INTEGER PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            created_at REAL NOT NULL
+        )""",
+        f"""CREATE TRIGGER messages_external_insert AFTER INSERT ON messages
+        WHEN NEW.seq > coalesce((SELECT version FROM threads
+            WHERE namespace = NEW.namespace AND thread_id = NEW.thread_id), 0)
+        BEGIN
+            INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)
+            VALUES (NEW.namespace, NEW.thread_id, NEW.seq, {_NOW}, {_NOW})
+            ON CONFLICT (namespace, thread_id)
+            DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at;
+            INSERT INTO changes (namespace, thread_id, version, created_at)
+            VALUES (NEW.namespace, NEW.thread_id, NEW.seq, {_NOW});
+        END""",
+        f"""CREATE TRIGGER messages_external_delete AFTER DELETE ON messages
+        WHEN OLD.seq > coalesce((SELECT cleared_through FROM threads
+            WHERE namespace = OLD.namespace AND thread_id = OLD.thread_id), 0)
+        BEGIN
+            {_BUMP.format(row="OLD")}
+        END""",
+        f"""CREATE TRIGGER messages_external_update AFTER UPDATE OF payload ON messages
+        BEGIN
+            {_BUMP.format(row="NEW")}
+        END""",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SYNCHRONOUS: Final = ("full", "normal")
+_CHANGES_KEPT: Final = 3600.0
+_WATCH_INTERVAL: Final = 0.02
 
 
 class SQLiteStore:
@@ -114,6 +159,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
+        self._watch_pool: ThreadPoolExecutor | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watchers: list[ChangeListener] = []
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -167,8 +215,14 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
-        pools = [p for p in (self._writer_pool, self._reader_pool) if p is not None]
-        self._writer_pool = self._reader_pool = None
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        self._watchers.clear()
+        pools = [p for p in (self._writer_pool, self._reader_pool, self._watch_pool) if p]
+        self._writer_pool = self._reader_pool = self._watch_pool = None
         for pool in pools:
             await asyncio.to_thread(pool.shutdown, wait=True)
         with self._connections_lock:
@@ -206,6 +260,10 @@ class SQLiteStore:
         if mode != "wal":
             raise ConfigurationError(f"SQLite file {str(self.path)!r} cannot use WAL mode")
         _migrate(connection)
+        with _immediate_transaction(connection):
+            connection.execute(
+                "DELETE FROM changes WHERE created_at < ?", (time.time() - _CHANGES_KEPT,)
+            )
         self._writer = connection
 
     # -- threads ---------------------------------------------------------------------
@@ -285,6 +343,15 @@ class SQLiteStore:
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(thread_id, expected=expected_version, actual=current)
             now = time.time()
+            version = current + len(payloads)
+            # The thread row moves first, so the external-change trigger sees these
+            # rows as already accounted for.
+            connection.execute(
+                "INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, thread_id)"
+                " DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                (namespace, thread_id, version, now, now),
+            )
             connection.executemany(
                 "INSERT INTO messages (namespace, thread_id, seq, payload, created_at)"
                 " VALUES (?, ?, ?, CAST(? AS TEXT), ?)",
@@ -292,13 +359,6 @@ class SQLiteStore:
                     (namespace, thread_id, seq, payload, now)
                     for seq, payload in enumerate(payloads, current + 1)
                 ],
-            )
-            version = current + len(payloads)
-            connection.execute(
-                "INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (namespace, thread_id)"
-                " DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-                (namespace, thread_id, version, now, now),
             )
             if idempotency_key is not None:
                 connection.execute(
@@ -377,14 +437,14 @@ class SQLiteStore:
             if version == cleared_through:
                 return int(version)
             key = (namespace, thread_id)
-            connection.execute("DELETE FROM messages WHERE namespace = ? AND thread_id = ?", key)
-            connection.execute(
-                "DELETE FROM idempotency_keys WHERE namespace = ? AND thread_id = ?", key
-            )
             connection.execute(
                 "UPDATE threads SET version = ?, cleared_through = ?, updated_at = ?"
                 " WHERE namespace = ? AND thread_id = ?",
                 (version + 1, version + 1, time.time(), namespace, thread_id),
+            )
+            connection.execute("DELETE FROM messages WHERE namespace = ? AND thread_id = ?", key)
+            connection.execute(
+                "DELETE FROM idempotency_keys WHERE namespace = ? AND thread_id = ?", key
             )
         return int(version) + 1
 
@@ -406,6 +466,66 @@ class SQLiteStore:
             .fetchall()
         )
         return [row[0] for row in rows]
+
+    # -- external changes ------------------------------------------------------------
+
+    async def watch(self, listener: ChangeListener) -> None:
+        """Report commits that other programs make straight into ``messages``."""
+        if self._writer_pool is None:
+            raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
+        self._watchers.append(listener)
+        if self._watch_task is None:
+            self._watch_pool = ThreadPoolExecutor(1, thread_name_prefix="agent-core-sqlite-watch")
+            connection = await self._run(self._watch_pool, self._connect)
+            start = await self._run(self._watch_pool, _changes_since, connection, None)
+            self._watch_task = asyncio.get_running_loop().create_task(
+                self._watch(connection, start)
+            )
+
+    async def _watch(self, connection: sqlite3.Connection, start: _ChangePoll) -> None:
+        data_version, last_id, _ = start
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            try:
+                seen = await self._run(self._watch_pool, _data_version, connection)
+                if seen == data_version:
+                    continue
+                data_version, last_id, changes = await self._run(
+                    self._watch_pool, _changes_since, connection, last_id
+                )
+            except StoreUnavailable:
+                for listener in self._watchers:
+                    listener.reset()
+                continue
+            for namespace, thread_id, version in changes:
+                for listener in self._watchers:
+                    listener.changed(namespace, thread_id, version)
+
+
+_ChangePoll = tuple[int, int, list[tuple[str, str, int]]]
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+    return version
+
+
+def _changes_since(connection: sqlite3.Connection, last_id: int | None) -> _ChangePoll:
+    """``(data_version, newest change id, changes after last_id)`` in one snapshot."""
+    connection.execute("BEGIN")
+    try:
+        data_version = _data_version(connection)
+        if last_id is None:
+            newest = connection.execute("SELECT coalesce(max(id), 0) FROM changes").fetchone()[0]
+            return data_version, newest, []
+        rows = connection.execute(
+            "SELECT id, namespace, thread_id, version FROM changes WHERE id > ? ORDER BY id",
+            (last_id,),
+        ).fetchall()
+    finally:
+        connection.execute("COMMIT")
+    newest = rows[-1][0] if rows else last_id
+    return data_version, newest, [(ns, tid, version) for _, ns, tid, version in rows]
 
 
 class _immediate_transaction:

@@ -1,0 +1,128 @@
+"""Rows written straight into the database by another program reach every tier."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from agent_core import ConversationCache
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
+
+
+async def run_sql(store_url: str, sqlite_sql: str, postgres_sql: str, *args: Any) -> None:
+    """Execute a statement as another program would: on a plain connection of its own."""
+    if store_url.startswith("sqlite"):
+        path = store_url.removeprefix("sqlite:///")
+
+        def execute() -> None:
+            connection = sqlite3.connect(path, isolation_level=None)
+            try:
+                connection.execute(sqlite_sql, args)
+            finally:
+                connection.close()
+
+        await asyncio.to_thread(execute)
+        return
+    connection = await asyncpg.connect(store_url)
+    try:
+        await connection.execute(postgres_sql, *args)
+    finally:
+        await connection.close()
+
+
+async def visible_within(check: Callable[[], Awaitable[bool]], limit: float = 2.0) -> float:
+    """Seconds until ``check`` holds (fails after ``limit``)."""
+    started = time.perf_counter()
+    async with asyncio.timeout(limit):
+        while not await check():
+            await asyncio.sleep(0.001)
+    return time.perf_counter() - started
+
+
+async def test_external_insert_update_delete_reach_every_tier(
+    store_url: str, redis_url: str, namespace: str
+) -> None:
+    async with (
+        ConversationCache.from_urls(store=store_url, redis=redis_url, namespace=namespace) as a,
+        ConversationCache.from_urls(store=store_url, redis=redis_url, namespace=namespace) as b,
+    ):
+
+        async def seen() -> list[list[dict[str, Any]]]:
+            return [(await cache.get("t")).to_list() for cache in (a, b)]
+
+        await a.append("t", [user("one"), user("two")])
+        assert await seen() == [[user("one"), user("two")]] * 2  # in both L1s, and in L2
+
+        reply = {"role": "assistant", "content": "from another program"}
+        await run_sql(
+            store_url,
+            "INSERT INTO messages (namespace, thread_id, seq, payload, created_at)"
+            " VALUES (?, 't', 3, ?, 0)",
+            "INSERT INTO agent_core.messages (namespace, thread_id, seq, payload)"
+            " VALUES ($1, 't', 3, $2::json)",
+            namespace,
+            '{"role": "assistant", "content": "from another program"}',
+        )
+        expected = [user("one"), user("two"), reply]
+
+        async def inserted() -> bool:
+            return await seen() == [expected] * 2
+
+        elapsed = await visible_within(inserted)
+        print(f"external insert seen by both instances after {elapsed * 1000:.1f} ms")
+        assert a.stats().external_changes >= 1
+        assert (await a.get("t")).version == 3
+        # L2 was fenced, so a cold instance cannot be served the old version from Redis.
+        async with ConversationCache.from_urls(
+            store=store_url, redis=redis_url, namespace=namespace
+        ) as cold:
+            assert (await cold.get("t")).to_list() == expected
+
+        await run_sql(
+            store_url,
+            "UPDATE messages SET payload = ? WHERE namespace = ? AND seq = 1",
+            "UPDATE agent_core.messages SET payload = $1::json WHERE namespace = $2 AND seq = 1",
+            '{"role":"user","content":"edited"}',
+            namespace,
+        )
+
+        async def updated() -> bool:
+            return await seen() == [[user("edited"), user("two"), reply]] * 2
+
+        await visible_within(updated)
+
+        await run_sql(
+            store_url,
+            "DELETE FROM messages WHERE namespace = ? AND thread_id = 't'",
+            "DELETE FROM agent_core.messages WHERE namespace = $1 AND thread_id = 't'",
+            namespace,
+        )
+
+        async def deleted() -> bool:
+            return await seen() == [[], []]
+
+        await visible_within(deleted)
+        # Versions moved forward, so the next append continues after them.
+        assert await a.append("t", [user("after")]) > 3
+        assert (await a.get("t")).to_list() == [user("after")]
+
+
+async def test_our_own_writes_are_not_reported_as_external(
+    store_url: str, namespace: str
+) -> None:
+    async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
+        for i in range(5):
+            await cache.append("t", [user(str(i)), user(str(i))])
+        await cache.delete("t")
+        await cache.append("t", [user("x")])
+        await asyncio.sleep(0.2)
+        assert cache.stats().external_changes == 0
+        assert (await cache.store.read(namespace, "t")).version == 12
