@@ -115,9 +115,7 @@ async def test_external_insert_update_delete_reach_every_tier(
         assert (await a.get("t")).to_list() == [user("after")]
 
 
-async def test_our_own_writes_are_not_reported_as_external(
-    store_url: str, namespace: str
-) -> None:
+async def test_our_own_writes_are_not_reported_as_external(store_url: str, namespace: str) -> None:
     async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
         for i in range(5):
             await cache.append("t", [user(str(i)), user(str(i))])

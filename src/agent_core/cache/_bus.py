@@ -20,6 +20,8 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
+
 WRITE: Final = "w"
 FILL: Final = "f"
 _PING_EVERY: Final = 0.2
@@ -65,16 +67,15 @@ class InvalidationBus:
     async def start(self, wait: float) -> None:
         """Start listening; wait up to ``wait`` seconds for the first subscription."""
         self._task = asyncio.get_running_loop().create_task(self._run())
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(wait):
                 await self._ready.wait()
+        except TimeoutError:
+            raise_if_cancelling()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
         self._ready.clear()
 
     async def publish(self, kind: str, thread_id: str, version: int) -> bool:
@@ -97,7 +98,7 @@ class InvalidationBus:
             try:
                 await self._listen(pubsub)
             except (RedisError, OSError, TimeoutError):
-                pass
+                raise_if_cancelling()
             finally:
                 if self._ready.is_set():
                     self._ready.clear()
@@ -107,7 +108,7 @@ class InvalidationBus:
                     async with asyncio.timeout(self._timeout):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, MAX_BACKOFF)
 
     async def _listen(self, pubsub: Any) -> None:
         async with asyncio.timeout(1.0):

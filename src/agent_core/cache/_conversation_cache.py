@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .._tasks import raise_if_cancelling
 from .._validation import check_count, check_namespace, check_thread_id
 from ..errors import CacheClosed, ConfigurationError
 from ..messages import (
@@ -29,6 +30,7 @@ from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
 from ._redis_tier import RedisTier
 from ._stats import CacheStats, Counters
+from ._tinylfu import WTinyLFUPolicy
 
 __all__ = ["ConversationCache"]
 
@@ -37,7 +39,7 @@ Consistency = Literal["bounded", "strong"]
 _CONSISTENCY: Final = ("bounded", "strong")
 # Announced by `invalidate`, which does not know the version: older than anything.
 _EVERYTHING: Final = 1 << 62
-_POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"lru": LRUPolicy}
+_POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
 class ConversationCache:
@@ -58,7 +60,7 @@ class ConversationCache:
         consistency: Consistency = "bounded",
         l1_max_bytes: int = 64 << 20,
         l1_ttl: float = 300.0,
-        l1_policy: str = "lru",
+        l1_policy: str = "tinylfu",
         l2_ttl: float = 86_400.0,
         redis_timeout: float = 0.05,
         compress_min_bytes: int = 64 << 10,
@@ -295,6 +297,7 @@ class ConversationCache:
             async with asyncio.timeout(self._lease_ttl):
                 await event.wait()
         except TimeoutError:
+            raise_if_cancelling()
             return None
         finally:
             self._fill_waiters.pop(thread_id, None)

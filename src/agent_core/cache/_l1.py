@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..messages import Conversation, Message
-from ._policy import EvictionPolicy, LRUPolicy
+from ._policy import EvictionPolicy
+from ._tinylfu import WTinyLFUPolicy
 
 # What one more message costs an entry beyond its payload: the Message object,
 # the bytes object's header and the tuple slot (checked by tests with tracemalloc).
@@ -43,7 +44,7 @@ class L1Tier:
         max_bytes: int,
         *,
         ttl: float,
-        policy: Callable[[int], EvictionPolicy] = LRUPolicy,
+        policy: Callable[[int], EvictionPolicy] = WTinyLFUPolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -91,7 +92,13 @@ class L1Tier:
         if weight is None:
             weight = weigh(conversation.messages)
         self._entries[thread_id] = _Entry(conversation, weight, self._clock() + self._ttl)
-        self._evict(self._policy.put(thread_id, weight), "size")
+        evicted = self._policy.put(thread_id, weight)
+        if thread_id in evicted:
+            # Not admitted (too large, or too rarely read to displace what is held).
+            evicted.remove(thread_id)
+            del self._entries[thread_id]
+            self.evictions["rejected"] += 1
+        self._evict(evicted, "size")
         return thread_id in self._entries
 
     def extend(

@@ -49,7 +49,10 @@ class LRUPolicy:
             self._weights.move_to_end(key)
 
     def put(self, key: Hashable, weight: int) -> list[Hashable]:
-        self.total += weight - self._weights.pop(key, 0)
+        self.total -= self._weights.pop(key, 0)
+        if weight > self.capacity:
+            return [key]
+        self.total += weight
         self._weights[key] = weight
         return self._shrink()
 

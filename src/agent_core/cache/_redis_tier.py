@@ -18,7 +18,6 @@ told so it can clear what it may have missed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Final, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 from ._l2_format import (
     CorruptEntry,
     decompress,
@@ -158,6 +158,7 @@ class RedisTier:
                 async with asyncio.timeout(deadline):
                     return True, await operation()
             except (RedisError, OSError, TimeoutError):
+                raise_if_cancelling()
                 self.counters.errors += 1
         self._fail()
         return False, None
@@ -180,8 +181,9 @@ class RedisTier:
                     await self.client.ping()
                     await self._repair_dirty()
             except (RedisError, OSError, TimeoutError):
+                raise_if_cancelling()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, MAX_BACKOFF)
                 continue
             self.counters.degraded_since = None
             self._probe = None
@@ -214,11 +216,8 @@ class RedisTier:
             self._dirty[thread_id] = max(version, self._dirty.get(thread_id, -1))
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
-            self._probe = None
+        probe, self._probe = self._probe, None
+        await cancel_and_wait(probe)
 
     # -- operations --------------------------------------------------------------------
 

@@ -38,8 +38,8 @@ class CacheStats:
     store_loads: int = 0
     appends: int = 0
     deletes: int = 0
-    #: Evicted or dropped L1 entries by cause: size, ttl, pressure, invalidation,
-    #: stale, reconnect.
+    #: Evicted or dropped L1 entries by cause: size, rejected (not admitted), ttl,
+    #: pressure, invalidation, external, stale, reconnect, closed.
     evictions: Mapping[str, int] = field(default_factory=dict)
     invalidations_received: int = 0
     invalidations_applied: int = 0

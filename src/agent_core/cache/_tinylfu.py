@@ -18,11 +18,15 @@ from typing import Final
 WINDOW_SHARE: Final = 0.01
 #: Share of the main space for keys read again since they were admitted.
 PROTECTED_SHARE: Final = 0.8
-# The sketch is sized for at least this many entries; it widens as the tier holds more.
-_MIN_SKETCH_ENTRIES: Final = 256
-# Reads are counted in batches off the hit path: a Counter first merges repeats,
-# which are most reads on a skewed workload.
-_READ_BATCH: Final = 1024
+# Counters a sketch row has at least, so that a tier of a few large entries still tells
+# apart the many keys read around them.
+_MIN_WIDTH: Final = 1024
+# Reads between halvings at least: the sample is 10 reads per entry held, as in TinyLFU,
+# so popularity fades at the pace entries turn over.
+_MIN_SAMPLE: Final = 640
+# Reads are buffered and counted in batches, before each admission or when the buffer
+# fills: a Counter first merges repeats, which are most reads on a skewed workload.
+_READ_BATCH: Final = 4096
 _COUNTER_MAX: Final = 15
 _HALVE: Final = bytes(value >> 1 for value in range(256))
 
@@ -30,28 +34,28 @@ _HALVE: Final = bytes(value >> 1 for value in range(256))
 class _FrequencySketch:
     """Count-min sketch of recent reads: 4 rows of counters saturating at 15.
 
-    Every ``10 * entries`` reads all counters are halved, so old popularity fades.
+    Once a sample of reads has been counted, all counters are halved, so old popularity
+    fades.
     """
 
     __slots__ = ("_additions", "_mask", "_rows", "_sample")
 
-    def __init__(self, entries: int) -> None:
-        width = 1 << max(4 * entries - 1, 1).bit_length()  # 4 counters a row per entry
-        self._rows = tuple(bytearray(width) for _ in range(4))
-        self._mask = width - 1
-        self._sample = 10 * entries
+    def __init__(self) -> None:
+        self._rows = tuple(bytearray(_MIN_WIDTH) for _ in range(4))
+        self._mask = _MIN_WIDTH - 1
+        self._sample = _MIN_SAMPLE
         self._additions = 0
 
-    def ensure(self, entries: int) -> None:
-        """Widen for ``entries`` keys without losing counts.
+    def fit(self, entries: int) -> None:
+        """Size for a tier of ``entries`` keys: 4 counters a row and 10 reads per key.
 
-        A row twice as wide indexes with one more hash bit, so a key lands either on
-        its old counter or on the copy of it in the new half.
+        Rows only widen, and keep their counts as they do: a row twice as wide indexes
+        with one more hash bit, so a key lands on its old counter or on its copy.
         """
-        while self._sample < 10 * entries:
+        while self._mask < 4 * entries:
             self._rows = tuple(row + row for row in self._rows)
             self._mask = 2 * self._mask + 1
-            self._sample *= 2
+        self._sample = max(10 * entries, _MIN_SAMPLE)
 
     def add(self, keys: list[Hashable]) -> None:
         mask = self._mask
@@ -115,7 +119,7 @@ class WTinyLFUPolicy:
         self._window_max = 0
         self._protected_max = 0
         self._set_shares()
-        self._sketch = _FrequencySketch(_MIN_SKETCH_ENTRIES)
+        self._sketch = _FrequencySketch()
         self._reads: list[Hashable] = []
 
     def record_access(self, key: Hashable, *, hit: bool) -> None:
@@ -146,7 +150,7 @@ class WTinyLFUPolicy:
         self.total += weight - segment.get(key, 0)
         segment[key] = weight
         segment.move_to_end(key)
-        self._sketch.ensure(len(self._window) + len(self._probation) + len(self._protected))
+        self._sketch.fit(len(self._window) + len(self._probation) + len(self._protected))
         return self._rebalance()
 
     def remove(self, key: Hashable) -> None:
@@ -186,7 +190,7 @@ class WTinyLFUPolicy:
             self._probation[key] = weight
 
     def _rebalance(self) -> list[Hashable]:
-        """Bring the window and then the whole back within their shares."""
+        """Bring the window within its share, then the total within the capacity."""
         self._demote()
         evicted: list[Hashable] = []
         candidates = []
@@ -218,7 +222,12 @@ class WTinyLFUPolicy:
         return evicted
 
     def _victims(self, candidate: Hashable, excess: int) -> list[Hashable] | None:
-        """The keys ``candidate`` displaces to free ``excess`` bytes, or None if it loses."""
+        """The keys ``candidate`` displaces to free ``excess`` bytes, or None if it loses.
+
+        The scan stops at the first key the candidate does not beat, so a loser usually
+        costs two estimates. A tie keeps the key already held. (Caffeine also lets a warm
+        loser in at random, against hash flooding; str hashes here are salted per process.)
+        """
         if self._reads:
             self._count_reads()
         estimate = self._sketch.estimate

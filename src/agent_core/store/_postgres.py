@@ -9,7 +9,6 @@ so nothing is re-encoded or decoded in Python.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -19,6 +18,7 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -132,11 +132,8 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        task, self._watch_task = self._watch_task, None
+        await cancel_and_wait(task)
         self._listeners.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -255,12 +252,13 @@ class PostgresStore:
                 async with asyncio.timeout(_WATCH_HEALTH_INTERVAL):
                     await connection.execute("SELECT 1")
             except (StoreUnavailable, *_CONNECTION_ERRORS, asyncpg.PostgresError):
+                raise_if_cancelling()
                 if connection is not None:
                     connection.terminate()
                     connection = None
                     self._reset_listeners()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, MAX_BACKOFF)
 
     def _reset_listeners(self) -> None:
         for listener in self._listeners:

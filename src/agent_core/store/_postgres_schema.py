@@ -102,25 +102,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
     RETURNS bigint LANGUAGE plpgsql AS $$
     DECLARE
-        new_version bigint;
+        current_version bigint;
+        cleared bigint;
     BEGIN
         PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        UPDATE {SCHEMA}.threads t
-        SET version = t.version + 1, cleared_through = t.version + 1, updated_at = now()
+        -- Decide under the row lock: a concurrent append must be fully before or after.
+        SELECT t.version, t.cleared_through INTO current_version, cleared
+        FROM {SCHEMA}.threads t
         WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
-          AND t.version > t.cleared_through
-        RETURNING t.version INTO new_version;
+        FOR UPDATE;
         IF NOT FOUND THEN
-            SELECT t.version INTO new_version FROM {SCHEMA}.threads t
-            WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-            RETURN coalesce(new_version, 0);
+            RETURN 0;
         END IF;
+        IF current_version = cleared THEN
+            RETURN current_version;
+        END IF;
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + 1, cleared_through = current_version + 1,
+            updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
         DELETE FROM {SCHEMA}.messages m
         WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
         DELETE FROM {SCHEMA}.idempotency_keys k
         WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
         PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN new_version;
+        RETURN current_version + 1;
     END
     $$;
     """,

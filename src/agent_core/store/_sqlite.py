@@ -10,7 +10,6 @@ in other processes are serialized by SQLite itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import threading
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._tasks import cancel_and_wait
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -215,11 +215,8 @@ class SQLiteStore:
             raise
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        task, self._watch_task = self._watch_task, None
+        await cancel_and_wait(task)
         self._watchers.clear()
         pools = [p for p in (self._writer_pool, self._reader_pool, self._watch_pool) if p]
         self._writer_pool = self._reader_pool = self._watch_pool = None
