@@ -24,6 +24,7 @@ from ..messages import (
     encode_batch,
     messages_from_raw,
 )
+from ..observe import MemoryMonitor
 from ..store import ThreadPage, ThreadStore, store_from_url
 from ._bus import FILL, WRITE, InvalidationBus
 from ._l1 import L1Tier
@@ -68,6 +69,8 @@ class ConversationCache:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
         watch_external: bool = True,
+        memory_limit: int | None = None,
+        memory_check_interval: float = 1.0,
     ) -> None:
         if not isinstance(store, ThreadStore):
             raise ConfigurationError(
@@ -134,6 +137,16 @@ class ConversationCache:
         self._counters = Counters()
         self._open = False
         self._watch_external = bool(watch_external)
+        # Above 80 % of the memory limit (cgroup, or ``memory_limit``) the L1 budget
+        # shrinks a step per check; below 60 % it grows back to ``l1_max_bytes``.
+        self._memory = MemoryMonitor(
+            lambda: self._l1.max_bytes,
+            self._l1.resize,
+            l1_max_bytes,
+            limit_bytes=memory_limit,
+            interval=memory_check_interval,
+            min_budget=max(1, min(l1_max_bytes, 1 << 20)),
+        )
         self._background: set[asyncio.Task[None]] = set()
         # Test hooks: named points on the miss path where tests inject delays to
         # drive races ("loaded": store read done, before the L2 fill; "l1_fill":
@@ -165,10 +178,12 @@ class ConversationCache:
             await self.store.watch(_ExternalChanges(self))
         if self._bus is not None:
             await self._bus.start(wait=1.0)
+        self._memory.start()
         self._open = True
 
     async def close(self) -> None:
         self._open = False
+        await self._memory.stop()
         for task in list(self._loads.values()):
             task.cancel()
         if self._bus is not None:
@@ -460,6 +475,7 @@ class ConversationCache:
             l1_bytes=self._l1.bytes,
             l1_max_bytes=self._l1.max_bytes,
             l1_entries=len(self._l1),
+            memory=self._memory.snapshot(),
             consistency=self.consistency,
         )
 

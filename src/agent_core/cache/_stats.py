@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..observe import MemorySnapshot
+
 
 @dataclass(slots=True)
 class Counters:
@@ -56,6 +58,8 @@ class CacheStats:
     l1_bytes: int = 0
     l1_max_bytes: int = 0
     l1_entries: int = 0
+    #: RSS, limit and the L1 budget the memory monitor set (``l1_max_bytes`` above).
+    memory: MemorySnapshot | None = None
     consistency: str = "bounded"
 
     @property
