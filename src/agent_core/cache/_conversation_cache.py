@@ -128,6 +128,7 @@ class ConversationCache:
                 on_lost=self._l2.fail,
             )
             self._l2.announce = self._announce_repair
+        self._bounded_over_redis = consistency == "bounded" and self._bus is not None
         self._lease_ttl = float(lease_ttl)
         self._loads: dict[str, asyncio.Task[Conversation]] = {}
         # While a thread loads: the newest version announced meanwhile. A load that
@@ -220,13 +221,14 @@ class ConversationCache:
         """The thread as an immutable snapshot (version 0 and no messages if new)."""
         if not self._open:
             self._check_open()
-        check_thread_id(thread_id)
-        held = self._l1.get(thread_id)
+        # Only valid ids enter L1, so a hit needs no validation: the hot path stays short.
+        held = self._l1.get(thread_id) if type(thread_id) is str else None
         if held is not None:
             if self._l1_is_trusted() or await self._current_version(thread_id) == held.version:
                 self._counters.l1_hits += 1
                 return held
             self._l1.drop(thread_id, "stale")
+        check_thread_id(thread_id)
         return await self._load(thread_id)
 
     get_or_load = get
@@ -234,11 +236,9 @@ class ConversationCache:
     def _l1_is_trusted(self) -> bool:
         """Bounded mode trusts L1 while the bus is live, so no round trip is needed."""
         return (
-            self.consistency == "bounded"
-            and self._bus is not None
-            and self._bus.subscribed
-            and self._l2 is not None
-            and not self._l2.degraded
+            self._bounded_over_redis
+            and self._bus.subscribed  # type: ignore[union-attr]
+            and not self._l2.degraded  # type: ignore[union-attr]
         )
 
     async def _current_version(self, thread_id: str) -> int:
