@@ -118,6 +118,7 @@ class PostgresStore:
                 max_size=self._pool_max_size,
                 command_timeout=self._command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to {self!r}: {exc}") from exc
@@ -288,6 +289,11 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "json", schema="pg_catalog", encoder=_same, decoder=_same, format="binary"
     )
+
+
+async def _keep_session(connection: _Connection) -> None:
+    """Skip asyncpg's reset query on release: a round trip per call, for session state
+    (locks, cursors, LISTEN, settings) that the store never leaves behind."""
 
 
 def _same(value: bytes) -> bytes:

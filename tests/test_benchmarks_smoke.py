@@ -1,0 +1,107 @@
+"""The benchmarks still run: each one in --quick mode, as a subprocess, on real PostgreSQL.
+
+The scripts create (and drop) their own ``ac_bench_*`` database on the server named by
+AGENT_CORE_BENCH_POSTGRES_URL, else AGENT_CORE_TEST_POSTGRES_URL, else the local one.
+If PostgreSQL cannot be reached they exit non-zero, and these tests fail; nothing skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ADMIN_URL = os.environ.get(
+    "AGENT_CORE_BENCH_POSTGRES_URL",
+    os.environ.get("AGENT_CORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+)
+
+
+def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=120,
+        check=False,
+    )
+
+
+async def database_exists(name: str) -> bool:
+    connection = await asyncpg.connect(ADMIN_URL, timeout=10)
+    try:
+        found = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await connection.close()
+    return found is not None
+
+
+@pytest.mark.parametrize(
+    ("script", "headings", "keys"),
+    [
+        pytest.param(
+            "store_latency.py",
+            (
+                "Machine",
+                "postgres_version",
+                "Append latency, µs",
+                "Append ratio p50(10,000) / p50(10)",
+                "Read latency, µs",
+            ),
+            ("append", "append_ratio_p50", "read"),
+            id="store_latency",
+        ),
+        pytest.param(
+            "pg_drivers.py",
+            (
+                "Machine",
+                "postgres_version",
+                "Driver latency, µs",
+                "Ratio psycopg / asyncpg",
+                "Concurrent throughput, appends/s",
+            ),
+            ("latency", "latency_ratio_p50_psycopg_over", "throughput_appends_per_s"),
+            id="pg_drivers",
+        ),
+    ],
+)
+def test_quick_run(
+    script: str, headings: tuple[str, ...], keys: tuple[str, ...], tmp_path: Path
+) -> None:
+    figures = tmp_path / "figures.json"
+    result = run_benchmark(script, "--quick", "--json", str(figures))
+    assert result.returncode == 0, (
+        f"{script} --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert all(key in document for key in keys), sorted(document)
+    database = document["machine"]["temp_database"]
+    assert database.startswith("ac_bench_")
+    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
+def test_fails_loudly_without_postgres() -> None:
+    with socket.socket() as probe:  # a local port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for script in ("store_latency.py", "pg_drivers.py"):
+        result = run_benchmark(
+            script, "--quick", "--postgres-url", f"postgresql://postgres@127.0.0.1:{port}/test"
+        )
+        assert result.returncode == 3, result.stderr
+        assert "not reachable" in result.stderr, result.stderr
