@@ -9,9 +9,9 @@ A throwaway ``ac_bench_<random>`` database gets the store's schema by opening a
 
 * ``asyncpg``: ``asyncpg.create_pool`` configured as ``PostgresStore`` configures it
   (the ``json`` codec in binary format with identity encoder/decoder, so payloads are
-  bytes both ways; the pool's default ``reset`` on release).
-* ``asyncpg-noreset``: the same with ``reset=`` a no-op, to show what the default
-  reset query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``,
+  bytes both ways; ``reset=`` a no-op, since the store leaves no session state).
+* ``asyncpg-reset``: the same with asyncpg's default reset on release, to show what
+  that query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``,
   one extra round trip on every release) costs.
 * ``psycopg``: ``psycopg_pool.AsyncConnectionPool`` of ``AsyncConnection`` with
   ``autocommit=True`` (asyncpg runs each statement in its own implicit transaction;
@@ -144,7 +144,7 @@ class AsyncpgDriver:
             init=_asyncpg_init,
             reset=None if reset else _no_reset,
         )
-        return cls("asyncpg" if reset else "asyncpg-noreset", pool)
+        return cls("asyncpg-reset" if reset else "asyncpg", pool)
 
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.acquire() as connection:
@@ -156,7 +156,7 @@ class AsyncpgDriver:
 
     async def read(self, thread_id: str) -> ReadResult:
         async with self._pool.acquire() as connection:
-            rows = await connection.fetch(sql.READ, NAMESPACE, thread_id, 0, None)
+            rows = await connection.fetch(sql.READ, NAMESPACE, thread_id, 0)
         return rows[0][0], [(row[1], row[2]) for row in rows]
 
     async def close(self) -> None:
@@ -250,7 +250,7 @@ class PsycopgDriver:
         return row[0], row[1]
 
     async def read(self, thread_id: str) -> ReadResult:
-        arguments = (NAMESPACE, thread_id, 0, None)
+        arguments = (NAMESPACE, thread_id, 0)
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 READ_PY, tuple(arguments[i] for i in READ_ORDER), binary=True
@@ -357,8 +357,8 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
 
         drivers: list[Driver] = []
         try:
-            drivers.append(await AsyncpgDriver.create(url, reset=True))
             drivers.append(await AsyncpgDriver.create(url, reset=False))
+            drivers.append(await AsyncpgDriver.create(url, reset=True))
             drivers.append(await PsycopgDriver.create(url, python_loader=False))
             drivers.append(await PsycopgDriver.create(url, python_loader=True))
             await check_round_trip(drivers, payload)
@@ -412,12 +412,12 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
     print_table(
         "Ratio psycopg / asyncpg, p50 latency (above 1: psycopg is slower; "
         "95% bootstrap interval in brackets)",
-        ["operation", "vs asyncpg (as in the store)", "vs asyncpg-noreset"],
+        ["operation", "vs asyncpg (as in the store)", "vs asyncpg-reset"],
         [
             [
                 labels[operation],
                 with_interval(operation, "asyncpg"),
-                with_interval(operation, "asyncpg-noreset"),
+                with_interval(operation, "asyncpg-reset"),
             ]
             for operation in operations
         ],
@@ -459,7 +459,7 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
                 }
                 for operation in operations
             }
-            for baseline in ("asyncpg", "asyncpg-noreset")
+            for baseline in ("asyncpg", "asyncpg-reset")
         },
         "throughput_appends_per_s": {
             name: {"median": round(medians[name]), "runs": [round(v) for v in throughput[name]]}

@@ -193,7 +193,10 @@ class PostgresStore:
     ) -> ThreadRecords:
         check_read(namespace, thread_id, after, last)
         async with self._connection() as connection:
-            rows = await connection.fetch(sql.READ, namespace, thread_id, after, last)
+            if last is None:
+                rows = await connection.fetch(sql.READ, namespace, thread_id, after)
+            else:
+                rows = await connection.fetch(sql.READ_LAST, namespace, thread_id, after, last)
         if not rows:
             return ThreadRecords(0, (), ())
         version = rows[0][0]

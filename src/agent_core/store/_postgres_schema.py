@@ -182,6 +182,14 @@ VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND
 READ: Final = f"""
 SELECT t.version, m.seq, m.payload
 FROM {SCHEMA}.threads t
+LEFT JOIN {SCHEMA}.messages m
+    ON m.namespace = t.namespace AND m.thread_id = t.thread_id AND m.seq > $3
+WHERE t.namespace = $1 AND t.thread_id = $2
+ORDER BY m.seq
+"""
+READ_LAST: Final = f"""
+SELECT t.version, m.seq, m.payload
+FROM {SCHEMA}.threads t
 LEFT JOIN LATERAL (
     SELECT seq, payload FROM {SCHEMA}.messages
     WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3
