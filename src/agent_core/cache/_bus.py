@@ -1,8 +1,9 @@
 """The invalidation bus: every write of a namespace is announced on one Redis channel.
 
 Events are ``(kind, thread_id, version, origin)`` encoded with msgpack: ``"w"`` for
-a write (append, delete, invalidation, external change) and ``"f"`` for a fill
-(wakes instances waiting on another's load lease). A subscriber pings its own
+a write (append, delete, invalidation), ``"f"`` for a fill (wakes instances waiting
+on another's load lease) and ``"r"`` for a reset (clear all of L1). Write events are
+published by the same Lua script that updates L2, in one round trip. A subscriber pings its own
 connection, so a Redis that hangs (SIGSTOP) is noticed as surely as one that
 closes the socket; each (re)subscription tells the owner, who must then assume it
 missed events.
@@ -24,12 +25,23 @@ from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 
 WRITE: Final = "w"
 FILL: Final = "f"
+RESET: Final = "r"
+#: Announced when the version is unknown (an invalidation): older than any real version.
+EVERYTHING: Final = 1 << 62
 _PING_EVERY: Final = 0.2
 _DEAD_AFTER: Final = 0.75
 
 Event = tuple[str, str, int, str]
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[str, str, int, str]).decode
+
+
+def bus_channel(namespace: str) -> str:
+    return f"ac:bus:{namespace}"
+
+
+def encode_event(kind: str, thread_id: str, version: int, origin: str) -> bytes:
+    return _encode((kind, thread_id, version, origin))
 
 
 class InvalidationBus:
@@ -47,7 +59,7 @@ class InvalidationBus:
         on_lost: Callable[[], None],
     ) -> None:
         self._client = client
-        self.channel = f"ac:bus:{namespace}"
+        self.channel = bus_channel(namespace)
         self.origin = origin
         self._timeout = timeout
         self._on_event = on_event
@@ -80,7 +92,7 @@ class InvalidationBus:
 
     async def publish(self, kind: str, thread_id: str, version: int) -> bool:
         """Announce an event; a slow moment gets a second, longer try."""
-        event = _encode((kind, thread_id, version, self.origin))
+        event = encode_event(kind, thread_id, version, self.origin)
         for deadline in (self._timeout, self._timeout * 4):
             try:
                 async with asyncio.timeout(deadline):

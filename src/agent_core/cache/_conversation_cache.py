@@ -26,7 +26,7 @@ from ..messages import (
 )
 from ..observe import MemoryMonitor
 from ..store import ThreadPage, ThreadStore, store_from_url
-from ._bus import FILL, WRITE, InvalidationBus
+from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
 from ._redis_tier import RedisTier
@@ -38,8 +38,6 @@ __all__ = ["ConversationCache"]
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 Consistency = Literal["bounded", "strong"]
 _CONSISTENCY: Final = ("bounded", "strong")
-# Announced by `invalidate`, which does not know the version: older than anything.
-_EVERYTHING: Final = 1 << 62
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
@@ -116,6 +114,7 @@ class ConversationCache:
                 ttl=l2_ttl,
                 timeout=redis_timeout,
                 compress_min_bytes=compress_min_bytes,
+                origin=self._origin,
                 on_recover=self._forget_unannounced,
             )
             self._bus = InvalidationBus(
@@ -127,7 +126,6 @@ class ConversationCache:
                 on_subscribed=self._forget_unannounced,
                 on_lost=self._l2.fail,
             )
-            self._l2.announce = self._announce_repair
         self._bounded_over_redis = consistency == "bounded" and self._bus is not None
         self._lease_ttl = float(lease_ttl)
         self._loads: dict[str, asyncio.Task[Conversation]] = {}
@@ -175,6 +173,8 @@ class ConversationCache:
 
     async def open(self) -> None:
         await self.store.open()
+        if self._l2 is not None:
+            await self._l2.warm_up()
         if self._watch_external:
             await self.store.watch(_ExternalChanges(self))
         if self._bus is not None:
@@ -275,15 +275,19 @@ class ConversationCache:
     async def _fetch_uncached(self, thread_id: str) -> Conversation:
         lease: str | None = None
         if self._l2 is not None:
-            entry = await self._l2.get(thread_id)
-            if entry is not None and entry.payloads is not None:
-                self._counters.l2_hits += 1
-                return Conversation(thread_id, entry.version, messages_from_raw(entry.payloads))
+            conversation = await self._l2_hit(thread_id)
+            if conversation is not None:
+                return conversation
             if self._lease_ttl > 0:
                 token = uuid.uuid4().hex
                 acquired = await self._l2.acquire_lease(thread_id, token, self._lease_ttl)
                 if acquired:
                     lease = token
+                    # The previous holder may have filled L2 between our read and now.
+                    conversation = await self._l2_hit(thread_id)
+                    if conversation is not None:
+                        await self._l2.release_lease(thread_id, token)
+                        return conversation
                 elif acquired is False:
                     conversation = await self._await_fill(thread_id)
                     if conversation is not None:
@@ -304,18 +308,30 @@ class ConversationCache:
         return Conversation(thread_id, records.version, messages_from_raw(records.payloads))
 
     async def _await_fill(self, thread_id: str) -> Conversation | None:
-        """Another instance holds the load lease: wait to be woken by its fill."""
+        """Another instance holds the load lease: wait to be woken by its fill.
+
+        The fill event may arrive before we listen for it, so L2 is read once more
+        after listening starts; and whatever wakes us (event or lease expiry), L2 is
+        read again before giving up and loading from the store.
+        """
         assert self._l2 is not None
         self._counters.lease_waits += 1
         event = self._fill_waiters[thread_id] = asyncio.Event()
         try:
-            async with asyncio.timeout(self._lease_ttl):
-                await event.wait()
-        except TimeoutError:
-            raise_if_cancelling()
-            return None
+            conversation = await self._l2_hit(thread_id)
+            if conversation is not None:
+                return conversation
+            try:
+                async with asyncio.timeout(self._lease_ttl):
+                    await event.wait()
+            except TimeoutError:
+                raise_if_cancelling()
         finally:
             self._fill_waiters.pop(thread_id, None)
+        return await self._l2_hit(thread_id)
+
+    async def _l2_hit(self, thread_id: str) -> Conversation | None:
+        assert self._l2 is not None
         entry = await self._l2.get(thread_id)
         if entry is None or entry.payloads is None:
             return None
@@ -369,7 +385,6 @@ class ConversationCache:
                 await self._l2.fill(thread_id, version, payloads, written=True)
             else:
                 await self._l2.append(thread_id, base, version, payloads)
-            await self._announce(thread_id, version)
         return version
 
     async def delete(self, thread_id: str) -> int:
@@ -384,29 +399,16 @@ class ConversationCache:
         self._l1.put(Conversation(thread_id, version, ()))
         if self._l2 is not None:
             await self._l2.fill(thread_id, version, (), written=True)
-            await self._announce(thread_id, version)
         return version
 
     async def invalidate(self, thread_id: str) -> None:
         """Drop every cached copy of the thread, here and in every other instance."""
         self._check_open()
         check_thread_id(thread_id)
-        self._raise_floor(thread_id, _EVERYTHING)
+        self._raise_floor(thread_id, EVERYTHING)
         self._l1.drop(thread_id, "invalidation")
         if self._l2 is not None:
-            await self._l2.fence(thread_id, None)
-            await self._announce(thread_id, _EVERYTHING)
-
-    async def _announce(self, thread_id: str, version: int) -> None:
-        assert self._bus is not None
-        assert self._l2 is not None
-        # Degraded, the write waits in the tier's repair list and is announced on recovery.
-        if self._l2.degraded or not await self._bus.publish(WRITE, thread_id, version):
-            self._l2.mark_dirty(thread_id, version)
-
-    async def _announce_repair(self, thread_id: str, version: int) -> bool:
-        assert self._bus is not None
-        return await self._bus.publish(WRITE, thread_id, version)
+            await self._l2.fence(thread_id, None, announce=EVERYTHING)
 
     def _raise_floor(self, thread_id: str, version: int) -> None:
         if thread_id in self._floors and self._floors[thread_id] < version:
@@ -421,6 +423,9 @@ class ConversationCache:
                 event.set()
             return
         if origin == self._origin:
+            return
+        if kind == RESET:
+            self._forget_unannounced()
             return
         self._counters.invalidations_received += 1
         self._raise_floor(thread_id, version)
@@ -442,7 +447,7 @@ class ConversationCache:
         """Events may have been missed: nothing in L1 or loading now can be trusted."""
         self._l1.clear("reconnect")
         for thread_id in self._floors:
-            self._floors[thread_id] = _EVERYTHING
+            self._floors[thread_id] = EVERYTHING
 
     # -- other -----------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
+from ._bus import EVERYTHING, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
     CorruptEntry,
     decompress,
@@ -38,49 +39,60 @@ from ._l2_format import (
 
 _T = TypeVar("_T")
 
-_FILL: Final = """
+# Every script that records a write also announces it on the bus (ARGV[1], ARGV[2];
+# an empty event announces nothing): one round trip for both.
+_ANNOUNCE: Final = """
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+"""
+_FILL: Final = (
+    _ANNOUNCE
+    + """
 local cur = redis.call('GET', KEYS[1])
 local digits = cur and string.match(cur, '^%d+')
 if digits then
-  local v = tonumber(digits)
-  do
-    local target = tonumber(ARGV[1])
-    if v > target then return 0 end
-    if v == target and string.sub(cur, -1) ~= 'x' then return 0 end
-  end
+  local v, target = tonumber(digits), tonumber(ARGV[3])
+  if v > target then return 0 end
+  if v == target and string.sub(cur, -1) ~= 'x' then return 0 end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 return 1
 """
-_APPEND: Final = """
+)
+_APPEND: Final = (
+    _ANNOUNCE
+    + """
 local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('APPEND', KEYS[2], ARGV[3])
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if cur == ARGV[3] and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('APPEND', KEYS[2], ARGV[5])
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[6])
   return 1
 end
 local digits = cur and string.match(cur, '^%d+')
 local v = digits and tonumber(digits)
-if not v or v < tonumber(ARGV[2]) then
-  redis.call('SET', KEYS[1], ARGV[2] .. 'x', 'PX', ARGV[4])
+if not v or v < tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[1], ARGV[4] .. 'x', 'PX', ARGV[6])
   redis.call('DEL', KEYS[2])
 end
 return 0
 """
-_FENCE: Final = """
+)
+_FENCE: Final = (
+    _ANNOUNCE
+    + """
 local cur = redis.call('GET', KEYS[1])
 local digits = cur and string.match(cur, '^%d+')
 local v = digits and tonumber(digits)
-if not v or v < tonumber(ARGV[1]) or ARGV[1] == '-1' then
-  local target = ARGV[1] == '-1' and (v or 0) or tonumber(ARGV[1])
-  redis.call('SET', KEYS[1], string.format('%d', target) .. 'x', 'PX', ARGV[2])
+if not v or v < tonumber(ARGV[3]) or ARGV[3] == '-1' then
+  local target = ARGV[3] == '-1' and (v or 0) or tonumber(ARGV[3])
+  redis.call('SET', KEYS[1], string.format('%d', target) .. 'x', 'PX', ARGV[4])
   redis.call('DEL', KEYS[2])
   return 1
 end
 return 0
 """
+)
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -115,9 +127,12 @@ class RedisTier:
         ttl: float,
         timeout: float,
         compress_min_bytes: int,
+        origin: str,
         on_recover: Callable[[], None],
     ) -> None:
         self.client = client
+        self._channel = bus_channel(namespace)
+        self._origin = origin
         self._prefix = f"ac:{{{namespace}:"
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = timeout
@@ -134,8 +149,6 @@ class RedisTier:
         self._dirty: dict[str, int] = {}
         self._dirty_overflow = False
         self._max_dirty = 10_000
-        #: Set by the owner: announces a repaired write on the invalidation bus.
-        self.announce: Callable[[str, int], Awaitable[bool]] | None = None
 
     # -- health ------------------------------------------------------------------------
 
@@ -162,6 +175,21 @@ class RedisTier:
                 self.counters.errors += 1
         self._fail()
         return False, None
+
+    async def warm_up(self) -> None:
+        """Connect and load the scripts now, so first requests don't pay for it.
+
+        A Redis that can't be reached leaves the tier degraded, not the caller failing.
+        """
+        try:
+            async with asyncio.timeout(max(self._timeout, 1.0)):
+                await self.client.ping()
+                for script in (self._fill_script, self._append_script, self._fence_script):
+                    await self.client.script_load(script.script)
+        except (RedisError, OSError, TimeoutError):
+            raise_if_cancelling()
+            self.counters.errors += 1
+            self._fail()
 
     def _fail(self) -> None:
         if self.counters.degraded_since is None:
@@ -191,23 +219,30 @@ class RedisTier:
             return
 
     async def _repair_dirty(self) -> None:
+        """Fence and announce the writes that missed Redis, before leaving degraded mode."""
         if self._dirty_overflow:
-            # Too many to list: drop the whole namespace's entries.
+            # Too many to list: drop the namespace's entries and tell everyone to clear L1.
             async for key in self.client.scan_iter(match=f"{self._prefix}*", count=1000):
                 await self.client.delete(key)
+            await self.client.publish(self._channel, self._event(RESET, "", 0))
         else:
             for thread_id, version in list(self._dirty.items()):
-                await self._fence_script(keys=self._keys(thread_id), args=[version, self._ttl_ms])
-                if self.announce is not None and not await self.announce(thread_id, version):
-                    raise TimeoutError("could not announce a repaired write")
+                announced = version if version >= 0 else EVERYTHING
+                await self._fence_script(
+                    keys=self._keys(thread_id),
+                    args=[
+                        self._channel,
+                        self._event(WRITE, thread_id, announced),
+                        version,
+                        self._ttl_ms,
+                    ],
+                )
                 del self._dirty[thread_id]
         self._dirty.clear()
         self._dirty_overflow = False
 
-    def mark_dirty(self, thread_id: str, version: int) -> None:
-        """A write of ``thread_id`` at ``version`` did not reach Redis; repair it later."""
-        self._mark_dirty(thread_id, version)
-        self._fail()
+    def _event(self, kind: str, thread_id: str, version: int) -> bytes:
+        return encode_event(kind, thread_id, version, self._origin)
 
     def _mark_dirty(self, thread_id: str, version: int) -> None:
         if len(self._dirty) >= self._max_dirty:
@@ -296,10 +331,11 @@ class RedisTier:
         lost L2 must be fenced at ``version`` once Redis is back.
         """
         value = await self._chunk(payloads) if payloads else b""
+        event = self._event(WRITE, thread_id, version) if written else b""
         ok, stored = await self._call(
             lambda: self._fill_script(
                 keys=self._keys(thread_id),
-                args=[version, value, self._ttl_ms],
+                args=[self._channel, event, version, value, self._ttl_ms],
             ),
             write=True,
         )
@@ -315,23 +351,31 @@ class RedisTier:
     async def append(
         self, thread_id: str, base_version: int, version: int, payloads: Sequence[bytes]
     ) -> None:
-        """Extend the entry if it is exactly at ``base_version``; otherwise fence it."""
+        """Extend the entry if it is exactly at ``base_version``, else fence it; announce."""
         chunk = await self._chunk(payloads)
+        event = self._event(WRITE, thread_id, version)
         ok, _ = await self._call(
             lambda: self._append_script(
-                keys=self._keys(thread_id), args=[base_version, version, chunk, self._ttl_ms]
+                keys=self._keys(thread_id),
+                args=[self._channel, event, base_version, version, chunk, self._ttl_ms],
             ),
             write=True,
         )
         if not ok:
             self._mark_dirty(thread_id, version)
 
-    async def fence(self, thread_id: str, version: int | None) -> None:
-        """Forget the messages and keep only the version (or the held one, if None)."""
+    async def fence(
+        self, thread_id: str, version: int | None, *, announce: int | None = None
+    ) -> None:
+        """Forget the messages and keep only the version (or the held one, if None).
+
+        ``announce``: also tell other instances to drop entries older than that version.
+        """
+        event = b"" if announce is None else self._event(WRITE, thread_id, announce)
         ok, _ = await self._call(
             lambda: self._fence_script(
                 keys=self._keys(thread_id),
-                args=[-1 if version is None else version, self._ttl_ms],
+                args=[self._channel, event, -1 if version is None else version, self._ttl_ms],
             ),
             write=True,
         )
