@@ -90,7 +90,7 @@ class Library:
         if rest:
             messages += (self._message(max(rest, 64)),)
         self.conversations[thread_id] = Conversation(thread_id, 1, messages)
-        self.weights[thread_id] = weigh(messages)
+        self.weights[thread_id] = weigh(self.conversations[thread_id].payloads)
         return thread_id
 
     def _message(self, size: int) -> Message:

@@ -105,3 +105,121 @@ def test_fails_loudly_without_postgres() -> None:
         )
         assert result.returncode == 3, result.stderr
         assert "not reachable" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "headings", "keys"),
+    [
+        pytest.param(
+            "cache_latency.py",
+            (),
+            (
+                "redis_server",
+                "postgres_version",
+                "L1 hit: await cache.get(), µs",
+                "L2 hit vs raw Redis, µs",
+                "Append one message, µs",
+                "get() by path vs store.read(), µs",
+            ),
+            ("l1_hit", "l2_hit", "append", "get_paths"),
+            id="cache_latency",
+        ),
+        pytest.param(
+            "cold_start.py",
+            ("--store", "sqlite"),
+            ("redis_server", "Cold-start hit rates, %", "Goal: hit rate >= 99 % of max"),
+            ("variants",),
+            id="cold_start-sqlite",
+        ),
+        pytest.param(
+            "cold_start.py",
+            ("--store", "postgres"),
+            ("postgres_version", "Cold-start hit rates, %", "Goal: hit rate >= 99 % of max"),
+            ("variants",),
+            id="cold_start-postgres",
+        ),
+    ],
+)
+def test_cache_benchmark_quick_run(
+    script: str,
+    args: tuple[str, ...],
+    headings: tuple[str, ...],
+    keys: tuple[str, ...],
+    tmp_path: Path,
+) -> None:
+    """The cache benchmarks, each on its own private redis-server."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark(script, "--quick", *args, "--json", str(figures))
+    assert result.returncode == 0, (
+        f"{script} --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    missing = [heading for heading in ("Machine", *headings) if heading not in result.stdout]
+    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert all(key in document for key in keys), sorted(document)
+    database = document["machine"].get("temp_database")
+    if database is not None:
+        assert database.startswith("ac_bench_")
+        assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
+@pytest.mark.parametrize(
+    ("script", "headings", "keys"),
+    [
+        pytest.param(
+            "loop_lag.py",
+            (
+                "Event-loop lag, ms",
+                "Lag ratio naive / agent-core",
+                "Goal p99 <= 5 ms (agent-core)",
+                "Small gets, ms",
+                "Big-thread operations, ms",
+                "Garbage-collector pauses on the loop thread, ms",
+            ),
+            ("lag_ms", "goal", "small_gets", "big_thread_operations", "gc"),
+            id="loop_lag",
+        ),
+        pytest.param(
+            "freshness.py",
+            (
+                "Freshness across processes",
+                "No message lost or duplicated",
+                "External change propagation, ms",
+            ),
+            ("freshness", "integrity", "external"),
+            id="freshness",
+        ),
+        pytest.param(
+            "redis_faults.py",
+            (
+                "Faults during a 5 s mixed load",
+                "Call latency, ms",
+                "Caller errors: 0",
+                "Messages lost",
+                "Instance counters at the end",
+            ),
+            ("faults", "latency", "messages", "counters"),
+            id="redis_faults",
+        ),
+    ],
+)
+def test_lag_freshness_and_fault_benchmarks_quick_run(
+    script: str, headings: tuple[str, ...], keys: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Each on a private redis-server (killed and paused by redis_faults.py), about 20 s."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark(script, "--quick", "--json", str(figures))
+    assert result.returncode == 0, (
+        f"{script} --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    missing = [heading for heading in ("Machine", *headings) if heading not in result.stdout]
+    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert all(key in document for key in keys), sorted(document)
+    database = document["machine"]["temp_database"]
+    assert database.startswith("ac_bench_")
+    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"

@@ -26,6 +26,9 @@ def make_cache(store_url: str, redis_url: str, namespace: str) -> CacheFactory:
     @asynccontextmanager
     async def make(**options: Any) -> AsyncIterator[ConversationCache]:
         options.setdefault("redis", redis_url)
+        # Exact per-tier counts need Redis calls not to time out on a busy machine;
+        # deadlines and degraded mode are tested in test_degraded.py.
+        options.setdefault("redis_timeout", 1.0)
         async with ConversationCache.from_urls(
             store=store_url, namespace=namespace, **options
         ) as cache:
@@ -157,10 +160,14 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
 ) -> None:
     async with make_cache() as writer:
         await writer.append("t", [user("a"), user("b")])
+    key = f"ac:{{{namespace}:t}}"
     client = redis.Redis.from_url(redis_url)
     try:
-        for garbage in (b"garbage", b"\x00\x05\x00\x00\x00\x00\x00\x00\x00hello"):
-            await client.set(f"ac:{{{namespace}:t}}:m", garbage)
+        good = await client.get(key)
+        assert isinstance(good, bytes)
+        flipped = good[:-1] + bytes([good[-1] ^ 1])  # fails the chunk's CRC
+        for garbage in (b"garbage", good[:21] + b"\x00\x05\x00\x00\x00hello", flipped):
+            await client.set(key, garbage)
             async with make_cache() as reader:
                 conversation = await reader.get("t")
                 assert conversation.to_list() == [user("a"), user("b")]
@@ -169,10 +176,6 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
             async with make_cache() as repaired:  # the load put the right bytes back
                 assert (await repaired.get("t")).version == 2
                 assert repaired.stats().l2_hits == 1
-        await client.set(f"ac:{{{namespace}:t}}:v", b"not a version")
-        async with make_cache() as reader:
-            assert (await reader.get("t")).to_list() == [user("a"), user("b")]
-            assert reader.stats().l2_corrupt == 1
     finally:
         await client.aclose()
 
@@ -186,7 +189,7 @@ async def test_large_conversations_are_compressed_in_l2(
         await writer.append("big", [user("small")])
     client = redis.Redis.from_url(redis_url)
     try:
-        stored = await client.strlen(f"ac:{{{namespace}:big}}:m")
+        stored = await client.strlen(f"ac:{{{namespace}:big}}")
     finally:
         await client.aclose()
     assert stored < sum(len(m["content"]) for m in batch) / 10

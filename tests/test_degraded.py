@@ -18,28 +18,30 @@ def user(text: str) -> dict[str, Any]:
 
 async def mixed_load(
     caches: list[ConversationCache], threads: int, stop: asyncio.Event, seed: int
-) -> tuple[dict[str, list[str]], list[float]]:
+) -> tuple[dict[str, list[str]], list[tuple[float, str]]]:
     """Appends and reads until ``stop``; returns what was appended and every call's latency."""
     rng = random.Random(seed)
     written: dict[str, list[str]] = {f"t{i}": [] for i in range(threads)}
-    latencies: list[float] = []
+    latencies: list[tuple[float, str]] = []
     counter = 0
     while not stop.is_set():
         cache = rng.choice(caches)
         thread_id = f"t{rng.randrange(threads)}"
         started = time.perf_counter()
+        operation = "append"
         if rng.random() < 0.3:
             counter += 1
             text = f"{seed}-{counter}"
             await cache.append(thread_id, [user(text)])
             written[thread_id].append(text)
         else:
+            operation = "get"
             conversation = await cache.get(thread_id)
             contents = [m["content"] for m in conversation.to_list()]
             mine = [c for c in contents if c.startswith(f"{seed}-")]
             # Whatever it serves, it never serves one of our writes twice or out of order.
             assert mine == sorted(set(mine), key=lambda c: int(c.split("-")[1]))
-        latencies.append(time.perf_counter() - started)
+        latencies.append((time.perf_counter() - started, f"{operation} {thread_id}"))
         await asyncio.sleep(0.002)
     return written, latencies
 
@@ -89,8 +91,9 @@ async def test_kill_restart_and_pause(
         assert a.stats().redis_errors > 0
         assert a.stats().evictions.get("reconnect", 0) > 0
         latencies = [latency for _, lat in results for latency in lat]
-        # No call waited out the 2 s pause: each Redis call has a short deadline.
-        assert max(latencies) < 1.0, max(latencies)
+        # No call waited out the 2 s pause: each Redis call has a short deadline. The
+        # longest possible wait is a load lease whose holder lost Redis (lease_ttl, 1 s).
+        assert max(latencies)[0] < 1.5, sorted(latencies)[-3:]
 
         # Nothing lost or duplicated, and both instances now serve the store's truth.
         expected: dict[str, list[str]] = {}

@@ -115,7 +115,7 @@ def test_conversation_is_an_immutable_snapshot() -> None:
     listed.append({"role": "user"})
     assert conversation.to_list() == items
     with pytest.raises(AttributeError):
-        conversation.version = 4  # type: ignore[misc]
+        conversation.version = 4
     assert Conversation("t", 0).to_list() == []
 
 

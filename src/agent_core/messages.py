@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, final
 
 import msgspec
@@ -136,25 +135,87 @@ class Message:
 
 
 @final
-@dataclass(frozen=True, slots=True)
 class Conversation:
-    """An immutable snapshot of a thread at one version."""
+    """An immutable snapshot of a thread at one version.
 
+    It holds the messages' encoded bytes; `Message` objects are made only when
+    ``messages`` is first read, so serving a snapshot costs nothing per message.
+    """
+
+    __slots__ = ("_messages", "payloads", "thread_id", "version")
     thread_id: str
     version: int
-    messages: tuple[Message, ...] = ()
+    #: The messages' encoded JSON, oldest first.
+    payloads: tuple[bytes, ...]
+    _messages: tuple[Message, ...] | None
+
+    def __init__(self, thread_id: str, version: int, messages: Iterable[Message] = ()) -> None:
+        held = tuple(messages)
+        self._set(thread_id, version, tuple(m.raw for m in held), held)
+
+    @classmethod
+    def _from_payloads(
+        cls, thread_id: str, version: int, payloads: tuple[bytes, ...]
+    ) -> Conversation:
+        conversation = cls.__new__(cls)
+        conversation._set(thread_id, version, payloads, None)
+        return conversation
+
+    def _set(
+        self,
+        thread_id: str,
+        version: int,
+        payloads: tuple[bytes, ...],
+        messages: tuple[Message, ...] | None,
+    ) -> None:
+        for name, value in (
+            ("thread_id", thread_id),
+            ("version", version),
+            ("payloads", payloads),
+            ("_messages", messages),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        if self._messages is None:
+            object.__setattr__(self, "_messages", messages_from_raw(self.payloads))
+        assert self._messages is not None
+        return self._messages
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return len(self.payloads)
 
     def to_list(self) -> list[dict[str, Any]]:
         """Fresh ``dict`` copies of every message, decoded in one pass."""
-        if not self.messages:
+        if not self.payloads:
             return []
-        result: list[dict[str, Any]] = orjson.loads(
-            b"[" + b",".join(m.raw for m in self.messages) + b"]"
-        )
+        result: list[dict[str, Any]] = orjson.loads(b"[" + b",".join(self.payloads) + b"]")
         return result
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Conversation is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Conversation is immutable")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Conversation):
+            return (self.thread_id, self.version, self.payloads) == (
+                other.thread_id,
+                other.version,
+                other.payloads,
+            )
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.thread_id, self.version, self.payloads))
+
+    def __repr__(self) -> str:
+        return (
+            f"Conversation(thread_id={self.thread_id!r}, version={self.version}, "
+            f"messages={len(self.payloads)})"
+        )
 
 
 def encode_message(item: object, max_bytes: int) -> bytes:
@@ -251,5 +312,14 @@ def _has_non_finite_float(value: object) -> bool:
 
 def messages_from_raw(payloads: Iterable[bytes]) -> tuple[Message, ...]:
     """Wrap stored payloads without decoding them."""
-    trusted = Message._trusted
-    return tuple(trusted(raw) for raw in payloads)
+    create, set_raw = object.__new__, _set_raw
+    wrapped = []
+    for raw in payloads:
+        message = create(Message)
+        set_raw(message, raw)
+        wrapped.append(message)
+    return tuple(wrapped)
+
+
+# The slot's own setter: skips Message.__setattr__, which refuses all changes.
+_set_raw = Message.__dict__["_raw"].__set__

@@ -36,6 +36,11 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[str, str, int, str]).decode
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def bus_channel(namespace: str) -> str:
     return f"ac:bus:{namespace}"
 
@@ -56,7 +61,7 @@ class InvalidationBus:
         timeout: float,
         on_event: Callable[[str, str, int, str], None],
         on_subscribed: Callable[[], None],
-        on_lost: Callable[[], None],
+        on_lost: Callable[[BaseException], None],
     ) -> None:
         self._client = client
         self.channel = bus_channel(namespace)
@@ -107,14 +112,17 @@ class InvalidationBus:
         delay = 0.05
         while True:
             pubsub = self._client.pubsub()
+            reason: BaseException = ConnectionError("subscription ended")
             try:
                 await self._listen(pubsub)
-            except (RedisError, OSError, TimeoutError):
+            except (RedisError, OSError, TimeoutError) as exc:
                 raise_if_cancelling()
+                reason = exc
             finally:
                 if self._ready.is_set():
                     self._ready.clear()
-                    self._on_lost()
+                    if not _cancelling():
+                        self._on_lost(reason)
                     delay = 0.05
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     async with asyncio.timeout(self._timeout):

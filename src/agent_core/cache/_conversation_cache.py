@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, Self
@@ -22,14 +23,13 @@ from ..messages import (
     Conversation,
     Message,
     encode_batch,
-    messages_from_raw,
 )
 from ..observe import MemoryMonitor
 from ..store import ThreadPage, ThreadStore, store_from_url
 from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
-from ._redis_tier import RedisTier
+from ._redis_tier import L2Entry, RedisTier
 from ._stats import CacheStats, Counters
 from ._tinylfu import WTinyLFUPolicy
 
@@ -38,6 +38,7 @@ __all__ = ["ConversationCache"]
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 Consistency = Literal["bounded", "strong"]
 _CONSISTENCY: Final = ("bounded", "strong")
+_MAX_MINIMUMS: Final = 10_000
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
@@ -63,7 +64,7 @@ class ConversationCache:
         l2_ttl: float = 86_400.0,
         redis_timeout: float = 0.05,
         compress_min_bytes: int = 64 << 10,
-        lease_ttl: float = 2.0,
+        lease_ttl: float = 1.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,
         watch_external: bool = True,
@@ -115,6 +116,7 @@ class ConversationCache:
                 timeout=redis_timeout,
                 compress_min_bytes=compress_min_bytes,
                 origin=self._origin,
+                on_degraded=self._stop_waiting_for_fills,
                 on_recover=self._forget_unannounced,
             )
             self._bus = InvalidationBus(
@@ -128,11 +130,13 @@ class ConversationCache:
             )
         self._bounded_over_redis = consistency == "bounded" and self._bus is not None
         self._lease_ttl = float(lease_ttl)
-        self._loads: dict[str, asyncio.Task[Conversation]] = {}
+        self._loads: dict[str, asyncio.Future[Conversation]] = {}
         # While a thread loads: the newest version announced meanwhile. A load that
         # comes back older than this must not be cached.
         self._floors: dict[str, int] = {}
         self._fill_waiters: dict[str, asyncio.Event] = {}
+        # External changes heard but not yet seen in a load: older L2 entries are stale.
+        self._minimums: OrderedDict[str, int] = OrderedDict()
         self._counters = Counters()
         self._open = False
         self._watch_external = bool(watch_external)
@@ -185,8 +189,6 @@ class ConversationCache:
     async def close(self) -> None:
         self._open = False
         await self._memory.stop()
-        for task in list(self._loads.values()):
-            task.cancel()
         if self._bus is not None:
             await self._bus.close()
         if self._background:
@@ -249,94 +251,117 @@ class ConversationCache:
         return await self.store.version(self.namespace, thread_id)
 
     async def _load(self, thread_id: str) -> Conversation:
-        task = self._loads.get(thread_id)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._fetch(thread_id))
-            self._loads[thread_id] = task
-            self._floors[thread_id] = 0
-            task.add_done_callback(lambda _: self._end_load(thread_id))
-        # Shielded: a caller that gives up does not cancel the load for the others.
-        return await asyncio.shield(task)
-
-    def _end_load(self, thread_id: str) -> None:
-        self._loads.pop(thread_id, None)
-        self._floors.pop(thread_id, None)
+        """Single-flight: one load per thread at a time; the first caller does it inline
+        (no task on the hot path) and the others await its result."""
+        while (pending := self._loads.get(thread_id)) is not None:
+            try:
+                # Shielded: a waiter that gives up does not cancel the load for the others.
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                raise_if_cancelling()  # our own cancellation; else the loader's: retry
+        pending = asyncio.get_running_loop().create_future()
+        self._loads[thread_id] = pending
+        self._floors[thread_id] = 0
+        try:
+            conversation = await self._fetch(thread_id)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                pending.cancel()
+            else:
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: no "never retrieved" warning if unawaited
+            raise
+        else:
+            pending.set_result(conversation)
+            return conversation
+        finally:
+            del self._loads[thread_id]
+            del self._floors[thread_id]
 
     async def _fetch(self, thread_id: str) -> Conversation:
         conversation = await self._fetch_uncached(thread_id)
         if "l1_fill" in self._hooks:
             await self._hooks["l1_fill"](thread_id)
-        if conversation.version >= self._floors.get(thread_id, 0):
+        minimum = self._minimums.get(thread_id, 0)
+        if conversation.version >= max(self._floors[thread_id], minimum):
             self._l1.put(conversation)
+            if minimum:
+                del self._minimums[thread_id]
         else:
             self._counters.fills_dropped += 1
         return conversation
 
     async def _fetch_uncached(self, thread_id: str) -> Conversation:
-        lease: str | None = None
+        lease = ""
         if self._l2 is not None:
-            conversation = await self._l2_hit(thread_id)
-            if conversation is not None:
-                return conversation
+            entry = await self._l2.get(thread_id)
+            if self._usable(thread_id, entry):
+                return self._served_by_l2(thread_id, entry)
             if self._lease_ttl > 0:
                 token = uuid.uuid4().hex
-                acquired = await self._l2.acquire_lease(thread_id, token, self._lease_ttl)
-                if acquired:
+                acquired = await self._l2.acquire(thread_id, token, self._lease_ttl)
+                if isinstance(acquired, L2Entry) and self._usable(thread_id, acquired):
+                    return self._served_by_l2(thread_id, acquired)  # filled meanwhile
+                if acquired is True:
                     lease = token
-                    # The previous holder may have filled L2 between our read and now.
-                    conversation = await self._l2_hit(thread_id)
-                    if conversation is not None:
-                        await self._l2.release_lease(thread_id, token)
-                        return conversation
                 elif acquired is False:
                     conversation = await self._await_fill(thread_id)
                     if conversation is not None:
                         return conversation
         try:
             records = await self.store.read(self.namespace, thread_id)
-            self._counters.store_loads += 1
-            self._counters.misses += 1
-            if "loaded" in self._hooks:
-                await self._hooks["loaded"](thread_id)
-            if self._l2 is not None:
-                await self._l2.fill(thread_id, records.version, records.payloads)
-        finally:
-            if lease is not None and self._l2 is not None:
-                if self._bus is not None:
-                    await self._bus.publish(FILL, thread_id, 0)
+        except BaseException:
+            if lease and self._l2 is not None:
                 await self._l2.release_lease(thread_id, lease)
-        return Conversation(thread_id, records.version, messages_from_raw(records.payloads))
+            raise
+        self._counters.store_loads += 1
+        self._counters.misses += 1
+        if "loaded" in self._hooks:
+            await self._hooks["loaded"](thread_id)
+        if self._l2 is not None:
+            # Also releases the lease and wakes the instances waiting on it.
+            await self._l2.fill(thread_id, records.version, records.payloads, lease=lease)
+        return Conversation._from_payloads(thread_id, records.version, records.payloads)
+
+    def _usable(self, thread_id: str, entry: L2Entry | None) -> bool:
+        """A complete entry, and not older than an external change this instance heard of
+        (its own L2 fence for that change may not have landed yet)."""
+        return (
+            entry is not None
+            and entry.payloads is not None
+            and entry.version >= self._minimums.get(thread_id, 0)
+        )
+
+    def _served_by_l2(self, thread_id: str, entry: L2Entry | None) -> Conversation:
+        assert entry is not None
+        assert entry.payloads is not None
+        self._counters.l2_hits += 1
+        return Conversation._from_payloads(thread_id, entry.version, tuple(entry.payloads))
 
     async def _await_fill(self, thread_id: str) -> Conversation | None:
         """Another instance holds the load lease: wait to be woken by its fill.
 
-        The fill event may arrive before we listen for it, so L2 is read once more
-        after listening starts; and whatever wakes us (event or lease expiry), L2 is
-        read again before giving up and loading from the store.
+        Its fill event may come before we listen, so L2 is read once after listening
+        starts; and whatever ends the wait (the event, a resubscription or Redis
+        trouble, the lease running out), L2 is read again before going to the store.
         """
         assert self._l2 is not None
         self._counters.lease_waits += 1
         event = self._fill_waiters[thread_id] = asyncio.Event()
         try:
-            conversation = await self._l2_hit(thread_id)
-            if conversation is not None:
-                return conversation
-            try:
-                async with asyncio.timeout(self._lease_ttl):
-                    await event.wait()
-            except TimeoutError:
-                raise_if_cancelling()
+            entry = await self._l2.get(thread_id)
+            if not self._usable(thread_id, entry):
+                try:
+                    async with asyncio.timeout(self._lease_ttl):
+                        await event.wait()
+                except TimeoutError:
+                    raise_if_cancelling()
+                entry = await self._l2.get(thread_id)
         finally:
             self._fill_waiters.pop(thread_id, None)
-        return await self._l2_hit(thread_id)
-
-    async def _l2_hit(self, thread_id: str) -> Conversation | None:
-        assert self._l2 is not None
-        entry = await self._l2.get(thread_id)
-        if entry is None or entry.payloads is None:
+        if not self._usable(thread_id, entry):
             return None
-        self._counters.l2_hits += 1
-        return Conversation(thread_id, entry.version, messages_from_raw(entry.payloads))
+        return self._served_by_l2(thread_id, entry)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -373,11 +398,11 @@ class ConversationCache:
             return result.version
         version = result.version
         base = version - len(payloads)
-        added = messages_from_raw(payloads)
+        added = tuple(payloads)
         self._raise_floor(thread_id, version)
         if base == 0:
             # A brand-new thread: the batch is the whole conversation.
-            self._l1.put(Conversation(thread_id, version, added))
+            self._l1.put(Conversation._from_payloads(thread_id, version, added))
         else:
             self._l1.extend(thread_id, base, added, version)
         if self._l2 is not None:
@@ -437,15 +462,25 @@ class ConversationCache:
             return
         self._counters.external_changes += 1
         self._raise_floor(thread_id, version)
+        self._minimums[thread_id] = max(version, self._minimums.get(thread_id, 0))
+        self._minimums.move_to_end(thread_id)
+        if len(self._minimums) > _MAX_MINIMUMS:
+            self._minimums.popitem(last=False)
         self._l1.drop_older(thread_id, version, "external")
         if self._l2 is not None:
             task = asyncio.get_running_loop().create_task(self._l2.fence(thread_id, version))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
+    def _stop_waiting_for_fills(self) -> None:
+        """Redis is unreachable: a fill event may never come, so waiters go to the store."""
+        for event in self._fill_waiters.values():
+            event.set()
+
     def _forget_unannounced(self) -> None:
         """Events may have been missed: nothing in L1 or loading now can be trusted."""
         self._l1.clear("reconnect")
+        self._stop_waiting_for_fills()
         for thread_id in self._floors:
             self._floors[thread_id] = EVERYTHING
 
@@ -474,10 +509,11 @@ class ConversationCache:
             l2_fills_refused=l2.fills_refused if l2 else 0,
             lease_waits=c.lease_waits,
             redis_errors=l2.errors if l2 else 0,
+            redis_last_error=l2.last_error if l2 else "",
             l2_corrupt=l2.corrupt if l2 else 0,
             degraded=self._l2 is not None
             and (self._l2.degraded or not (self._bus is not None and self._bus.subscribed)),
-            l1_bytes=self._l1.bytes,
+            l1_bytes=self._l1.used_bytes,
             l1_max_bytes=self._l1.max_bytes,
             l1_entries=len(self._l1),
             memory=self._memory.snapshot(),

@@ -20,9 +20,9 @@ MESSAGE_OVERHEAD: Final = sys.getsizeof(Message._trusted(b"")) + sys.getsizeof(b
 ENTRY_OVERHEAD: Final = 400
 
 
-def weigh(messages: Sequence[Message]) -> int:
-    """Bytes an entry holding ``messages`` costs in memory."""
-    return ENTRY_OVERHEAD + sum(len(m.raw) for m in messages) + MESSAGE_OVERHEAD * len(messages)
+def weigh(payloads: Sequence[bytes]) -> int:
+    """Bytes an entry holding these messages costs in memory (once they are wrapped)."""
+    return ENTRY_OVERHEAD + sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class L1Tier:
         return self._policy.capacity
 
     @property
-    def bytes(self) -> int:
+    def used_bytes(self) -> int:
         return self._policy.total
 
     def __len__(self) -> int:
@@ -90,7 +90,7 @@ class L1Tier:
         if held is not None and held.conversation.version > conversation.version:
             return False
         if weight is None:
-            weight = weigh(conversation.messages)
+            weight = weigh(conversation.payloads)
         self._entries[thread_id] = _Entry(conversation, weight, self._clock() + self._ttl)
         evicted = self._policy.put(thread_id, weight)
         if thread_id in evicted:
@@ -102,7 +102,7 @@ class L1Tier:
         return thread_id in self._entries
 
     def extend(
-        self, thread_id: str, base_version: int, messages: tuple[Message, ...], version: int
+        self, thread_id: str, base_version: int, payloads: tuple[bytes, ...], version: int
     ) -> bool:
         """Add an append to the held entry if it is exactly at ``base_version``.
 
@@ -115,8 +115,10 @@ class L1Tier:
             if held.conversation.version < version:
                 self._remove(thread_id, "stale")
             return False
-        conversation = Conversation(thread_id, version, held.conversation.messages + messages)
-        return self.put(conversation, held.weight + weigh(messages) - ENTRY_OVERHEAD)
+        conversation = Conversation._from_payloads(
+            thread_id, version, held.conversation.payloads + payloads
+        )
+        return self.put(conversation, held.weight + weigh(payloads) - ENTRY_OVERHEAD)
 
     def drop(self, thread_id: str, cause: str) -> bool:
         if thread_id not in self._entries:

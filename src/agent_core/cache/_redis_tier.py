@@ -1,14 +1,13 @@
-"""The shared tier: one Redis entry per thread, extended in place by appends.
+"""The shared tier: one Redis value per thread, extended in place by appends.
 
-Keys of a thread share the hash tag ``{namespace:thread_id}`` (Redis Cluster keeps
-them on one slot):
-
-- ``ac:{ns:tid}:v`` holds the version: ``"7"`` when the value holds every message
-  up to version 7, or ``"7x"``, a *fence*, when only the version is known (an append
-  could not extend the value, or the thread was invalidated). A fill with an older
-  version than the key says is refused, so a slow reader can't put back history
-  that a writer or a delete has already moved past.
-- ``ac:{ns:tid}:m`` holds the messages (see `_l2_format`).
+A thread's value lives at ``ac:{ns:tid}`` (its lease at ``ac:{ns:tid}:lease``; the
+shared hash tag keeps both on one Redis Cluster slot). The value starts with a
+21-byte header, the version as 20 zero-padded digits and a flag: ``c`` when the
+chunks that follow hold every message up to that version, ``x`` (a *fence*) when
+only the version is known (an append could not extend the value, or the thread
+was invalidated). A fill with an older version than the header is refused, so a
+slow reader can't put back history that a writer or a delete has moved past.
+A hit is one ``GETEX``; a strong-mode version check one ``GETRANGE``.
 
 Every call has a short timeout. A failure marks the tier degraded: callers then
 skip Redis (L1 + store) until a background probe finds it again, and the owner is
@@ -21,78 +20,85 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
-from ._bus import EVERYTHING, RESET, WRITE, bus_channel, encode_event
+from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
+    HEADER_SIZE,
     CorruptEntry,
-    decompress,
+    decode_chunks,
     encode_chunk,
+    header,
     join_payloads,
-    split_chunks,
-    split_payloads,
+    parse_header,
 )
 
 _T = TypeVar("_T")
 
-# Every script that records a write also announces it on the bus (ARGV[1], ARGV[2];
-# an empty event announces nothing): one round trip for both.
+# Every script that records a write also announces it on the bus (ARGV[1] channel,
+# ARGV[2] event; an empty event announces nothing): one round trip for both.
 _ANNOUNCE: Final = """
 if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
+local head = redis.call('GETRANGE', KEYS[1], 0, 20)
+local held = tonumber(string.sub(head, 1, 20))
 """
+# ARGV[3] version (padded), ARGV[4] value, ARGV[5] ttl ms, ARGV[6] lease token or ''.
 _FILL: Final = (
     _ANNOUNCE
     + """
-local cur = redis.call('GET', KEYS[1])
-local digits = cur and string.match(cur, '^%d+')
-if digits then
-  local v, target = tonumber(digits), tonumber(ARGV[3])
-  if v > target then return 0 end
-  if v == target and string.sub(cur, -1) ~= 'x' then return 0 end
+if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
+local target = tonumber(ARGV[3])
+if held and (held > target or (held == target and string.sub(head, 21, 21) == 'c')) then
+  return 0
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[5])
-redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
 return 1
 """
 )
+# ARGV[3] the base header (padded base version .. 'c'), ARGV[4] new version (padded),
+# ARGV[5] chunk, ARGV[6] ttl ms.
 _APPEND: Final = (
     _ANNOUNCE
     + """
-local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[3] and redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('APPEND', KEYS[2], ARGV[5])
-  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[6])
-  redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if head == ARGV[3] then
+  redis.call('SETRANGE', KEYS[1], 0, ARGV[4])
+  redis.call('APPEND', KEYS[1], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
   return 1
 end
-local digits = cur and string.match(cur, '^%d+')
-local v = digits and tonumber(digits)
-if not v or v < tonumber(ARGV[4]) then
+if not held or held < tonumber(ARGV[4]) then
   redis.call('SET', KEYS[1], ARGV[4] .. 'x', 'PX', ARGV[6])
-  redis.call('DEL', KEYS[2])
 end
 return 0
 """
 )
+# ARGV[3] version (padded), or '-1' for "the held version"; ARGV[4] ttl ms.
 _FENCE: Final = (
     _ANNOUNCE
     + """
-local cur = redis.call('GET', KEYS[1])
-local digits = cur and string.match(cur, '^%d+')
-local v = digits and tonumber(digits)
-if not v or v < tonumber(ARGV[3]) or ARGV[3] == '-1' then
-  local target = ARGV[3] == '-1' and (v or 0) or tonumber(ARGV[3])
-  redis.call('SET', KEYS[1], string.format('%d', target) .. 'x', 'PX', ARGV[4])
-  redis.call('DEL', KEYS[2])
-  return 1
+local target = held or 0
+if ARGV[3] ~= '-1' then
+  target = tonumber(ARGV[3])
+  if held and held >= target then return 0 end
 end
-return 0
+redis.call('SET', KEYS[1], string.format('%020d', target) .. 'x', 'PX', ARGV[4])
+return 1
 """
 )
+# On a miss: the value if it appeared meanwhile, else 1 if the lease was taken, else 0.
+_ACQUIRE: Final = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 21, 21) == 'c' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return value
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -114,6 +120,7 @@ class RedisTierCounters:
     fills: int = 0
     fills_refused: int = 0
     degraded_since: float | None = None
+    last_error: str = ""
 
 
 class RedisTier:
@@ -128,6 +135,7 @@ class RedisTier:
         timeout: float,
         compress_min_bytes: int,
         origin: str,
+        on_degraded: Callable[[], None],
         on_recover: Callable[[], None],
     ) -> None:
         self.client = client
@@ -137,10 +145,12 @@ class RedisTier:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = timeout
         self._compress_min_bytes = compress_min_bytes
+        self._on_degraded = on_degraded
         self._on_recover = on_recover
         self._fill_script = client.register_script(_FILL)
         self._append_script = client.register_script(_APPEND)
         self._fence_script = client.register_script(_FENCE)
+        self._acquire_script = client.register_script(_ACQUIRE)
         self._release_script = client.register_script(_RELEASE)
         self.counters = RedisTierCounters()
         self._probe: asyncio.Task[None] | None = None
@@ -170,9 +180,9 @@ class RedisTier:
             try:
                 async with asyncio.timeout(deadline):
                     return True, await operation()
-            except (RedisError, OSError, TimeoutError):
+            except (RedisError, OSError, TimeoutError) as exc:
                 raise_if_cancelling()
-                self.counters.errors += 1
+                self._count_error(exc)
         self._fail()
         return False, None
 
@@ -184,22 +194,32 @@ class RedisTier:
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
                 await self.client.ping()
-                for script in (self._fill_script, self._append_script, self._fence_script):
+                for script in (
+                    self._fill_script,
+                    self._append_script,
+                    self._fence_script,
+                    self._acquire_script,
+                ):
                     await self.client.script_load(script.script)
-        except (RedisError, OSError, TimeoutError):
+        except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling()
-            self.counters.errors += 1
+            self._count_error(exc)
             self._fail()
 
     def _fail(self) -> None:
         if self.counters.degraded_since is None:
             self.counters.degraded_since = time.monotonic()
             self._probe = asyncio.get_running_loop().create_task(self._reconnect())
+            self._on_degraded()
 
-    def fail(self) -> None:
+    def fail(self, reason: BaseException) -> None:
         """Called by the invalidation bus when it loses its subscription."""
-        self.counters.errors += 1
+        self._count_error(reason)
         self._fail()
+
+    def _count_error(self, exc: BaseException) -> None:
+        self.counters.errors += 1
+        self.counters.last_error = f"{type(exc).__name__}: {exc}"
 
     async def _reconnect(self) -> None:
         delay = 0.05
@@ -256,86 +276,91 @@ class RedisTier:
 
     # -- operations --------------------------------------------------------------------
 
+    def _key(self, thread_id: str) -> str:
+        return f"{self._prefix}{thread_id}}}"
+
     def _keys(self, thread_id: str) -> list[str]:
-        prefix = f"{self._prefix}{thread_id}}}:"
-        return [prefix + "v", prefix + "m"]
-
-    def _lease_key(self, thread_id: str) -> str:
-        return f"{self._prefix}{thread_id}}}:lease"
-
-    async def acquire_lease(self, thread_id: str, token: str, ttl: float) -> bool | None:
-        """Try to become the one loader of a thread; None if Redis can't say."""
-        ok, acquired = await self._call(
-            lambda: self.client.set(
-                self._lease_key(thread_id), token, nx=True, px=max(1, int(ttl * 1000))
-            )
-        )
-        return bool(acquired) if ok else None
-
-    async def release_lease(self, thread_id: str, token: str) -> None:
-        await self._call(
-            lambda: self._release_script(keys=[self._lease_key(thread_id)], args=[token])
-        )
+        key = self._key(thread_id)
+        return [key, key + ":lease"]
 
     async def get(self, thread_id: str) -> L2Entry | None:
         """The entry, or None on a miss, a corrupt value or an unreachable Redis."""
-        version_key, messages_key = self._keys(thread_id)
-
-        async def read() -> list[Any]:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.getex(version_key, px=self._ttl_ms)
-                pipe.getex(messages_key, px=self._ttl_ms)
-                result: list[Any] = await pipe.execute()
-                return result
-
-        ok, result = await self._call(read)
-        if not ok or result is None or result[0] is None:
+        ok, value = await self._call(
+            lambda: self.client.getex(self._key(thread_id), px=self._ttl_ms)
+        )
+        if not ok or not isinstance(value, bytes):
             return None
-        raw_version, value = result
+        return await self._entry(thread_id, value)
+
+    async def _entry(self, thread_id: str, value: bytes) -> L2Entry | None:
         try:
-            fenced = raw_version.endswith(b"x")
-            version = int(raw_version[:-1] if fenced else raw_version)
-            if fenced or value is None:
+            version, complete = parse_header(value)
+            if not complete:
                 return L2Entry(version, None)
-            return L2Entry(version, await self._decode(value))
-        except (ValueError, CorruptEntry):
+            return L2Entry(version, await decode_chunks(value))
+        except CorruptEntry:
             # A fence keeps the version but lets the next fill replace the value.
             self.counters.corrupt += 1
             await self.fence(thread_id, None)
             return None
 
-    async def _decode(self, value: bytes) -> list[bytes]:
-        payloads: list[bytes] = []
-        for compressed, data in split_chunks(value):
-            joined = await asyncio.to_thread(decompress, data) if compressed else data
-            payloads.extend(split_payloads(joined))
-        return payloads
-
     async def version(self, thread_id: str) -> int | None:
         """The version L2 knows (fenced or not); None if unknown or unreachable."""
-        ok, raw = await self._call(lambda: self.client.get(self._keys(thread_id)[0]))
-        if not ok or not isinstance(raw, bytes):
+        ok, head = await self._call(
+            lambda: self.client.getrange(self._key(thread_id), 0, HEADER_SIZE - 1)
+        )
+        if not ok or not isinstance(head, bytes) or not head:
             return None
         try:
-            return int(raw.rstrip(b"x"))
-        except ValueError:
+            return parse_header(head)[0]
+        except CorruptEntry:
             self.counters.corrupt += 1
             return None
 
+    async def acquire(self, thread_id: str, token: str, ttl: float) -> L2Entry | bool | None:
+        """On a miss: the entry if another instance filled it meanwhile, else whether
+        this instance now holds the thread's load lease; None if Redis can't say."""
+        ok, result = await self._call(
+            lambda: self._acquire_script(
+                keys=self._keys(thread_id),
+                args=[token, max(1, int(ttl * 1000)), self._ttl_ms],
+            )
+        )
+        if not ok:
+            return None
+        if isinstance(result, bytes):
+            return await self._entry(thread_id, result)
+        return bool(result)
+
+    async def release_lease(self, thread_id: str, token: str) -> None:
+        await self._call(
+            lambda: self._release_script(keys=[self._keys(thread_id)[1]], args=[token])
+        )
+
     async def fill(
-        self, thread_id: str, version: int, payloads: Sequence[bytes], *, written: bool = False
+        self,
+        thread_id: str,
+        version: int,
+        payloads: Sequence[bytes],
+        *,
+        written: bool = False,
+        lease: str = "",
     ) -> bool:
         """Store the whole thread unless L2 already knows a newer version.
 
-        ``written``: the fill records a write (a new thread, a delete), so if it is
-        lost L2 must be fenced at ``version`` once Redis is back.
+        ``written``: the fill records a write (a new thread, a delete): it is announced,
+        and if it is lost L2 must be fenced at ``version`` once Redis is back.
+        ``lease``: the token of the load lease to release, waking its waiters.
         """
-        value = await self._chunk(payloads) if payloads else b""
-        event = self._event(WRITE, thread_id, version) if written else b""
+        value = header(version) + (await self._chunk(payloads) if payloads else b"")
+        if written:
+            event = self._event(WRITE, thread_id, version)
+        else:
+            event = self._event(FILL, thread_id, version) if lease else b""
         ok, stored = await self._call(
             lambda: self._fill_script(
                 keys=self._keys(thread_id),
-                args=[self._channel, event, version, value, self._ttl_ms],
+                args=[self._channel, event, version, value, self._ttl_ms, lease],
             ),
             write=True,
         )
@@ -357,7 +382,14 @@ class RedisTier:
         ok, _ = await self._call(
             lambda: self._append_script(
                 keys=self._keys(thread_id),
-                args=[self._channel, event, base_version, version, chunk, self._ttl_ms],
+                args=[
+                    self._channel,
+                    event,
+                    header(base_version),
+                    f"{version:020d}",
+                    chunk,
+                    self._ttl_ms,
+                ],
             ),
             write=True,
         )

@@ -53,6 +53,8 @@ class CacheStats:
     l2_fills_refused: int = 0
     lease_waits: int = 0
     redis_errors: int = 0
+    #: The last Redis failure, as "ExceptionType: message" ("" if none).
+    redis_last_error: str = ""
     l2_corrupt: int = 0
     degraded: bool = False
     l1_bytes: int = 0
