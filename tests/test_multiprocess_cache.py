@@ -154,7 +154,7 @@ def test_freshness_across_processes(
 
 
 def _herd_worker(store_url: str, redis_url: str, namespace: str, start: Any, results: Any) -> None:
-    async def run() -> int:
+    async def run() -> tuple[int, str, int, int]:
         # A generous Redis deadline: this is about the lease, not about surviving a
         # Redis call that a starved 2-core machine could not serve within 50 ms (which
         # would rightly send that process to the store; see test_degraded.py).
@@ -164,7 +164,8 @@ def _herd_worker(store_url: str, redis_url: str, namespace: str, start: Any, res
             start.wait()
             conversations = await asyncio.gather(*(cache.get("hot") for _ in range(250)))
             assert {c.version for c in conversations} == {50}
-            return cache.stats().store_loads
+            stats = cache.stats()
+            return stats.store_loads, stats.redis_last_error, stats.lease_waits, stats.l2_hits
 
     results.put(asyncio.run(watchdog(run(), 30)))
 
@@ -188,12 +189,13 @@ def test_lease_keeps_a_herd_of_processes_off_the_store(
     ]
     for worker in workers:
         worker.start()
-    loads = [results.get(timeout=60) for _ in workers]
+    outcomes = [results.get(timeout=60) for _ in workers]
+    loads = [outcome[0] for outcome in outcomes]
     for worker in workers:
         worker.join(timeout=30)
         assert worker.exitcode == 0
     # 4 processes x 250 concurrent gets, one lease period: one store load in all.
-    assert sum(loads) == 1, loads
+    assert sum(loads) == 1, f"(loads, redis errors, lease waits, L2 hits): {outcomes}"
 
 
 def test_compare_and_append_never_loses_a_turn(
