@@ -63,7 +63,7 @@ class ConversationCache:
         l1_policy: str = "tinylfu",
         l2_ttl: float = 86_400.0,
         redis_timeout: float = 0.05,
-        compress_min_bytes: int = 64 << 10,
+        compress_min_bytes: int = 1 << 20,
         lease_ttl: float = 1.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_batch_messages: int = DEFAULT_MAX_BATCH_MESSAGES,

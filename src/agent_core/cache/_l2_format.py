@@ -2,9 +2,10 @@
 
 ``[version: 20 zero-padded digits][flag: c | x][chunk][chunk]...``: the header says
 which version the value holds (``c``) or that only the version is known (``x``, a
-fence). Each fill or append adds one chunk, so an append is a Redis ``APPEND`` and
-never rewrites what is there. A chunk is a header (kind, length, CRC-32 of the data)
-and the data: the messages' JSON joined by newlines, zstd-compressed when large.
+fence). A fill writes chunks of at most about 256 KB and an append adds chunks, so
+an append is a Redis ``APPEND`` and never rewrites what is there. A chunk is a
+header (kind, length, CRC-32 of the data) and the data: the messages' JSON joined by
+newlines, zstd-compressed for conversations of ``compress_min_bytes`` and more.
 orjson never writes a raw newline, so the newline is a safe separator; a payload
 that has one (pretty JSON written into the database by another program) is
 compacted first.
@@ -26,8 +27,10 @@ _CHUNK: Final = struct.Struct("<BII")
 _PLAIN: Final = 0
 _ZSTD: Final = 1
 _COMPRESS_LEVEL: Final = 3
-# Smaller compressed chunks are inflated on the loop: a thread hop costs more.
+# Less compressed data than this is inflated on the loop: a thread hop costs more.
 _INLINE_DECOMPRESS_BYTES: Final = 64 << 10
+#: Payloads are joined into chunks of about this size, each its own unit of work.
+CHUNK_BYTES: Final = 256 << 10
 
 
 class CorruptEntry(Exception):
@@ -47,7 +50,28 @@ def parse_header(value: bytes) -> tuple[int, bool]:
     return int(digits), flag == b"c"
 
 
-def join_payloads(payloads: Sequence[bytes]) -> bytes:
+async def encode_chunks(payloads: Sequence[bytes], *, compress_min_bytes: int) -> bytes:
+    """Chunks holding ``payloads``, at most about `CHUNK_BYTES` each.
+
+    Joining yields to the loop between chunks, and compression (which releases the
+    GIL) runs in a thread, so a 5 MB conversation never holds the loop for long.
+    """
+    groups = []
+    start, size = 0, 0
+    for index, payload in enumerate(payloads):
+        size += len(payload) + 1
+        if size >= CHUNK_BYTES:
+            groups.append(_join(payloads[start : index + 1]))
+            start, size = index + 1, 0
+            await asyncio.sleep(0)
+    if start < len(payloads):
+        groups.append(_join(payloads[start:]))
+    if sum(map(len, groups)) >= compress_min_bytes:
+        return await asyncio.to_thread(_encode_all, groups, _ZSTD)
+    return _encode_all(groups, _PLAIN)
+
+
+def _join(payloads: Sequence[bytes]) -> bytes:
     joined = b"\n".join(payloads)
     if joined.count(b"\n") != len(payloads) - 1:
         joined = b"\n".join(
@@ -56,18 +80,36 @@ def join_payloads(payloads: Sequence[bytes]) -> bytes:
     return joined
 
 
-def encode_chunk(joined: bytes, *, compress: bool) -> bytes:
-    """One chunk holding ``joined`` (from `join_payloads`). Compressing releases the GIL."""
-    kind = _PLAIN
-    if compress:
-        joined = zstandard.ZstdCompressor(level=_COMPRESS_LEVEL).compress(joined)
-        kind = _ZSTD
-    return _CHUNK.pack(kind, len(joined), zlib.crc32(joined)) + joined
+def _encode_all(groups: list[bytes], kind: int) -> bytes:
+    if kind == _ZSTD:
+        compressor = zstandard.ZstdCompressor(level=_COMPRESS_LEVEL)
+        groups = [compressor.compress(group) for group in groups]
+    return b"".join(_CHUNK.pack(kind, len(data), zlib.crc32(data)) + data for data in groups)
 
 
 async def decode_chunks(value: bytes) -> list[bytes]:
-    """The message payloads of a complete value, checked against each chunk's CRC."""
+    """The message payloads of a complete value, checked against each chunk's CRC.
+
+    Large compressed data is inflated in a thread; splitting yields to the loop
+    between chunks.
+    """
+    chunks = _parse_chunks(value)
+    compressed = sum(len(data) for kind, data, _ in chunks if kind == _ZSTD)
+    if compressed > _INLINE_DECOMPRESS_BYTES:
+        joined_chunks = await asyncio.to_thread(_inflate_all, chunks)
+    else:
+        joined_chunks = _inflate_all(chunks)
     payloads: list[bytes] = []
+    for index, joined in enumerate(joined_chunks):
+        if joined:
+            payloads.extend(joined.split(b"\n"))
+        if index % 4 == 3:
+            await asyncio.sleep(0)
+    return payloads
+
+
+def _parse_chunks(value: bytes) -> list[tuple[int, memoryview, int]]:
+    chunks = []
     view = memoryview(value)
     offset = HEADER_SIZE
     while offset < len(value):
@@ -78,25 +120,22 @@ async def decode_chunks(value: bytes) -> list[bytes]:
         offset = start + length
         if kind not in (_PLAIN, _ZSTD) or offset > len(value):
             raise CorruptEntry("bad chunk header")
-        data = view[start:offset]
-        if kind == _ZSTD:
-            if length > _INLINE_DECOMPRESS_BYTES:
-                joined = await asyncio.to_thread(_inflate, data, crc)
-            else:
-                joined = _inflate(data, crc)
-        elif zlib.crc32(data) != crc:
+        chunks.append((kind, view[start:offset], crc))
+    return chunks
+
+
+def _inflate_all(chunks: list[tuple[int, memoryview, int]]) -> list[bytes]:
+    """Check and (if compressed) inflate every chunk; releases the GIL in a thread."""
+    joined = []
+    decompressor = zstandard.ZstdDecompressor()
+    for kind, data, crc in chunks:
+        if zlib.crc32(data) != crc:
             raise CorruptEntry("chunk checksum mismatch")
-        else:
-            joined = bytes(data)
-        if joined:
-            payloads.extend(joined.split(b"\n"))
-    return payloads
-
-
-def _inflate(data: memoryview, crc: int) -> bytes:
-    if zlib.crc32(data) != crc:
-        raise CorruptEntry("chunk checksum mismatch")
-    try:
-        return zstandard.ZstdDecompressor().decompress(data)
-    except zstandard.ZstdError as exc:
-        raise CorruptEntry(f"bad zstd chunk: {exc}") from None
+        if kind == _PLAIN:
+            joined.append(bytes(data))
+            continue
+        try:
+            joined.append(decompressor.decompress(data))
+        except zstandard.ZstdError as exc:
+            raise CorruptEntry(f"bad zstd chunk: {exc}") from None
+    return joined

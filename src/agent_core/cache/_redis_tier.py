@@ -31,9 +31,8 @@ from ._l2_format import (
     HEADER_SIZE,
     CorruptEntry,
     decode_chunks,
-    encode_chunk,
+    encode_chunks,
     header,
-    join_payloads,
     parse_header,
 )
 
@@ -415,7 +414,4 @@ class RedisTier:
             self._mark_dirty(thread_id, -1 if version is None else version)
 
     async def _chunk(self, payloads: Sequence[bytes]) -> bytes:
-        joined = join_payloads(payloads)
-        if len(joined) >= self._compress_min_bytes:
-            return await asyncio.to_thread(encode_chunk, joined, compress=True)
-        return encode_chunk(joined, compress=False)
+        return await encode_chunks(payloads, compress_min_bytes=self._compress_min_bytes)
