@@ -14,10 +14,14 @@ compacted first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import struct
+import threading
 import zlib
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Final, TypeVar
 
 import orjson
 import zstandard
@@ -26,7 +30,9 @@ HEADER_SIZE: Final = 21
 _CHUNK: Final = struct.Struct("<BII")
 _PLAIN: Final = 0
 _ZSTD: Final = 1
-_COMPRESS_LEVEL: Final = 3
+# zstd's fastest positive level: large conversations are compressed on every fill,
+# and on 2 cores the compressing thread competes with the event loop for a CPU.
+_COMPRESS_LEVEL: Final = 1
 # Less compressed data than this is inflated on the loop: a thread hop costs more.
 _INLINE_DECOMPRESS_BYTES: Final = 64 << 10
 #: Payloads are joined into chunks of about this size, each its own unit of work.
@@ -67,7 +73,7 @@ async def encode_chunks(payloads: Sequence[bytes], *, compress_min_bytes: int) -
     if start < len(payloads):
         groups.append(_join(payloads[start:]))
     if sum(map(len, groups)) >= compress_min_bytes:
-        return await asyncio.to_thread(_encode_all, groups, _ZSTD)
+        return await _off_loop(_encode_all, groups, _ZSTD)
     return _encode_all(groups, _PLAIN)
 
 
@@ -96,7 +102,7 @@ async def decode_chunks(value: bytes) -> list[bytes]:
     chunks = _parse_chunks(value)
     compressed = sum(len(data) for kind, data, _ in chunks if kind == _ZSTD)
     if compressed > _INLINE_DECOMPRESS_BYTES:
-        joined_chunks = await asyncio.to_thread(_inflate_all, chunks)
+        joined_chunks = await _off_loop(_inflate_all, chunks)
     else:
         joined_chunks = _inflate_all(chunks)
     payloads: list[bytes] = []
@@ -106,6 +112,24 @@ async def decode_chunks(value: bytes) -> list[bytes]:
         if index % 4 == 3:
             await asyncio.sleep(0)
     return payloads
+
+
+_T = TypeVar("_T")
+_pool: ThreadPoolExecutor | None = None
+
+
+async def _off_loop(function: Callable[..., _T], *args: object) -> _T:
+    """Run CPU-heavy work that releases the GIL on a low-priority thread."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(2, "agent-core-zstd", initializer=_lower_priority)
+    return await asyncio.get_running_loop().run_in_executor(_pool, function, *args)
+
+
+def _lower_priority() -> None:
+    # A nicer thread yields the CPU to the event loop's thread when both want one.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def _parse_chunks(value: bytes) -> list[tuple[int, memoryview, int]]:
