@@ -540,8 +540,11 @@ def _redis_client(url: str) -> redis.Redis:
             f"not a Redis URL: {url!r}; use redis://host:6379/0 (or None for no L2)"
         )
     try:
-        # No client-side retries: every call has its own short deadline, and a
+        # No client-side retries or socket timeout: every call has its own short
+        # deadline (a socket timeout would wrap each read in one more task), and a
         # failure must surface at once so the cache can switch to degraded mode.
-        return redis.Redis.from_url(url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+        return redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+        )
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
