@@ -6,8 +6,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..messages import Conversation, Message
 from ._policy import EvictionPolicy
@@ -25,8 +24,9 @@ def weigh(payloads: Sequence[bytes]) -> int:
     return ENTRY_OVERHEAD + sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
+    """Immutable; a tuple because it is made on every fill (a frozen dataclass is slower)."""
+
     conversation: Conversation
     weight: int
     expires_at: float
