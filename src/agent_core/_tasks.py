@@ -8,7 +8,11 @@ on timeouts would then swallow it and run on. These helpers make sure it doesn't
 from __future__ import annotations
 
 import asyncio
-from typing import Final
+import math
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+_T = TypeVar("_T")
 
 #: Longest wait between reconnect attempts: a recovered service is found within it.
 MAX_BACKOFF: Final = 0.5
@@ -28,3 +32,53 @@ async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
     while not task.done():
         task.cancel()
         await asyncio.wait([task], timeout=0.1)
+
+
+class Deadlines:
+    """Deadlines for many short calls from one shared timer.
+
+    ``asyncio.timeout`` schedules and cancels a timer per call, which costs as much
+    as a fast Redis round trip here. This keeps the in-flight calls in a dict and
+    checks them every ``tick`` seconds, so a call may run up to one tick past its
+    deadline. Like ``asyncio.timeout`` it cancels the calling task and turns that
+    cancellation, and only that one, into ``TimeoutError``.
+    """
+
+    def __init__(self, tick: float = 0.01) -> None:
+        self._tick = tick
+        self._now = 0
+        self._pending: dict[asyncio.Task[object], int] = {}
+        self._expired: set[asyncio.Task[object]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def run(self, operation: Callable[[], Awaitable[_T]], limit: float) -> _T:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Deadlines.run needs a running task")
+        # +1: the current tick is partly over already.
+        self._pending[task] = self._now + math.ceil(limit / self._tick) + 1
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._tick, self._check)
+        try:
+            return await operation()
+        except asyncio.CancelledError:
+            if task in self._expired:
+                self._expired.discard(task)
+                if task.uncancel() == 0:
+                    raise TimeoutError(f"no answer within {limit} s") from None
+            raise
+        finally:
+            self._pending.pop(task, None)
+
+    def _check(self) -> None:
+        self._now += 1
+        for task, expires in list(self._pending.items()):
+            if expires <= self._now:
+                del self._pending[task]
+                self._expired.add(task)
+                task.cancel()
+        self._timer = (
+            asyncio.get_running_loop().call_later(self._tick, self._check)
+            if self._pending
+            else None
+        )

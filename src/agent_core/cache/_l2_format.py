@@ -151,13 +151,15 @@ def _parse_chunks(value: bytes) -> list[tuple[int, memoryview, int]]:
 def _inflate_all(chunks: list[tuple[int, memoryview, int]]) -> list[bytes]:
     """Check and (if compressed) inflate every chunk; releases the GIL in a thread."""
     joined = []
-    decompressor = zstandard.ZstdDecompressor()
+    decompressor = None
     for kind, data, crc in chunks:
         if zlib.crc32(data) != crc:
             raise CorruptEntry("chunk checksum mismatch")
         if kind == _PLAIN:
             joined.append(bytes(data))
             continue
+        if decompressor is None:
+            decompressor = zstandard.ZstdDecompressor()
         try:
             joined.append(decompressor.decompress(data))
         except zstandard.ZstdError as exc:

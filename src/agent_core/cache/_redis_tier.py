@@ -25,7 +25,7 @@ from typing import Final, TypeVar
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
+from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
     HEADER_SIZE,
@@ -143,6 +143,7 @@ class RedisTier:
         self._prefix = f"ac:{{{namespace}:"
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = timeout
+        self._deadlines = Deadlines()
         self._compress_min_bytes = compress_min_bytes
         self._on_degraded = on_degraded
         self._on_recover = on_recover
@@ -177,8 +178,7 @@ class RedisTier:
             return False, None
         for deadline in (self._timeout, self._timeout * 4) if write else (self._timeout,):
             try:
-                async with asyncio.timeout(deadline):
-                    return True, await operation()
+                return True, await self._deadlines.run(operation, deadline)
             except (RedisError, OSError, TimeoutError) as exc:
                 raise_if_cancelling()
                 self._count_error(exc)
