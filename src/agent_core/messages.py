@@ -168,18 +168,16 @@ class Conversation:
         payloads: tuple[bytes, ...],
         messages: tuple[Message, ...] | None,
     ) -> None:
-        for name, value in (
-            ("thread_id", thread_id),
-            ("version", version),
-            ("payloads", payloads),
-            ("_messages", messages),
-        ):
-            object.__setattr__(self, name, value)
+        # The slots' own setters skip __setattr__, which refuses all changes.
+        _set_thread_id(self, thread_id)
+        _set_version(self, version)
+        _set_payloads(self, payloads)
+        _set_messages(self, messages)
 
     @property
     def messages(self) -> tuple[Message, ...]:
         if self._messages is None:
-            object.__setattr__(self, "_messages", messages_from_raw(self.payloads))
+            _set_messages(self, messages_from_raw(self.payloads))
         assert self._messages is not None
         return self._messages
 
@@ -216,6 +214,12 @@ class Conversation:
             f"Conversation(thread_id={self.thread_id!r}, version={self.version}, "
             f"messages={len(self.payloads)})"
         )
+
+
+_set_thread_id = Conversation.__dict__["thread_id"].__set__
+_set_version = Conversation.__dict__["version"].__set__
+_set_payloads = Conversation.__dict__["payloads"].__set__
+_set_messages = Conversation.__dict__["_messages"].__set__
 
 
 def encode_message(item: object, max_bytes: int) -> bytes:

@@ -336,7 +336,7 @@ class ConversationCache:
         assert entry is not None
         assert entry.payloads is not None
         self._counters.l2_hits += 1
-        return Conversation._from_payloads(thread_id, entry.version, tuple(entry.payloads))
+        return Conversation._from_payloads(thread_id, entry.version, entry.payloads)
 
     async def _await_fill(self, thread_id: str) -> Conversation | None:
         """Another instance holds the load lease: wait to be woken by its fill.

@@ -93,13 +93,16 @@ def _encode_all(groups: list[bytes], kind: int) -> bytes:
     return b"".join(_CHUNK.pack(kind, len(data), zlib.crc32(data)) + data for data in groups)
 
 
-async def decode_chunks(value: bytes) -> list[bytes]:
+async def decode_chunks(value: bytes) -> tuple[bytes, ...]:
     """The message payloads of a complete value, checked against each chunk's CRC.
 
     Large compressed data is inflated in a thread; splitting yields to the loop
     between chunks.
     """
     chunks = _parse_chunks(value)
+    if len(chunks) == 1 and chunks[0][0] == _PLAIN:  # the common small thread
+        (joined,) = _inflate_all(chunks)
+        return tuple(joined.split(b"\n")) if joined else ()
     compressed = sum(len(data) for kind, data, _ in chunks if kind == _ZSTD)
     if compressed > _INLINE_DECOMPRESS_BYTES:
         joined_chunks = await _off_loop(_inflate_all, chunks)
@@ -111,7 +114,7 @@ async def decode_chunks(value: bytes) -> list[bytes]:
             payloads.extend(joined.split(b"\n"))
         if index % 4 == 3:
             await asyncio.sleep(0)
-    return payloads
+    return tuple(payloads)
 
 
 _T = TypeVar("_T")

@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -104,12 +104,11 @@ return 0
 """
 
 
-@dataclass(frozen=True, slots=True)
-class L2Entry:
+class L2Entry(NamedTuple):
     """What L2 knows of a thread: its version, and its messages unless fenced."""
 
     version: int
-    payloads: list[bytes] | None
+    payloads: tuple[bytes, ...] | None
 
 
 @dataclass(slots=True)
