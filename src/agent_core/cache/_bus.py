@@ -50,7 +50,7 @@ def encode_event(kind: str, thread_id: str, version: int, origin: str) -> bytes:
 
 
 class InvalidationBus:
-    """Publishes and receives one namespace's write events."""
+    """Receives one namespace's events (the Lua scripts of the Redis tier publish them)."""
 
     def __init__(
         self,
@@ -72,10 +72,10 @@ class InvalidationBus:
         self._on_lost = on_lost
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self.received = 0
+        #: Events that did not decode (ignored).
         self.corrupt = 0
+        #: Successful (re)subscriptions; each one after the first cleared L1.
         self.subscriptions = 0
-        self.lost_publishes = 0
 
     @property
     def subscribed(self) -> bool:
@@ -94,19 +94,6 @@ class InvalidationBus:
         task, self._task = self._task, None
         await cancel_and_wait(task)
         self._ready.clear()
-
-    async def publish(self, kind: str, thread_id: str, version: int) -> bool:
-        """Announce an event; a slow moment gets a second, longer try."""
-        event = encode_event(kind, thread_id, version, self.origin)
-        for deadline in (self._timeout, self._timeout * 4):
-            try:
-                async with asyncio.timeout(deadline):
-                    await self._client.publish(self.channel, event)
-            except (RedisError, OSError, TimeoutError):
-                continue
-            return True
-        self.lost_publishes += 1
-        return False
 
     async def _run(self) -> None:
         delay = 0.05
@@ -161,5 +148,4 @@ class InvalidationBus:
         except msgspec.DecodeError:
             self.corrupt += 1
             return
-        self.received += 1
         self._on_event(kind, thread_id, version, origin)

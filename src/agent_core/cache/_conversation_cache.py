@@ -510,6 +510,8 @@ class ConversationCache:
             lease_waits=c.lease_waits,
             redis_errors=l2.errors if l2 else 0,
             redis_last_error=l2.last_error if l2 else "",
+            bus_subscriptions=self._bus.subscriptions if self._bus else 0,
+            bus_corrupt=self._bus.corrupt if self._bus else 0,
             l2_corrupt=l2.corrupt if l2 else 0,
             degraded=self._l2 is not None
             and (self._l2.degraded or not (self._bus is not None and self._bus.subscribed)),

@@ -53,6 +53,10 @@ class CacheStats:
     l2_fills_refused: int = 0
     lease_waits: int = 0
     redis_errors: int = 0
+    #: Bus subscriptions made (each after the first cleared L1) and bus events that did
+    #: not decode.
+    bus_subscriptions: int = 0
+    bus_corrupt: int = 0
     #: The last Redis failure, as "ExceptionType: message" ("" if none).
     redis_last_error: str = ""
     l2_corrupt: int = 0
