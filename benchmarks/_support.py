@@ -7,6 +7,8 @@ script's own directory is on ``sys.path`` when it is run as a file).
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import datetime
 import gc
 import hashlib
@@ -20,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -286,3 +288,34 @@ def write_json(path: str, document: dict[str, Any]) -> None:
 
 def us(value: float) -> str:
     return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def benchmark_parser(
+    doc: str | None, quick_help: str, *, default_store: str | None = None
+) -> argparse.ArgumentParser:
+    """The options every PostgreSQL-backed benchmark takes (and ``--store`` if it has one)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    if default_store is not None:
+        parser.add_argument("--store", choices=("sqlite", "postgres"), default=default_store)
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="server to create the throwaway database on (default: %(default)s)",
+    )
+    return parser
+
+
+def run_benchmark(
+    name: str, work: Coroutine[Any, Any, dict[str, Any]], json_path: str | None
+) -> dict[str, Any] | None:
+    """Run ``work``; write its figures to ``json_path``. None (said on stderr) if it failed."""
+    try:
+        document = asyncio.run(work)
+    except BenchmarkError as exc:
+        print(f"{name}: FAILED: {exc}", file=sys.stderr)
+        return None
+    if json_path:
+        write_json(json_path, document)
+    return document

@@ -31,7 +31,6 @@ status 3 if it cannot be reached).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import random
@@ -52,19 +51,18 @@ from redis.backoff import NoBackoff
 
 from _redis import private_redis, redis_server_version
 from _support import (
-    DEFAULT_POSTGRES_URL,
     EXIT_NO_POSTGRES,
-    BenchmarkError,
     _version,
+    benchmark_parser,
     gc_paused,
     machine_info,
     percentile,
     print_machine,
     print_table,
+    run_benchmark,
     summarize,
     temporary_database,
     us,
-    write_json,
 )
 from agent_core import ConversationCache, PostgresStore, SQLiteStore, ThreadStore
 
@@ -604,23 +602,12 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="few samples; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="server to create the throwaway database on (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = benchmark_parser(__doc__, "few samples; a smoke run").parse_args(argv)
     mode = "quick" if args.quick else "full"
-    try:
-        document = asyncio.run(run(QUICK if args.quick else FULL, args.postgres_url, mode))
-    except BenchmarkError as exc:
-        print(f"cache_latency: FAILED: {exc}", file=sys.stderr)
+    plan = QUICK if args.quick else FULL
+    document = run_benchmark("cache_latency", run(plan, args.postgres_url, mode), args.json)
+    if document is None:
         return EXIT_NO_POSTGRES
-    if args.json:
-        write_json(args.json, document)
     return 0
 
 

@@ -24,8 +24,6 @@ dropped at the end (exit status 3 if it cannot be reached).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import datetime
 import os
 import platform
@@ -44,18 +42,17 @@ import redis.asyncio as redis
 
 from _redis import private_redis, redis_server_version
 from _support import (
-    DEFAULT_POSTGRES_URL,
     EXIT_NO_POSTGRES,
-    BenchmarkError,
     _cpu_model,
     _ram,
     _source_state,
+    benchmark_parser,
     machine_info,
     message_payload,
     print_machine,
     print_table,
+    run_benchmark,
     temporary_database,
-    write_json,
 )
 from agent_core import ConversationCache
 from agent_core.cache import CacheStats
@@ -315,27 +312,15 @@ async def run(plan: Plan, kind: str, admin_url: str, seed: int, mode: str) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="2,000 reads; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--store", choices=("sqlite", "postgres"), default="sqlite")
+    parser = benchmark_parser(__doc__, "2,000 reads; a smoke run", default_store="sqlite")
     parser.add_argument("--seed", type=int, default=1, help="seed of the trace (default 1)")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="with --store postgres: server for the throwaway database (default: %(default)s)",
-    )
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = QUICK if args.quick else FULL
-    try:
-        document = asyncio.run(run(plan, args.store, args.postgres_url, args.seed, mode))
-    except BenchmarkError as exc:
-        print(f"cold_start: FAILED: {exc}", file=sys.stderr)
-        return EXIT_NO_POSTGRES
-    if args.json:
-        write_json(args.json, document)
-    return 0
+    document = run_benchmark(
+        "cold_start", run(plan, args.store, args.postgres_url, args.seed, mode), args.json
+    )
+    return EXIT_NO_POSTGRES if document is None else 0
 
 
 if __name__ == "__main__":

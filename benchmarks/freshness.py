@@ -24,7 +24,6 @@ sent until the last process serves a version that holds it (goal: 100 ms).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import multiprocessing
@@ -49,15 +48,14 @@ import orjson
 
 from _redis import private_redis, redis_server_version
 from _support import (
-    DEFAULT_POSTGRES_URL,
     EXIT_NO_POSTGRES,
-    BenchmarkError,
+    benchmark_parser,
     machine_info,
     percentile,
     print_machine,
     print_table,
+    run_benchmark,
     temporary_database,
-    write_json,
 )
 from agent_core import ConversationCache, store_from_url
 
@@ -568,26 +566,14 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 s per mode, 5 inserts")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--store", choices=("sqlite", "postgres"), default="postgres")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="server to create the throwaway database on (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = benchmark_parser(
+        __doc__, "3 s per mode, 5 inserts", default_store="postgres"
+    ).parse_args(argv)
     mode = "quick" if args.quick else "full"
-    try:
-        document = asyncio.run(
-            run(QUICK if args.quick else FULL, args.postgres_url, args.store, mode)
-        )
-    except BenchmarkError as exc:
-        print(f"freshness: FAILED: {exc}", file=sys.stderr)
+    plan = QUICK if args.quick else FULL
+    document = run_benchmark("freshness", run(plan, args.postgres_url, args.store, mode), args.json)
+    if document is None:
         return EXIT_NO_POSTGRES
-    if args.json:
-        write_json(args.json, document)
     if not all(document["integrity_ok"].values()):
         print("freshness: FAILED: a message was lost or duplicated", file=sys.stderr)
         return 1

@@ -30,7 +30,6 @@ but waiting for a CPU (Linux schedstat), which shows up as lag whatever the code
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import os
@@ -49,15 +48,14 @@ import redis.asyncio as redis
 
 from _redis import private_redis, redis_server_version
 from _support import (
-    DEFAULT_POSTGRES_URL,
     EXIT_NO_POSTGRES,
-    BenchmarkError,
+    benchmark_parser,
     machine_info,
     percentile,
     print_machine,
     print_table,
+    run_benchmark,
     temporary_database,
-    write_json,
 )
 from agent_core import ConversationCache, ThreadStore
 from agent_core.observe import LoopLagMonitor, LoopLagSnapshot
@@ -625,26 +623,14 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="3 s per approach; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--store", choices=("sqlite", "postgres"), default="postgres")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="server to create the throwaway database on (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = benchmark_parser(
+        __doc__, "3 s per approach; a smoke run", default_store="postgres"
+    ).parse_args(argv)
     mode = "quick" if args.quick else "full"
-    try:
-        document = asyncio.run(
-            run(QUICK if args.quick else FULL, args.postgres_url, args.store, mode)
-        )
-    except BenchmarkError as exc:
-        print(f"loop_lag: FAILED: {exc}", file=sys.stderr)
+    plan = QUICK if args.quick else FULL
+    document = run_benchmark("loop_lag", run(plan, args.postgres_url, args.store, mode), args.json)
+    if document is None:
         return EXIT_NO_POSTGRES
-    if args.json:
-        write_json(args.json, document)
     return 0
 
 

@@ -22,7 +22,6 @@ invalidations while Redis was away.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import random
@@ -40,15 +39,15 @@ import orjson
 
 from _redis import _answers, _free_port, redis_server_version
 from _support import (
-    DEFAULT_POSTGRES_URL,
     EXIT_NO_POSTGRES,
     BenchmarkError,
+    benchmark_parser,
     machine_info,
     percentile,
     print_machine,
     print_table,
+    run_benchmark,
     temporary_database,
-    write_json,
 )
 from agent_core import ConversationCache
 
@@ -474,23 +473,12 @@ def report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="5 s, 1.5 s pause; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument(
-        "--postgres-url",
-        default=DEFAULT_POSTGRES_URL,
-        help="server to create the throwaway database on (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
+    args = benchmark_parser(__doc__, "5 s, 1.5 s pause; a smoke run").parse_args(argv)
     mode = "quick" if args.quick else "full"
-    try:
-        document = asyncio.run(run(QUICK if args.quick else FULL, args.postgres_url, mode))
-    except BenchmarkError as exc:
-        print(f"redis_faults: FAILED: {exc}", file=sys.stderr)
+    plan = QUICK if args.quick else FULL
+    document = run_benchmark("redis_faults", run(plan, args.postgres_url, mode), args.json)
+    if document is None:
         return EXIT_NO_POSTGRES
-    if args.json:
-        write_json(args.json, document)
     if not document["ok"]:
         print("redis_faults: FAILED: see the tables above", file=sys.stderr)
         return 1
