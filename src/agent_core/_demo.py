@@ -68,7 +68,12 @@ async def run(store_url: str) -> None:
             print(f"             {message}")
         page = await cache.list_threads(limit=5)
         print(f"threads    first of namespace 'demo': {', '.join(page.thread_ids)}")
-        print(f"stats      {cache.stats()}")
+        stats = cache.stats()
+        print(
+            f"stats      reads: {stats.l1_hits} L1, {stats.l2_hits} L2, {stats.misses} store "
+            f"(hit rate {stats.hit_rate:.0%}); {stats.appends} appends; "
+            f"L1 {stats.l1_bytes:,} of {stats.l1_max_bytes:,} bytes"
+        )
         print(f"done       in {elapsed_ms:.1f} ms")
 
 
