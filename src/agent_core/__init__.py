@@ -18,6 +18,7 @@ from .errors import (
 )
 from .messages import Conversation, Message
 from .store import PostgresStore, SQLiteStore, ThreadPage, ThreadStore, store_from_url
+from .tokens import TokenCounter
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "StoreUnavailable",
     "ThreadPage",
     "ThreadStore",
+    "TokenCounter",
     "VersionConflict",
     "errors",
     "store_from_url",
