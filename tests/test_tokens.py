@@ -7,6 +7,7 @@ tiktoken is the oracle. It is never allowed to download: its own encoding constr
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -441,3 +442,25 @@ def test_bad_arguments() -> None:
         counter.count_messages([], tools=[{"description": "no name"}])
     with pytest.raises(InvalidArgument):
         counter.count_messages([], tools="get_weather")  # type: ignore[arg-type]
+
+
+async def test_long_texts_are_counted_off_the_event_loop() -> None:
+    counter = TokenCounter.for_model("gpt-4o")
+    text = "The quick brown fox jumps over the lazy dog. 你好\uff0c世界。 " * 100_000  # ~5.6 MB
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    running = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    counted = await counter.count_async(text)
+    running.cancel()
+    assert counted == counter.count(text)
+    # The loop kept turning while the text was counted in a worker thread.
+    assert ticks - before >= 5
+    assert await counter.count_async("short") == counter.count("short")
