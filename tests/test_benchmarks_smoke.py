@@ -223,3 +223,35 @@ def test_lag_freshness_and_fault_benchmarks_quick_run(
     database = document["machine"]["temp_database"]
     assert database.startswith("ac_bench_")
     assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
+def test_tokens_quick_run(tmp_path: Path) -> None:
+    """benchmarks/tokens.py --quick: offline, no PostgreSQL or Redis, a few seconds."""
+    figures = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "tokens.py"), "--quick", "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=15,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"tokens.py --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    headings = (
+        "Machine",
+        "Throughput, MB/s",
+        "Goal: TokenCounter >= 3x tiktoken",
+        "Worst cases, best ms",
+        "Estimate accuracy vs exact o200k_base",
+        "count_messages on a 100-message chat",
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"tokens.py output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    for key in ("throughput", "worst_cases", "accuracy", "count_messages"):
+        assert document[key], key
