@@ -276,3 +276,5 @@ async def test_bad_options_are_refused(store_url: str) -> None:
         ConversationCache.from_urls(store=store_url, lease_ttl=-1)
     with pytest.raises(ConfigurationError, match="l1_ttl"):
         ConversationCache.from_urls(store=store_url, l1_ttl=0)
+    with pytest.raises(ConfigurationError, match=r"unknown option.*l1_size.*known: .*l1_max_bytes"):
+        ConversationCache.from_urls(store=store_url, l1_size=10)

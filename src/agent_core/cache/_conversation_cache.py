@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -166,6 +167,11 @@ class ConversationCache:
     ) -> ConversationCache:
         """Build a cache from a store URL and an optional Redis URL (None: no L2)."""
         check_namespace(namespace)
+        unknown = sorted(set(options) - _OPTIONS)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTIONS))}"
+            )
         client = None
         if redis is not None:
             client = _redis_client(redis)
@@ -521,6 +527,14 @@ class ConversationCache:
             memory=self._memory.snapshot(),
             consistency=self.consistency,
         )
+
+
+# Keyword options of ConversationCache that from_urls passes through.
+_OPTIONS: Final = frozenset(
+    name
+    for name in inspect.signature(ConversationCache.__init__).parameters
+    if name not in ("self", "store", "redis_client", "namespace")
+)
 
 
 class _ExternalChanges:
