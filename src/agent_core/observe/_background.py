@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from .._tasks import cancel_and_wait
 
@@ -34,3 +35,33 @@ class BackgroundTask:
         await cancel_and_wait(task)
         if not task.cancelled():
             task.result()
+
+
+class Sampler:
+    """Start/stop and ``async with`` for a monitor that samples in a `BackgroundTask`."""
+
+    _task: BackgroundTask
+
+    @property
+    def running(self) -> bool:
+        return self._task.running
+
+    def start(self) -> None:
+        """Start sampling on the running loop; does nothing if already sampling."""
+        self._task.start()
+
+    async def stop(self) -> None:
+        """Stop sampling (what was recorded is kept); re-raises a failure of the sampler."""
+        await self._task.stop()
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
-from ._background import BackgroundTask
+from ._background import BackgroundTask, Sampler
 from ._checks import check_number
 from ._histogram import Histogram
 
@@ -29,7 +28,7 @@ class LoopLagSnapshot:
     mean: float
 
 
-class LoopLagMonitor:
+class LoopLagMonitor(Sampler):
     """Samples loop lag by sleeping ``interval`` seconds, again and again.
 
     Each sample is how much longer than ``interval`` the sleep took: the time the loop
@@ -56,30 +55,6 @@ class LoopLagMonitor:
     def histogram(self) -> Histogram:
         """Every sample so far; reset it to start a new window."""
         return self._histogram
-
-    @property
-    def running(self) -> bool:
-        return self._task.running
-
-    def start(self) -> None:
-        """Start sampling on the running loop; does nothing if already sampling."""
-        self._task.start()
-
-    async def stop(self) -> None:
-        """Stop sampling; what was recorded is kept."""
-        await self._task.stop()
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def snapshot(self) -> LoopLagSnapshot:
         histogram = self._histogram

@@ -10,12 +10,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Final, Literal, Self
+from typing import Final, Literal
 
 from .._validation import check_count, check_optional_count
 from ..errors import InvalidArgument
-from ._background import BackgroundTask
+from ._background import BackgroundTask, Sampler
 from ._checks import check_number
 
 MIB: Final = 1 << 20
@@ -98,7 +97,7 @@ class MemorySnapshot:
     pressure: bool
 
 
-class MemoryMonitor:
+class MemoryMonitor(Sampler):
     """Keeps an owner's memory budget, such as a cache's byte cap, within the limit.
 
     Every ``interval`` seconds it compares the process RSS with the limit: above
@@ -148,29 +147,6 @@ class MemoryMonitor:
         self._shrinks = 0
         self._grows = 0
         self._task = BackgroundTask(self._sample, "agent-core-memory")
-
-    @property
-    def running(self) -> bool:
-        return self._task.running
-
-    def start(self) -> None:
-        """Start sampling on the running loop; does nothing if already sampling."""
-        self._task.start()
-
-    async def stop(self) -> None:
-        await self._task.stop()
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def limit(self) -> int:
         """The bytes the process may use, read afresh unless ``limit_bytes`` was given."""
