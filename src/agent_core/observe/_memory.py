@@ -146,6 +146,7 @@ class MemoryMonitor(Sampler):
         self._step = check_number("step", step, lambda v: 0 < v < 1, "a fraction in (0, 1)")
         self._shrinks = 0
         self._grows = 0
+        self._last_limit = 0
         self._task = BackgroundTask(self._sample, "agent-core-memory")
 
     def limit(self) -> int:
@@ -155,6 +156,7 @@ class MemoryMonitor(Sampler):
     def check(self) -> MemoryAction:
         """Take one sample and move the budget by at most one step."""
         rss, limit, budget = process_rss(), self.limit(), self._get_budget()
+        self._last_limit = limit
         if rss > self._high_water * limit:
             smaller = max(self._min_budget, int(budget * (1 - self._step)))
             if smaller >= budget:
@@ -175,7 +177,9 @@ class MemoryMonitor(Sampler):
         return "hold"
 
     def snapshot(self) -> MemorySnapshot:
-        rss, limit = process_rss(), self.limit()
+        # The limit as of the last check: reading it walks the cgroup files, too slow
+        # for a stats call on every metrics scrape.
+        rss, limit = process_rss(), self._last_limit or self.limit()
         return MemorySnapshot(
             rss=rss,
             limit=limit,
