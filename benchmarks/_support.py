@@ -160,7 +160,8 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-async def machine_info(postgres_url: str, *, temp_dir: str | None = None) -> dict[str, str]:
+def local_machine(*distributions: str) -> dict[str, str]:
+    """The machine and source, plus the versions of ``distributions``; no PostgreSQL."""
     info = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(len(os.sched_getaffinity(0))),
@@ -171,9 +172,13 @@ async def machine_info(postgres_url: str, *, temp_dir: str | None = None) -> dic
         "python": sys.version.split()[0],
         "sqlite_version": sqlite3.sqlite_version,
         "source": _source_state(),
-        "asyncpg": _version("asyncpg"),
-        "psycopg": _version("psycopg"),
     }
+    info.update((name, _version(name)) for name in distributions)
+    return info
+
+
+async def machine_info(postgres_url: str, *, temp_dir: str | None = None) -> dict[str, str]:
+    info = local_machine("asyncpg", "psycopg")
     if temp_dir is not None:
         info["temp_dir"] = temp_dir
     info["temp_database"] = urlsplit(postgres_url).path.lstrip("/")

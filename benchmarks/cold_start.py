@@ -24,11 +24,7 @@ dropped at the end (exit status 3 if it cannot be reached).
 
 from __future__ import annotations
 
-import datetime
-import os
-import platform
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -43,10 +39,8 @@ import redis.asyncio as redis
 from _redis import private_redis, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
-    _cpu_model,
-    _ram,
-    _source_state,
     benchmark_parser,
+    local_machine,
     machine_info,
     message_payload,
     print_machine,
@@ -150,21 +144,6 @@ async def replay(
         degraded_invocations=sum(stats.degraded or stats.redis_errors > 0 for stats in invocations),
         invocation_ms=1000 * elapsed / len(invocations),
     )
-
-
-def local_machine() -> dict[str, str]:
-    """Machine info without PostgreSQL (the SQLite variant does not need it)."""
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu_model": _cpu_model(),
-        "ram": _ram(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
-        "python": sys.version.split()[0],
-        "sqlite_version": sqlite3.sqlite_version,
-        "source": _source_state(),
-    }
 
 
 @asynccontextmanager

@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import hashlib
 import inspect
 import json
-import os
-import platform
 import pydoc_data.topics
 import random
 import socket
@@ -56,11 +53,8 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
 from _support import (
-    _cpu_model,
-    _ram,
-    _source_state,
-    _version,
     gc_paused,
+    local_machine,
     print_machine,
     print_table,
     ratio_interval,
@@ -489,21 +483,6 @@ def chat_cost(
 # -- report -----------------------------------------------------------------------------
 
 
-def local_machine() -> dict[str, str]:
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "cpu_model": _cpu_model(),
-        "ram": _ram(),
-        "kernel": f"{platform.system()} {platform.release()}",
-        "loadavg_at_start": " ".join(f"{load:.2f}" for load in os.getloadavg()),
-        "python": sys.version.split()[0],
-        "source": _source_state(),
-        "tiktoken": _version("tiktoken"),
-        "quicktok": _version("quicktok-v1"),
-    }
-
-
 def _growth(value: float | None) -> str:
     return "" if value is None else f"x{value:.2f}"
 
@@ -594,7 +573,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
-    machine = local_machine()
+    machine = local_machine("tiktoken", "quicktok-v1")
     print_machine(machine)
 
     oracles = {name: offline_tiktoken(name) for name in ENCODINGS}
