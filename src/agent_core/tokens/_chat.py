@@ -25,13 +25,14 @@ from ..errors import InvalidArgument
 from ..messages import Message
 from ._models import CL100K
 
-__all__ = ["count_messages", "count_tools"]
+__all__ = ["REPLY_PRIMING", "count_message", "count_messages", "count_tools"]
 
 Count = Callable[[str], int]
 
 _TOKENS_PER_MESSAGE: Final = 3
 _TOKENS_PER_NAME: Final = 1
-_REPLY_PRIMING: Final = 3
+#: Tokens that prime the reply, once per request.
+REPLY_PRIMING: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,18 +55,26 @@ def count_messages(count: Count, messages: Sequence[Mapping[str, Any] | Message]
         raise InvalidArgument(
             f"messages must be a sequence of message dicts or Message, got {type(messages)!r}"
         )
-    total = _REPLY_PRIMING
+    total = REPLY_PRIMING
     for index, message in enumerate(messages):
-        item = message.to_dict() if isinstance(message, Message) else message
-        if not isinstance(item, Mapping):
-            raise InvalidArgument(
-                f"messages[{index}] must be a dict or Message, got {type(message)!r}"
-            )
-        total += _TOKENS_PER_MESSAGE
-        for key, value in item.items():
-            total += sum(count(text) for text in _texts(key, value))
-            if key == "name":
-                total += _TOKENS_PER_NAME
+        try:
+            total += count_message(count, message)
+        except InvalidArgument as exc:
+            exc.args = (f"messages[{index}]: {exc}",)
+            raise
+    return total
+
+
+def count_message(count: Count, message: Mapping[str, Any] | Message) -> int:
+    """Tokens one message adds to a request: its texts and its share of the chat format."""
+    item = message.to_dict() if isinstance(message, Message) else message
+    if not isinstance(item, Mapping):
+        raise InvalidArgument(f"a message must be a dict or Message, got {type(message)!r}")
+    total = _TOKENS_PER_MESSAGE
+    for key, value in item.items():
+        total += sum(count(text) for text in _texts(key, value))
+        if key == "name":
+            total += _TOKENS_PER_NAME
     return total
 
 

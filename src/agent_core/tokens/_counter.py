@@ -8,13 +8,15 @@ from typing import Any, Final, final
 
 from ..errors import InvalidArgument
 from ..messages import Message
-from ._chat import count_messages, count_tools
+from ._chat import REPLY_PRIMING, count_message, count_messages, count_tools
 from ._encodings import bpe_counter
 from ._estimate import estimate_tokens
 from ._models import CL100K, O200K, encoding_for_model
 
-__all__ = ["TokenCounter"]
+__all__ = ["ESTIMATE_KEY", "TokenCounter"]
 
+#: The key under which estimated counts are stored.
+ESTIMATE_KEY: Final = "estimate-v1"
 # Shorter texts count in well under a millisecond: a thread hop would cost more.
 _INLINE_CHARS: Final = 64 << 10
 
@@ -68,6 +70,19 @@ class TokenCounter:
         return self._encoding
 
     @property
+    def key(self) -> str:
+        """What stored counts of this counter are filed under: the encoding, or ``"estimate-v1"``.
+
+        Models that share an encoding share a chat format, hence their counts.
+        """
+        return self._encoding or ESTIMATE_KEY
+
+    @property
+    def reply_priming(self) -> int:
+        """Tokens the API adds once per request to prime the reply."""
+        return REPLY_PRIMING
+
+    @property
     def exact(self) -> bool:
         """Whether counts are exact BPE counts rather than estimates."""
         return self._encoding is not None
@@ -89,6 +104,13 @@ class TokenCounter:
         if len(text) < _INLINE_CHARS or not isinstance(text, str):
             return self.count(text)
         return await asyncio.to_thread(self.count, text)
+
+    def count_message(self, message: Mapping[str, Any] | Message) -> int:
+        """Tokens one message adds to a request: its texts plus the per-message overhead.
+
+        A request costs ``reply_priming`` plus the sum of this over its messages.
+        """
+        return count_message(self.count, message)
 
     def count_messages(
         self,
