@@ -147,7 +147,7 @@ class AsyncpgDriver:
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow(
-                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None
+                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None, None
             )
         assert row is not None
         return row[0], row[1]
@@ -217,7 +217,7 @@ def to_pyformat(statement: str) -> tuple[str, tuple[int, ...]]:
 
 APPEND_PY, APPEND_ORDER = to_pyformat(sql.APPEND)
 READ_PY, READ_ORDER = to_pyformat(sql.READ)
-assert APPEND_ORDER == (0, 1, 2, 3, 4, 5), APPEND_ORDER
+assert APPEND_ORDER == (0, 1, 2, 3, 4, 5, 6), APPEND_ORDER
 
 
 class PsycopgDriver:
@@ -241,7 +241,7 @@ class PsycopgDriver:
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
-                APPEND_PY, (NAMESPACE, thread_id, payloads, None, None, None), binary=True
+                APPEND_PY, (NAMESPACE, thread_id, payloads, None, None, None, None), binary=True
             )
             row = await cursor.fetchone()
         assert row is not None

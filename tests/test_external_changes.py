@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from agent_core import ConversationCache
+from agent_core import ConversationCache, store_from_url
+from agent_core.store import decode_token_counts
 
 
 def user(text: str) -> dict[str, Any]:
@@ -124,3 +125,77 @@ async def test_our_own_writes_are_not_reported_as_external(store_url: str, names
         await asyncio.sleep(0.2)
         assert cache.stats().external_changes == 0
         assert (await cache.store.read(namespace, "t")).version == 12
+
+
+async def test_set_tokens_is_not_an_external_change(store_url: str, namespace: str) -> None:
+    events: list[tuple[str, str, int] | str] = []
+
+    class Recorder:
+        def changed(self, namespace: str, thread_id: str, version: int) -> None:
+            events.append((namespace, thread_id, version))
+
+        def reset(self) -> None:
+            events.append("reset")
+
+    # Counts recorded by another store are what the watcher would report, if anything.
+    watched, other = store_from_url(store_url), store_from_url(store_url)
+    await watched.open()
+    await other.open()
+    try:
+        await watched.watch(Recorder())
+        await other.append(namespace, "t", [b'{"role":"user","content":"a"}'] * 3)
+        assert await other.set_tokens(namespace, "t", "o200k_base", {1: 1, 2: 2, 3: 3}) == 3
+        assert await other.set_tokens(namespace, "t", "cl100k_base", {2: 2}) == 1
+        await asyncio.sleep(0.2)
+        assert events == []
+        assert await other.version(namespace, "t") == 3
+        # The watcher is live: an edited payload is reported.
+        await run_sql(
+            store_url,
+            "UPDATE messages SET payload = ? WHERE namespace = ? AND seq = 1",
+            "UPDATE agent_core.messages SET payload = $1::json WHERE namespace = $2 AND seq = 1",
+            '{"role":"user","content":"edited"}',
+            namespace,
+        )
+
+        async def reported() -> bool:
+            return bool(events)
+
+        await visible_within(reported)
+        assert events == [(namespace, "t", 4)]
+    finally:
+        await watched.close()
+        await other.close()
+
+
+async def test_set_tokens_replaces_counts_another_program_mangled(
+    store_url: str, namespace: str
+) -> None:
+    store = store_from_url(store_url)
+    await store.open()
+    try:
+        await store.append(namespace, "t", [b'{"role":"user","content":"a"}'] * 2)
+        # PostgreSQL's jsonb holds only valid JSON; SQLite's TEXT holds anything.
+        mangled = {1: "[1]", 2: '"text"' if store_url.startswith("postgres") else "not json"}
+        for seq, value in mangled.items():
+            await run_sql(
+                store_url,
+                "UPDATE messages SET tokens = ? WHERE namespace = ? AND seq = ?",
+                "UPDATE agent_core.messages SET tokens = $1::jsonb"
+                " WHERE namespace = $2 AND seq = $3",
+                value,
+                namespace,
+                seq,
+            )
+        assert [decode_token_counts(t) for t in (await store.read(namespace, "t")).tokens] == [
+            {},
+            {},
+        ]
+        assert await store.set_tokens(namespace, "t", "o200k_base", {1: 1, 2: 2}) == 2
+        records = await store.read(namespace, "t")
+        assert [decode_token_counts(t) for t in records.tokens] == [
+            {"o200k_base": 1},
+            {"o200k_base": 2},
+        ]
+    finally:
+        await store.close()

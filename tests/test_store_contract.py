@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from agent_core import (
@@ -22,7 +24,12 @@ from agent_core import (
     VersionConflict,
     store_from_url,
 )
-from agent_core.store import ThreadRecords
+from agent_core.store import (
+    AppendResult,
+    ThreadRecords,
+    decode_token_counts,
+    encode_token_counts,
+)
 
 
 def user(text: str) -> dict[str, Any]:
@@ -58,7 +65,7 @@ async def test_read_after_and_last(store: ThreadStore, namespace: str) -> None:
     assert last.seqs == (8, 9, 10)
     assert (await store.read(namespace, "t", after=8, last=5)).seqs == (9, 10)
     assert (await store.read(namespace, "t", last=0)).seqs == ()
-    assert (await store.read(namespace, "t", after=10)) == ThreadRecords(10, (), ())
+    assert (await store.read(namespace, "t", after=10)) == ThreadRecords(10, (), (), ())
     assert (await store.read(namespace, "t", last=100)).seqs == whole.seqs
 
 
@@ -235,6 +242,164 @@ async def test_store_validates_its_own_input(store: ThreadStore, namespace: str)
     assert (await store.list_threads(namespace)).thread_ids == ()
 
 
+# -- token counts -------------------------------------------------------------------------
+
+O200K, CL100K = "o200k_base", "cl100k_base"
+
+
+def payload(text: str) -> bytes:
+    return orjson.dumps(user(text))
+
+
+def counts_of(records: ThreadRecords) -> list[dict[str, int]]:
+    return [decode_token_counts(encoded) for encoded in records.tokens]
+
+
+async def test_tokens_round_trip(store: ThreadStore, namespace: str) -> None:
+    first = (encode_token_counts({O200K: 1}), None, encode_token_counts({O200K: 3, CL100K: 4}))
+    await store.append(namespace, "t", [payload(str(i)) for i in range(1, 4)], tokens=first)
+    await store.append(namespace, "t", [payload("4"), payload("5")])
+    await store.append(namespace, "t", [payload("6")], tokens=[encode_token_counts({CL100K: 0})])
+    expected = [{O200K: 1}, {}, {O200K: 3, CL100K: 4}, {}, {}, {CL100K: 0}]
+    whole = await store.read(namespace, "t")
+    assert whole.payloads == tuple(payload(str(i)) for i in range(1, 7))
+    assert counts_of(whole) == expected
+    assert [encoded is None for encoded in whole.tokens] == [False, True, False, True, True, False]
+    assert counts_of(await store.read(namespace, "t", after=2)) == expected[2:]
+    assert counts_of(await store.read(namespace, "t", last=4)) == expected[2:]
+    assert counts_of(await store.read(namespace, "t", after=1, last=2)) == expected[4:]
+    assert (await store.read(namespace, "t", last=0)).tokens == ()
+
+
+async def test_idempotent_retry_keeps_the_first_tokens(store: ThreadStore, namespace: str) -> None:
+    batch = [payload("a")]
+    first = await store.append(
+        namespace, "t", batch, tokens=[encode_token_counts({O200K: 1})], idempotency_key="k"
+    )
+    # Token counts are not part of the batch: a retry that brings others is still a retry.
+    retry = await store.append(
+        namespace, "t", batch, tokens=[encode_token_counts({O200K: 9})], idempotency_key="k"
+    )
+    assert (first, retry) == (AppendResult(1, applied=True), AppendResult(1, applied=False))
+    assert counts_of(await store.read(namespace, "t")) == [{O200K: 1}]
+
+
+async def test_set_tokens_merges_beside_stored_counts(store: ThreadStore, namespace: str) -> None:
+    await store.append(
+        namespace,
+        "t",
+        [payload("a"), payload("b"), payload("c")],
+        tokens=[encode_token_counts({CL100K: 7}), None, None],
+    )
+    assert await store.set_tokens(namespace, "t", O200K, {1: 10, 2: 20}) == 2
+    assert await store.set_tokens(namespace, "t", "p50k.base-2", {3: 31, 2: 21}) == 2
+    assert await store.set_tokens(namespace, "t", O200K, {2: 22}) == 1
+    records = await store.read(namespace, "t")
+    assert counts_of(records) == [
+        {CL100K: 7, O200K: 10},
+        {O200K: 22, "p50k.base-2": 21},
+        {"p50k.base-2": 31},
+    ]
+    assert records.payloads == (payload("a"), payload("b"), payload("c"))
+    # Neither the version nor the idempotency of appends moved.
+    assert records.version == 3
+    assert await store.append(namespace, "t", [payload("d")], expected_version=3) == AppendResult(
+        4, applied=True
+    )
+
+
+async def test_set_tokens_skips_missing_seqs(store: ThreadStore, namespace: str) -> None:
+    assert await store.set_tokens(namespace, "never", O200K, {1: 5}) == 0
+    assert await store.version(namespace, "never") == 0
+    assert (await store.list_threads(namespace)).thread_ids == ()
+    await store.append(namespace, "t", [payload("a"), payload("b")])
+    assert await store.set_tokens(namespace, "t", O200K, {2: 5, 3: 6, 1000: 7}) == 1
+    assert await store.set_tokens(namespace, "t", O200K, {}) == 0
+    assert await store.delete(namespace, "t") == 3
+    assert await store.set_tokens(namespace, "t", O200K, {1: 1, 2: 2}) == 0
+    await store.append(namespace, "t", [payload("c")])
+    assert await store.set_tokens(namespace, "t", O200K, {2: 2, 4: 4}) == 1
+    records = await store.read(namespace, "t")
+    assert (records.version, records.seqs, counts_of(records)) == (4, (4,), [{O200K: 4}])
+
+
+async def test_concurrent_set_tokens_keep_every_key(store_url: str, namespace: str) -> None:
+    # Two stores: two SQLite writer connections, or two PostgreSQL pools.
+    stores = [store_from_url(store_url), store_from_url(store_url)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        seqs = range(1, 51)
+        await stores[0].append(namespace, "t", [payload(str(seq)) for seq in seqs])
+        keys = [f"enc-{i}" for i in range(8)]
+        calls = [
+            stores[i % 2].set_tokens(
+                namespace,
+                "t",
+                key,
+                # Half the calls name the rows in the other order.
+                {seq: i * 1000 + seq for seq in (seqs if i % 2 else reversed(seqs))},
+            )
+            for i, key in enumerate(keys)
+        ]
+        *updated, appended = await asyncio.gather(
+            *calls, stores[1].append(namespace, "t", [payload("more")])
+        )
+        assert updated == [50] * len(keys)
+        assert appended == AppendResult(51, applied=True)
+        records = await stores[0].read(namespace, "t")
+        assert counts_of(records)[:50] == [
+            {key: i * 1000 + seq for i, key in enumerate(keys)} for seq in seqs
+        ]
+        assert records.tokens[50] is None
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+
+
+_GOOD = encode_token_counts({O200K: 1})
+_P = payload("p")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "needle"),
+    [
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[]), InvalidBatch, "one entry per"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[_GOOD] * 2), InvalidBatch, "one entry per"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=_GOOD), InvalidBatch, "one entry per"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[b"{bad"]), InvalidBatch, r"tokens\[0\]"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[b"[1]"]), InvalidBatch, r"tokens\[0\]"),
+        (
+            lambda s, ns: s.append(ns, "t", [_P, _P], tokens=[None, b'{"O200K": 1}']),
+            InvalidBatch,
+            r"tokens\[1\]",
+        ),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[b'{"k": -1}']), InvalidBatch, "tokens"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[b'{"k": true}']), InvalidBatch, "tokens"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=[b'{"k": 1.5}']), InvalidBatch, "tokens"),
+        (lambda s, ns: s.append(ns, "t", [_P], tokens=['{"k": 1}']), InvalidBatch, "tokens"),
+        (lambda s, ns: s.set_tokens(ns, "t", "O200K", {1: 5}), InvalidArgument, "key"),
+        (lambda s, ns: s.set_tokens(ns, "t", "", {1: 5}), InvalidArgument, "key"),
+        (lambda s, ns: s.set_tokens(ns, "t", "k" * 65, {1: 5}), InvalidArgument, "key"),
+        (lambda s, ns: s.set_tokens(ns, "t", 'k"', {1: 5}), InvalidArgument, "key"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, {1: 5, 2: -1}), InvalidArgument, "least 0"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, {1: True}), InvalidArgument, "int"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, {1: 2**63}), InvalidArgument, "at most"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, {True: 5}), InvalidArgument, "seq"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, {0: 5}), InvalidArgument, "seq"),
+        (lambda s, ns: s.set_tokens(ns, "t", O200K, [(1, 5)]), InvalidArgument, "mapping"),
+        (lambda s, ns: s.set_tokens(ns, "a b", O200K, {1: 5}), InvalidThreadId, "thread id"),
+        (lambda s, ns: s.set_tokens("a b", "t", O200K, {1: 5}), InvalidNamespace, "namespace"),
+    ],
+)
+async def test_rejected_token_calls_raise_typed_errors_and_write_nothing(
+    store: ThreadStore, namespace: str, call: Any, error: type[Exception], needle: str
+) -> None:
+    await store.append(namespace, "t", [_P], tokens=[_GOOD])
+    before = await store.read(namespace, "t")
+    with pytest.raises(error, match=needle):
+        await call(store, namespace)
+    assert await store.read(namespace, "t") == before
+
+
 # -- configuration and lifecycle ----------------------------------------------------------
 
 
@@ -299,6 +464,84 @@ async def test_newer_schema_is_refused(empty_store_url: str) -> None:
     await _bump_schema_version(empty_store_url)
     with pytest.raises(ConfigurationError, match="newer than this agent-core"):
         await store_from_url(empty_store_url).open()
+
+
+async def test_migration_adds_tokens_to_an_older_database(empty_store_url: str) -> None:
+    await _create_schema_before_tokens(empty_store_url, [payload("a"), payload("b")])
+    # Openers that start together migrate the database once.
+    stores = [store_from_url(empty_store_url) for _ in range(3)]
+    await asyncio.gather(*(store.open() for store in stores))
+    try:
+        records = await stores[0].read("old", "t")
+        assert (records.version, records.payloads) == (2, (payload("a"), payload("b")))
+        assert records.tokens == (None, None)
+        assert await stores[1].set_tokens("old", "t", O200K, {2: 5}) == 1
+        await stores[2].append("old", "t", [payload("c")], tokens=[encode_token_counts({O200K: 3})])
+        assert counts_of(await stores[0].read("old", "t")) == [{}, {O200K: 5}, {O200K: 3}]
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
+    if not empty_store_url.startswith("sqlite"):
+        import asyncpg
+
+        # A process of the previous release (a rolling upgrade) still appends, without counts.
+        server = await asyncpg.connect(empty_store_url)
+        try:
+            version = await server.fetchval(
+                "SELECT version FROM agent_core.append($1, $2, $3, NULL, NULL, NULL)",
+                "old",
+                "t",
+                [payload("d").decode()],
+            )
+        finally:
+            await server.close()
+        assert version == 4
+        store = store_from_url(empty_store_url)
+        await store.open()
+        try:
+            assert counts_of(await store.read("old", "t", after=3)) == [{}]
+        finally:
+            await store.close()
+
+
+#: The schema version just before the tokens column.
+_BEFORE_TOKENS = 2
+
+
+async def _create_schema_before_tokens(url: str, payloads: list[bytes]) -> None:
+    """The schema as agent-core left it before token counts, with one thread written."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        from agent_core.store._sqlite import _MIGRATIONS
+
+        database = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        for statements in _MIGRATIONS[:_BEFORE_TOKENS]:
+            for statement in statements:
+                database.execute(statement)
+        database.execute(f"PRAGMA user_version = {_BEFORE_TOKENS}")
+        database.execute("INSERT INTO threads VALUES ('old', 't', ?, 0, 0, 0)", (len(payloads),))
+        database.executemany(
+            "INSERT INTO messages VALUES ('old', 't', ?, ?, 0)",
+            [(seq, p.decode()) for seq, p in enumerate(payloads, 1)],
+        )
+        database.close()
+        return
+    import asyncpg
+
+    from agent_core.store import _postgres_schema as sql
+
+    server = await asyncpg.connect(url)
+    try:
+        await server.execute(sql.CREATE_SCHEMA)
+        for version, script in enumerate(sql.MIGRATIONS[:_BEFORE_TOKENS], 1):
+            await server.execute(script)
+            await server.execute(sql.RECORD_VERSION, version)
+        await server.execute(
+            "SELECT agent_core.append('old', 't', $1::json[], NULL, NULL, NULL)",
+            [p.decode() for p in payloads],
+        )
+    finally:
+        await server.close()
 
 
 async def _bump_schema_version(url: str) -> None:

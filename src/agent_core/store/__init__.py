@@ -6,7 +6,15 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError
 from ._postgres import PostgresStore
-from ._protocol import MAX_PAGE_SIZE, AppendResult, ThreadPage, ThreadRecords, ThreadStore
+from ._protocol import (
+    MAX_PAGE_SIZE,
+    AppendResult,
+    ThreadPage,
+    ThreadRecords,
+    ThreadStore,
+    decode_token_counts,
+    encode_token_counts,
+)
 from ._sqlite import SQLiteStore
 
 __all__ = [
@@ -17,6 +25,8 @@ __all__ = [
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",
+    "decode_token_counts",
+    "encode_token_counts",
     "store_from_url",
 ]
 

@@ -1,15 +1,16 @@
 """The multi-machine store: PostgreSQL through an asyncpg pool.
 
 asyncpg was chosen over psycopg 3 by measurement (``benchmarks/pg_drivers.py``,
-``docs/BENCHMARKS.md``). Message payloads travel as raw bytes both ways: the
-``json`` type is bound in binary format, which for ``json`` is the text itself,
-so nothing is re-encoded or decoded in Python.
+``docs/BENCHMARKS.md``). Message payloads and token counts travel as raw bytes
+both ways: ``json`` and ``jsonb`` are bound in binary format, which for ``json`` is
+the text itself and for ``jsonb`` the text after a version byte, so nothing is
+re-encoded or decoded in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -36,6 +37,7 @@ from ._protocol import (
     check_append,
     check_list,
     check_read,
+    check_set_tokens,
     check_thread,
     page_of,
     records_from_rows,
@@ -162,10 +164,11 @@ class PostgresStore:
         thread_id: str,
         payloads: Sequence[bytes],
         *,
+        tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> AppendResult:
-        check_append(namespace, thread_id, payloads, expected_version, idempotency_key)
+        check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
         digest = batch_digest(payloads) if idempotency_key is not None else None
         try:
             async with self._connection() as connection:
@@ -174,6 +177,7 @@ class PostgresStore:
                     namespace,
                     thread_id,
                     payloads,
+                    tokens,
                     expected_version,
                     idempotency_key,
                     digest,
@@ -198,17 +202,29 @@ class PostgresStore:
             else:
                 rows = await connection.fetch(sql.READ_LAST, namespace, thread_id, after, last)
         if not rows:
-            return ThreadRecords(0, (), ())
+            return ThreadRecords(0, (), (), ())
         version = rows[0][0]
         if rows[0][1] is None:
-            return ThreadRecords(version, (), ())
-        return records_from_rows(version, [(row[1], row[2]) for row in rows])
+            return ThreadRecords(version, (), (), ())
+        return records_from_rows(version, [(row[1], row[2], row[3]) for row in rows])
 
     async def version(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
         async with self._connection() as connection:
             version: int | None = await connection.fetchval(sql.VERSION, namespace, thread_id)
         return version or 0
+
+    async def set_tokens(
+        self, namespace: str, thread_id: str, key: str, counts: Mapping[int, int]
+    ) -> int:
+        check_set_tokens(namespace, thread_id, key, counts)
+        if not counts:
+            return 0
+        async with self._connection() as connection:
+            updated: int = await connection.fetchval(
+                sql.SET_TOKENS, namespace, thread_id, key, list(counts), list(counts.values())
+            )
+        return updated
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
@@ -288,9 +304,13 @@ _WATCH_HEALTH_INTERVAL: Final = 1.0
 
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
-    # In binary format a json value is its UTF-8 text: bytes in, bytes out.
+    # In binary format a json value is its UTF-8 text, and a jsonb value that text
+    # after a version byte: bytes in, bytes out.
     await connection.set_type_codec(
         "json", schema="pg_catalog", encoder=_same, decoder=_same, format="binary"
+    )
+    await connection.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_to_jsonb, decoder=_from_jsonb, format="binary"
     )
 
 
@@ -301,6 +321,17 @@ async def _keep_session(connection: _Connection) -> None:
 
 def _same(value: bytes) -> bytes:
     return value
+
+
+_JSONB_VERSION: Final = b"\x01"
+
+
+def _to_jsonb(value: bytes) -> bytes:
+    return _JSONB_VERSION + value
+
+
+def _from_jsonb(value: bytes) -> bytes:
+    return value[1:]
 
 
 async def _migrate(connection: _Connection) -> None:

@@ -161,6 +161,89 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     WHEN (coalesce(current_setting('{INTERNAL_FLAG}', true), '') <> 'on')
     EXECUTE FUNCTION {SCHEMA}.external_change();
     """,
+    # Per-message token counts, a jsonb object by encoding name. The trigger above
+    # watches `payload` only, so recording counts is not an external change. append
+    # takes the counts beside the payloads; the 6-argument append stays, so that
+    # processes of the previous release keep appending (without counts, which are
+    # then made on first use) during a rolling upgrade.
+    f"""
+    ALTER TABLE {SCHEMA}.messages ADD COLUMN tokens jsonb;
+
+    CREATE FUNCTION {SCHEMA}.append(
+        p_namespace text, p_thread_id text, p_payloads json[], p_tokens jsonb[],
+        p_expected bigint, p_key text, p_digest bytea
+    ) RETURNS TABLE (version bigint, applied boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        prior_version bigint;
+        prior_digest bytea;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        -- The no-op update takes the row lock, for new and existing threads alike.
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_thread_id)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version INTO current_version;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO prior_version, prior_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key;
+            IF FOUND THEN
+                IF prior_digest <> p_digest THEN
+                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
+                        MESSAGE = prior_version::text;
+                END IF;
+                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+                RETURN QUERY SELECT prior_version, false;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
+            -- Raising rolls back the thread row a new thread's insert created.
+            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
+                MESSAGE = current_version::text;
+        END IF;
+        -- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload, tokens)
+        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload, u.tokens
+        FROM unnest(p_payloads, p_tokens) WITH ORDINALITY AS u(payload, tokens, ordinality);
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + cardinality(p_payloads), updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        IF p_key IS NOT NULL THEN
+            INSERT INTO {SCHEMA}.idempotency_keys (namespace, thread_id, key, version, digest)
+            VALUES (p_namespace, p_thread_id, p_key,
+                    current_version + cardinality(p_payloads), p_digest);
+        END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
+    END
+    $$;
+
+    CREATE FUNCTION {SCHEMA}.set_tokens(
+        p_namespace text, p_thread_id text, p_key text, p_seqs bigint[], p_counts bigint[]
+    ) RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        updated bigint;
+    BEGIN
+        -- Every writer of a thread takes its row lock first, so this update of
+        -- message rows cannot deadlock with a delete or another set_tokens.
+        PERFORM FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR NO KEY UPDATE;
+        -- Merged in SQL, so counts stored under other keys are kept; anything but
+        -- an object (written by another program) starts afresh.
+        UPDATE {SCHEMA}.messages m
+        SET tokens = CASE jsonb_typeof(m.tokens) WHEN 'object' THEN m.tokens ELSE '{{}}' END
+            || jsonb_build_object(p_key, c.count)
+        FROM unnest(p_seqs, p_counts) AS c(seq, count)
+        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id AND m.seq = c.seq;
+        GET DIAGNOSTICS updated = ROW_COUNT;
+        RETURN updated;
+    END
+    $$;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -174,13 +257,14 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
 CURRENT_VERSION: Final = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations"
 RECORD_VERSION: Final = f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)"
 
-APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6)"
+APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7)"
+SET_TOKENS: Final = f"SELECT {SCHEMA}.set_tokens($1, $2, $3, $4, $5)"
 DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
 VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND thread_id = $2"
 # One statement, so the version and the rows come from the same snapshot. A thread
 # with no row yields no rows (version 0); with no messages, one row of NULLs.
 READ: Final = f"""
-SELECT t.version, m.seq, m.payload
+SELECT t.version, m.seq, m.payload, m.tokens
 FROM {SCHEMA}.threads t
 LEFT JOIN {SCHEMA}.messages m
     ON m.namespace = t.namespace AND m.thread_id = t.thread_id AND m.seq > $3
@@ -188,10 +272,10 @@ WHERE t.namespace = $1 AND t.thread_id = $2
 ORDER BY m.seq
 """
 READ_LAST: Final = f"""
-SELECT t.version, m.seq, m.payload
+SELECT t.version, m.seq, m.payload, m.tokens
 FROM {SCHEMA}.threads t
 LEFT JOIN LATERAL (
-    SELECT seq, payload FROM {SCHEMA}.messages
+    SELECT seq, payload, tokens FROM {SCHEMA}.messages
     WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3
     ORDER BY seq DESC LIMIT $4
 ) m ON true

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
+
+import orjson
 
 from .._validation import (
     check_count,
@@ -14,10 +17,13 @@ from .._validation import (
     check_optional_count,
     check_thread_id,
 )
-from ..errors import InvalidBatch
+from ..errors import InvalidArgument, InvalidBatch
 
 #: ``list_threads`` returns at most this many ids per page.
 MAX_PAGE_SIZE = 1000
+_TOKEN_KEY: Final = re.compile(r"[a-z0-9._-]{1,64}")
+#: Both stores keep seqs and counts as signed 64-bit integers.
+_MAX_INT64: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,8 @@ class ThreadRecords:
     version: int
     seqs: tuple[int, ...]
     payloads: tuple[bytes, ...]
+    #: Per message, its stored token counts (see `encode_token_counts`), None if none.
+    tokens: tuple[bytes | None, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +84,14 @@ class ThreadStore(Protocol):
         thread_id: str,
         payloads: Sequence[bytes],
         *,
+        tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> AppendResult:
-        """Append encoded messages as one contiguous batch, atomically."""
+        """Append encoded messages as one contiguous batch, atomically.
+
+        ``tokens``, if given, holds each message's encoded token counts (or None).
+        """
 
     async def read(
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
@@ -88,6 +100,15 @@ class ThreadStore(Protocol):
 
     async def version(self, namespace: str, thread_id: str) -> int:
         """The thread's version; 0 for a thread that was never written."""
+
+    async def set_tokens(
+        self, namespace: str, thread_id: str, key: str, counts: Mapping[int, int]
+    ) -> int:
+        """Record ``counts`` (seq -> tokens) under ``key``, beside the counts already stored.
+
+        Neither the version nor the messages change, and it is not an external change.
+        Seqs that are not stored (any more) are skipped; returns how many rows took a count.
+        """
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         """Remove the thread's messages and idempotency keys; returns the new version."""
@@ -110,10 +131,55 @@ def batch_digest(payloads: Sequence[bytes]) -> bytes:
     return digest.digest()
 
 
+def encode_token_counts(counts: Mapping[str, int]) -> bytes:
+    """The stored form of one message's token counts: ``{"o200k_base": 12, ...}``."""
+    for key, count in counts.items():
+        check_token_key(key)
+        check_count(f"token count for {key!r}", count, minimum=0)
+    return orjson.dumps(counts if isinstance(counts, dict) else dict(counts))
+
+
+def decode_token_counts(encoded: bytes | None) -> dict[str, int]:
+    """Token counts from their stored form; {} for None or anything malformed."""
+    if not encoded:
+        return {}
+    try:
+        counts = orjson.loads(encoded)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(counts, dict):
+        return {}
+    return {k: v for k, v in counts.items() if type(v) is int and v >= 0}
+
+
+def _is_token_counts(encoded: object) -> bool:
+    if not isinstance(encoded, bytes):
+        return False
+    try:
+        counts = orjson.loads(encoded)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(counts, dict) and all(
+        _TOKEN_KEY.fullmatch(key) and type(count) is int and count >= 0
+        for key, count in counts.items()
+    )
+
+
+def check_token_key(key: object) -> str:
+    """A token-count key: an encoding name such as ``o200k_base``."""
+    if not isinstance(key, str) or not _TOKEN_KEY.fullmatch(key):
+        raise InvalidArgument(
+            "a token-count key must be 1-64 characters of a-z, 0-9, '.', '_' or '-', "
+            f"got {key!r:.100}"
+        )
+    return key
+
+
 def check_append(
     namespace: str,
     thread_id: str,
     payloads: Sequence[bytes],
+    tokens: Sequence[bytes | None] | None,
     expected_version: int | None,
     idempotency_key: str | None,
 ) -> None:
@@ -121,8 +187,31 @@ def check_append(
     check_thread_id(thread_id)
     if not payloads or not all(isinstance(p, bytes) for p in payloads):
         raise InvalidBatch("a store append takes a non-empty sequence of encoded messages (bytes)")
+    if tokens is not None:
+        if isinstance(tokens, bytes | str) or len(tokens) != len(payloads):
+            raise InvalidBatch(
+                f"tokens must be a sequence with one entry per message ({len(payloads)}), "
+                f"got {tokens!r:.100}"
+            )
+        for index, encoded in enumerate(tokens):
+            if encoded is not None and not _is_token_counts(encoded):
+                raise InvalidBatch(
+                    f"tokens[{index}] must be None or encode_token_counts() output, "
+                    f"got {encoded!r:.100}"
+                )
     check_optional_count("expected_version", expected_version, minimum=0)
     check_idempotency_key(idempotency_key)
+
+
+def check_set_tokens(namespace: str, thread_id: str, key: str, counts: Mapping[int, int]) -> None:
+    check_namespace(namespace)
+    check_thread_id(thread_id)
+    check_token_key(key)
+    if not isinstance(counts, Mapping):
+        raise InvalidArgument(f"counts must be a mapping of seq to tokens, got {type(counts)!r}")
+    for seq, count in counts.items():
+        check_count("seq", seq, minimum=1, maximum=_MAX_INT64)
+        check_count(f"token count of seq {seq}", count, minimum=0, maximum=_MAX_INT64)
 
 
 def check_read(namespace: str, thread_id: str, after: int, last: int | None) -> None:
@@ -144,11 +233,13 @@ def check_thread(namespace: str, thread_id: str) -> None:
     check_thread_id(thread_id)
 
 
-def records_from_rows(version: int, rows: Sequence[tuple[int, bytes]]) -> ThreadRecords:
+def records_from_rows(
+    version: int, rows: Sequence[tuple[int, bytes, bytes | None]]
+) -> ThreadRecords:
     if not rows:
-        return ThreadRecords(version, (), ())
-    seqs, payloads = zip(*rows, strict=True)
-    return ThreadRecords(version, seqs, payloads)
+        return ThreadRecords(version, (), (), ())
+    seqs, payloads, tokens = zip(*rows, strict=True)
+    return ThreadRecords(version, seqs, payloads, tokens)
 
 
 def page_of(thread_ids: Sequence[str], limit: int) -> ThreadPage:
@@ -166,4 +257,6 @@ __all__ = [
     "ThreadRecords",
     "ThreadStore",
     "batch_digest",
+    "decode_token_counts",
+    "encode_token_counts",
 ]

@@ -13,7 +13,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final, TypeVar
@@ -36,6 +36,7 @@ from ._protocol import (
     check_append,
     check_list,
     check_read,
+    check_set_tokens,
     check_thread,
     page_of,
     records_from_rows,
@@ -116,6 +117,9 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             {_BUMP.format(row="NEW")}
         END""",
     ),
+    # Per-message token counts, a JSON object by encoding name. The update trigger
+    # above watches `payload` only, so recording counts is not an external change.
+    ("ALTER TABLE messages ADD COLUMN tokens TEXT",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SYNCHRONOUS: Final = ("full", "normal")
@@ -301,13 +305,21 @@ class SQLiteStore:
         thread_id: str,
         payloads: Sequence[bytes],
         *,
+        tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> AppendResult:
-        check_append(namespace, thread_id, payloads, expected_version, idempotency_key)
+        check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
         digest = batch_digest(payloads) if idempotency_key is not None else b""
         return await self._on_writer(
-            self._append, namespace, thread_id, payloads, expected_version, idempotency_key, digest
+            self._append,
+            namespace,
+            thread_id,
+            payloads,
+            (None,) * len(payloads) if tokens is None else tokens,
+            expected_version,
+            idempotency_key,
+            digest,
         )
 
     def _append(
@@ -315,6 +327,7 @@ class SQLiteStore:
         namespace: str,
         thread_id: str,
         payloads: Sequence[bytes],
+        tokens: Sequence[bytes | None],
         expected_version: int | None,
         idempotency_key: str | None,
         digest: bytes,
@@ -350,11 +363,13 @@ class SQLiteStore:
                 (namespace, thread_id, version, now, now),
             )
             connection.executemany(
-                "INSERT INTO messages (namespace, thread_id, seq, payload, created_at)"
-                " VALUES (?, ?, ?, CAST(? AS TEXT), ?)",
+                "INSERT INTO messages (namespace, thread_id, seq, payload, tokens, created_at)"
+                " VALUES (?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)",
                 [
-                    (namespace, thread_id, seq, payload, now)
-                    for seq, payload in enumerate(payloads, current + 1)
+                    (namespace, thread_id, seq, payload, counts, now)
+                    for seq, (payload, counts) in enumerate(
+                        zip(payloads, tokens, strict=True), current + 1
+                    )
                 ],
             )
             if idempotency_key is not None:
@@ -382,16 +397,16 @@ class SQLiteStore:
                 (namespace, thread_id),
             ).fetchone()
             if row is None:
-                return ThreadRecords(0, (), ())
+                return ThreadRecords(0, (), (), ())
             if last is None:
                 rows = connection.execute(
-                    "SELECT seq, CAST(payload AS BLOB) FROM messages"
+                    "SELECT seq, CAST(payload AS BLOB), CAST(tokens AS BLOB) FROM messages"
                     " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq",
                     (namespace, thread_id, after),
                 ).fetchall()
             else:
                 rows = connection.execute(
-                    "SELECT seq, CAST(payload AS BLOB) FROM messages"
+                    "SELECT seq, CAST(payload AS BLOB), CAST(tokens AS BLOB) FROM messages"
                     " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?",
                     (namespace, thread_id, after, last),
                 ).fetchall()
@@ -414,6 +429,31 @@ class SQLiteStore:
             .fetchone()
         )
         return row[0] if row else 0
+
+    async def set_tokens(
+        self, namespace: str, thread_id: str, key: str, counts: Mapping[int, int]
+    ) -> int:
+        check_set_tokens(namespace, thread_id, key, counts)
+        if not counts:
+            return 0
+        # The key is checked to [a-z0-9._-], so quoting it makes a safe JSON path.
+        path = f'$."{key}"'
+        rows = [(path, count, namespace, thread_id, seq) for seq, count in counts.items()]
+        return await self._on_writer(self._set_tokens, rows)
+
+    def _set_tokens(self, rows: list[tuple[str, int, str, str, int]]) -> int:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            # Merged in SQL, so counts stored under other keys meanwhile are kept;
+            # anything but a JSON object (written by another program) starts afresh.
+            cursor = connection.executemany(
+                "UPDATE messages SET tokens = json_set(CASE WHEN NOT json_valid(tokens) THEN '{}'"
+                " WHEN json_type(tokens) = 'object' THEN tokens ELSE '{}' END, ?, ?)"
+                " WHERE namespace = ? AND thread_id = ? AND seq = ?",
+                rows,
+            )
+        return cursor.rowcount
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
