@@ -14,11 +14,12 @@ from .errors import (
     InvalidThreadId,
     MessageTooLarge,
     StoreUnavailable,
+    TokenBudgetExceeded,
     VersionConflict,
 )
 from .messages import Conversation, Message
 from .store import PostgresStore, SQLiteStore, ThreadPage, ThreadStore, store_from_url
-from .tokens import TokenCounter
+from .tokens import TokenCounter, Window
 
 __version__ = "0.1.0"
 
@@ -42,8 +43,10 @@ __all__ = [
     "StoreUnavailable",
     "ThreadPage",
     "ThreadStore",
+    "TokenBudgetExceeded",
     "TokenCounter",
     "VersionConflict",
+    "Window",
     "errors",
     "store_from_url",
 ]

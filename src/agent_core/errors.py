@@ -14,6 +14,7 @@ __all__ = [
     "InvalidThreadId",
     "MessageTooLarge",
     "StoreUnavailable",
+    "TokenBudgetExceeded",
     "VersionConflict",
 ]
 
@@ -49,6 +50,16 @@ class MessageTooLarge(InvalidMessage):
 
 class InvalidBatch(InvalidArgument):
     """A batch of messages is empty, too long, or not a list."""
+
+
+class TokenBudgetExceeded(AgentCoreError):
+    """A token window can't hold even the newest message beside the pinned ones."""
+
+    def __init__(self, message: str, *, needed: int, max_tokens: int) -> None:
+        super().__init__(message)
+        #: The smallest budget a window would need.
+        self.needed = needed
+        self.max_tokens = max_tokens
 
 
 class ConfigurationError(AgentCoreError, ValueError):

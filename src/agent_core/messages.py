@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Final, final
 
 import msgspec
 import orjson
 
+from ._token_counts import Counts
 from .errors import InvalidBatch, InvalidMessage, MessageTooLarge
 
 __all__ = [
@@ -142,23 +144,31 @@ class Conversation:
     ``messages`` is first read, so serving a snapshot costs nothing per message.
     """
 
-    __slots__ = ("_messages", "payloads", "thread_id", "version")
+    __slots__ = ("_counts", "_derived", "_messages", "payloads", "thread_id", "version")
     thread_id: str
     version: int
     #: The messages' encoded JSON, oldest first.
     payloads: tuple[bytes, ...]
     _messages: tuple[Message, ...] | None
+    # Stored token counts per key (see agent_core._token_counts).
+    _counts: Counts
+    # What token windows build from this snapshot once and reuse (agent_core.tokens).
+    _derived: dict[str, Any]
 
     def __init__(self, thread_id: str, version: int, messages: Iterable[Message] = ()) -> None:
         held = tuple(messages)
-        self._set(thread_id, version, tuple(m.raw for m in held), held)
+        self._set(thread_id, version, tuple(m.raw for m in held), held, _NO_COUNTS)
 
     @classmethod
     def _from_payloads(
-        cls, thread_id: str, version: int, payloads: tuple[bytes, ...]
+        cls,
+        thread_id: str,
+        version: int,
+        payloads: tuple[bytes, ...],
+        counts: Counts = MappingProxyType({}),
     ) -> Conversation:
         conversation = cls.__new__(cls)
-        conversation._set(thread_id, version, payloads, None)
+        conversation._set(thread_id, version, payloads, None, counts)
         return conversation
 
     def _set(
@@ -167,12 +177,36 @@ class Conversation:
         version: int,
         payloads: tuple[bytes, ...],
         messages: tuple[Message, ...] | None,
+        counts: Counts,
     ) -> None:
         # The slots' own setters skip __setattr__, which refuses all changes.
         _set_thread_id(self, thread_id)
         _set_version(self, version)
         _set_payloads(self, payloads)
         _set_messages(self, messages)
+        _set_counts(self, counts)
+        _set_derived(self, {})
+
+    def _extended(self, version: int, payloads: tuple[bytes, ...], counts: Counts) -> Conversation:
+        """This snapshot plus an append; Message objects already made are reused."""
+        extended = Conversation._from_payloads(
+            self.thread_id, version, self.payloads + payloads, counts
+        )
+        if self._messages is not None:
+            _set_messages(extended, self._messages + messages_from_raw(payloads))
+        return extended
+
+    def token_count(self, model: str) -> int:
+        """Prompt tokens these messages cost ``model``, chat overhead and reply priming included.
+
+        Uses the counts stored at append; a message without one is counted once and the
+        count kept with this snapshot. See `agent_core.TokenCounter` for the rules.
+        """
+        from .tokens import TokenCounter
+        from .tokens._window import token_index
+
+        counter = TokenCounter.for_model(model)
+        return counter.reply_priming + token_index(self, counter).total
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -220,6 +254,9 @@ _set_thread_id = Conversation.__dict__["thread_id"].__set__
 _set_version = Conversation.__dict__["version"].__set__
 _set_payloads = Conversation.__dict__["payloads"].__set__
 _set_messages = Conversation.__dict__["_messages"].__set__
+_set_counts = Conversation.__dict__["_counts"].__set__
+_set_derived = Conversation.__dict__["_derived"].__set__
+_NO_COUNTS: Final[Counts] = MappingProxyType({})
 
 
 def encode_message(item: object, max_bytes: int) -> bytes:

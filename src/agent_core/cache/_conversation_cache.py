@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import inspect
 import uuid
+from array import array
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -16,17 +17,21 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from .._tasks import raise_if_cancelling
+from .._token_counts import from_stored, to_stored
 from .._validation import check_count, check_namespace, check_thread_id
-from ..errors import CacheClosed, ConfigurationError
+from ..errors import CacheClosed, ConfigurationError, InvalidArgument
 from ..messages import (
     DEFAULT_MAX_BATCH_MESSAGES,
     DEFAULT_MAX_MESSAGE_BYTES,
     Conversation,
     Message,
     encode_batch,
+    messages_from_raw,
 )
 from ..observe import MemoryMonitor
 from ..store import ThreadPage, ThreadStore, store_from_url
+from ..tokens import TokenCounter, Window
+from ..tokens._window import complete_counts, select_window
 from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
@@ -40,6 +45,11 @@ DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 Consistency = Literal["bounded", "strong"]
 _CONSISTENCY: Final = ("bounded", "strong")
 _MAX_MINIMUMS: Final = 10_000
+_MAX_WINDOW_MODELS: Final = 64
+# Below these sizes, counting and decoding stored counts run on the loop: a thread
+# hop would cost more than the work.
+_INLINE_COUNT_BYTES: Final = 64 << 10
+_INLINE_DECODE_MESSAGES: Final = 2_000
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
@@ -71,6 +81,7 @@ class ConversationCache:
         watch_external: bool = True,
         memory_limit: int | None = None,
         memory_check_interval: float = 1.0,
+        token_models: Sequence[str] = ("gpt-4o",),
     ) -> None:
         if not isinstance(store, ThreadStore):
             raise ConfigurationError(
@@ -96,6 +107,7 @@ class ConversationCache:
             raise ConfigurationError(
                 f"lease_ttl must be >= 0 seconds (0 disables), got {lease_ttl!r}"
             )
+        self._append_counters = _counters_for(token_models)
         self.store = store
         self.namespace = check_namespace(namespace)
         self.consistency: Consistency = consistency
@@ -156,6 +168,7 @@ class ConversationCache:
         # drive races ("loaded": store read done, before the L2 fill; "l1_fill":
         # before the L1 put).
         self._hooks: dict[str, Callable[[str], Awaitable[None]]] = {}
+        self._window_counters: dict[str, TokenCounter] = {}
 
     @classmethod
     def from_urls(
@@ -324,10 +337,14 @@ class ConversationCache:
         self._counters.misses += 1
         if "loaded" in self._hooks:
             await self._hooks["loaded"](thread_id)
+        if len(records.tokens) > _INLINE_DECODE_MESSAGES:
+            counts = await asyncio.to_thread(from_stored, records.tokens)
+        else:
+            counts = from_stored(records.tokens)
         if self._l2 is not None:
             # Also releases the lease and wakes the instances waiting on it.
-            await self._l2.fill(thread_id, records.version, records.payloads, lease=lease)
-        return Conversation._from_payloads(thread_id, records.version, records.payloads)
+            await self._l2.fill(thread_id, records.version, records.payloads, counts, lease=lease)
+        return Conversation._from_payloads(thread_id, records.version, records.payloads, counts)
 
     def _usable(self, thread_id: str, entry: L2Entry | None) -> bool:
         """A complete entry, and not older than an external change this instance heard of
@@ -342,7 +359,7 @@ class ConversationCache:
         assert entry is not None
         assert entry.payloads is not None
         self._counters.l2_hits += 1
-        return Conversation._from_payloads(thread_id, entry.version, entry.payloads)
+        return Conversation._from_payloads(thread_id, entry.version, entry.payloads, entry.counts)
 
     async def _await_fill(self, thread_id: str) -> Conversation | None:
         """Another instance holds the load lease: wait to be woken by its fill.
@@ -392,10 +409,12 @@ class ConversationCache:
             max_message_bytes=self.max_message_bytes,
             max_batch_messages=self.max_batch_messages,
         )
+        counts = await self._count(messages, payloads)
         result = await self.store.append(
             self.namespace,
             thread_id,
             payloads,
+            tokens=to_stored(counts, len(payloads)),
             expected_version=expected_version,
             idempotency_key=idempotency_key,
         )
@@ -408,15 +427,27 @@ class ConversationCache:
         self._raise_floor(thread_id, version)
         if base == 0:
             # A brand-new thread: the batch is the whole conversation.
-            self._l1.put(Conversation._from_payloads(thread_id, version, added))
+            self._l1.put(Conversation._from_payloads(thread_id, version, added, counts))
         else:
-            self._l1.extend(thread_id, base, added, version)
+            self._l1.extend(thread_id, base, added, counts, version)
         if self._l2 is not None:
             if base == 0:
-                await self._l2.fill(thread_id, version, payloads, written=True)
+                await self._l2.fill(thread_id, version, payloads, counts, written=True)
             else:
-                await self._l2.append(thread_id, base, version, payloads)
+                await self._l2.append(thread_id, base, version, payloads, counts)
         return version
+
+    async def _count(
+        self, messages: Sequence[dict[str, Any] | Message], payloads: list[bytes]
+    ) -> dict[str, array[int]]:
+        """Each message's tokens under every key counted at append."""
+        if not self._append_counters:
+            return {}
+        if sum(map(len, payloads)) <= _INLINE_COUNT_BYTES:
+            return _count_each(self._append_counters, messages)
+        # Counted from the encoded bytes: the caller may change its dicts meanwhile.
+        wrapped = messages_from_raw(payloads)
+        return await asyncio.to_thread(_count_each, self._append_counters, wrapped)
 
     async def delete(self, thread_id: str) -> int:
         """Delete the thread's messages; returns its new version (versions never go back)."""
@@ -429,7 +460,7 @@ class ConversationCache:
         # fill of older history is refused by both tiers.
         self._l1.put(Conversation(thread_id, version, ()))
         if self._l2 is not None:
-            await self._l2.fill(thread_id, version, (), written=True)
+            await self._l2.fill(thread_id, version, (), {}, written=True)
         return version
 
     async def invalidate(self, thread_id: str) -> None:
@@ -490,6 +521,66 @@ class ConversationCache:
         for thread_id in self._floors:
             self._floors[thread_id] = EVERYTHING
 
+    # -- token windows ---------------------------------------------------------------
+
+    async def window(
+        self,
+        thread_id: str,
+        *,
+        max_tokens: int,
+        model: str,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Window:
+        """The newest messages of the thread that fit ``max_tokens`` for ``model``.
+
+        System and developer messages are always kept; a tool call is never split
+        from its results; the budget covers chat overhead, reply priming and the
+        ``tools`` definitions. Counts come from those stored at append: messages
+        without one for the model's encoding are counted once, and their counts
+        stored. Raises `TokenBudgetExceeded` if the newest message does not fit.
+        """
+        check_count("max_tokens", max_tokens, minimum=1)
+        counter = self._window_counter(model)
+        tools_tokens = (
+            0 if tools is None else counter.count_messages([], tools) - counter.reply_priming
+        )
+        conversation = await self.get(thread_id)
+        index, built, counted = await complete_counts(conversation, counter)
+        if built:
+            self._l1.reweigh(conversation)
+        if counted:
+            await self._store_counts(conversation, counter.key, index.counts, counted)
+        return select_window(conversation, index, counter, max_tokens, tools_tokens)
+
+    def _window_counter(self, model: str) -> TokenCounter:
+        counter = self._window_counters.get(model) if type(model) is str else None
+        if counter is None:
+            counter = TokenCounter.for_model(model)
+            if len(self._window_counters) >= _MAX_WINDOW_MODELS:
+                self._window_counters.clear()
+            self._window_counters[model] = counter
+        return counter
+
+    async def _store_counts(
+        self, conversation: Conversation, key: str, counts: array[int], counted: list[int]
+    ) -> None:
+        """Store counts made for a snapshot, so no instance counts those messages again.
+
+        The store is keyed by seq, which snapshots don't hold: it is read once more,
+        and nothing is written if the thread moved on meanwhile.
+        """
+        thread_id = conversation.thread_id
+        records = await self.store.read(self.namespace, thread_id)
+        if records.version != conversation.version or len(records.seqs) != len(counts):
+            return
+        seqs = records.seqs
+        await self.store.set_tokens(
+            self.namespace, thread_id, key, {seqs[i]: counts[i] for i in counted}
+        )
+        self._counters.late_counts += len(counted)
+        if self._l2 is not None:
+            await self._l2.annotate(thread_id, conversation.version, {key: counts})
+
     # -- other -----------------------------------------------------------------------
 
     async def list_threads(self, *, limit: int = 100, after: str | None = None) -> ThreadPage:
@@ -526,6 +617,7 @@ class ConversationCache:
             l1_entries=len(self._l1),
             memory=self._memory.snapshot(),
             consistency=self.consistency,
+            late_counts=c.late_counts,
         )
 
 
@@ -548,6 +640,28 @@ class _ExternalChanges:
 
     def reset(self) -> None:
         self._cache._forget_unannounced()
+
+
+def _counters_for(models: object) -> tuple[TokenCounter, ...]:
+    """One counter per distinct count key among ``models``."""
+    if isinstance(models, str) or not isinstance(models, Sequence):
+        raise ConfigurationError(
+            f"token_models must be a sequence of model names such as ('gpt-4o',), got {models!r}"
+        )
+    counters: dict[str, TokenCounter] = {}
+    for model in models:
+        try:
+            counter = TokenCounter.for_model(model)
+        except InvalidArgument as exc:
+            raise ConfigurationError(f"token_models: {exc}") from None
+        counters.setdefault(counter.key, counter)
+    return tuple(counters.values())
+
+
+def _count_each(
+    counters: Sequence[TokenCounter], messages: Sequence[Mapping[str, Any] | Message]
+) -> dict[str, array[int]]:
+    return {counter.key: array("i", map(counter.count_message, messages)) for counter in counters}
 
 
 def _redis_client(url: str) -> redis.Redis:

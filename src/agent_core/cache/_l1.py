@@ -8,7 +8,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
 
+from .._token_counts import Counts, concat
 from ..messages import Conversation, Message
+from ..tokens._window import cascade, derived_bytes
 from ._policy import EvictionPolicy
 from ._tinylfu import WTinyLFUPolicy
 
@@ -17,11 +19,20 @@ from ._tinylfu import WTinyLFUPolicy
 MESSAGE_OVERHEAD: Final = sys.getsizeof(Message._trusted(b"")) + sys.getsizeof(b"") + 8
 # The Conversation, its tuple, the entry, its dict slot and key (also checked).
 ENTRY_OVERHEAD: Final = 400
+# One stored token count (an int32 array slot) and one count array's header.
+COUNT_BYTES: Final = 4
+COUNT_ARRAY_OVERHEAD: Final = 80
 
 
-def weigh(payloads: Sequence[bytes]) -> int:
+def weigh(payloads: Sequence[bytes], counts: Counts | None = None) -> int:
     """Bytes an entry holding these messages costs in memory (once they are wrapped)."""
-    return ENTRY_OVERHEAD + sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
+    keys = len(counts) if counts else 0
+    return (
+        ENTRY_OVERHEAD
+        + sum(map(len, payloads))
+        + (MESSAGE_OVERHEAD + COUNT_BYTES * keys) * len(payloads)
+        + COUNT_ARRAY_OVERHEAD * keys
+    )
 
 
 class _Entry(NamedTuple):
@@ -90,7 +101,7 @@ class L1Tier:
         if held is not None and held.conversation.version > conversation.version:
             return False
         if weight is None:
-            weight = weigh(conversation.payloads)
+            weight = weigh(conversation.payloads, conversation._counts)
         self._entries[thread_id] = _Entry(conversation, weight, self._clock() + self._ttl)
         evicted = self._policy.put(thread_id, weight)
         if thread_id in evicted:
@@ -102,23 +113,43 @@ class L1Tier:
         return thread_id in self._entries
 
     def extend(
-        self, thread_id: str, base_version: int, payloads: tuple[bytes, ...], version: int
+        self,
+        thread_id: str,
+        base_version: int,
+        payloads: tuple[bytes, ...],
+        counts: Counts,
+        version: int,
     ) -> bool:
-        """Add an append to the held entry if it is exactly at ``base_version``.
+        """Add an append (with its token counts) to the held entry if it is exactly at
+        ``base_version``.
 
         Otherwise the entry can't be brought up to date without a load, so it is dropped.
         """
         held = self._entries.get(thread_id)
         if held is None:
             return False
-        if held.conversation.version != base_version:
-            if held.conversation.version < version:
+        old = held.conversation
+        if old.version != base_version:
+            if old.version < version:
                 self._remove(thread_id, "stale")
             return False
-        conversation = Conversation._from_payloads(
-            thread_id, version, held.conversation.payloads + payloads
+        joined = concat(old._counts, len(old), counts, len(payloads))
+        conversation = old._extended(version, payloads, joined)
+        cascade(old, conversation, payloads)
+        grown = derived_bytes(conversation) - derived_bytes(old)
+        grown += sum(map(len, payloads)) + (MESSAGE_OVERHEAD + COUNT_BYTES * len(joined)) * len(
+            payloads
         )
-        return self.put(conversation, held.weight + weigh(payloads) - ENTRY_OVERHEAD)
+        # A key new to the entry adds an array for its older messages too.
+        grown += (len(joined) - len(old._counts)) * (COUNT_ARRAY_OVERHEAD + COUNT_BYTES * len(old))
+        return self.put(conversation, held.weight + grown)
+
+    def reweigh(self, conversation: Conversation) -> None:
+        """Count what windows built on a held snapshot since it was put."""
+        held = self._entries.get(conversation.thread_id)
+        if held is not None and held.conversation is conversation:
+            weight = weigh(conversation.payloads, conversation._counts)
+            self.put(conversation, weight + derived_bytes(conversation))
 
     def drop(self, thread_id: str, cause: str) -> bool:
         if thread_id not in self._entries:

@@ -6,7 +6,10 @@ fence). A fill writes chunks of at most about 256 KB and an append adds chunks, 
 an append is a Redis ``APPEND`` and never rewrites what is there. A chunk is a
 header (kind, length, CRC-32 of the data) and the data: the messages' JSON joined by
 newlines, zstd-compressed for conversations of ``compress_min_bytes`` and more.
-orjson never writes a raw newline, so the newline is a safe separator; a payload
+A *count* chunk holds the token counts of one key for the last messages before it
+(``[key length][key][int32 counts]``): an append adds one per key after its messages,
+and counting a conversation later adds one for all of them. orjson never writes
+a raw newline, so the newline is a safe separator; a payload
 that has one (pretty JSON written into the database by another program) is
 compacted first.
 """
@@ -17,8 +20,10 @@ import asyncio
 import contextlib
 import os
 import struct
+import sys
 import threading
 import zlib
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, TypeVar
@@ -26,10 +31,14 @@ from typing import Final, TypeVar
 import orjson
 import zstandard
 
+from .._token_counts import UNKNOWN, Counts
+
 HEADER_SIZE: Final = 21
 _CHUNK: Final = struct.Struct("<BII")
 _PLAIN: Final = 0
 _ZSTD: Final = 1
+_COUNTS: Final = 2
+_KINDS: Final = (_PLAIN, _ZSTD, _COUNTS)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
 _COMPRESS_LEVEL: Final = 1
@@ -86,6 +95,24 @@ def _join(payloads: Sequence[bytes]) -> bytes:
     return joined
 
 
+def encode_counts(counts: Counts) -> bytes:
+    """Count chunks for the messages just before them, one per key."""
+    chunks = []
+    for key, column in counts.items():
+        name = key.encode()
+        data = bytes([len(name)]) + name + _little_endian(column).tobytes()
+        chunks.append(_CHUNK.pack(_COUNTS, len(data), zlib.crc32(data)) + data)
+    return b"".join(chunks)
+
+
+def _little_endian(column: array[int]) -> array[int]:
+    if sys.byteorder == "little":
+        return column
+    swapped = array("i", column)
+    swapped.byteswap()
+    return swapped
+
+
 def _encode_all(groups: list[bytes], kind: int) -> bytes:
     if kind == _ZSTD:
         compressor = zstandard.ZstdCompressor(level=_COMPRESS_LEVEL)
@@ -93,28 +120,49 @@ def _encode_all(groups: list[bytes], kind: int) -> bytes:
     return b"".join(_CHUNK.pack(kind, len(data), zlib.crc32(data)) + data for data in groups)
 
 
-async def decode_chunks(value: bytes) -> tuple[bytes, ...]:
-    """The message payloads of a complete value, checked against each chunk's CRC.
+async def decode_chunks(value: bytes) -> tuple[tuple[bytes, ...], dict[str, array[int]]]:
+    """The message payloads and token counts of a complete value, CRC-checked.
 
     Large compressed data is inflated in a thread; splitting yields to the loop
     between chunks.
     """
     chunks = _parse_chunks(value)
-    if len(chunks) == 1 and chunks[0][0] == _PLAIN:  # the common small thread
-        (joined,) = _inflate_all(chunks)
-        return tuple(joined.split(b"\n")) if joined else ()
     compressed = sum(len(data) for kind, data, _ in chunks if kind == _ZSTD)
     if compressed > _INLINE_DECOMPRESS_BYTES:
-        joined_chunks = await _off_loop(_inflate_all, chunks)
+        inflated = await _off_loop(_inflate_all, chunks)
     else:
-        joined_chunks = _inflate_all(chunks)
+        inflated = _inflate_all(chunks)
     payloads: list[bytes] = []
-    for index, joined in enumerate(joined_chunks):
-        if joined:
-            payloads.extend(joined.split(b"\n"))
+    counts: dict[str, array[int]] = {}
+    for index, (kind, data) in enumerate(inflated):
+        if kind == _COUNTS:
+            _place_counts(counts, data, len(payloads))
+        elif data:
+            payloads.extend(data.split(b"\n"))
         if index % 4 == 3:
             await asyncio.sleep(0)
-    return tuple(payloads)
+    size = len(payloads)
+    for column in counts.values():
+        if len(column) < size:
+            column.extend(array("i", [UNKNOWN]) * (size - len(column)))
+    return tuple(payloads), counts
+
+
+def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None:
+    """Put one count chunk's counts on the last messages decoded so far."""
+    name_length = data[0] if data else 0
+    body = data[1 + name_length :]
+    if not data or len(body) % 4 or len(body) // 4 > size:
+        raise CorruptEntry("bad count chunk")
+    key = data[1 : 1 + name_length].decode("ascii", "replace")
+    tail = array("i")
+    tail.frombytes(body)
+    if sys.byteorder != "little":
+        tail.byteswap()
+    column = counts.setdefault(key, array("i"))
+    if len(column) < size:
+        column.extend(array("i", [UNKNOWN]) * (size - len(column)))
+    column[size - len(tail) : size] = tail
 
 
 _T = TypeVar("_T")
@@ -145,26 +193,26 @@ def _parse_chunks(value: bytes) -> list[tuple[int, memoryview, int]]:
         kind, length, crc = _CHUNK.unpack_from(value, offset)
         start = offset + _CHUNK.size
         offset = start + length
-        if kind not in (_PLAIN, _ZSTD) or offset > len(value):
+        if kind not in _KINDS or offset > len(value):
             raise CorruptEntry("bad chunk header")
         chunks.append((kind, view[start:offset], crc))
     return chunks
 
 
-def _inflate_all(chunks: list[tuple[int, memoryview, int]]) -> list[bytes]:
+def _inflate_all(chunks: list[tuple[int, memoryview, int]]) -> list[tuple[int, bytes]]:
     """Check and (if compressed) inflate every chunk; releases the GIL in a thread."""
-    joined = []
+    inflated = []
     decompressor = None
     for kind, data, crc in chunks:
         if zlib.crc32(data) != crc:
             raise CorruptEntry("chunk checksum mismatch")
-        if kind == _PLAIN:
-            joined.append(bytes(data))
+        if kind != _ZSTD:
+            inflated.append((kind, bytes(data)))
             continue
         if decompressor is None:
             decompressor = zstandard.ZstdDecompressor()
         try:
-            joined.append(decompressor.decompress(data))
+            inflated.append((_PLAIN, decompressor.decompress(data)))
         except zstandard.ZstdError as exc:
             raise CorruptEntry(f"bad zstd chunk: {exc}") from None
-    return joined
+    return inflated

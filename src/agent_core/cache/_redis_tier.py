@@ -20,18 +20,21 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final, NamedTuple, TypeVar
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
+from .._token_counts import Counts
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
     HEADER_SIZE,
     CorruptEntry,
     decode_chunks,
     encode_chunks,
+    encode_counts,
     header,
     parse_header,
 )
@@ -98,6 +101,14 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
+# ARGV[1] the header the counts belong to, ARGV[2] count chunks: added only to that value.
+_ANNOTATE: Final = """
+if redis.call('GETRANGE', KEYS[1], 0, 20) == ARGV[1] then
+  redis.call('APPEND', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 _RELEASE: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -109,6 +120,7 @@ class L2Entry(NamedTuple):
 
     version: int
     payloads: tuple[bytes, ...] | None
+    counts: Counts = MappingProxyType({})
 
 
 @dataclass(slots=True)
@@ -151,6 +163,7 @@ class RedisTier:
         self._fence_script = client.register_script(_FENCE)
         self._acquire_script = client.register_script(_ACQUIRE)
         self._release_script = client.register_script(_RELEASE)
+        self._annotate_script = client.register_script(_ANNOTATE)
         self.counters = RedisTierCounters()
         self._probe: asyncio.Task[None] | None = None
         # Threads written while Redis was unreachable, with the version written:
@@ -197,6 +210,7 @@ class RedisTier:
                     self._append_script,
                     self._fence_script,
                     self._acquire_script,
+                    self._annotate_script,
                 ):
                     await self.client.script_load(script.script)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -295,7 +309,8 @@ class RedisTier:
             version, complete = parse_header(value)
             if not complete:
                 return L2Entry(version, None)
-            return L2Entry(version, await decode_chunks(value))
+            payloads, counts = await decode_chunks(value)
+            return L2Entry(version, payloads, counts)
         except CorruptEntry:
             # A fence keeps the version but lets the next fill replace the value.
             self.counters.corrupt += 1
@@ -340,6 +355,7 @@ class RedisTier:
         thread_id: str,
         version: int,
         payloads: Sequence[bytes],
+        counts: Counts,
         *,
         written: bool = False,
         lease: str = "",
@@ -350,7 +366,7 @@ class RedisTier:
         and if it is lost L2 must be fenced at ``version`` once Redis is back.
         ``lease``: the token of the load lease to release, waking its waiters.
         """
-        value = header(version) + (await self._chunk(payloads) if payloads else b"")
+        value = header(version) + (await self._chunk(payloads, counts) if payloads else b"")
         if written:
             event = self._event(WRITE, thread_id, version)
         else:
@@ -372,10 +388,15 @@ class RedisTier:
         return False
 
     async def append(
-        self, thread_id: str, base_version: int, version: int, payloads: Sequence[bytes]
+        self,
+        thread_id: str,
+        base_version: int,
+        version: int,
+        payloads: Sequence[bytes],
+        counts: Counts,
     ) -> None:
         """Extend the entry if it is exactly at ``base_version``, else fence it; announce."""
-        chunk = await self._chunk(payloads)
+        chunk = await self._chunk(payloads, counts)
         event = self._event(WRITE, thread_id, version)
         ok, _ = await self._call(
             lambda: self._append_script(
@@ -412,5 +433,15 @@ class RedisTier:
         if not ok:
             self._mark_dirty(thread_id, -1 if version is None else version)
 
-    async def _chunk(self, payloads: Sequence[bytes]) -> bytes:
-        return await encode_chunks(payloads, compress_min_bytes=self._compress_min_bytes)
+    async def annotate(self, thread_id: str, version: int, counts: Counts) -> None:
+        """Add counts of every message to the entry, if it still holds ``version``."""
+        await self._call(
+            lambda: self._annotate_script(
+                keys=[self._key(thread_id)], args=[header(version), encode_counts(counts)]
+            ),
+            write=True,
+        )
+
+    async def _chunk(self, payloads: Sequence[bytes], counts: Counts) -> bytes:
+        chunks = await encode_chunks(payloads, compress_min_bytes=self._compress_min_bytes)
+        return chunks + encode_counts(counts)

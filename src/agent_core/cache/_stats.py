@@ -23,6 +23,7 @@ class Counters:
     fills_dropped: int = 0
     lease_waits: int = 0
     external_changes: int = 0
+    late_counts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,9 @@ class CacheStats:
     #: RSS, limit and the L1 budget the memory monitor set (``l1_max_bytes`` above).
     memory: MemorySnapshot | None = None
     consistency: str = "bounded"
+    #: Messages counted after their append (no stored count for the encoding asked
+    #: about), whose counts were then stored.
+    late_counts: int = 0
 
     @property
     def requests(self) -> int:

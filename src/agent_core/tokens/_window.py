@@ -1,0 +1,316 @@
+"""Token windows: the newest messages of a conversation that fit a token budget.
+
+A window keeps every system and developer message (pinned) and the newest suffix of
+the rest, and never starts between a tool call and its results: a suffix that would
+begins at the call instead. Its cost is the billed prompt size: reply priming, the
+tool definitions, and each message's stored count (texts plus chat overhead).
+
+Each snapshot builds, once and per count key, the prefix sums of its unpinned counts
+(``index``) and, once, where windows may start (``shape``); a window is then a binary
+search. When the cache extends a snapshot with an append, both are extended rather
+than rebuilt, so windows stay O(log n) on a growing thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, Final
+
+import orjson
+
+from .._token_counts import UNKNOWN
+from ..errors import TokenBudgetExceeded
+from ..messages import Conversation, Message
+from ._counter import TokenCounter
+
+__all__ = [
+    "Window",
+    "cascade",
+    "complete_counts",
+    "derived_bytes",
+    "select_window",
+    "token_index",
+]
+
+_PINNED_ROLES: Final = frozenset({"system", "developer"})
+_SHAPE: Final = "shape"
+# Above these sizes, counting messages and reading a snapshot's shape (about 1 µs a
+# message) move to a worker thread, so the event loop is not held for long.
+_INLINE_COUNT_BYTES: Final = 64 << 10
+_INLINE_SHAPE_MESSAGES: Final = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The messages to send for one request, and what they cost."""
+
+    thread_id: str
+    #: The version of the conversation the window was cut from.
+    version: int
+    #: Pinned messages, then the newest suffix, in conversation order.
+    messages: tuple[Message, ...]
+    #: Billed prompt tokens: messages, chat overhead, reply priming and tools.
+    token_count: int
+    #: Messages of the conversation left out.
+    omitted: int
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """Fresh ``dict`` copies of the window's messages."""
+        if not self.messages:
+            return []
+        joined = b"[" + b",".join(m.raw for m in self.messages) + b"]"
+        result: list[dict[str, Any]] = orjson.loads(joined)
+        return result
+
+
+class _Shape:
+    """Where windows may start: pinned messages, and starts that would split a tool call."""
+
+    __slots__ = ("blocked", "open_calls", "pinned")
+
+    def __init__(self, pinned: array[int], blocked: bytearray, open_calls: dict[str, int]):
+        self.pinned = pinned
+        #: 1 where a window may not start (inside a call .. last result span).
+        self.blocked = blocked
+        #: Call ids whose result has not been seen yet -> index of the call.
+        self.open_calls = open_calls
+
+    def extended(self, payloads: Iterable[bytes]) -> _Shape:
+        pinned, blocked = array("q", self.pinned), bytearray(self.blocked)
+        open_calls = dict(self.open_calls)
+        for raw in payloads:
+            index = len(blocked)
+            blocked.append(0)
+            if not _MAY_MATTER.search(raw):
+                continue  # most messages: no need to decode them
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(item, dict):
+                continue
+            if item.get("role") in _PINNED_ROLES:
+                pinned.append(index)
+            for call_id in _results_of(item):
+                call = open_calls.get(call_id)
+                if call is not None:
+                    blocked[call + 1 : index + 1] = b"\x01" * (index - call)
+            for call_id in _calls_of(item):
+                open_calls[call_id] = index
+        return _Shape(pinned, blocked, open_calls)
+
+
+# Bytes that every pinned message, tool call and tool result holds.
+_MAY_MATTER: Final = re.compile(rb"system|developer|call|function|\\u")
+# A dict slot, its key string and the int it maps to.
+_OPEN_CALL_BYTES: Final = 120
+_NO_SHAPE: Final = _Shape(array("q"), bytearray(), {})
+# The legacy ``function_call`` has no id: its result answers the latest one.
+_LEGACY_CALL: Final = "\0function_call"
+
+
+def _calls_of(item: dict[str, Any]) -> Iterable[str]:
+    calls = item.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                yield call["id"]
+    if "function_call" in item:
+        yield _LEGACY_CALL
+    kind, call_id = item.get("type"), item.get("call_id")
+    if isinstance(kind, str) and kind.endswith("_call") and isinstance(call_id, str):
+        yield call_id  # Responses API: function_call, custom_tool_call, ...
+
+
+def _results_of(item: dict[str, Any]) -> Iterable[str]:
+    if item.get("role") == "tool" and isinstance(item.get("tool_call_id"), str):
+        yield item["tool_call_id"]
+    elif item.get("role") == "function":
+        yield _LEGACY_CALL
+    kind, call_id = item.get("type"), item.get("call_id")
+    if isinstance(kind, str) and kind.endswith("_call_output") and isinstance(call_id, str):
+        yield call_id
+
+
+class TokenIndex:
+    """One key's complete counts of a snapshot and the prefix sums of its unpinned ones."""
+
+    __slots__ = ("counts", "free", "pinned_total")
+
+    def __init__(self, counts: array[int], free: array[int], pinned_total: int) -> None:
+        self.counts = counts
+        #: free[i] = tokens of the unpinned messages before message i.
+        self.free = free
+        self.pinned_total = pinned_total
+
+    @property
+    def total(self) -> int:
+        """Tokens of all messages (without reply priming)."""
+        return self.free[-1] + self.pinned_total
+
+    def extended(self, tail: array[int], shape: _Shape) -> TokenIndex:
+        start = len(self.counts)
+        unpinned = array("q", tail)
+        pinned_total = self.pinned_total
+        for index in shape.pinned[bisect_left(shape.pinned, start) :]:
+            pinned_total += unpinned[index - start]
+            unpinned[index - start] = 0
+        free = self.free + array("q", accumulate(unpinned, initial=self.free[-1]))[1:]
+        return TokenIndex(self.counts + tail, free, pinned_total)
+
+
+_NO_INDEX: Final = TokenIndex(array("i"), array("q", [0]), 0)
+
+
+def _shape(conversation: Conversation) -> _Shape:
+    shape: _Shape | None = conversation._derived.get(_SHAPE)
+    if shape is None:
+        shape = conversation._derived[_SHAPE] = _NO_SHAPE.extended(conversation.payloads)
+    return shape
+
+
+def token_index(conversation: Conversation, counter: TokenCounter) -> TokenIndex:
+    """The snapshot's index for ``counter``, counting (inline) what has no stored count."""
+    index: TokenIndex | None = conversation._derived.get(counter.key)
+    if index is None:
+        counts, _ = _count_missing(conversation.payloads, _stored(conversation, counter), counter)
+        index = _index(conversation, counter, counts)
+    return index
+
+
+async def complete_counts(
+    conversation: Conversation, counter: TokenCounter
+) -> tuple[TokenIndex, bool, list[int]]:
+    """The snapshot's index for ``counter``, whether it was built now, and the positions
+    that had no stored count and were counted.
+
+    Large snapshots are read, and large amounts of text counted, in a worker thread.
+    """
+    index: TokenIndex | None = conversation._derived.get(counter.key)
+    if index is not None:
+        return index, False, []
+    if _SHAPE not in conversation._derived and len(conversation) > _INLINE_SHAPE_MESSAGES:
+        await asyncio.to_thread(_shape, conversation)
+    stored = _stored(conversation, counter)
+    missing = sum(len(conversation.payloads[i]) for i, c in enumerate(stored) if c == UNKNOWN)
+    if missing > _INLINE_COUNT_BYTES:
+        counts, counted = await asyncio.to_thread(
+            _count_missing, conversation.payloads, stored, counter
+        )
+    else:
+        counts, counted = _count_missing(conversation.payloads, stored, counter)
+    return _index(conversation, counter, counts), True, counted
+
+
+def _stored(conversation: Conversation, counter: TokenCounter) -> array[int]:
+    stored = conversation._counts.get(counter.key)
+    return stored if stored is not None else array("i", [UNKNOWN]) * len(conversation)
+
+
+def _count_missing(
+    payloads: Sequence[bytes], stored: array[int], counter: TokenCounter
+) -> tuple[array[int], list[int]]:
+    counts, counted = array("i", stored), []
+    for position, count in enumerate(stored):
+        if count == UNKNOWN:
+            counts[position] = counter.count_message(Message._trusted(payloads[position]))
+            counted.append(position)
+    return counts, counted
+
+
+def _index(conversation: Conversation, counter: TokenCounter, counts: array[int]) -> TokenIndex:
+    index = _NO_INDEX.extended(counts, _shape(conversation))
+    conversation._derived[counter.key] = index
+    return index
+
+
+def cascade(held: Conversation, extended: Conversation, added: Sequence[bytes]) -> None:
+    """Give ``extended`` (``held`` plus ``added``) what ``held`` built, extended, not rebuilt."""
+    shape: _Shape | None = held._derived.get(_SHAPE)
+    if shape is None:
+        return
+    new_shape = extended._derived[_SHAPE] = shape.extended(added)
+    start = len(held)
+    for key, index in held._derived.items():
+        column = extended._counts.get(key)
+        if key == _SHAPE or column is None:
+            continue
+        tail = column[start:]
+        if UNKNOWN not in tail:
+            extended._derived[key] = index.extended(tail, new_shape)
+
+
+def derived_bytes(conversation: Conversation) -> int:
+    """Memory that windows built on this snapshot hold (arrays, not their headers)."""
+    total = 0
+    for item in conversation._derived.values():
+        if isinstance(item, _Shape):
+            total += (
+                len(item.blocked) + 8 * len(item.pinned) + _OPEN_CALL_BYTES * len(item.open_calls)
+            )
+        else:
+            total += 4 * len(item.counts) + 8 * len(item.free)
+    return total
+
+
+def select_window(
+    conversation: Conversation,
+    index: TokenIndex,
+    counter: TokenCounter,
+    max_tokens: int,
+    tools_tokens: int,
+) -> Window:
+    """Pinned messages and the longest suffix within ``max_tokens``.
+
+    Raises `TokenBudgetExceeded` when not even the newest message (with its tool
+    call, if it is a result) fits beside the pinned ones.
+    """
+    size = len(conversation)
+    shape = _shape(conversation)
+    fixed = counter.reply_priming + tools_tokens + index.pinned_total
+    if fixed > max_tokens:
+        raise TokenBudgetExceeded(
+            f"max_tokens={max_tokens} is too small: the pinned system messages, reply "
+            f"priming and tools alone need {fixed} tokens",
+            needed=fixed,
+            max_tokens=max_tokens,
+        )
+    free = index.free
+    start = bisect_left(free, free[size] - (max_tokens - fixed))
+    start = _first_start(shape.blocked, start, size)
+    if start == size and size and shape.pinned[-1:] != array("q", [size - 1]):
+        newest = _last_start(shape.blocked, size)
+        raise TokenBudgetExceeded(
+            f"max_tokens={max_tokens} is too small: the newest message"
+            f"{'s (a tool call and its results)' if newest < size - 1 else ''} need "
+            f"{fixed + free[size] - free[newest]} tokens with the pinned system messages, "
+            "reply priming and tools; raise max_tokens or shorten the messages",
+            needed=fixed + free[size] - free[newest],
+            max_tokens=max_tokens,
+        )
+    messages = conversation.messages
+    before = shape.pinned[: bisect_left(shape.pinned, start)]
+    chosen = tuple(messages[i] for i in before) + messages[start:]
+    return Window(
+        conversation.thread_id,
+        conversation.version,
+        chosen,
+        fixed + free[size] - free[start],
+        size - len(chosen),
+    )
+
+
+def _first_start(blocked: bytearray, start: int, size: int) -> int:
+    found = blocked.find(0, start, size)
+    return size if found < 0 else found
+
+
+def _last_start(blocked: bytearray, size: int) -> int:
+    found = blocked.rfind(0, 0, size)
+    return max(found, 0)
