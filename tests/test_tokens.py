@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import itertools
 import json
 import random
 import socket
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,15 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
 from agent_core import InvalidArgument, Message, TokenCounter
-from agent_core.tokens._encodings import _UNICODE_17, _UNICODE_17_UTF8, PATTERNS, bpe_counter
+from agent_core.tokens._encodings import (
+    _UNICODE_17,
+    _UNICODE_17_UTF8,
+    PATTERNS,
+    _merge,
+    _tiktoken_tables,
+    bpe_counter,
+)
+from agent_core.tokens._open_models import LLAMA3_PATTERN, QWEN_PATTERN, quicktok_ranks
 
 ENCODINGS = ("cl100k_base", "o200k_base")
 _DATA_FILES = {"cl100k_base": "cl100k.vocab", "o200k_base": "o200k.vocab"}
@@ -129,7 +139,7 @@ def test_openai_models_map_to_their_encoding(model: str, encoding: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "model", ["claude-sonnet-4-5", "claude-3-5-haiku-20241022", "llama-3.1-8b", "gpt-4x", "o2"]
+    "model", ["claude-sonnet-4-5", "claude-3-5-haiku-20241022", "llama-4-scout", "gpt-4x", "o2"]
 )
 def test_other_models_are_estimates(model: str) -> None:
     counter = TokenCounter.for_model(model)
@@ -273,6 +283,56 @@ def test_unicode_17_guard_matches_tiktoken(oracle: Oracle, name: str) -> None:
     for _ in range(3000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
         assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text)
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_unicode_17_pieces_next_to_other_new_code_points(oracle: Oracle, name: str) -> None:
+    reference = oracle[1][name]
+    counter = bpe_counter(name)
+    texts = [
+        # U+1AEC and U+0558 are new in Unicode 18, a mark and a letter to regex 2026.
+        "\U00032a29\u1aec's",
+        "\u088f\u0558's",
+        "A\u088f\U0003d000a'll",
+        # U+0295: Ll to tiktoken, Lo to Unicode 18.
+        "\u088f\u0295A\u0295's",
+        " " * 40 + "\u088f" + " " * 40 + "x",
+        "!?" * 30 + "\u088f!" + "\r\n" * 5,
+        "1234567\u088f89\U00011db5'S",
+        "\u088f" + "a" * 5000 + "\u088f",
+    ]
+    for text in texts:
+        assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text[:80])
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
+def test_merge_is_tiktokens_byte_pair_encoding(oracle: Oracle, name: str) -> None:
+    reference = oracle[1][name]
+    ranks = {token: rank for rank, token in enumerate(_quicktok_ranks(name))}
+    rng = random.Random(18)
+    alphabet = ["a", "b", " ", "'", "\u088f", "\U000323b0", "é", "日", "👍", "!", "\n", "1"]
+    for size in [*range(1, 40), 200, 3000]:
+        piece = "".join(rng.choice(alphabet) for _ in range(size)).encode("utf-8")
+        assert _merge(ranks, piece) == len(reference._encode_single_piece(piece)), piece
+
+
+def test_split_classes_are_tiktokens_unicode_16_tables() -> None:
+    """The classes the Unicode-17 path splits with, over every code point.
+
+    The digest is that of regex 2024.11.6 (Unicode 16, tiktoken 0.14's tables), equal to
+    the narrowed classes of regex 2026.11.15. A regex release with newer Unicode data
+    changes it: then the new letters, marks and numbers go into _UNICODE_18_RANGES.
+    """
+    import regex
+
+    chars = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+    digest = hashlib.sha256()
+    for name in ["L", "Lu", "Lt", "Lm", "Lo", "Ll", "M", "N"]:
+        found = regex.findall(_tiktoken_tables(rf"\p{{{name}}}"), chars)
+        digest.update("".join(found).encode("utf-8"))
+    digest.update("".join(regex.findall(_tiktoken_tables(r"\s"), chars)).encode("utf-8"))
+    expected = "4e306ee71044b5f4a02f47e23a23ff7495dd67e67c437e75f315bece42f14921"
+    assert digest.hexdigest() == expected
 
 
 def test_unicode_17_byte_prefilter_covers_every_guarded_code_point() -> None:
@@ -467,3 +527,362 @@ async def test_long_texts_are_counted_off_the_event_loop() -> None:
     # The loop kept turning while the text was counted in a worker thread.
     assert ticks - before >= 5
     assert await counter.count_async("short") == counter.count("short")
+
+
+# (h) open models: Llama 3 and Qwen
+
+# Published sha256 of Meta's Llama 3 tokenizer.model and of Qwen's qwen.tiktoken (the
+# Hugging Face "original/tokenizer.model" and "qwen.tiktoken" files; research note, §3).
+OPEN_VOCABULARY_SHA256 = {
+    "llama3": "82e9d31979e92ab929cd544440f129d9ecd797b69e327f80f17e1c50d5551b55",
+    "qwen3": "b2b1b8dfb5cc5f024bafc373121c6aba3f66f9a5a0269e243470a1de16a33186",
+}
+# The oracle's own copies of the published patterns: meta-llama/llama-models
+# models/llama3/api/tokenizer.py and transformers models/qwen2/tokenization_qwen2.py.
+META_LLAMA3_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+# The special tokens the chat formats use, with their published ids.
+LLAMA3_SPECIALS = {
+    "<|begin_of_text|>": 128000,
+    "<|start_header_id|>": 128006,
+    "<|end_header_id|>": 128007,
+    "<|eot_id|>": 128009,
+}
+QWEN_SPECIALS = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645}
+
+
+def _open_vocabulary(name: str) -> list[bytes]:
+    """Token bytes by rank from quicktok's ``<name>.vocab``, parsed independently of agent_core."""
+    data = (Path(quicktok.__file__).parent / "data" / f"{name}.vocab").read_bytes()
+    (count,) = struct.unpack_from("<I", data, 0)
+    offset, tokens = 4, []
+    for expected_rank in range(count):
+        (length,) = struct.unpack_from("<H", data, offset)
+        tokens.append(data[offset + 2 : offset + 2 + length])
+        (rank,) = struct.unpack_from("<I", data, offset + 2 + length)
+        assert rank == expected_rank
+        offset += 2 + length + 4
+    assert offset == len(data)
+    return tokens
+
+
+@pytest.fixture(scope="module")
+def open_oracle() -> dict[str, tiktoken.Encoding]:
+    """Meta's reference construction for Llama 3, and the same for Qwen with Qwen2's pattern."""
+    made = {}
+    for name, pattern, specials in [
+        ("llama3", META_LLAMA3_PATTERN, LLAMA3_SPECIALS),
+        ("qwen3", QWEN2_PATTERN, QWEN_SPECIALS),
+    ]:
+        ranks = {token: rank for rank, token in enumerate(_open_vocabulary(name))}
+        made[name] = tiktoken.Encoding(
+            f"{name}-oracle", pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
+        )
+    return made
+
+
+def _meta_llama3_count(encoding: tiktoken.Encoding, text: str) -> int:
+    """Meta's ``Tokenizer.encode`` (llama-models): 400,000-character slices, runs cut at 25,000."""
+    total = 0
+    for start in range(0, len(text), 400_000):
+        part = text[start : start + 400_000]
+        # Meta's _split_whitespaces_or_nonwhitespaces, character by character.
+        run_length, run_is_space, cut = 0, part[:1].isspace(), 0
+        for index, char in enumerate(part):
+            if char.isspace() != run_is_space:
+                run_length, run_is_space = 1, char.isspace()
+            else:
+                run_length += 1
+                if run_length > 25_000:
+                    total += len(encoding.encode_ordinary(part[cut:index]))
+                    cut, run_length = index, 1
+        total += len(encoding.encode_ordinary(part[cut:]))
+    return total
+
+
+def _rank_bpe(ranks: dict[bytes, int], pattern: str, text: str) -> list[int]:
+    """Textbook rank BPE in pure Python: split by ``pattern``, merge the lowest-ranked pair."""
+    import regex
+
+    ids: list[int] = []
+    for piece in regex.findall(pattern, text):
+        parts = [bytes([byte]) for byte in piece.encode("utf-8")]
+        while True:
+            pairs = [(ranks.get(a + b), i) for i, (a, b) in enumerate(itertools.pairwise(parts))]
+            best = min(((r, i) for r, i in pairs if r is not None), default=None)
+            if best is None:
+                break
+            i = best[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids.extend(ranks[part] for part in parts)
+    return ids
+
+
+@pytest.mark.parametrize("name", ["llama3", "qwen3"])
+def test_open_vocabularies_are_the_published_files(name: str) -> None:
+    tokens = _open_vocabulary(name)
+    assert len(tokens) == {"llama3": 128_000, "qwen3": 151_643}[name]
+    assert hashlib.sha256(_tiktoken_file(tokens)).hexdigest() == OPEN_VOCABULARY_SHA256[name]
+    # agent_core counts from those very ranks.
+    assert quicktok_ranks(name) == {token: rank for rank, token in enumerate(tokens)}
+    assert LLAMA3_PATTERN == META_LLAMA3_PATTERN
+    assert QWEN_PATTERN == QWEN2_PATTERN
+
+
+@pytest.mark.parametrize(
+    ("model", "encoding"),
+    [
+        ("llama-3", "llama3"),
+        ("llama3", "llama3"),
+        ("Llama-3-8B", "llama3"),
+        ("llama3-70b-8192", "llama3"),
+        ("llama-3.1-8b-instruct", "llama3"),
+        ("llama-3.1-405b", "llama3"),
+        ("llama-3.2-3b-instruct", "llama3"),
+        ("llama-3.2-11b-vision-instruct", "llama3"),
+        ("llama-3.3-70b", "llama3"),
+        ("llama3.1:8b", "llama3"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama3"),
+        ("meta-llama/Llama-3.1-70B-Instruct", "llama3"),
+        ("meta-llama/Llama-3.2-1B", "llama3"),
+        ("Meta-Llama-3.1-8B-Instruct", "llama3"),
+        ("@cf/meta/llama-3.1-8b-instruct", "llama3"),
+        ("qwen2-7b-instruct", "qwen3"),
+        ("Qwen/Qwen2-72B-Instruct", "qwen3"),
+        ("qwen2.5-7b-instruct", "qwen3"),
+        ("Qwen/Qwen2.5-72B-Instruct", "qwen3"),
+        ("qwen2.5-coder-32b-instruct", "qwen3"),
+        ("qwen/qwen-2.5-72b-instruct", "qwen3"),
+        ("qwen3-32b", "qwen3"),
+        ("Qwen/Qwen3-235B-A22B", "qwen3"),
+        ("qwen3:8b", "qwen3"),
+        ("qwq-32b", "qwen3"),
+        ("Qwen/QwQ-32B", "qwen3"),
+        # Other tokenizers, or vocabularies not verified to be these: estimates.
+        ("llama-2-7b-chat", None),
+        ("meta-llama/Llama-2-70b-hf", None),
+        ("llama-4-scout-17b-16e-instruct", None),
+        ("meta-llama/Llama-4-Maverick-17B-128E-Instruct", None),
+        ("llama-guard-3-8b", None),
+        ("codellama-34b", None),
+        ("tinyllama-1.1b", None),
+        ("llama-30b", None),
+        ("llama-3.4", None),
+        ("deepseek-r1-distill-llama-8b", None),
+        ("hermes-3-llama-3.1-8b", None),
+        ("qwen-7b-chat", None),
+        ("qwen1.5-7b-chat", None),
+        ("qwen3.5-27b", None),
+        ("qwen-max", None),
+    ],
+)
+def test_open_models_map_to_their_vocabulary(model: str, encoding: str | None) -> None:
+    counter = TokenCounter.for_model(model)
+    assert (counter.encoding, counter.exact) == (encoding, encoding is not None)
+    assert counter.key == (encoding or "estimate-v1")
+
+
+def test_llama3_counts_equal_metas_reference(open_oracle: dict[str, tiktoken.Encoding]) -> None:
+    reference = open_oracle["llama3"]
+    counter = TokenCounter.for_model("llama-3.1-8b-instruct")
+    # quicktok's own llama3 engine gives 2 tokens for each (research note, §6).
+    assert reference.encode_ordinary("단되었습니다") == [101353, 65219, 13879, 90463]
+    assert reference.encode_ordinary("ーショント") == [38248, 115, 78205, 52414]
+    assert counter.count("단되었습니다") == counter.count("ーショント") == 4
+    korean = "한국어 텍스트입니다. 단되었습니다, 확인되었습니다! " * 300
+    long_runs = "word " * 100_000 + "x" * 60_001 + "\n" * 30_000 + "tail"
+    for text in [*_corpus(), korean, long_runs, "a<|eot_id|>b<|begin_of_text|>", "x\ud800y"]:
+        assert counter.count(text) == _meta_llama3_count(reference, text), text[:80]
+    # Meta cuts these runs; tiktoken alone would overflow its regex stack on them.
+    assert counter.count(" " * 1_000_000) == _meta_llama3_count(reference, " " * 1_000_000)
+
+
+def test_llama3_counts_equal_pure_python_rank_bpe() -> None:
+    # agent_core counts Llama 3 with tiktoken: check it against BPE without tiktoken.
+    ranks = {token: rank for rank, token in enumerate(_open_vocabulary("llama3"))}
+    counter = TokenCounter.for_model("llama3")
+    assert _rank_bpe(ranks, META_LLAMA3_PATTERN, "단되었습니다") == [101353, 65219, 13879, 90463]
+    assert _rank_bpe(ranks, META_LLAMA3_PATTERN, "ーショント") == [38248, 115, 78205, 52414]
+    rng = random.Random(3)
+    alphabet = ["a", "Z", "'s", "'LL", " ", "  ", "\n", "\r\n", "\t", "123", "45678", "é", "ñ"]
+    alphabet += [
+        "日本",
+        "語",
+        "한국어",
+        "습니다",
+        "ー",
+        "ショ",
+        "👍🏽",
+        "!?",
+        "//",
+        "<|eot_id|>",
+        "ол",
+    ]
+    texts = ["It's 12345 O'Neil's café—they'll say we've \"done\" it.\r\n\tif x:  return y  \n"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(300)]
+    for text in texts:
+        assert counter.count(text) == len(_rank_bpe(ranks, META_LLAMA3_PATTERN, text)), repr(text)
+
+
+def test_qwen_counts_equal_rank_bpe_after_nfc(open_oracle: dict[str, tiktoken.Encoding]) -> None:
+    reference = open_oracle["qwen3"]
+    counter = TokenCounter.for_model("qwen2.5-7b-instruct")
+
+    def expected(text: str) -> int:
+        return len(reference.encode_ordinary(unicodedata.normalize("NFC", text)))
+
+    # Decomposed and compatibility forms that NFC changes.
+    nfc = ["e\u0301", "cafe\u0301 \u212b \uf900 \u1100\u1161\u11a8", "A\u030a\u0301 \u0958"]
+    for text in [*_corpus(), *nfc, "a<|im_start|>b<|endoftext|>", "x\ud800y\udfff"]:
+        assert counter.count(text) == expected(text), text[:80]
+    # Letters new in Unicode 17 take the guarded path, as for the OpenAI encodings.
+    rng = random.Random(17)
+    alphabet = ["\u088f", "\u1ad0", "\U00011db5", "\U00033000", "\ua7ce", "a", "'", "s", " "]
+    alphabet += ["\n", "1", "e\u0301", "日", "👍", "!", "\t", "x", "\ud800"]
+    for _ in range(1000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30)))
+        assert counter.count(text) == expected(text), repr(text)
+
+
+CHAT = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "Hi there!"},
+]
+
+
+def test_llama3_chat_format_by_hand() -> None:
+    counter = TokenCounter.for_model("meta-llama/Llama-3.3-70B-Instruct")
+    # <|start_header_id|> "system" <|end_header_id|> "\n\n" "You" " are" " helpful" "." <|eot_id|>
+    # <|start_header_id|> "user" <|end_header_id|> "\n\n" "Hi" " there" "!" <|eot_id|>
+    # once: <|begin_of_text|>, and <|start_header_id|> "assistant" <|end_header_id|> "\n\n"
+    assert [counter.count_message(m) for m in CHAT] == [9, 8]
+    assert counter.reply_priming == 5
+    assert counter.count_messages(CHAT) == 22
+    # Meta's template strips the content.
+    assert counter.count_message({"role": "user", "content": "  Hi there!\n"}) == 8
+
+
+def test_qwen_chat_format_by_hand() -> None:
+    counter = TokenCounter.for_model("qwen3-32b")
+    # <|im_start|> "system" "\n" "You" " are" " helpful" "." <|im_end|> "\n"
+    # <|im_start|> "user" "\n" "Hi" " there" "!" <|im_end|> "\n"
+    # once: <|im_start|> "assistant" "\n"
+    assert [counter.count_message(m) for m in CHAT] == [9, 8]
+    assert counter.reply_priming == 3
+    assert counter.count_messages(CHAT) == 20
+
+
+def test_open_chat_formats_equal_the_rendered_templates(
+    open_oracle: dict[str, tiktoken.Encoding],
+) -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": "Réponds en français.\n"},
+        {"role": "user", "content": "\n\n  Quelle heure est-il à Tōkyō ? 今何時ですか"},
+        {"role": "assistant", "content": "Il est 12 h 30.  "},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": " Et ça ? "},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "text", "text": "Merci !"},
+            ],
+        },
+    ]
+
+    def text_of(content: Any, strip: bool) -> str:
+        if isinstance(content, str):
+            return content.strip() if strip else content
+        texts = [part["text"] for part in content if part["type"] == "text"]
+        return "".join(text.strip() for text in texts).strip() if strip else "".join(texts)
+
+    llama = "<|begin_of_text|>" + "".join(
+        f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n"
+        f"{text_of(m['content'], True)}<|eot_id|>"
+        for m in messages
+    )
+    llama += "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    chatml = "".join(
+        f"<|im_start|>{m['role']}\n{text_of(m['content'], False)}<|im_end|>\n" for m in messages
+    )
+    chatml += "<|im_start|>assistant\n"
+    for model, encoding, rendered in [
+        ("llama-3.1-8b", "llama3", llama),
+        ("qwen3-8b", "qwen3", chatml),
+    ]:
+        counter = TokenCounter.for_model(model)
+        expected = len(open_oracle[encoding].encode(rendered, allowed_special="all"))
+        assert counter.count_messages(messages) == expected
+        assert counter.count_messages([Message(m) for m in messages]) == expected
+        parts = counter.reply_priming + sum(counter.count_message(m) for m in messages)
+        assert parts == expected
+
+
+def test_open_chat_formats_count_other_fields_as_texts() -> None:
+    call = {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    message = {"role": "assistant", "content": None, "tool_calls": [{"function": call}]}
+    for model in ("llama-3.1-8b", "qwen2.5-7b"):
+        counter = TokenCounter.for_model(model)
+        bare = counter.count_message({"role": "assistant", "content": ""})
+        extra = counter.count(call["name"]) + counter.count(call["arguments"])
+        assert counter.count_message(message) == bare + extra
+        named = counter.count_message({"role": "user", "content": "", "name": "bob"})
+        assert named == counter.count_message({"role": "user", "content": ""}) + counter.count(
+            "bob"
+        )
+
+
+def test_open_encodings_are_accepted_by_the_constructor() -> None:
+    assert TokenCounter("my-llama", "llama3").count("hello world") == 2
+    assert TokenCounter("my-qwen", "qwen3").count("hello world") == 2
+    with pytest.raises(InvalidArgument):
+        TokenCounter("x", "llama4")
+
+
+async def test_open_models_count_long_texts_off_the_event_loop() -> None:
+    text = "The quick brown fox. 你好\uff0c世界。 " * 20_000
+    for model in ("llama-3.1-8b", "qwen3-8b"):
+        counter = TokenCounter.for_model(model)
+        assert await counter.count_async(text) == counter.count(text)
+
+
+def test_open_models_load_and_count_offline() -> None:
+    script = textwrap.dedent(
+        """
+        import socket
+        import sys
+
+        def deny(*args, **kwargs):
+            raise OSError(f"network access attempted: {args[:2]!r}")
+
+        socket.socket.connect = deny
+        socket.socket.connect_ex = deny
+        socket.getaddrinfo = deny
+        socket.create_connection = deny
+
+        from agent_core import TokenCounter
+
+        llama = TokenCounter.for_model("meta-llama/Llama-3.1-8B-Instruct")
+        qwen = TokenCounter.for_model("Qwen/Qwen2.5-7B-Instruct")
+        for counter in (llama, qwen):
+            assert counter.count("hello world") == 2
+            # Lone surrogate and a Unicode-17 letter: Qwen's guarded path builds tiktoken.
+            assert counter.count("x\\u088f's \\ud800") > 0
+        assert llama.count("\\ub2e8\\ub418\\uc5c8\\uc2b5\\ub2c8\\ub2e4") == 4
+        assert llama.count_messages([{"role": "user", "content": "hi"}]) == 11
+        assert qwen.count_messages([{"role": "user", "content": "hi"}]) == 9
+        # tiktoken's downloading loader (and requests) never came into play.
+        assert "requests" not in sys.modules
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

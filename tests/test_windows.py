@@ -373,3 +373,17 @@ def test_window_equals_brute_force(history: list[dict[str, Any]], budget: int) -
     assert window.to_list() == expected
     assert window.token_count == billed(GPT4O, window.to_list()) <= budget
     assert conversation.token_count("gpt-4o") == billed(GPT4O, history)
+
+
+@pytest.mark.parametrize("model", ["meta-llama/Llama-3.1-8B-Instruct", "qwen2.5-7b", "claude-x"])
+async def test_windows_for_other_model_families(make_cache: CacheFactory, model: str) -> None:
+    counter = TokenCounter.for_model(model)
+    async with make_cache(token_models=(model,)) as cache:
+        await cache.append("t", CHAT)
+        window = await cache.window("t", max_tokens=10_000, model=model)
+        assert window.token_count == billed(counter, CHAT)
+        assert cache.stats().late_counts == 0
+        budget = billed(counter, [CHAT[0], *CHAT[-2:]])
+        window = await cache.window("t", max_tokens=budget, model=model)
+        assert window.to_list() == [CHAT[0], *CHAT[-2:]]
+        assert window.token_count == budget

@@ -1,4 +1,4 @@
-"""Offline token counting: exact for OpenAI encodings, calibrated estimates otherwise."""
+"""Offline token counts (exact for OpenAI, Llama 3 and Qwen; estimates otherwise), windows."""
 
 from ._counter import TokenCounter
 from ._window import Window

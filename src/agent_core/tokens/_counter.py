@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, final
 
 from ..errors import InvalidArgument
 from ..messages import Message
-from ._chat import REPLY_PRIMING, count_message, count_messages, count_tools
+from ._chat import chat_format, count_message, count_messages, count_tools
 from ._encodings import bpe_counter
 from ._estimate import estimate_tokens
-from ._models import CL100K, O200K, encoding_for_model
+from ._models import CL100K, LLAMA3, O200K, OPEN_ENCODINGS, QWEN, encoding_for_model
+from ._open_models import open_model_counter
 
 __all__ = ["ESTIMATE_KEY", "TokenCounter"]
 
@@ -19,6 +20,13 @@ __all__ = ["ESTIMATE_KEY", "TokenCounter"]
 ESTIMATE_KEY: Final = "estimate-v1"
 # Shorter texts count in well under a millisecond: a thread hop would cost more.
 _INLINE_CHARS: Final = 64 << 10
+_ENCODINGS: Final = (O200K, CL100K, LLAMA3, QWEN, None)
+
+
+def _bpe_count(encoding: str) -> Callable[[str], int]:
+    if encoding in OPEN_ENCODINGS:
+        return open_model_counter(encoding).count
+    return bpe_counter(encoding).count
 
 
 @final
@@ -26,10 +34,14 @@ class TokenCounter:
     """Counts the tokens a model sees, offline.
 
     OpenAI models (gpt-4o, gpt-4.1, gpt-5, o1/o3/o4 -> o200k_base; gpt-4, gpt-3.5-turbo
-    -> cl100k_base; dated snapshots and ``ft:`` fine-tunes included) get exact counts
-    from a vocabulary bundled in an installed package: no download, no socket.
+    -> cl100k_base; dated snapshots and ``ft:`` fine-tunes included), Llama 3, 3.1, 3.2
+    and 3.3 (-> ``"llama3"``) and Qwen2, Qwen2.5, QwQ and Qwen3 (-> ``"qwen3"``; open
+    model names may carry an org prefix such as ``meta-llama/`` or an Ollama ``:tag``)
+    get exact counts from a vocabulary bundled in an installed package: no download, no
+    socket. Their chat overhead follows their own chat format (see
+    ``agent_core.tokens._chat``).
 
-    Any other model (Claude, open models, unknown names) gets an estimate with
+    Any other model (Claude, Llama 2 and 4, unknown names) gets an estimate with
     ``exact == False``: characters per token of 3.4 for ASCII, 1.1 for CJK, 1.5 for other
     BMP text and 0.5 for emoji and other supplementary-plane characters, fitted to
     o200k_base on a mixed corpus (within -28%..+24% per category; the measurements are
@@ -37,16 +49,17 @@ class TokenCounter:
     from o200k_base, so budget a margin. Chat overhead uses the gpt-4o rules.
     """
 
-    __slots__ = ("_encoding", "_model")
+    __slots__ = ("_chat", "_encoding", "_model", "_priming")
 
     def __init__(self, model: str, encoding: str | None) -> None:
         """Prefer `for_model`, which picks the encoding from the model name."""
-        if encoding not in (None, CL100K, O200K):
-            raise InvalidArgument(
-                f"encoding must be {CL100K!r}, {O200K!r} or None, got {encoding!r:.100}"
-            )
+        if encoding not in _ENCODINGS:
+            names = ", ".join(repr(name) for name in _ENCODINGS[:-1])
+            raise InvalidArgument(f"encoding must be {names} or None, got {encoding!r:.100}")
         self._model = model
         self._encoding = encoding
+        self._chat = chat_format(encoding)
+        self._priming: int | None = None
 
     @classmethod
     def for_model(cls, name: str) -> TokenCounter:
@@ -56,7 +69,7 @@ class TokenCounter:
         counter = cls(name, encoding_for_model(name))
         if counter._encoding is not None:
             # Loads the vocabulary now, so the first count does not pay for it.
-            bpe_counter(counter._encoding)
+            _bpe_count(counter._encoding)
         return counter
 
     @property
@@ -66,7 +79,10 @@ class TokenCounter:
 
     @property
     def encoding(self) -> str | None:
-        """The BPE encoding (``"o200k_base"`` or ``"cl100k_base"``), or None for estimates."""
+        """The BPE encoding (``"o200k_base"``, ``"cl100k_base"``, ``"llama3"`` or ``"qwen3"``).
+
+        None for estimates.
+        """
         return self._encoding
 
     @property
@@ -79,8 +95,10 @@ class TokenCounter:
 
     @property
     def reply_priming(self) -> int:
-        """Tokens the API adds once per request to prime the reply."""
-        return REPLY_PRIMING
+        """Tokens a request adds once, beyond its messages, to prime the reply."""
+        if self._priming is None:
+            self._priming = self._chat.reply_priming(self.count)
+        return self._priming
 
     @property
     def exact(self) -> bool:
@@ -93,7 +111,7 @@ class TokenCounter:
             raise InvalidArgument(f"text must be a str, got {type(text)!r}")
         if self._encoding is None:
             return estimate_tokens(text)
-        return bpe_counter(self._encoding).count(text)
+        return _bpe_count(self._encoding)(text)
 
     async def count_async(self, text: str) -> int:
         """`count`, off the event loop for long texts.
@@ -110,7 +128,7 @@ class TokenCounter:
 
         A request costs ``reply_priming`` plus the sum of this over its messages.
         """
-        return count_message(self.count, message)
+        return count_message(self._chat, self.count, message)
 
     def count_messages(
         self,
@@ -119,10 +137,11 @@ class TokenCounter:
     ) -> int:
         """Prompt tokens the API bills for ``messages`` (and ``tools``), reply priming included.
 
-        Follows OpenAI's published rules; see `agent_core.tokens._chat` for how
-        multi-part content, tool calls and tool definitions are counted.
+        Follows OpenAI's published rules, or the chat format of Llama 3 and Qwen; see
+        `agent_core.tokens._chat` for how multi-part content, tool calls and tool
+        definitions are counted.
         """
-        total = count_messages(self.count, messages)
+        total = count_messages(self._chat, self.count, messages)
         if tools is not None:
             total += count_tools(self.count, self._encoding, tools)
         return total

@@ -6,17 +6,23 @@ exactly (docs/research/tokenizers.md, sections 4 and 7):
 
 * lone surrogates, which quicktok rejects, become U+FFFD first, as tiktoken does;
 * code points that are new letters, marks or numbers in Unicode 17 are unassigned to
-  tiktoken's regex but letters to quicktok, so texts containing them are split with
-  tiktoken's pattern (those code points masked as unassigned) and merged here.
+  tiktoken's regex but letters to quicktok. A text holding some is counted as its
+  masked copy, each of them replaced by the private-use U+E000: no class of either
+  pattern tells U+E000 from an unassigned code point, so quicktok splits the copy into
+  tiktoken's pieces of the text, and only the pieces holding a mask count differently.
+  Each of those is found by splitting with tiktoken's pattern from a nearby position
+  where a piece ends whatever precedes it (``_SYNC``), so the work stays next to the
+  masks, and its count is replaced by a byte-pair merge of its original bytes.
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Mapping
 from functools import cache
-from typing import Any, Final
+from heapq import heapify, heappop, heappush
+from typing import Any, Final, NamedTuple
 
 import quicktok
 
@@ -58,20 +64,64 @@ _UNICODE_17_UTF8: Final = re.compile(
     rb"\xf0[\x90\x91\x96\x98\x9e\xab\xac\xb2\xb3]|\xe0\xa2\x8f|\xe0\xb1\x9c|\xe0\xb3\x9c"
     rb"|\xe1\xab|\xea\x9f"
 )
+# Letters, marks and numbers new in Unicode 18, as regex 2026.11.15 has them: unassigned
+# to tiktoken's tables (Unicode 16) and to quicktok's, so to the split here as well.
+_UNICODE_18_RANGES: Final = (
+    "\u0558\u058b-\u058c\u05c8-\u05c9\u0b53-\u0b54\u1ade-\u1adf\u1aec-\u1af0\u208f"
+    "\u209d-\u209f\ua7dd\ua7e2\uab6c-\uab6d\U000107bb-\U000107bf\U00010ecb-\U00010ecf"
+    "\U00010ed9-\U00010eee\U00010ef0-\U00010ef9\U00011b0a\U00011df0-\U00011df1"
+    "\U0001246f\U00012475-\U0001247f\U00012550-\U00012686\U00018cd6-\U00018cda"
+    "\U00018d1f-\U00018d20\U00018e00-\U00019191\U000191a0-\U000191d2"
+    "\U0001b123-\U0001b128\U0001b168\U0001d127-\U0001d128\U0001d250-\U0001d252"
+    "\U0001d25b-\U0001d25c\U0001d25f\U0001d280-\U0001d281\U0001d6a6"
+    "\U0001df1f-\U0001df24\U0001df2b-\U0001df81\U0001df90-\U0001df96"
+    "\U0001dfcd-\U0001dfff\U0002b81e\U0003d000-\U0003fc3f"
+)
+# The classes of tiktoken's patterns in the regex module, narrowed to tiktoken's tables:
+# without the code points assigned since Unicode 16, and U+0295 as Ll (Lo in Unicode
+# 18). They equal the classes of regex 2024.11.6 (Unicode 16); a test pins them.
+_NEW: Final = f"[{_UNICODE_17_RANGES}{_UNICODE_18_RANGES}]"
+_CLASSES: Final = {
+    "L": rf"[\p{{L}}--{_NEW}]",
+    "Lu": rf"[\p{{Lu}}--[\u0295{_NEW}]]",
+    "Lt": rf"[\p{{Lt}}--[\u0295{_NEW}]]",
+    "Lm": rf"[\p{{Lm}}--[\u0295{_NEW}]]",
+    "Lo": rf"[\p{{Lo}}--[\u0295{_NEW}]]",
+    "Ll": rf"[\p{{Ll}}\u0295--{_NEW}]",
+    "M": rf"[\p{{M}}--{_NEW}]",
+    "N": rf"[\p{{N}}--{_NEW}]",
+}
 # A private-use code point: unassigned-like (not a letter, mark, number or space) in
 # every Unicode version, so the split sees what tiktoken's tables see.
 _MASK: Final = "\ue000"
+# Two characters between which a piece ends, whatever precedes them; the nearest pair
+# before a mask is searched backwards. A letter then a non-letter: only the letter
+# alternatives take letters, and they take a run of letters whole (in o200k with the
+# marks and an 's-like suffix that follow; cl100k's contractions hold letters only
+# after the apostrophe). A digit then a non-digit: only \p{N}{1,3} takes digits.
+_SYNC: Final = {
+    "cl100k_base": r"\p{L}[^\p{L}]|\p{N}[^\p{N}]",
+    "o200k_base": r"\p{L}[^\p{L}\p{M}']|\p{N}[^\p{N}]",
+}
+
+
+class _Tables(NamedTuple):
+    """What counting a text with Unicode-17 letters needs, built on first use."""
+
+    splitter: Any  # regex.Pattern: the regex module ships no type hints
+    sync: Any
+    ranks: dict[bytes, int]
 
 
 class BpeCounter:
     """Exact token counts for one OpenAI encoding, plain-text semantics."""
 
-    __slots__ = ("_encoding", "_lock", "_name", "_splitter")
+    __slots__ = ("_encoding", "_lock", "_name", "_tables")
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._encoding = quicktok.get_encoding(name)
-        self._splitter: Any = None
+        self._tables: _Tables | None = None
         self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
@@ -85,57 +135,97 @@ class BpeCounter:
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             data = text.encode("utf-8")
         if _UNICODE_17_UTF8.search(data) and _UNICODE_17.search(text):
-            return self._count_split(text)
+            return self._count_masked(text)
         return int(self._encoding.count(data))
 
-    def _count_split(self, text: str) -> int:
-        # Relies on the regex module agreeing with tiktoken's tables on every other code
-        # point; the differential test in tests/test_tokens.py checks that.
-        splitter = self._splitter_pattern()
-        masked = _UNICODE_17.sub(_MASK, text)
-        total = 0
-        for match in splitter.finditer(masked):
-            piece = text[match.start() : match.end()]
-            if _UNICODE_17.search(piece):
-                total += len(_merge(self._rank, piece.encode("utf-8")))
-            else:
-                # A piece of tiktoken's split is one piece to quicktok as well.
-                total += int(self._encoding.count(piece))
+    def _count_masked(self, text: str) -> int:
+        # Exact if the regex module's tables, narrowed by _CLASSES, are tiktoken's: a test
+        # pins them, and the differential tests in tests/test_tokens.py check the counts.
+        tables = self._load_tables()
+        segments = _UNICODE_17.split(text)
+        masked = _MASK.join(segments)
+        total = int(self._encoding.count(masked))
+        end = 0  # a piece boundary after every mask counted so far
+        mask = -1
+        for segment in segments[:-1]:
+            mask += len(segment) + 1
+            if mask < end:
+                continue  # in the piece just counted
+            sync = tables.sync.search(masked, max(end - 1, 0), mask + 1)
+            start = sync.start() + 1 if sync else end
+            # The match at a boundary depends only on the text from there on, so the
+            # pieces from ``start`` are tiktoken's.
+            piece = next(p for p in tables.splitter.finditer(masked, start) if p.end() > mask)
+            start, end = piece.span()
+            # quicktok counted the masked piece as one piece, as it counts it alone: cut
+            # at its end, a piece still matches whole, for only the paths that reach the
+            # new end of text change, and they end there.
+            total -= int(self._encoding.count(piece.group()))
+            total += _merge(tables.ranks, text[start:end].encode("utf-8"))
         return total
 
-    def _splitter_pattern(self) -> Any:
+    def _load_tables(self) -> _Tables:
         with self._lock:
-            if self._splitter is None:
+            if self._tables is None:
                 # Imported here: only texts with Unicode-17 letters need it.
                 import regex
 
-                self._splitter = regex.compile(PATTERNS[self._name])
-            return self._splitter
+                # Ordinary tokens only, as tiktoken's mergeable ranks (~25 MB for o200k).
+                tokens = self._encoding.token_byte_values()
+                self._tables = _Tables(
+                    splitter=regex.compile(_tiktoken_tables(PATTERNS[self._name])),
+                    sync=regex.compile(_tiktoken_tables(_SYNC[self._name]), regex.REVERSE),
+                    ranks=dict(
+                        zip(tokens, map(self._encoding.encode_single_token, tokens), strict=True)
+                    ),
+                )
+            return self._tables
 
-    def _rank(self, token: bytes) -> int | None:
-        try:
-            rank = int(self._encoding.encode_single_token(token))
-        except KeyError:
-            return None
-        return None if self._encoding.is_special_token(rank) else rank
+
+def _tiktoken_tables(pattern: str) -> str:
+    """``pattern`` for the regex module, with the classes of tiktoken's tables."""
+    for name, narrowed in _CLASSES.items():
+        pattern = pattern.replace(rf"\p{{{name}}}", narrowed)
+    # Version 1 for the set difference; simple case folding, as in version 0.
+    return "(?V1-f)" + pattern
 
 
-def _merge(rank: Callable[[bytes], int | None], piece: bytes) -> list[bytes]:
-    """Byte-pair merge of one piece by rank, as tiktoken's ``_byte_pair_merge`` does.
+def _merge(ranks: Mapping[bytes, int], piece: bytes) -> int:
+    """Tokens of one piece, as tiktoken's ``byte_pair_encode``.
 
-    Quadratic in the piece length, which is fine for the rare pieces that hold
-    Unicode-17 letters (a word or a run of symbols).
+    Merges the adjacent pair of lowest rank, the leftmost of equals, until none is a
+    token. A heap of pairs with stale entries skipped keeps a long piece O(n log n).
     """
-    parts = [piece[i : i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best, best_rank = -1, None
-        for i in range(len(parts) - 1):
-            r = rank(parts[i] + parts[i + 1])
-            if r is not None and (best_rank is None or r < best_rank):
-                best, best_rank = i, r
-        if best < 0:
-            break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    if piece in ranks:
+        return 1  # tiktoken looks the whole piece up first
+    size = len(piece)
+    # Parts are named by their start; after[i] is the start of the next part, 0 once
+    # part i has merged into the part before it.
+    after = list(range(1, size + 2))
+    before = list(range(-1, size))
+    pairs = [
+        (rank, i, i + 2)
+        for i in range(size - 1)
+        if (rank := ranks.get(piece[i : i + 2])) is not None
+    ]
+    heapify(pairs)
+    parts = size
+    while pairs:
+        _, left, end = heappop(pairs)
+        right = after[left]
+        if not right or after[right] != end:
+            continue  # one of the two parts has merged since
+        after[left], after[right] = end, 0
+        parts -= 1
+        if end < size:
+            before[end] = left
+            rank = ranks.get(piece[left : after[end]])
+            if rank is not None:
+                heappush(pairs, (rank, left, after[end]))
+        if left:
+            rank = ranks.get(piece[before[left] : end])
+            if rank is not None:
+                heappush(pairs, (rank, before[left], end))
     return parts
 
 
