@@ -234,7 +234,7 @@ def test_tokens_quick_run(tmp_path: Path) -> None:
         text=True,
         encoding="utf-8",
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        timeout=15,
+        timeout=60,
         check=False,
     )
     assert result.returncode == 0, (
@@ -248,10 +248,33 @@ def test_tokens_quick_run(tmp_path: Path) -> None:
         "Worst cases, best ms",
         "Estimate accuracy vs exact o200k_base",
         "count_messages on a 100-message chat",
+        "Event loop while count_async counts",
     )
     missing = [heading for heading in headings if heading not in result.stdout]
     assert not missing, f"tokens.py output lacks {missing}:\n{result.stdout}"
     document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
     assert document["mode"] == "quick"
-    for key in ("throughput", "worst_cases", "accuracy", "count_messages"):
+    for key in ("throughput", "worst_cases", "accuracy", "count_messages", "loop_gaps"):
         assert document[key], key
+
+
+def test_window_quick_run(tmp_path: Path) -> None:
+    """benchmarks/window.py --quick: SQLite and a private redis-server, a few seconds."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark("window.py", "--quick", "--json", str(figures))
+    assert result.returncode == 0, (
+        f"window.py --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    headings = (
+        "Machine",
+        "Window on a 2,000-message thread, L1 hit, µs",
+        "Other paths, µs",
+        "Goal:",
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"window.py output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert document["hot"]
+    assert document["goal"]["window_4000_p50_us"] > 0

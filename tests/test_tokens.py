@@ -886,3 +886,16 @@ def test_open_models_load_and_count_offline() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_long_run_check_agrees_with_the_full_scan() -> None:
+    from agent_core.tokens._open_models import _LONG_RUN, _has_long_run
+
+    rng = random.Random(5)
+    for _ in range(300):
+        runs = [
+            rng.choice("a \n\u00e9\u3000") * rng.choice([1, 24_999, 25_000, 25_001, 30_000])
+            for _ in range(rng.randint(1, 6))
+        ]
+        text = "".join(runs)[: rng.randint(1, 400_000)]
+        assert _has_long_run(text) == bool(_LONG_RUN.search(text))
