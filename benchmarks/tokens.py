@@ -47,7 +47,7 @@ import statistics
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -514,7 +514,7 @@ def _size(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1_000_000 else f"{size / 1000:.0f} KB"
 
 
-async def _gaps_while(work: Callable[[], Any]) -> tuple[list[float], float]:
+async def _gaps_while(work: Callable[[], Awaitable[object]]) -> tuple[list[float], float]:
     """Gaps (ms) between the wake-ups of a 1 ms ticker while ``work()`` is awaited."""
     gaps: list[float] = []
     done = False
@@ -547,7 +547,7 @@ def loop_gaps(texts: dict[str, str], megabytes: float) -> list[dict[str, Any]]:
     for model in LOOP_MODELS:
         counter = TokenCounter.for_model(model)
         counter.count("warm up")
-        gaps, elapsed = asyncio.run(_gaps_while(lambda c=counter: c.count_async(text)))
+        gaps, elapsed = asyncio.run(_gaps_while(partial(counter.count_async, text)))
         rows.append(
             {
                 "model": model,

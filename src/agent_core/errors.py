@@ -13,6 +13,7 @@ __all__ = [
     "InvalidNamespace",
     "InvalidThreadId",
     "MessageTooLarge",
+    "ProviderError",
     "StoreUnavailable",
     "TokenBudgetExceeded",
     "VersionConflict",
@@ -102,3 +103,18 @@ class StoreUnavailable(AgentCoreError):
 
 class CacheClosed(AgentCoreError):
     """The cache is used outside ``async with`` (not opened yet, or already closed)."""
+
+
+class ProviderError(AgentCoreError):
+    """A model provider's API refused or failed a request, or could not be reached.
+
+    Only the optional online count (`TokenCounter.count_messages_online`) calls a
+    provider. ``status`` is the HTTP status, None if no answer came (network failure,
+    timeout); ``error_type`` is the provider's error type (``"rate_limit_error"``, ...),
+    None if it gave none. Nothing is retried: retry, or count offline, as suits you.
+    """
+
+    def __init__(self, message: str, *, status: int | None, error_type: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type

@@ -12,6 +12,13 @@ from ._chat import chat_format, count_message, count_messages, count_tools
 from ._encodings import bpe_counter
 from ._estimate import estimate_tokens
 from ._models import CL100K, LLAMA3, O200K, OPEN_ENCODINGS, QWEN, encoding_for_model
+from ._online import (
+    DEFAULT_BASE_URL,
+    anthropic_request,
+    check_online_args,
+    count_tokens_online,
+    is_claude,
+)
 from ._open_models import open_model_counter
 
 __all__ = ["ESTIMATE_KEY", "TokenCounter"]
@@ -46,7 +53,9 @@ class TokenCounter:
     BMP text and 0.5 for emoji and other supplementary-plane characters, fitted to
     o200k_base on a mixed corpus (within -28%..+24% per category; the measurements are
     in ``agent_core.tokens._estimate``). Other tokenizers, Claude's among them, differ
-    from o200k_base, so budget a margin. Chat overhead uses the gpt-4o rules.
+    from o200k_base, so budget a margin. Chat overhead uses the gpt-4o rules. For Claude,
+    `count_messages_online` asks Anthropic's count-tokens endpoint instead, only when
+    called.
     """
 
     __slots__ = ("_chat", "_encoding", "_model", "_priming")
@@ -145,6 +154,43 @@ class TokenCounter:
         if tools is not None:
             total += count_tools(self.count, self._encoding, tools)
         return total
+
+    async def count_messages_online(
+        self,
+        messages: Sequence[Mapping[str, Any]] | Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        # A parameter rather than the caller's asyncio.timeout: the request is bounded on
+        # its own, and a timeout becomes a ProviderError that says so.
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> int:
+        """Input tokens of ``messages`` (and ``tools``) as Anthropic counts them, for Claude.
+
+        Off by default: nothing in agent-core calls it, and no other token count opens a
+        socket. It sends the whole conversation and tools to Anthropic's count-tokens
+        endpoint (``{base_url}/v1/messages/count_tokens``) with ``api_key``, in one request
+        bounded by ``timeout`` seconds and never retried. The provider's terms, rate limits
+        and any price apply; it calls its count an estimate that may differ slightly from
+        what a request is billed.
+
+        Messages are converted to the Messages API as `agent_core.tokens._online`
+        describes (system prompt pulled out, tool calls and results as content blocks,
+        same-role turns merged); text only. Raises `InvalidArgument` before any request
+        for a model that is not Claude (use `count_messages`), bad arguments or messages
+        that do not convert, and `ProviderError` when the provider refuses or fails the
+        request or cannot be reached.
+        """
+        if not is_claude(self._model):
+            raise InvalidArgument(
+                f"online counts are for Claude models (Anthropic's endpoint), not "
+                f"{self._model!r:.100}; count it offline with count_messages "
+                f"({'exact' if self.exact else 'an estimate'} for this model)"
+            )
+        url = check_online_args(api_key, base_url, timeout)
+        body = anthropic_request(self._model.strip(), messages, tools)
+        return await count_tokens_online(url, body, api_key, timeout)
 
     def __repr__(self) -> str:
         return f"TokenCounter(model={self._model!r}, encoding={self._encoding!r})"
