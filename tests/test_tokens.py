@@ -29,9 +29,10 @@ import tiktoken_ext.openai_public as openai_public
 
 from agent_core import InvalidArgument, Message, TokenCounter
 from agent_core.tokens._encodings import (
+    _MASK,
     _UNICODE_17,
-    _UNICODE_17_UTF8,
     PATTERNS,
+    _mask_unicode_17,
     _merge,
     _tiktoken_tables,
     bpe_counter,
@@ -300,6 +301,10 @@ def test_unicode_17_pieces_next_to_other_new_code_points(oracle: Oracle, name: s
         "!?" * 30 + "\u088f!" + "\r\n" * 5,
         "1234567\u088f89\U00011db5'S",
         "\u088f" + "a" * 5000 + "\u088f",
+        # U+E000, the mask, in the text itself; emoji (F0 9F) next to astral ones.
+        "\ue000\u088f\ue000's \ue000",
+        "a\ue000\U00016ea0b \ue000\ue000 1\ue000",
+        "👍\U00016ea0👍\U000323b0🇫🇷\U0001e6c0's",
     ]
     for text in texts:
         assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text[:80])
@@ -335,10 +340,15 @@ def test_split_classes_are_tiktokens_unicode_16_tables() -> None:
     assert digest.hexdigest() == expected
 
 
-def test_unicode_17_byte_prefilter_covers_every_guarded_code_point() -> None:
-    guarded = [chr(c) for c in range(0x110000) if _UNICODE_17.match(chr(c))]
+def test_unicode_17_masking_replaces_exactly_the_guarded_code_points() -> None:
+    chars = "".join(map(chr, [*range(0xD800), *range(0xE000, 0x110000)]))
+    guarded = _UNICODE_17.findall(chars)
     assert len(guarded) > 4699  # the research note's mismatch count, ranges include gaps
-    assert all(_UNICODE_17_UTF8.search(c.encode("utf-8")) for c in guarded)
+    masked, found = _mask_unicode_17(chars.encode("utf-8"))
+    assert masked.decode("utf-8") == _UNICODE_17.sub(_MASK, chars)
+    assert found == len(guarded)
+    # Each alone too, so each astral one passes the check for F0 before its second byte.
+    assert all(_mask_unicode_17(c.encode("utf-8")) == (_MASK.encode(), 1) for c in guarded)
 
 
 @pytest.mark.parametrize("name", ENCODINGS)

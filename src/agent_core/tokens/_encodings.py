@@ -7,9 +7,10 @@ exactly (docs/research/tokenizers.md, sections 4 and 7):
 * lone surrogates, which quicktok rejects, become U+FFFD first, as tiktoken does;
 * code points that are new letters, marks or numbers in Unicode 17 are unassigned to
   tiktoken's regex but letters to quicktok. A text holding some is counted as its
-  masked copy, each of them replaced by the private-use U+E000: no class of either
-  pattern tells U+E000 from an unassigned code point, so quicktok splits the copy into
-  tiktoken's pieces of the text, and only the pieces holding a mask count differently.
+  masked copy, each of them replaced by the private-use U+E000 (in the UTF-8, where
+  they are found fastest): no class of either pattern tells U+E000 from an unassigned
+  code point, so quicktok splits the copy into tiktoken's pieces of the text, and only
+  the pieces holding a mask count differently.
   Each of those is found by splitting with tiktoken's pattern from a nearby position
   where a piece ends whatever precedes it (``_SYNC``), so the work stays next to the
   masks, and its count is replaced by a byte-pair merge of its original bytes.
@@ -58,12 +59,29 @@ _UNICODE_17_RANGES: Final = (
     "\U000323b0-\U00033479"
 )
 _UNICODE_17: Final = re.compile(f"[{_UNICODE_17_RANGES}]")
-# Lead bytes of the UTF-8 of those ranges: a byte search is about 3x faster than a
-# search for the code points, and emoji (F0 9F) and CJK (E4-E9, F0 A0-AA) never match.
-_UNICODE_17_UTF8: Final = re.compile(
-    rb"\xf0[\x90\x91\x96\x98\x9e\xab\xac\xb2\xb3]|\xe0\xa2\x8f|\xe0\xb1\x9c|\xe0\xb3\x9c"
-    rb"|\xe1\xab|\xea\x9f"
+# The UTF-8 of those ranges, exactly, to mask the bytes quicktok counts: a search for
+# the code points costs ~28 ns a character over the astral ranges. Each pattern starts
+# with one literal lead byte, which re scans for alone (2-3x faster than for one of
+# several), and a lead byte absent from a text costs a memchr (``in``).
+_UNICODE_17_BMP_UTF8: Final = (
+    (b"\xe0", re.compile(rb"\xe0(?:\xa2\x8f|[\xb1\xb3]\x9c)")),  # U+088F U+0C5C U+0CDC
+    (b"\xe1", re.compile(rb"\xe1\xab[\x8f-\x9d\xa0-\xab]")),  # U+1ACF-1ADD U+1AE0-1AEB
+    (b"\xea", re.compile(rb"\xea\x9f[\x8e\x8f\x92\x94\xb1]")),  # U+A7CE-A7CF A7D2 A7D4 A7F1
 )
+_UNICODE_17_ASTRAL_UTF8: Final = re.compile(
+    rb"\xf0(?:\x90(?:\xa5[\x80-\x99]|\xbb[\x85-\x87\xba\xbb])"  # U+10940-10EFB
+    rb"|\x91(?:\xad[\xa0-\xa7]|\xb6[\xb0-\xbf]|\xb7[\x80-\x9b\xa0-\xa9])"  # U+11B60-11DE9
+    rb"|\x96(?:\xba[\xa0-\xb8\xbb-\xbf]|\xbb[\x80-\x93]|\xbf[\xb2-\xb6])"  # U+16EA0-16FF6
+    rb"|\x98(?:\x9f[\xb8-\xbf]|\xb4[\x89-\x9e]|\xb6[\x80-\xbf]|\xb7[\x80-\xb2])"  # U+187F8-18DF2
+    rb"|\x9e\x9b[\x80-\xb5\xbe\xbf]"  # U+1E6C0-1E6FF
+    rb"|\xab\x9c[\xba-\xbf]|\xac\xba[\xa2-\xad]"  # U+2B73A-2CEAD
+    rb"|\xb2(?:\x8e[\xb0-\xbf]|[\x8f-\xbf][\x80-\xbf])"  # U+323B0-32FFF
+    rb"|\xb3(?:[\x80-\x90][\x80-\xbf]|\x91[\x80-\xb9]))"  # U+33000-33479
+)
+# Emoji (F0 9F) would make the astral pattern try a match at each: it runs only if F0
+# precedes a second byte of its ranges, found as F0 00 once those bytes map to 00 (00
+# never follows F0 in UTF-8).
+_ASTRAL_SECOND_BYTES: Final = bytes.maketrans(b"\x90\x91\x96\x98\x9e\xab\xac\xb2\xb3", bytes(9))
 # Letters, marks and numbers new in Unicode 18, as regex 2026.11.15 has them: unassigned
 # to tiktoken's tables (Unicode 16) and to quicktok's, so to the split here as well.
 _UNICODE_18_RANGES: Final = (
@@ -94,6 +112,7 @@ _CLASSES: Final = {
 # A private-use code point: unassigned-like (not a letter, mark, number or space) in
 # every Unicode version, so the split sees what tiktoken's tables see.
 _MASK: Final = "\ue000"
+_MASK_UTF8: Final = _MASK.encode("utf-8")
 # Two characters between which a piece ends, whatever precedes them; the nearest pair
 # before a mask is searched backwards. A letter then a non-letter: only the letter
 # alternatives take letters, and they take a run of letters whole (in o200k with the
@@ -134,34 +153,35 @@ class BpeCounter:
             # Lone surrogates: quicktok rejects them, tiktoken counts them as U+FFFD.
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             data = text.encode("utf-8")
-        if _UNICODE_17_UTF8.search(data) and _UNICODE_17.search(text):
-            return self._count_masked(text)
+        masked, found = _mask_unicode_17(data)
+        if found:
+            return self._count_masked(text, masked)
         return int(self._encoding.count(data))
 
-    def _count_masked(self, text: str) -> int:
+    def _count_masked(self, text: str, masked_utf8: bytes) -> int:
         # Exact if the regex module's tables, narrowed by _CLASSES, are tiktoken's: a test
         # pins them, and the differential tests in tests/test_tokens.py check the counts.
         tables = self._load_tables()
-        segments = _UNICODE_17.split(text)
-        masked = _MASK.join(segments)
-        total = int(self._encoding.count(masked))
+        total = int(self._encoding.count(masked_utf8))
+        masked = masked_utf8.decode("utf-8")
         end = 0  # a piece boundary after every mask counted so far
-        mask = -1
-        for segment in segments[:-1]:
-            mask += len(segment) + 1
-            if mask < end:
-                continue  # in the piece just counted
-            sync = tables.sync.search(masked, max(end - 1, 0), mask + 1)
-            start = sync.start() + 1 if sync else end
-            # The match at a boundary depends only on the text from there on, so the
-            # pieces from ``start`` are tiktoken's.
-            piece = next(p for p in tables.splitter.finditer(masked, start) if p.end() > mask)
-            start, end = piece.span()
-            # quicktok counted the masked piece as one piece, as it counts it alone: cut
-            # at its end, a piece still matches whole, for only the paths that reach the
-            # new end of text change, and they end there.
-            total -= int(self._encoding.count(piece.group()))
-            total += _merge(tables.ranks, text[start:end].encode("utf-8"))
+        mask = masked.find(_MASK)
+        while mask >= 0:
+            if text[mask] != _MASK:  # not U+E000 of the text itself: that piece counts right
+                sync = tables.sync.search(masked, max(end - 1, 0), mask + 1)
+                start = sync.start() + 1 if sync else end
+                # The match at a boundary depends only on the text from there on, so the
+                # pieces from ``start`` are tiktoken's.
+                piece = tables.splitter.search(masked, start)
+                while piece.end() <= mask:
+                    piece = tables.splitter.search(masked, piece.end())
+                start, end = piece.span()
+                # quicktok counted the masked piece as one piece, as it counts it alone:
+                # cut at its end, a piece still matches whole, for only the paths that
+                # reach the new end of text change, and they end there.
+                total -= int(self._encoding.count(piece.group()))
+                total += _merge(tables.ranks, text[start:end].encode("utf-8"))
+            mask = masked.find(_MASK, max(mask + 1, end))
         return total
 
     def _load_tables(self) -> _Tables:
@@ -188,6 +208,19 @@ def _tiktoken_tables(pattern: str) -> str:
         pattern = pattern.replace(rf"\p{{{name}}}", narrowed)
     # Version 1 for the set difference; simple case folding, as in version 0.
     return "(?V1-f)" + pattern
+
+
+def _mask_unicode_17(data: bytes) -> tuple[bytes, int]:
+    """``data`` with each Unicode-17 code point replaced by ``_MASK``, and their number."""
+    masked, found = data, 0
+    for lead, pattern in _UNICODE_17_BMP_UTF8:
+        if lead in masked:
+            masked, n = pattern.subn(_MASK_UTF8, masked)
+            found += n
+    if b"\xf0" in masked and b"\xf0\x00" in masked.translate(_ASTRAL_SECOND_BYTES):
+        masked, n = _UNICODE_17_ASTRAL_UTF8.subn(_MASK_UTF8, masked)
+        found += n
+    return masked, found
 
 
 def _merge(ranks: Mapping[bytes, int], piece: bytes) -> int:

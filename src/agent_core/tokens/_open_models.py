@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Final
 
 import quicktok
 
-from ._encodings import _UNICODE_17, _UNICODE_17_UTF8
+from ._encodings import _mask_unicode_17
 from ._models import LLAMA3, QWEN
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class QwenCounter:
             # Lone surrogates: quicktok rejects them, tiktoken counts them as U+FFFD.
             text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
             data = text.encode("utf-8")
-        if _UNICODE_17_UTF8.search(data) and _UNICODE_17.search(text):
+        if _mask_unicode_17(data)[1]:
             normalized = unicodedata.normalize("NFC", text)
             return len(self._tiktoken().encode_ordinary(normalized))
         # quicktok normalizes to NFC itself.
