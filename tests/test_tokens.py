@@ -909,3 +909,16 @@ def test_long_run_check_agrees_with_the_full_scan() -> None:
         ]
         text = "".join(runs)[: rng.randint(1, 400_000)]
         assert _has_long_run(text) == bool(_LONG_RUN.search(text))
+
+
+_SLICED_ALPHABET = "aZ9 \n\t'\u2019s/!.é\u0301中😀\u088f\ue000_-"
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4", "qwen2.5-7b"])
+def test_counting_in_slices_equals_counting_whole(model: str) -> None:
+    """count_async's slices are cut only where every piece ends, whatever precedes."""
+    counter = TokenCounter.for_model(model)
+    rng = random.Random(11)
+    for _ in range(400):
+        text = "".join(rng.choice(_SLICED_ALPHABET) for _ in range(rng.randint(1, 300)))
+        assert counter._count_slices(text, rng.randint(1, 40)) == counter.count(text), text
