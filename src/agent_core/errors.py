@@ -6,6 +6,7 @@ __all__ = [
     "AgentCoreError",
     "CacheClosed",
     "ConfigurationError",
+    "ContextFileError",
     "IdempotencyKeyReused",
     "InvalidArgument",
     "InvalidBatch",
@@ -13,7 +14,10 @@ __all__ = [
     "InvalidNamespace",
     "InvalidThreadId",
     "MessageTooLarge",
+    "ModelError",
     "ProviderError",
+    "RateLimited",
+    "RequestTooLarge",
     "StoreUnavailable",
     "TokenBudgetExceeded",
     "VersionConflict",
@@ -118,3 +122,75 @@ class ProviderError(AgentCoreError):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
+
+
+class ContextFileError(AgentCoreError):
+    """A context file is missing, unreadable, not UTF-8 text or over its size limit."""
+
+
+# Chat models (agent_core.agent).
+
+
+class ModelError(AgentCoreError):
+    """A chat model's server refused, failed or garbled a request, or could not be reached.
+
+    ``status`` is the HTTP status, None if no answer came. ``error_type`` is the server's
+    error type (``"invalid_request_error"``, ``"insufficient_quota"``, ...) or one of ours:
+    ``"timeout"``, ``"connection_error"``, ``"invalid_response"``, ``"closed"``.
+    ``retryable`` says whether the same request may succeed later (rate limits, server
+    errors, timeouts, network failures); ``attempts`` is how many were made, retries
+    included; ``retry_after`` is the wait in seconds that the server asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None,
+        error_type: str | None,
+        retryable: bool,
+        attempts: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.retryable = retryable
+        self.attempts = attempts
+        self.retry_after = retry_after
+
+
+# Rate limits (agent_core.ratelimit).
+
+
+class RateLimited(AgentCoreError):
+    """A rate limit would make a request wait longer than its ``max_wait``.
+
+    ``limit`` is the limit that binds (``"requests"`` or ``"tokens"``), ``retry_after``
+    the wait in seconds it would have needed; nothing was reserved.
+    """
+
+    def __init__(self, model: str, *, limit: str, retry_after: float, max_wait: float) -> None:
+        super().__init__(
+            f"the {limit} limit of model {model!r} would make this request wait "
+            f"{retry_after:.3f} s, more than max_wait={max_wait:g} s; retry after "
+            f"{retry_after:.3f} s, or raise max_wait"
+        )
+        self.model = model
+        self.limit = limit
+        self.retry_after = retry_after
+        self.max_wait = max_wait
+
+
+class RequestTooLarge(InvalidArgument):
+    """A request costs more tokens than a whole period's budget: it can never be admitted."""
+
+    def __init__(self, model: str, *, tokens: int, tokens_per_minute: int) -> None:
+        super().__init__(
+            f"a request of {tokens} tokens can never fit tokens_per_minute="
+            f"{tokens_per_minute} of model {model!r}: send fewer tokens (a shorter window "
+            "or fewer reserved output tokens) or raise the limit"
+        )
+        self.model = model
+        self.tokens = tokens
+        self.tokens_per_minute = tokens_per_minute

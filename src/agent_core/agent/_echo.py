@@ -1,0 +1,146 @@
+"""`EchoModel`: a local, deterministic chat model for demos and tests; it opens no socket."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from ..errors import InvalidArgument
+from ..messages import Message
+from ..tokens import TokenCounter
+from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
+
+__all__ = ["EchoModel"]
+
+# Each chunk is a word with the whitespace before it; a trailing run of whitespace is its own.
+_CHUNKS: Final = re.compile(r"\s*\S+|\s+")
+# Above this many bytes of messages, counting moves to a worker thread, off the loop.
+_INLINE_BYTES: Final = 64 << 10
+
+
+class EchoModel:
+    """Replies ``"echo: " + the text of the last user message``, the same every time.
+
+    Usage is counted as ``token_model`` would bill it (default ``"gpt-4o"``: exact,
+    offline counts with `TokenCounter`). `stream` yields the reply word by word.
+    ``max_tokens`` cuts the reply to its longest run of whole words within that many
+    tokens (``finish_reason="length"``). Tools are checked and never called.
+    """
+
+    def __init__(self, *, name: str = "echo", token_model: str = "gpt-4o") -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidArgument(f"name must be a non-empty str, got {name!r:.100}")
+        if not isinstance(token_model, str) or not token_model.strip():
+            raise InvalidArgument(f"token_model must be a model name, got {token_model!r:.100}")
+        self._name = name
+        self._counter = TokenCounter.for_model(token_model)
+
+    @property
+    def name(self) -> str:
+        """The name completions carry as their ``model``."""
+        return self._name
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+    ) -> Completion:
+        """The echo of the last user message."""
+        messages, _ = check_request(messages, tools, max_tokens)
+        return await self._reply(messages, tools, max_tokens)
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        max_tokens: int | None = None,
+    ) -> ChatStream:
+        """The echo word by word, then the `Completion`."""
+        messages, _ = check_request(messages, tools, max_tokens)
+        return ChatStream(self._events(messages, tools, max_tokens))
+
+    async def aclose(self) -> None:
+        """Nothing to release; there for the `ChatModel` protocol."""
+
+    async def __aenter__(self) -> EchoModel:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"EchoModel(name={self._name!r}, token_model={self._counter.model!r})"
+
+    async def _events(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None,
+        max_tokens: int | None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        completion = await self._reply(messages, tools, max_tokens)
+        for chunk in _CHUNKS.findall(completion.text):
+            yield chunk
+        yield completion
+
+    async def _reply(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None,
+        max_tokens: int | None,
+    ) -> Completion:
+        text = f"echo: {_last_user_text(messages) or '(no user message)'}"
+        completion = await self._counter.count_async(text)
+        finish_reason = "stop"
+        if max_tokens is not None and completion > max_tokens:
+            text = _cut(text, max_tokens, self._counter.count)
+            completion, finish_reason = self._counter.count(text), "length"
+        if sum(len(message.raw) for message in messages) > _INLINE_BYTES:
+            prompt = await asyncio.to_thread(self._counter.count_messages, messages, tools)
+        else:
+            prompt = self._counter.count_messages(messages, tools)
+        return Completion(
+            message={"role": "assistant", "content": text},
+            text=text,
+            usage=Usage(prompt, completion, prompt + completion),
+            finish_reason=finish_reason,
+            model=self._name,
+        )
+
+
+def _last_user_text(messages: Sequence[Message]) -> str:
+    for message in reversed(messages):
+        if message.role == "user":
+            content = message.to_dict().get("content")
+            if isinstance(content, list):
+                return " ".join(
+                    part["text"]
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def _cut(text: str, max_tokens: int, count: Callable[[str], int]) -> str:
+    """The longest run of whole words of ``text`` within ``max_tokens`` (binary search)."""
+    chunks = _CHUNKS.findall(text)
+    # chunks[:low] fits and chunks[:high + 1] does not: the whole text is over the budget.
+    low, high = 0, len(chunks) - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if count("".join(chunks[:middle])) <= max_tokens:
+            low = middle
+        else:
+            high = middle - 1
+    return "".join(chunks[:low])

@@ -1,0 +1,56 @@
+"""RateLimits: the validated, frozen budget of one model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import AgentCoreError, ConfigurationError
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """Requests and tokens per ``period`` seconds (60: per minute) for one model.
+
+    None leaves that dimension unlimited. A limit R allows a burst of R at once and
+    then refills continuously at R per period. ``max_wait`` is the longest an
+    ``acquire`` may wait before it raises ``RateLimited`` instead.
+    """
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    max_wait: float = 30.0
+    #: Length of the window the limits count in; tests shorten it.
+    period: float = 60.0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(
+                    f"{name} must be a positive int or None (unlimited), got {value!r}"
+                )
+        check_seconds("max_wait", self.max_wait, allow_zero=True)
+        check_seconds("period", self.period, allow_zero=False)
+
+
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool,
+    error: type[AgentCoreError] = ConfigurationError,
+) -> float:
+    """A finite, non-negative (or positive) number of seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        least = "0 or more" if allow_zero else "more than 0"
+        raise error(f"{name} must be a finite number of seconds, {least}, got {value!r}")
+    return float(value)
