@@ -34,9 +34,13 @@ _ENCODINGS: Final = (O200K, CL100K, LLAMA3, QWEN, None)
 # Where every encoding's pattern (Llama 3's cuts aside) ends a piece, whatever precedes:
 # before a space that follows a non-space (no alternative runs from a non-space into a
 # space, and a match from the space depends only on what follows), and after a newline
-# that a letter or digit follows (no alternative takes a newline and then one).
-# Python's \s is a superset of the patterns' White_Space, so \S here is never one.
-_CUT: Final = re.compile(r"(?<=\S)(?= )|\n(?=[^\W_])")
+# that a letter or digit follows (no alternative takes a newline and then one); and
+# between a letter and CJK punctuation (a run of letters ends; punctuation starts a
+# piece). Python's \s is a superset of the patterns' White_Space, so \S here is never
+# one; and its letters (Unicode 14) are letters to every pattern.
+_CUT: Final = re.compile(
+    r"(?<=\S)(?= )|\n(?=[^\W_])|(?<=[^\W\d_])(?=[\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b])"
+)
 _SLICE_CHARS: Final = 256 << 10
 # How far past a slice's nominal end a cut is looked for, per search (GIL held).
 _CUT_WINDOW: Final = 16 << 10
@@ -47,7 +51,7 @@ def _safe_cut(text: str, position: int) -> int:
     while position < len(text):
         found = _CUT.search(text, position, position + _CUT_WINDOW)
         if found is not None:
-            return found.start() + (1 if text[found.start()] == "\n" else 0)
+            return found.start() + (text[found.start()] == "\n")
         position += _CUT_WINDOW
     return len(text)
 

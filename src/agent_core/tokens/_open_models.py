@@ -91,36 +91,44 @@ def _meta_pieces(text: str) -> Iterator[str]:
     """The substrings Meta's ``Tokenizer.encode`` encodes one by one."""
     for start in range(0, len(text), _SLICE_CHARS):
         part = text[start : start + _SLICE_CHARS]
-        if not _has_long_run(part):
-            yield part
-            continue
         cut = 0
-        for run in _LONG_RUN.finditer(part):
-            for end in range(run.start() + _RUN_CHARS, run.end(), _RUN_CHARS):
+        for run_start, run_end in _long_runs(part):
+            for end in range(run_start + _RUN_CHARS, run_end, _RUN_CHARS):
                 yield part[cut:end]
                 cut = end
         yield part[cut:]
 
 
-def _has_long_run(part: str) -> bool:
-    """Whether ``part`` has a run longer than ``_RUN_CHARS``, without scanning all of it.
+def _long_runs(part: str) -> list[tuple[int, int]]:
+    """The runs of whitespace or non-whitespace longer than ``_RUN_CHARS``, in order.
 
-    Such a run covers one of the positions ``k * _RUN_CHARS``: only the runs through
+    Such a run covers one of the positions ``k * _RUN_CHARS``, so only the runs through
     those are measured (matching `_LONG_RUN` over the whole part would hold the GIL
     for about 30 ns a character).
     """
+    runs: list[tuple[int, int]] = []
     for position in range(0, len(part), _RUN_CHARS):
+        if runs and position < runs[-1][1]:
+            continue  # inside the run just found
         space = part[position].isspace()
         run = (_SPACES if space else _NON_SPACES).match(part, position)
-        missing = _RUN_CHARS + 1 - (run.end() - position if run else 0)
-        if missing <= 0:
-            return True
-        if missing <= position:
-            # The run reaches back far enough unless the other class shows up on the way.
-            other = (_NON_SPACE if space else _SPACE).search(part, position - missing, position)
-            if other is None:
-                return True
-    return False
+        end = run.end() if run else position
+        other = _NON_SPACE if space else _SPACE
+        # The run is long unless the other class shows up close enough before it.
+        reach = max(end - _RUN_CHARS - 1, 0)
+        if end - reach <= _RUN_CHARS or other.search(part, reach, position) is not None:
+            continue
+        # Rare: walk back to the run's start a window at a time.
+        start = reach
+        while start > 0:
+            window = max(start - _RUN_CHARS, 0)
+            found = [m.end() for m in other.finditer(part, window, start)]
+            if found:
+                start = found[-1]
+                break
+            start = window
+        runs.append((start, end))
+    return runs
 
 
 class Llama3Counter:
