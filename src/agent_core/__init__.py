@@ -2,6 +2,9 @@
 
 from . import errors
 from .agent import (
+    AgentReply,
+    AgentStream,
+    BaseAgent,
     ChatModel,
     ChatStream,
     Completion,
@@ -29,6 +32,7 @@ from .errors import (
     RequestTooLarge,
     StoreUnavailable,
     TokenBudgetExceeded,
+    TurnNotSaved,
     VersionConflict,
 )
 from .messages import Conversation, Message
@@ -40,6 +44,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentCoreError",
+    "AgentReply",
+    "AgentStream",
+    "BaseAgent",
     "CacheClosed",
     "CacheStats",
     "ChatModel",
@@ -74,6 +81,7 @@ __all__ = [
     "ThreadStore",
     "TokenBudgetExceeded",
     "TokenCounter",
+    "TurnNotSaved",
     "Usage",
     "VersionConflict",
     "Window",

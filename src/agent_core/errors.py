@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .agent._reply import AgentReply
+
 __all__ = [
     "AgentCoreError",
     "CacheClosed",
@@ -20,6 +25,7 @@ __all__ = [
     "RequestTooLarge",
     "StoreUnavailable",
     "TokenBudgetExceeded",
+    "TurnNotSaved",
     "VersionConflict",
 ]
 
@@ -194,3 +200,34 @@ class RequestTooLarge(InvalidArgument):
         self.model = model
         self.tokens = tokens
         self.tokens_per_minute = tokens_per_minute
+
+
+# Agents (agent_core.agent).
+
+
+class TurnNotSaved(AgentCoreError):
+    """An agent's reply came back but could not be stored (the cause is chained).
+
+    Nothing of the turn may have been stored. ``reply`` is the turn's `AgentReply`
+    (``version`` None); to store it later, append ``messages`` (the user message and
+    the reply) with this ``idempotency_key``: if the first try did land, nothing is
+    written twice.
+    """
+
+    def __init__(
+        self,
+        thread_id: str,
+        *,
+        reply: AgentReply,
+        messages: list[dict[str, Any]],
+        idempotency_key: str,
+        cause: BaseException,
+    ) -> None:
+        super().__init__(
+            f"the reply of thread {thread_id!r} could not be stored: {cause}; it is in "
+            "this error's reply: append its messages with its idempotency_key to keep it"
+        )
+        self.thread_id = thread_id
+        self.reply = reply
+        self.messages = messages
+        self.idempotency_key = idempotency_key
