@@ -278,3 +278,33 @@ def test_window_quick_run(tmp_path: Path) -> None:
     assert document["mode"] == "quick"
     assert document["hot"]
     assert document["goal"]["window_4000_p50_us"] > 0
+
+
+def test_agent_turn_quick_run(tmp_path: Path) -> None:
+    """benchmarks/agent_turn.py --quick: SQLite, PostgreSQL and a private redis-server."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark("agent_turn.py", "--quick", "--json", str(figures))
+    assert result.returncode == 0, (
+        f"agent_turn.py --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    headings = (
+        "Machine",
+        "redis_server",
+        "postgres_version",
+        "Turn steps, p50 µs",
+        "Turn overhead (wall time minus the model call), µs",
+        "Goal: overhead p50 <= 1 ms at 1,000 messages on an L1 hit",
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"agent_turn.py output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert set(document["cells"]) == {"sqlite", "postgres", "sqlite, no Redis"}
+    l1 = document["cells"]["sqlite"]["1000"]["l1"]
+    assert l1["with_persist"]["p50_us"] >= l1["without_commit"]["p50_us"] > 0
+    assert document["threads"]["1000"]["history_messages"] == 1000
+    assert document["goal"]["by_setup"]["sqlite"]["p50_us"] > 0
+    database = document["machine"]["temp_database"]
+    assert database.startswith("ac_bench_")
+    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"

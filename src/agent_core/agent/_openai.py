@@ -199,12 +199,8 @@ class OpenAIChatModel:
             rest["stream"] = True
             rest["stream_options"] = {"include_usage": True}
         tail = orjson.dumps(rest)
-        parts = [self._head]
-        for message in messages:
-            parts += (message.raw, b",")
-        # The comma after the last message becomes the end of the array and of the body.
-        parts[-1] = b"]}" if tail == b"{}" else b"]," + tail[1:]
-        return b"".join(parts)
+        end = b"]}" if tail == b"{}" else b"]," + tail[1:]
+        return b"".join((self._head, b",".join([message.raw for message in messages]), end))
 
     async def _post(self, body: bytes, *, stream: bool) -> httpx.Response:
         """The first 200 response to ``body``, after any retries; the caller closes it."""
