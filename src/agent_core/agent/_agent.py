@@ -35,9 +35,9 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final, final
 
+from .._closing import AsyncClosing
 from .._validation import check_count, check_thread_id
 from ..cache import ConversationCache
 from ..errors import (
@@ -409,7 +409,7 @@ class BaseAgent:
 
 
 @final
-class AgentStream:
+class AgentStream(AsyncClosing):
     """A streamed turn: the reply's text chunks; ``reply`` once the stream has ended."""
 
     __slots__ = ("_events", "_reply")
@@ -438,17 +438,6 @@ class AgentStream:
     async def aclose(self) -> None:
         """Stop the turn (nothing is stored unless it had ended) and close the model's stream."""
         await self._events.aclose()
-
-    async def __aenter__(self) -> AgentStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _head(system: Message | None, files: Sequence[ContextFile]) -> list[Message]:

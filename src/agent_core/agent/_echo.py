@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, Final
 
+from .._closing import AsyncClosing
 from ..errors import InvalidArgument
 from ..messages import Message
 from ..tokens import TokenCounter
@@ -21,7 +21,7 @@ _CHUNKS: Final = re.compile(r"\s*\S+|\s+")
 _INLINE_BYTES: Final = 64 << 10
 
 
-class EchoModel:
+class EchoModel(AsyncClosing):
     """Replies ``"echo: " + the text of the last user message``, the same every time.
 
     Usage is counted as ``token_model`` would bill it (default ``"gpt-4o"``: exact,
@@ -67,17 +67,6 @@ class EchoModel:
 
     async def aclose(self) -> None:
         """Nothing to release; there for the `ChatModel` protocol."""
-
-    async def __aenter__(self) -> EchoModel:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"EchoModel(name={self._name!r}, token_model={self._counter.model!r})"

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol, final, runtime_checkable
 
 import orjson
 
+from .._closing import AsyncClosing
 from ..errors import InvalidArgument
 from ..messages import Message
 
@@ -69,7 +69,7 @@ StreamEvent = str | Completion
 
 
 @final
-class ChatStream:
+class ChatStream(AsyncClosing):
     """A streamed reply: text deltas (``str``), then one `Completion`, the last event.
 
     Made from an async generator of events; a model's ``stream`` returns one.
@@ -102,17 +102,6 @@ class ChatStream:
     async def aclose(self) -> None:
         """Stop the stream and release its connection."""
         await self._events.aclose()
-
-    async def __aenter__(self) -> ChatStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 @runtime_checkable

@@ -23,12 +23,12 @@ import random
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
 from urllib.parse import urlsplit
 
 import orjson
 
+from .._closing import AsyncClosing
 from ..errors import ConfigurationError, InvalidArgument, ModelError
 from ..messages import Message
 from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
@@ -65,7 +65,7 @@ _HINTS: Final[Mapping[int, str]] = {
 }
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(AsyncClosing):
     """A model behind an OpenAI-compatible ``POST {base_url}/chat/completions``.
 
     ``base_url`` defaults to ``$OPENAI_BASE_URL``, else OpenAI's API; ``api_key`` to
@@ -167,17 +167,6 @@ class OpenAIChatModel:
     async def aclose(self) -> None:
         """Close the connection pool; the model can't be used afterwards."""
         await self._client.aclose()
-
-    async def __aenter__(self) -> OpenAIChatModel:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"OpenAIChatModel(model={self._model!r}, url={self._url!r})"

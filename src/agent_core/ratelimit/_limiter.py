@@ -8,14 +8,14 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict
-from types import TracebackType
-from typing import Final, Self
+from typing import Final
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from .._closing import AsyncClosing
 from .._tasks import MAX_BACKOFF, raise_if_cancelling
 from .._validation import check_count, check_namespace
 from ..errors import (
@@ -37,7 +37,7 @@ MAX_MODEL_LENGTH: Final = 200
 MIN_BACKOFF: Final = 0.05
 
 
-class RateLimiter:
+class RateLimiter(AsyncClosing):
     """Admits requests to models within their `RateLimits`.
 
     ``limits`` is one `RateLimits` for every model (each model has its own budget) or
@@ -136,17 +136,6 @@ class RateLimiter:
         """Close the Redis client if the limiter made it from a URL."""
         if self._owns_client and self._shared is not None:
             await self._shared.client.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- internals -----------------------------------------------------------------
 

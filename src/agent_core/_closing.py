@@ -1,0 +1,26 @@
+"""`async with` for anything that has an ``aclose()``."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+
+class AsyncClosing:
+    """Adds ``async with``: entering returns the object, leaving awaits ``aclose()``."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        """Release what the object holds; subclasses say what."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
