@@ -13,9 +13,8 @@ from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
+from .._redis import redis_client
 from .._tasks import raise_if_cancelling
 from .._token_counts import from_stored, to_stored
 from .._validation import check_count, check_namespace, check_thread_id
@@ -187,7 +186,7 @@ class ConversationCache:
             )
         client = None
         if redis is not None:
-            client = _redis_client(redis)
+            client = redis_client(redis)
         cache = cls(store_from_url(store), redis_client=client, namespace=namespace, **options)
         cache._owns_redis = client is not None
         return cache
@@ -662,19 +661,3 @@ def _count_each(
     counters: Sequence[TokenCounter], messages: Sequence[Mapping[str, Any] | Message]
 ) -> dict[str, array[int]]:
     return {counter.key: array("i", map(counter.count_message, messages)) for counter in counters}
-
-
-def _redis_client(url: str) -> redis.Redis:
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(
-            f"not a Redis URL: {url!r}; use redis://host:6379/0 (or None for no L2)"
-        )
-    try:
-        # No client-side retries or socket timeout: every call has its own short
-        # deadline (a socket timeout would wrap each read in one more task), and a
-        # failure must surface at once so the cache can switch to degraded mode.
-        return redis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=None, retry=Retry(NoBackoff(), 0)
-        )
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None

@@ -11,11 +11,10 @@ from dataclasses import asdict
 from typing import Final
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from .._closing import AsyncClosing
+from .._redis import redis_client
 from .._tasks import MAX_BACKOFF, raise_if_cancelling
 from .._validation import check_count, check_namespace
 from ..errors import (
@@ -67,7 +66,7 @@ class RateLimiter(AsyncClosing):
         self._local = LocalGcra()
         self._counters = Counters()
         self._owns_client = isinstance(redis, str)
-        client = _client(redis) if isinstance(redis, str) else redis
+        client = redis_client(redis) if isinstance(redis, str) else redis
         if client is not None and not isinstance(client, Redis):
             raise ConfigurationError(
                 f"redis must be a redis.asyncio.Redis client, a redis:// URL or None, "
@@ -231,14 +230,3 @@ def _limits_table(limits: object) -> dict[str, RateLimits]:
             raise ConfigurationError(f"limits[{model!r}] must be a RateLimits, got {value!r}")
         table[_check_model(model, ConfigurationError)] = value
     return table
-
-
-def _client(url: str) -> Redis:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"not a Redis URL: {url!r}; use redis://host:6379/0 or None")
-    try:
-        # No client-side retries: a failure must surface within redis_timeout so the
-        # limiter decides locally instead of holding the request.
-        return Redis.from_url(url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
