@@ -1,0 +1,370 @@
+"""The ``agent-core`` console script: ``serve``, ``stats`` and ``chat``.
+
+Every option also reads an ``AGENT_CORE_*`` variable, the same ones `Settings.from_env`
+reads, so a flag, the environment and the server's defaults give one configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ._validation import check_thread_id
+from .agent import BaseAgent
+from .cache import ConversationCache
+from .errors import AgentCoreError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .server import Settings
+
+__all__ = ["app", "main"]
+
+#: What ``chat`` reads as the end of the session, besides end of input.
+QUIT_COMMANDS: Final = frozenset({"/quit", "/exit"})
+
+app = typer.Typer(
+    name="agent-core",
+    help="agent-core: the memory layer for LLM agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    # Typed errors are reported as one line by the commands; anything else is a bug and
+    # keeps Python's plain traceback.
+    pretty_exceptions_enable=False,
+)
+
+_out = Console(highlight=False)
+_err = Console(stderr=True, highlight=False)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar="AGENT_CORE_STORE_URL",
+        help="Store URL: sqlite:///file.db or postgresql://...  \\[default: sqlite:///agent-core.db]",
+        show_default=False,
+    ),
+]
+RedisOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        envvar="AGENT_CORE_REDIS_URL",
+        help="Redis URL for the shared L2 cache and invalidation bus.  \\[default: none]",
+        show_default=False,
+    ),
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        envvar="AGENT_CORE_MODEL",
+        help="'echo' (offline) or a model name for an OpenAI-compatible server "
+        "(OPENAI_BASE_URL, OPENAI_API_KEY).  \\[default: echo]",
+        show_default=False,
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        envvar="AGENT_CORE_NAMESPACE",
+        help="Namespace of the threads.  \\[default: default]",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str) -> NoReturn:
+    """One red line on stderr, exit code 1."""
+    _err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _settings(**overrides: Any) -> Settings:
+    # Imported here so that `stats` and `--help` do not load FastAPI.
+    from .server import Settings
+
+    try:
+        return Settings.from_env(environ=os.environ, **overrides)
+    except AgentCoreError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(envvar="AGENT_CORE_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="AGENT_CORE_PORT", help="Port to listen on.")] = 8000,
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    model: ModelOption = None,
+    namespace: NamespaceOption = None,
+) -> None:
+    """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM."""
+    from .server import create_app
+
+    settings = _settings(store_url=store, redis_url=redis, model=model, namespace=namespace)
+    try:
+        asgi = create_app(settings)
+        with _signals_end_quietly():
+            asyncio.run(_serve(asgi, host, port))
+    except AgentCoreError as exc:
+        _fail(str(exc))
+
+
+async def _serve(asgi: FastAPI, host: str, port: int) -> None:
+    """uvicorn inside the app's lifespan, which this runs itself.
+
+    Under uvicorn's lifespan a store that will not open is a logged traceback and exit
+    code 3; run here, it is the typed error that `serve` reports in one line.
+    """
+    import uvicorn
+
+    async with asgi.router.lifespan_context(asgi):
+        await uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, lifespan="off")).serve()
+
+
+@app.command()
+def stats(
+    url: Annotated[
+        str, typer.Option(envvar="AGENT_CORE_URL", help="Base URL of a running server.")
+    ] = "http://127.0.0.1:8000",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 5.0,
+) -> None:
+    """Show the cache statistics of a running server (GET /v1/stats)."""
+    endpoint = url.rstrip("/") + "/v1/stats"
+    try:
+        response = httpx.get(endpoint, timeout=timeout)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {endpoint}: {str(exc) or type(exc).__name__}")
+    if response.status_code != 200:
+        _fail(f"{endpoint} answered {response.status_code}: {_problem(response)}")
+    try:
+        data = response.json()
+    except ValueError:
+        _fail(f"{endpoint} did not answer JSON: {response.text[:200]!r}")
+    if not isinstance(data, dict):
+        _fail(f"{endpoint} answered {type(data).__name__}, expected a JSON object")
+    if as_json:
+        # Plain print: rich would re-wrap or colour the JSON that scripts parse.
+        print(response.text)
+        return
+    _out.print(_stats_table(data, title="agent-core stats", caption=url))
+
+
+@app.command()
+def chat(
+    thread: Annotated[str, typer.Argument(help="Thread id: its history is kept in the store.")],
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    model: ModelOption = None,
+    namespace: NamespaceOption = None,
+    system: Annotated[
+        str, typer.Option(envvar="AGENT_CORE_SYSTEM_PROMPT", help="System prompt of each turn.")
+    ] = "",
+) -> None:
+    """Chat on THREAD in the terminal, one line a turn, until end of input or /quit.
+
+    Runs the agent in this process (no server needed), on the same store and cache.
+    """
+    settings = _settings(store_url=store, redis_url=redis, model=model, namespace=namespace)
+    try:
+        # Checked before the first line is read, not after the user typed it.
+        check_thread_id(thread)
+        asyncio.run(_chat(settings, thread, system))
+    except AgentCoreError as exc:
+        _fail(str(exc))
+
+
+async def _chat(settings: Settings, thread: str, system: str) -> None:
+    chat_model = settings.chat_model()
+    try:
+        async with ConversationCache.from_urls(
+            store=settings.store_url,
+            redis=settings.redis_url,
+            namespace=settings.namespace,
+            consistency=settings.consistency,
+        ) as memory:
+            agent = BaseAgent(
+                chat_model,
+                memory,
+                system_prompt=system,
+                max_context_tokens=settings.max_context_tokens,
+                reserve_output_tokens=settings.reserve_output_tokens,
+                token_model=settings.token_model,
+            )
+            interactive = sys.stdin.isatty()
+            lines = _stdin_lines()
+            while True:
+                if interactive:
+                    _out.print("[bold cyan]you>[/] ", end="")
+                line = await lines.get()
+                if line is None and interactive:
+                    _out.print()  # end the prompt's line after Ctrl-D
+                if line is None or line.strip() in QUIT_COMMANDS:
+                    break
+                if not line.strip():
+                    continue
+                await _turn(agent, thread, line.rstrip("\n"))
+    finally:
+        await chat_model.aclose()
+
+
+async def _turn(agent: BaseAgent, thread: str, text: str) -> None:
+    """One streamed turn: the reply as it comes, then its version, tier and tokens, dimly."""
+    async with agent.stream(thread, text) as chunks:
+        async for chunk in chunks:
+            _out.print(chunk, end="", markup=False, soft_wrap=True)
+    _out.print()
+    reply = chunks.reply
+    if reply is not None:  # the stream ran to its end, so the turn is stored
+        _out.print(
+            f"[dim]v{reply.version} · history {reply.history_tier} "
+            f"({reply.history_messages} messages) · {reply.prompt_tokens} prompt + "
+            f"{reply.usage.completion_tokens} completion tokens[/]"
+        )
+
+
+def _stdin_lines() -> asyncio.Queue[str | None]:
+    """Lines of stdin, then None at end of input, read by a daemon thread.
+
+    A worker thread of the loop's executor would keep asyncio.run from returning on
+    Ctrl-C until the blocked read ends; a daemon thread is simply left behind.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue()
+    stdin = sys.stdin  # the stream of this call (CliRunner swaps it per invocation)
+
+    def read() -> None:
+        for line in stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=read, name="agent-core-stdin", daemon=True).start()
+    return queue
+
+
+@contextlib.contextmanager
+def _signals_end_quietly() -> Iterator[None]:
+    """SIGINT and SIGTERM stop ``serve`` with exit code 0.
+
+    uvicorn shuts down gracefully on either, then raises the signal again against the
+    handlers it found; with these no-op handlers installed that ends in a normal return
+    instead of a KeyboardInterrupt or a death by signal.
+    """
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda sig, frame: None) for sig in stops}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _problem(response: httpx.Response) -> str:
+    """The ``detail`` of an RFC 9457 problem, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return response.text[:200]
+
+
+def _stats_table(data: Mapping[str, Any], *, title: str, caption: str) -> Table:
+    """Every field of the stats JSON: hit rates first, then one section per nested object.
+
+    Fields are shown as the server names them, so a field added later shows up too;
+    known sizes and durations get units.
+    """
+    table = Table(title=title, caption=escape(caption), header_style="bold")
+    table.add_column("stat")
+    table.add_column("value", justify="right")
+    fields = list(_flatten(data))
+    rates = [(key, value) for key, value in fields if key.endswith("hit_rate")]
+    rest = [(key, value) for key, value in fields if not key.endswith("hit_rate")]
+    # Top-level fields first, then each nested object (memory, loop_lag, ...) in one block.
+    order = {group: i for i, group in enumerate(dict.fromkeys(["", *(_group(k) for k, _ in rest)]))}
+    rest.sort(key=lambda item: order[_group(item[0])])
+    group: str | None = None
+    for key, value in rates + rest:
+        current = "rates" if key.endswith("hit_rate") else _group(key)
+        if group is not None and current != group:
+            table.add_section()
+        group = current
+        style = "bold red" if key == "degraded" and value is True else None
+        table.add_row(key, _format(key, value), style=style)
+    return table
+
+
+#: Fields of the stats JSON in bytes, and the nested object whose floats are seconds.
+_BYTE_FIELDS: Final = frozenset(
+    {"l1_bytes", "l1_max_bytes", "memory.rss", "memory.limit", "memory.budget", "memory.max_budget"}
+)
+_SECONDS_PREFIX: Final = "loop_lag."
+
+
+def _group(key: str) -> str:
+    """The nested object a flattened field came from; "" for top-level fields."""
+    return key.partition(".")[0] if "." in key else ""
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _format(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and key.endswith("rate"):
+        return f"{value:.1%}"
+    if isinstance(value, int) and key in _BYTE_FIELDS:
+        return _size(value)
+    if isinstance(value, float) and key.startswith(_SECONDS_PREFIX):
+        return f"{value * 1000:.2f} ms"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return escape(str(value))
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,519 @@
+"""`create_app`: the FastAPI app. Its lifespan opens the cache, the model and the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, StrictInt
+
+from ..agent import AgentReply, BaseAgent
+from ..agent._agent import _tier, _tier_counts
+from ..cache import ConversationCache
+from ..errors import AgentCoreError, InvalidArgument
+from ..observe import LoopLagMonitor
+from ._metrics import Metrics
+from ._problems import error_problem, install_problem_handlers, problem
+from ._settings import Settings
+
+__all__ = ["create_app"]
+
+# A server samples lag every 10 ms rather than every 1 ms: a hundred wake-ups a second
+# still catch any stall worth reporting, at a tenth of the cost.
+_LAG_INTERVAL: Final = 0.01
+_READY_TIMEOUT: Final = 2.0
+_JSON: Final = "application/json"
+# Versions are BIGINTs in the stores.
+_MAX_VERSION: Final = (1 << 63) - 1
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass
+class _Core:
+    """What the lifespan opened; handlers reach it through ``app.state.core``."""
+
+    settings: Settings
+    cache: ConversationCache
+    agent: BaseAgent
+    lag: LoopLagMonitor
+    metrics: Metrics
+    token_model: str
+
+
+# -- request and response bodies (they are the OpenAPI schemas) ---------------------
+
+
+class AppendRequest(BaseModel):
+    """Messages to append, in order; with ``expected_version``, compare-and-append."""
+
+    messages: list[dict[str, Any]] = Field(
+        description="Chat Completions messages or Responses API items (JSON objects)."
+    )
+    expected_version: Annotated[StrictInt, Field(ge=0, le=_MAX_VERSION)] | None = Field(
+        default=None, description="Append only if the thread is at this version (else 409)."
+    )
+
+
+class VersionResponse(BaseModel):
+    """The thread's version after the change."""
+
+    version: int
+
+
+class ThreadResponse(BaseModel):
+    """A thread's messages (all of them, or the window that fits ``max_tokens``)."""
+
+    thread_id: str
+    version: int
+    messages: list[dict[str, Any]]
+    token_count: int | None = Field(
+        default=None, description="Billed prompt tokens of the window (windows only)."
+    )
+    omitted: int | None = Field(
+        default=None, description="Messages left out of the window (windows only)."
+    )
+
+
+class TurnRequest(BaseModel):
+    """The user's message: its text, or a user message object."""
+
+    message: str | dict[str, Any]
+
+
+class UsageResponse(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TurnResponse(BaseModel):
+    """The stored turn: the reply and what it cost."""
+
+    text: str
+    version: int | None
+    history_tier: Literal["l1", "l2", "store", "none"]
+    prompt_tokens: int
+    history_messages: int
+    history_omitted: int
+    conflicted: bool
+    finish_reason: str | None
+    usage: UsageResponse
+    timings: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    """``status`` ok/degraded/unavailable; ``redis``: none, ok or degraded."""
+
+    status: Literal["ok", "degraded", "unavailable"]
+    store: Literal["ok", "unavailable"]
+    redis: Literal["none", "ok", "degraded"]
+    detail: str = ""
+
+
+_PROBLEM: Final[dict[int | str, dict[str, Any]]] = {
+    status: {"description": description, "content": {"application/problem+json": {}}}
+    for status, description in (
+        (400, "Malformed JSON or an invalid thread id, message or argument."),
+        (409, "Version conflict."),
+        (413, "Request body or a message too large."),
+        (422, "Invalid request body, reused idempotency key or token budget exceeded."),
+        (503, "Store unavailable."),
+    )
+}
+_TURN_PROBLEMS: Final[dict[int | str, dict[str, Any]]] = {
+    **_PROBLEM,
+    429: {"description": "Rate limited.", "content": {"application/problem+json": {}}},
+    502: {"description": "The model failed.", "content": {"application/problem+json": {}}},
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service's ASGI app; ``settings`` defaults to `Settings.from_env()`."""
+    settings = Settings.from_env() if settings is None else settings
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            cache = ConversationCache.from_urls(
+                settings.store_url,
+                settings.redis_url,
+                namespace=settings.namespace,
+                consistency=settings.consistency,
+            )
+            await stack.enter_async_context(cache)
+            model = settings.chat_model()
+            stack.push_async_callback(model.aclose)
+            token_model = settings.token_model
+            agent = BaseAgent(
+                model,
+                cache,
+                max_context_tokens=settings.max_context_tokens,
+                reserve_output_tokens=settings.reserve_output_tokens,
+                token_model=token_model,
+            )
+            lag = await stack.enter_async_context(LoopLagMonitor(_LAG_INTERVAL))
+            metrics = Metrics(cache.stats, lag.snapshot)
+            app.state.core = _Core(settings, cache, agent, lag, metrics, token_model)
+            yield
+
+    app = FastAPI(
+        title="agent-core",
+        summary="The memory layer for LLM agents: threads, windows and agent turns.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    app.include_router(_router)
+    # The last added runs first: refused bodies (413) are timed too.
+    app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(_Timing)
+    return app
+
+
+def _core(request: Request) -> _Core:
+    core: _Core = request.app.state.core
+    return core
+
+
+# -- endpoints -----------------------------------------------------------------------
+
+_router = APIRouter()
+
+
+@_router.post(
+    "/v1/threads/{thread_id}/messages",
+    status_code=201,
+    response_model=VersionResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def append_messages(
+    request: Request,
+    thread_id: str,
+    body: AppendRequest,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Response:
+    """Append messages; a repeated ``Idempotency-Key`` returns its first version."""
+    version = await _core(request).cache.append(
+        thread_id,
+        body.messages,
+        expected_version=body.expected_version,
+        idempotency_key=idempotency_key,
+    )
+    return Response(b'{"version":%d}' % version, status_code=201, media_type=_JSON)
+
+
+@_router.get(
+    "/v1/threads/{thread_id}",
+    response_model=ThreadResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def get_thread(
+    request: Request,
+    thread_id: str,
+    max_tokens: Annotated[int | None, Query(ge=1, description="Window budget.")] = None,
+    model: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Window's token model.")
+    ] = None,
+) -> Response:
+    """The thread's messages, or with ``max_tokens`` the newest that fit (pinned kept)."""
+    core = _core(request)
+    cache = core.cache
+    if model is not None and max_tokens is None:
+        raise InvalidArgument("model only applies to a window: give max_tokens too")
+    before = _tier_counts(cache)
+    started = time.perf_counter()
+    if max_tokens is None:
+        conversation = await cache.get(thread_id)
+        version, payloads, tail = conversation.version, conversation.payloads, b""
+    else:
+        window = await cache.window(
+            thread_id, max_tokens=max_tokens, model=model or core.token_model
+        )
+        version = window.version
+        payloads = tuple(message.raw for message in window.messages)
+        tail = b',"token_count":%d,"omitted":%d' % (window.token_count, window.omitted)
+    core.metrics.thread_reads.labels(_tier(before, _tier_counts(cache))).observe(
+        time.perf_counter() - started
+    )
+    # The cached bytes are spliced in as they are: no decoding, no re-encoding.
+    body = b"".join(
+        (
+            b'{"thread_id":',
+            orjson.dumps(thread_id),
+            b',"version":%d,"messages":[' % version,
+            b",".join(payloads),
+            b"]",
+            tail,
+            b"}",
+        )
+    )
+    return Response(body, media_type=_JSON)
+
+
+@_router.delete(
+    "/v1/threads/{thread_id}",
+    response_model=VersionResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def delete_thread(request: Request, thread_id: str) -> Response:
+    """Delete the thread's messages; returns its new version (versions never go back)."""
+    version = await _core(request).cache.delete(thread_id)
+    return Response(b'{"version":%d}' % version, media_type=_JSON)
+
+
+@_router.post(
+    "/v1/threads/{thread_id}/turns",
+    response_model=TurnResponse,
+    responses={
+        **_TURN_PROBLEMS,
+        200: {
+            "description": "The reply as JSON, or with `Accept: text/event-stream` as SSE: "
+            '`chunk` events (`{"text": ...}`), then one `reply` event (the JSON reply) '
+            "or one `error` event (a problem).",
+            "content": {"text/event-stream": {}},
+        },
+    },
+    tags=["agent"],
+)
+async def run_turn(request: Request, thread_id: str, body: TurnRequest) -> Response:
+    """One agent turn: history window, model call, and the user message and reply stored."""
+    core = _core(request)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return await _stream_turn(core, thread_id, body.message)
+    reply = await core.agent.run(thread_id, body.message)
+    core.metrics.record_turn(reply.timings, reply.history_tier)
+    return Response(_reply_json(reply), media_type=_JSON)
+
+
+async def _stream_turn(core: _Core, thread_id: str, message: str | dict[str, Any]) -> Response:
+    stream = core.agent.stream(thread_id, message)
+    # The first chunk is awaited before answering, so that a turn that can't start
+    # (budget, rate limit, model down) still gets its own status code.
+    try:
+        first: str | None = await stream.__anext__()
+    except StopAsyncIteration:
+        first = None
+    except BaseException:
+        await stream.aclose()
+        raise
+
+    async def events() -> AsyncIterator[bytes]:
+        async with stream:
+            try:
+                if first is not None:
+                    yield _sse("chunk", orjson.dumps({"text": first}))
+                async for chunk in stream:
+                    yield _sse("chunk", orjson.dumps({"text": chunk}))
+            except AgentCoreError as exc:
+                yield _sse("error", error_problem(exc).body)
+                return
+        reply = stream.reply
+        assert reply is not None
+        core.metrics.record_turn(reply.timings, reply.history_tier)
+        yield _sse("reply", _reply_json(reply))
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: str, data: bytes | memoryview) -> bytes:
+    # orjson never writes raw newlines, so each payload is one ``data:`` line.
+    return b"event: " + event.encode() + b"\ndata: " + bytes(data) + b"\n\n"
+
+
+def _reply_json(reply: AgentReply) -> bytes:
+    return orjson.dumps(
+        {
+            "text": reply.text,
+            "version": reply.version,
+            "history_tier": reply.history_tier,
+            "prompt_tokens": reply.prompt_tokens,
+            "history_messages": reply.history_messages,
+            "history_omitted": reply.history_omitted,
+            "conflicted": reply.conflicted,
+            "finish_reason": reply.finish_reason,
+            "usage": asdict(reply.usage),
+            "timings": reply.timings,
+        }
+    )
+
+
+@_router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    registry = _core(request).metrics.registry
+    # stats() samples RSS: a scrape is rare enough to do it on the loop.
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@_router.get("/healthz", response_model=Health, tags=["ops"])
+async def healthz() -> Health:
+    """The process is up and serving."""
+    return Health(status="ok")
+
+
+@_router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The store is unreachable."}},
+    tags=["ops"],
+)
+async def readyz(request: Request) -> Response:
+    """Ready when the store answers; a degraded Redis is reported but still ready (200)."""
+    core = _core(request)
+    store: Literal["ok", "unavailable"] = "ok"
+    detail = ""
+    try:
+        async with asyncio.timeout(_READY_TIMEOUT):
+            await core.cache.store.version(core.cache.namespace, "readyz")
+    except Exception as exc:
+        store, detail = "unavailable", f"{type(exc).__name__}: {exc}"
+    stats = core.cache.stats()
+    redis: Literal["none", "ok", "degraded"] = (
+        "none" if core.settings.redis_url is None else "degraded" if stats.degraded else "ok"
+    )
+    if store != "ok":
+        status: Literal["ok", "degraded", "unavailable"] = "unavailable"
+    else:
+        status = "degraded" if redis == "degraded" else "ok"
+    if not detail and redis == "degraded":
+        detail = stats.redis_last_error
+    body = Readiness(status=status, store=store, redis=redis, detail=detail)
+    return Response(
+        body.model_dump_json(), status_code=503 if store != "ok" else 200, media_type=_JSON
+    )
+
+
+@_router.get("/v1/stats", tags=["ops"])
+async def stats(request: Request) -> dict[str, Any]:
+    """The cache's counters, hit rates and memory, and the event-loop lag."""
+    core = _core(request)
+    s = core.cache.stats()
+    return {
+        **asdict(s),
+        "requests": s.requests,
+        "l1_hit_rate": s.l1_hit_rate,
+        "l2_hit_rate": s.l2_hit_rate,
+        "hit_rate": s.hit_rate,
+        "loop_lag": asdict(core.lag.snapshot()),
+    }
+
+
+# -- middleware ------------------------------------------------------------------------
+
+
+class _BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with a 413 problem.
+
+    ``Content-Length`` is checked first; the body is then read whole (it is bounded) and
+    its real size checked too, for chunked requests and lying headers.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._refuse(scope, receive, send)
+                    return
+                break
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                # The client left: let the app see the disconnect.
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], then=receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            f"the request body is over the limit of {self.max_bytes} bytes",
+            error="RequestBodyTooLarge",
+            limit=self.max_bytes,
+        )
+        await response(scope, receive, send)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    queue = list(messages)
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        if then is None:
+            return {"type": "http.disconnect"}
+        return await then()
+
+    return receive
+
+
+class _Timing:
+    """Records each request's latency under its route template (unmatched: ``"unmatched"``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            core: _Core | None = getattr(scope["app"].state, "core", None)
+            if core is not None:
+                route = scope.get("route")
+                path = getattr(route, "path", "unmatched")
+                core.metrics.requests.labels(path, scope["method"], str(status)).observe(
+                    time.perf_counter() - started
+                )

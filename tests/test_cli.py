@@ -1,0 +1,235 @@
+"""The ``agent-core`` console script: chat on a temp store, stats and serve for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from agent_core.cli import app
+
+#: The environment of every invocation: no AGENT_CORE_* variable of the caller's shell, and
+#: a wide terminal so that help text is not wrapped inside the names it is checked for.
+CLEAN_ENV = {name: None for name in os.environ if name.startswith("AGENT_CORE_")} | {
+    "COLUMNS": "200",
+    "TERMINAL_WIDTH": "200",
+}
+
+
+def invoke(
+    args: list[str], *, input: str | None = None, env: dict[str, str] | None = None
+) -> Result:
+    runner = CliRunner()
+    return runner.invoke(
+        app, args, input=input, env=CLEAN_ENV | (env or {}), catch_exceptions=False
+    )
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def versions(output: str) -> list[int]:
+    """The version of each turn, from the dim status lines."""
+    return [int(v) for v in re.findall(r"^v(\d+) · ", output, flags=re.MULTILINE)]
+
+
+# -- help and flags ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("serve", ["--host", "--port", "--store", "AGENT_CORE_STORE_URL", "AGENT_CORE_PORT"]),
+        ("stats", ["--url", "--json"]),
+        ("chat", ["THREAD", "--store", "--redis", "--model", "--system", "AGENT_CORE_MODEL"]),
+    ],
+)
+def test_help_of_each_command(command: str, expected: list[str]) -> None:
+    result = invoke([command, "--help"])
+    assert result.exit_code == 0, result.output
+    for text in expected:
+        assert text in result.output
+
+
+def test_no_command_shows_the_commands() -> None:
+    result = invoke([])
+    for command in ("serve", "stats", "chat"):
+        assert command in result.output
+    assert "bench" not in result.output
+
+
+def test_bad_flag_exits_2() -> None:
+    assert invoke(["chat", "t", "--no-such-flag"]).exit_code == 2
+    assert invoke(["serve", "--port", "not-a-port"]).exit_code == 2
+
+
+# -- chat -------------------------------------------------------------------------------
+
+
+def test_chat_streams_turns_that_persist(store_url: str) -> None:
+    first = invoke(["chat", "thread-1", "--store", store_url], input="hello there\n\nworld\n")
+    assert first.exit_code == 0, first.output
+    assert "echo: hello there" in first.stdout
+    assert "echo: world" in first.stdout
+    assert versions(first.stdout) == [2, 4]  # a user and an assistant message per turn
+    assert "history store (0 messages)" in first.stdout  # a new thread: nothing to load
+
+    # A new process-like run: a fresh cache, so the history comes from the store.
+    second = invoke(["chat", "thread-1", "--store", store_url], input="again\n/quit\nignored\n")
+    assert second.exit_code == 0, second.output
+    assert "echo: again" in second.stdout
+    assert "ignored" not in second.stdout
+    assert versions(second.stdout) == [6]
+    assert "history store (4 messages)" in second.stdout
+
+
+def test_chat_system_prompt_and_later_turns_from_l1(store_url: str) -> None:
+    result = invoke(["chat", "t2", "--store", store_url, "--system", "Be brief."], input="a\nb\n")
+    assert result.exit_code == 0, result.output
+    assert versions(result.stdout) == [2, 4]
+    # The second turn's history is the first turn, served by this process's L1.
+    assert "history l1 (2 messages)" in result.stdout
+
+
+def test_chat_reads_its_settings_from_the_environment(store_url: str) -> None:
+    env = {"AGENT_CORE_STORE_URL": store_url, "AGENT_CORE_NAMESPACE": "ns-a"}
+    assert versions(invoke(["chat", "t"], input="x\n", env=env).stdout) == [2]
+    # Same store and namespace through flags: the same thread.
+    again = invoke(["chat", "t", "--store", store_url, "--namespace", "ns-a"], input="y\n")
+    assert versions(again.stdout) == [4]
+    # A flag wins over its variable: another namespace, another thread.
+    other = invoke(["chat", "t", "--namespace", "ns-b"], input="z\n", env=env)
+    assert versions(other.stdout) == [2]
+
+
+def test_chat_typed_error_is_one_red_line(store_url: str) -> None:
+    result = invoke(["chat", "bad thread id!", "--store", store_url], input="hi\n")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ")
+    assert "thread" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_bad_environment_value_is_a_clean_error(store_url: str) -> None:
+    env = {"AGENT_CORE_MAX_CONTEXT_TOKENS": "lots"}
+    result = invoke(["chat", "t", "--store", store_url], input="hi\n", env=env)
+    assert result.exit_code == 1
+    assert "AGENT_CORE_MAX_CONTEXT_TOKENS" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["chat", "t"], ["serve"]])
+@pytest.mark.parametrize("store", ["mysql://nowhere/db", "sqlite:////no/such/dir/x.db"])
+def test_a_store_that_does_not_open_is_one_red_line(command: list[str], store: str) -> None:
+    result = invoke([*command, "--store", store], input="hi\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+
+
+# -- stats and serve --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_stats_of_an_unreachable_server_is_a_clean_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    result = invoke(["stats", "--url", url, "--timeout", "2"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach ")
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """``agent-core serve`` in a subprocess on a free port and a temp SQLite store."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AGENT_CORE_")}
+    env["AGENT_CORE_PORT"] = str(port)  # the port through its variable, the store by flag
+    log = tmp_path / "serve.log"
+    with log.open("wb") as output:  # a file, not a pipe nobody reads, for uvicorn's log
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent_core.cli",
+                "serve",
+                "--store",
+                f"sqlite:///{tmp_path}/s.db",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"serve exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("serve did not answer /healthz within 30 s")
+            time.sleep(0.1)
+        yield base, process, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_then_stats_then_stop(
+    server: tuple[str, subprocess.Popen[bytes], Path], stop: signal.Signals
+) -> None:
+    base, process, log = server
+    posted = httpx.post(
+        f"{base}/v1/threads/t-1/messages",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert posted.status_code == 201, posted.text
+    assert posted.json() == {"version": 1}
+    assert httpx.get(f"{base}/v1/threads/t-1", timeout=10).status_code == 200
+
+    table = invoke(["stats", "--url", base])
+    assert table.exit_code == 0, table.output
+    for name in ("hit_rate", "appends", "l1_bytes", "degraded", "memory.rss"):
+        assert name in table.stdout
+    assert re.search(r"l1_hit_rate\W+100\.0%", table.stdout)  # the GET was an L1 hit
+
+    raw = invoke(["stats", "--url", base, "--json"])
+    assert raw.exit_code == 0, raw.output
+    assert json.loads(raw.stdout)["appends"] == 1
+
+    missing = invoke(["stats", "--url", f"{base}/nowhere"])
+    assert missing.exit_code == 1
+    assert "404" in missing.stderr
+
+    process.send_signal(stop)
+    assert process.wait(timeout=10) == 0
+    assert "Finished server process" in log.read_text()  # a graceful shutdown
