@@ -308,3 +308,36 @@ def test_agent_turn_quick_run(tmp_path: Path) -> None:
     database = document["machine"]["temp_database"]
     assert database.startswith("ac_bench_")
     assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
+def test_http_load_quick_run(tmp_path: Path) -> None:
+    """benchmarks/http_load.py --quick: two `serve` processes, PostgreSQL and a redis-server."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark("http_load.py", "--quick", "--json", str(figures))
+    assert result.returncode == 0, (
+        f"http_load.py --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    headings = (
+        "Machine",
+        "redis_server",
+        "postgres_version",
+        "HTTP load, 2 instances",
+        "CPU used during each window, cores",
+        "Freshness across instances",
+        "Summary:",
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"http_load.py output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    assert set(document["operations"]) == {"GET thread", "append", "turn"}
+    for operation, cell in document["operations"].items():
+        assert cell["requests"] > 0, operation
+        assert cell["errors"] == 0, (operation, cell["statuses"], cell["first_error"])
+        assert cell["p99_ms"] >= cell["p50_ms"] > 0, operation
+        assert set(cell["by_instance"]) == {"a", "b"}, operation
+    assert document["freshness"]["different_after_settle"] == []
+    database = document["machine"]["temp_database"]
+    assert database.startswith("ac_bench_")
+    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
