@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 from .errors import InvalidArgument, InvalidNamespace, InvalidThreadId
 
@@ -55,16 +56,16 @@ def check_idempotency_key(key: object) -> str | None:
     return key
 
 
-def check_count(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
+#: Every count ends up in a 64-bit column (SQLite INTEGER, PostgreSQL bigint).
+MAX_COUNT: Final = 2**63 - 1
+
+
+def check_count(name: str, value: object, *, minimum: int, maximum: int = MAX_COUNT) -> int:
     """An int (not a bool) within ``[minimum, maximum]``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < minimum
-        or (maximum is not None and value > maximum)
-    ):
-        upper = "" if maximum is None else f" and at most {maximum}"
-        raise InvalidArgument(f"{name} must be an int of at least {minimum}{upper}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise InvalidArgument(
+            f"{name} must be an int of at least {minimum} and at most {maximum}, got {value!r:.100}"
+        )
     return value
 
 

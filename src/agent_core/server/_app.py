@@ -15,6 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictInt
 
+from .._validation import MAX_COUNT
 from ..agent import AgentReply, BaseAgent
 from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
@@ -32,7 +33,6 @@ _LAG_INTERVAL: Final = 0.01
 _READY_TIMEOUT: Final = 2.0
 _JSON: Final = "application/json"
 # Versions are BIGINTs in the stores.
-_MAX_VERSION: Final = (1 << 63) - 1
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,7 +62,7 @@ class AppendRequest(BaseModel):
     messages: list[dict[str, Any]] = Field(
         description="Chat Completions messages or Responses API items (JSON objects)."
     )
-    expected_version: Annotated[StrictInt, Field(ge=0, le=_MAX_VERSION)] | None = Field(
+    expected_version: Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)] | None = Field(
         default=None, description="Append only if the thread is at this version (else 409)."
     )
 
