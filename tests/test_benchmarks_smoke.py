@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,16 @@ ADMIN_URL = os.environ.get(
 )
 
 
-def run_benchmark(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run_benchmark(
+    script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args],
         capture_output=True,
         text=True,
         encoding="utf-8",
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
 
@@ -45,6 +48,30 @@ async def database_exists(name: str) -> bool:
     finally:
         await connection.close()
     return found is not None
+
+
+def quick_run(
+    script: str, tmp_path: Path, headings: Sequence[str], *args: str, timeout: float = 120
+) -> dict[str, Any]:
+    """Run ``script --quick``; check it exits 0 and prints ``headings``; its JSON figures."""
+    figures = tmp_path / "figures.json"
+    result = run_benchmark(script, "--quick", *args, "--json", str(figures), timeout=timeout)
+    assert result.returncode == 0, (
+        f"{script} --quick exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
+    )
+    missing = [heading for heading in headings if heading not in result.stdout]
+    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
+    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
+    assert document["mode"] == "quick"
+    return document
+
+
+def assert_dropped(document: dict[str, Any]) -> None:
+    """The script's throwaway PostgreSQL database is gone."""
+    database = document["machine"]["temp_database"]
+    assert database.startswith("ac_bench_")
+    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
 
 
 @pytest.mark.parametrize(
@@ -79,20 +106,9 @@ async def database_exists(name: str) -> bool:
 def test_quick_run(
     script: str, headings: tuple[str, ...], keys: tuple[str, ...], tmp_path: Path
 ) -> None:
-    figures = tmp_path / "figures.json"
-    result = run_benchmark(script, "--quick", "--json", str(figures))
-    assert result.returncode == 0, (
-        f"{script} --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
-    missing = [heading for heading in headings if heading not in result.stdout]
-    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run(script, tmp_path, headings)
     assert all(key in document for key in keys), sorted(document)
-    database = document["machine"]["temp_database"]
-    assert database.startswith("ac_bench_")
-    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+    assert_dropped(document)
 
 
 def test_fails_loudly_without_postgres() -> None:
@@ -148,21 +164,10 @@ def test_cache_benchmark_quick_run(
     tmp_path: Path,
 ) -> None:
     """The cache benchmarks, each on its own private redis-server."""
-    figures = tmp_path / "figures.json"
-    result = run_benchmark(script, "--quick", *args, "--json", str(figures))
-    assert result.returncode == 0, (
-        f"{script} --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
-    missing = [heading for heading in ("Machine", *headings) if heading not in result.stdout]
-    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run(script, tmp_path, ("Machine", *headings), *args)
     assert all(key in document for key in keys), sorted(document)
-    database = document["machine"].get("temp_database")
-    if database is not None:
-        assert database.startswith("ac_bench_")
-        assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+    if "temp_database" in document["machine"]:
+        assert_dropped(document)
 
 
 @pytest.mark.parametrize(
@@ -209,38 +214,13 @@ def test_lag_freshness_and_fault_benchmarks_quick_run(
     script: str, headings: tuple[str, ...], keys: tuple[str, ...], tmp_path: Path
 ) -> None:
     """Each on a private redis-server (killed and paused by redis_faults.py), about 20 s."""
-    figures = tmp_path / "figures.json"
-    result = run_benchmark(script, "--quick", "--json", str(figures))
-    assert result.returncode == 0, (
-        f"{script} --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
-    missing = [heading for heading in ("Machine", *headings) if heading not in result.stdout]
-    assert not missing, f"{script} output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run(script, tmp_path, ("Machine", *headings))
     assert all(key in document for key in keys), sorted(document)
-    database = document["machine"]["temp_database"]
-    assert database.startswith("ac_bench_")
-    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+    assert_dropped(document)
 
 
 def test_tokens_quick_run(tmp_path: Path) -> None:
     """benchmarks/tokens.py --quick: offline, no PostgreSQL or Redis, a few seconds."""
-    figures = tmp_path / "figures.json"
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "tokens.py"), "--quick", "--json", str(figures)],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, (
-        f"tokens.py --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
     headings = (
         "Machine",
         "Throughput, MB/s",
@@ -250,44 +230,26 @@ def test_tokens_quick_run(tmp_path: Path) -> None:
         "count_messages on a 100-message chat",
         "Event loop while count_async counts",
     )
-    missing = [heading for heading in headings if heading not in result.stdout]
-    assert not missing, f"tokens.py output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run("tokens.py", tmp_path, headings, timeout=60)
     for key in ("throughput", "worst_cases", "accuracy", "count_messages", "loop_gaps"):
         assert document[key], key
 
 
 def test_window_quick_run(tmp_path: Path) -> None:
     """benchmarks/window.py --quick: SQLite and a private redis-server, a few seconds."""
-    figures = tmp_path / "figures.json"
-    result = run_benchmark("window.py", "--quick", "--json", str(figures))
-    assert result.returncode == 0, (
-        f"window.py --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
     headings = (
         "Machine",
         "Window on a 2,000-message thread, L1 hit, µs",
         "Other paths, µs",
         "Goal:",
     )
-    missing = [heading for heading in headings if heading not in result.stdout]
-    assert not missing, f"window.py output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run("window.py", tmp_path, headings)
     assert document["hot"]
     assert document["goal"]["window_4000_p50_us"] > 0
 
 
 def test_agent_turn_quick_run(tmp_path: Path) -> None:
     """benchmarks/agent_turn.py --quick: SQLite, PostgreSQL and a private redis-server."""
-    figures = tmp_path / "figures.json"
-    result = run_benchmark("agent_turn.py", "--quick", "--json", str(figures))
-    assert result.returncode == 0, (
-        f"agent_turn.py --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
     headings = (
         "Machine",
         "redis_server",
@@ -296,28 +258,17 @@ def test_agent_turn_quick_run(tmp_path: Path) -> None:
         "Turn overhead (wall time minus the model call), µs",
         "Goal: overhead p50 <= 1 ms at 1,000 messages on an L1 hit",
     )
-    missing = [heading for heading in headings if heading not in result.stdout]
-    assert not missing, f"agent_turn.py output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run("agent_turn.py", tmp_path, headings)
     assert set(document["cells"]) == {"sqlite", "postgres", "sqlite, no Redis"}
     l1 = document["cells"]["sqlite"]["1000"]["l1"]
     assert l1["with_persist"]["p50_us"] >= l1["without_commit"]["p50_us"] > 0
     assert document["threads"]["1000"]["history_messages"] == 1000
     assert document["goal"]["by_setup"]["sqlite"]["p50_us"] > 0
-    database = document["machine"]["temp_database"]
-    assert database.startswith("ac_bench_")
-    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+    assert_dropped(document)
 
 
 def test_http_load_quick_run(tmp_path: Path) -> None:
     """benchmarks/http_load.py --quick: two `serve` processes, PostgreSQL and a redis-server."""
-    figures = tmp_path / "figures.json"
-    result = run_benchmark("http_load.py", "--quick", "--json", str(figures))
-    assert result.returncode == 0, (
-        f"http_load.py --quick exited {result.returncode}\n"
-        f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
-    )
     headings = (
         "Machine",
         "redis_server",
@@ -327,10 +278,7 @@ def test_http_load_quick_run(tmp_path: Path) -> None:
         "Freshness across instances",
         "Summary:",
     )
-    missing = [heading for heading in headings if heading not in result.stdout]
-    assert not missing, f"http_load.py output lacks {missing}:\n{result.stdout}"
-    document: dict[str, Any] = json.loads(figures.read_text(encoding="utf-8"))
-    assert document["mode"] == "quick"
+    document = quick_run("http_load.py", tmp_path, headings)
     assert set(document["operations"]) == {"GET thread", "append", "turn"}
     for operation, cell in document["operations"].items():
         assert cell["requests"] > 0, operation
@@ -338,6 +286,4 @@ def test_http_load_quick_run(tmp_path: Path) -> None:
         assert cell["p99_ms"] >= cell["p50_ms"] > 0, operation
         assert set(cell["by_instance"]) == {"a", "b"}, operation
     assert document["freshness"]["different_after_settle"] == []
-    database = document["machine"]["temp_database"]
-    assert database.startswith("ac_bench_")
-    assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+    assert_dropped(document)
