@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -113,6 +115,27 @@ async def store(store_url: str) -> AsyncIterator[ThreadStore]:
 async def cache(store_url: str, namespace: str) -> AsyncIterator[ConversationCache]:
     async with ConversationCache.from_urls(store=store_url, namespace=namespace) as opened:
         yield opened
+
+
+CacheFactory = Callable[..., AbstractAsyncContextManager[ConversationCache]]
+
+
+@pytest.fixture
+def make_cache(store_url: str, redis_url: str, namespace: str) -> CacheFactory:
+    """Opens a new cache (a new "instance") over the shared store and Redis."""
+
+    @asynccontextmanager
+    async def make(**options: Any) -> AsyncIterator[ConversationCache]:
+        options.setdefault("redis", redis_url)
+        # Exact per-tier counts need Redis calls not to time out on a busy machine;
+        # deadlines and degraded mode are tested in test_degraded.py.
+        options.setdefault("redis_timeout", 1.0)
+        async with ConversationCache.from_urls(
+            store=store_url, namespace=namespace, **options
+        ) as cache:
+            yield cache
+
+    return make
 
 
 @pytest.fixture(scope="session")

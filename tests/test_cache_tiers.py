@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,29 +11,11 @@ import redis.asyncio as redis
 
 from agent_core import ConfigurationError, ConversationCache
 
-CacheFactory = Callable[..., AbstractAsyncContextManager[ConversationCache]]
+from .conftest import CacheFactory
 
 
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
-
-
-@pytest.fixture
-def make_cache(store_url: str, redis_url: str, namespace: str) -> CacheFactory:
-    """Opens a new cache (a new "instance") over the shared store and Redis."""
-
-    @asynccontextmanager
-    async def make(**options: Any) -> AsyncIterator[ConversationCache]:
-        options.setdefault("redis", redis_url)
-        # Exact per-tier counts need Redis calls not to time out on a busy machine;
-        # deadlines and degraded mode are tested in test_degraded.py.
-        options.setdefault("redis_timeout", 1.0)
-        async with ConversationCache.from_urls(
-            store=store_url, namespace=namespace, **options
-        ) as cache:
-            yield cache
-
-    return make
 
 
 async def eventually(check: Callable[[], Any]) -> None:

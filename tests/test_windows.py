@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -13,7 +11,6 @@ from hypothesis import strategies as st
 from agent_core import (
     ConfigurationError,
     Conversation,
-    ConversationCache,
     InvalidArgument,
     Message,
     TokenBudgetExceeded,
@@ -23,7 +20,8 @@ from agent_core.store import decode_token_counts, store_from_url
 from agent_core.tokens import _encodings
 from agent_core.tokens._window import select_window, token_index
 
-CacheFactory = Callable[..., AbstractAsyncContextManager[ConversationCache]]
+from .conftest import CacheFactory
+
 GPT4O = TokenCounter.for_model("gpt-4o")
 GPT4 = TokenCounter.for_model("gpt-4")
 
@@ -46,20 +44,6 @@ def call(call_id: str, *more: str) -> dict[str, Any]:
 
 def result(call_id: str, text: str = "42") -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": text}
-
-
-@pytest.fixture
-def make_cache(store_url: str, redis_url: str, namespace: str) -> CacheFactory:
-    @asynccontextmanager
-    async def make(**options: Any) -> AsyncIterator[ConversationCache]:
-        options.setdefault("redis", redis_url)
-        options.setdefault("redis_timeout", 1.0)
-        async with ConversationCache.from_urls(
-            store=store_url, namespace=namespace, **options
-        ) as cache:
-            yield cache
-
-    return make
 
 
 @pytest.fixture
