@@ -671,6 +671,19 @@ async def test_echo_is_deterministic_and_counted() -> None:
     assert events[:-1] == ["echo:", " What's", " the", " weather", " in", " Paris?"]
 
 
+async def test_echo_counts_long_prompts_in_slices_exactly() -> None:
+    """Many short messages, and one bigger than a slice: the same count as in one call."""
+    history = [
+        Message.from_dict({"role": "user" if i % 2 else "assistant", "content": f"line {i} é"})
+        for i in range(1_000)
+    ]
+    big = Message.from_dict({"role": "user", "content": "日本語のテキスト " * 8_000})
+    for messages in (history, [*history[:300], big, *history[300:]], [big]):
+        completion = await EchoModel().complete(messages, tools=TOOLS)
+        expected = TokenCounter.for_model("gpt-4o").count_messages(messages, TOOLS)
+        assert completion.usage.prompt_tokens == expected
+
+
 async def test_echo_reads_text_parts_and_honours_max_tokens() -> None:
     parts = [
         {"type": "text", "text": "one two"},

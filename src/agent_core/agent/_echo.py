@@ -17,7 +17,9 @@ __all__ = ["EchoModel"]
 
 # Each chunk is a word with the whitespace before it; a trailing run of whitespace is its own.
 _CHUNKS: Final = re.compile(r"\s*\S+|\s+")
-# Above this many bytes of messages, counting moves to a worker thread, off the loop.
+# A prompt is counted in slices of at most this many messages and bytes (about 1 ms
+# each), with the loop free in between; a bigger message alone goes to a worker thread.
+_SLICE_MESSAGES: Final = 256
 _INLINE_BYTES: Final = 64 << 10
 
 
@@ -94,10 +96,7 @@ class EchoModel(AsyncClosing):
         if max_tokens is not None and completion > max_tokens:
             text = _cut(text, max_tokens, self._counter.count)
             completion, finish_reason = self._counter.count(text), "length"
-        if sum(len(message.raw) for message in messages) > _INLINE_BYTES:
-            prompt = await asyncio.to_thread(self._counter.count_messages, messages, tools)
-        else:
-            prompt = self._counter.count_messages(messages, tools)
+        prompt = await self._count_prompt(messages, tools)
         return Completion(
             message={"role": "assistant", "content": text},
             text=text,
@@ -105,6 +104,41 @@ class EchoModel(AsyncClosing):
             finish_reason=finish_reason,
             model=self._name,
         )
+
+    async def _count_prompt(
+        self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None
+    ) -> int:
+        """`TokenCounter.count_messages`, in slices that leave the loop free in between.
+
+        A long history of short messages costs per message, not per byte: counted at
+        once it would hold the loop for many ms, and in a worker thread it would hold
+        the GIL. A message too big for one slice is counted in a worker thread.
+        """
+        counter = self._counter
+        total = counter.count_messages((), tools)  # reply priming and tool definitions
+        for part in _slices(messages):
+            if len(part) == 1 and len(part[0].raw) > _INLINE_BYTES:
+                total += await asyncio.to_thread(counter.count_message, part[0])
+            else:
+                total += sum(map(counter.count_message, part))
+                await asyncio.sleep(0)
+        return total
+
+
+def _slices(messages: Sequence[Message]) -> list[Sequence[Message]]:
+    """Runs of at most ``_SLICE_MESSAGES`` messages and ``_INLINE_BYTES`` bytes (or one message)."""
+    slices: list[Sequence[Message]] = []
+    start, size = 0, 0
+    for end, message in enumerate(messages):
+        if end > start and (
+            end - start == _SLICE_MESSAGES or size + len(message.raw) > _INLINE_BYTES
+        ):
+            slices.append(messages[start:end])
+            start, size = end, 0
+        size += len(message.raw)
+    if start < len(messages):
+        slices.append(messages[start:])
+    return slices
 
 
 def _last_user_text(messages: Sequence[Message]) -> str:
