@@ -1,11 +1,11 @@
-# `make demo` runs the main job on the embedded default (SQLite, no Redis);
-# `make test` runs the whole suite (ruff, mypy, pytest). Both bootstrap .venv first.
+# `make run` runs the main job, `agent-core bench --quick`, on the embedded default (SQLite, no
+# Redis); `make test` runs the whole suite (ruff, mypy, pytest). Both bootstrap .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: run demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("agent-core needs Python >= 3.11, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/agent-core bench --quick
 
 demo: $(STAMP)
 	$(BIN)/agent-core-demo

@@ -54,6 +54,7 @@ def versions(output: str) -> list[int]:
     [
         ("serve", ["--host", "--port", "--store", "AGENT_CORE_STORE_URL", "AGENT_CORE_PORT"]),
         ("stats", ["--url", "--json"]),
+        ("bench", ["--quick", "--redis", "--json", "--plot", "AGENT_CORE_BENCH_STORE_URL"]),
         ("chat", ["THREAD", "--store", "--redis", "--model", "--system", "AGENT_CORE_MODEL"]),
     ],
 )
@@ -66,9 +67,8 @@ def test_help_of_each_command(command: str, expected: list[str]) -> None:
 
 def test_no_command_shows_the_commands() -> None:
     result = invoke([])
-    for command in ("serve", "stats", "chat"):
+    for command in ("serve", "bench", "stats", "chat"):
         assert command in result.output
-    assert "bench" not in result.output
 
 
 def test_bad_flag_exits_2() -> None:

@@ -1,0 +1,176 @@
+"""``agent-core bench``: the success-metrics workload on real stores and a real Redis."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_core import ConversationCache
+from agent_core.bench import BenchConfig, BenchRun, achievable, report, rows, run_bench
+from agent_core.errors import InvalidArgument
+
+from .test_cli import CLEAN_ENV, invoke
+
+#: Small enough for the suite: 60 threads, one of 256 KiB, 300 turns in 6 cold starts.
+SMALL = {"threads": 60, "requests": 300, "large_thread_bytes": 256 << 10}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze() -> Iterator[None]:
+    """``bench`` freezes the heap (gc.freeze) for its run; give later tests theirs back."""
+    yield
+    gc.unfreeze()
+
+
+def test_achievable_counts_first_reads_per_instance() -> None:
+    trace = ["a", "b", "a", "a", "c", "a", "c"]
+    # Instances of 3: {a, b} then {a, c} then {c}: 5 first reads of 7.
+    assert achievable(trace, 3, l2=False) == (7, 2, 0)
+    assert achievable(trace, 3, l2=True) == (7, 2, 5)
+    assert achievable(trace, 1, l2=True) == (7, 0, 7)
+
+
+async def test_without_redis_every_cold_start_reads_the_store(store_url: str) -> None:
+    run = await run_bench(BenchConfig.quick(store=store_url, **SMALL))
+
+    assert run.instances == 6
+    # One read per turn, each by the tier the trace allows: sequential turns in one
+    # process leave nothing to chance, so the best case is met exactly.
+    assert run.reads == 300 == len(run.samples.tiers)
+    assert run.l1_hits == run.l1_max_hits
+    assert run.l2_hits == 0
+    assert run.misses == 300 - run.l1_max_hits
+    assert run.samples.tiers.count("store") == run.misses
+    assert run.conflicts == 0
+    table = {row.metric: row for row in rows(run)}
+    assert table["L2 hit rate"].passed is None
+    assert table["L1 hit rate"].passed
+    assert table["total hit rate"].passed
+    await assert_cleaned_up(run)
+
+
+async def test_with_redis_l2_serves_every_cold_read(store_url: str, redis_url: str) -> None:
+    run = await run_bench(BenchConfig.quick(store=store_url, redis=redis_url, **SMALL))
+
+    assert run.reads == 300
+    assert run.l1_hits == run.l1_max_hits
+    assert run.l2_hits == run.l2_max_hits == 300 - run.l1_max_hits
+    assert run.misses == 0
+    assert set(run.samples.tiers) == {"l1", "l2"}
+    table = {row.metric: row for row in rows(run)}
+    assert table["L2 hit rate"].value == table["total hit rate"].value == 1.0
+    assert table["p95 load, uncached (store)"].passed is None  # no such turns
+    document = report(run)
+    assert document["reads"]["misses"] == 0
+    assert document["latency_ms"]["history"]["l2"]["count"] == run.l2_hits
+    assert len(document["timeline"]["rss"]) == len(document["timeline"]["seconds"]) > 0
+    assert all(rss > 0 for rss in document["timeline"]["rss"])
+    assert document["memory"]["peak_l1_bytes"] > 0
+    await assert_cleaned_up(run)
+
+
+async def assert_cleaned_up(run: BenchRun) -> None:
+    async with ConversationCache.from_urls(run.store, namespace=run.namespace) as cache:
+        assert (await cache.list_threads()).thread_ids == ()
+
+
+def test_report_hides_passwords() -> None:
+    run = BenchRun(
+        BenchConfig(store="postgresql://ana:s3cret@db/x", redis="redis://:hush@r:6379/0"),
+        store="postgresql://ana:s3cret@db/x",
+        namespace="n",
+    )
+    document = json.dumps(report(run))
+    assert "s3cret" not in document
+    assert "hush" not in document
+    assert "postgresql://ana:***@db/x" in document
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"threads": 0}, "threads"),
+        ({"requests": -1}, "requests"),
+        ({"per_instance": 1.5}, "per_instance"),
+        ({"zipf_s": 0}, "zipf_s"),
+        ({"zipf_s": "1"}, "zipf_s"),
+        ({"large_threads": 300, "threads": 10}, "large_threads"),
+        ({"memory_limit": 1024}, "memory_limit"),
+        ({"store": ""}, "store"),
+    ],
+)
+def test_bad_config_is_a_typed_error(overrides: dict[str, object], needle: str) -> None:
+    with pytest.raises(InvalidArgument, match=needle):
+        BenchConfig(**overrides)  # type: ignore[arg-type]
+
+
+async def test_run_bench_checks_its_config() -> None:
+    with pytest.raises(InvalidArgument, match="BenchConfig"):
+        await run_bench({"threads": 1})  # type: ignore[arg-type]
+
+
+def test_cli_prints_the_table_and_writes_json_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    size = ["--requests", "200", "--threads", "40"]
+    result = invoke(["bench", "--quick", *size, "--json", str(out), "--plot", str(plots)])
+    document = json.loads(out.read_bytes())
+    # Timing targets may miss on a busy machine; the exit code must say so, and agree.
+    assert result.exit_code == (0 if document["passed"] else 1), result.output
+    for metric in ("L1 hit rate", "total hit rate", "loop lag p99", "peak RSS / memory limit"):
+        assert metric in result.output
+    assert "200 turns on 40 threads" in result.output
+    assert document["reads"]["l1_hits"] + document["reads"]["misses"] == 200
+    assert {row["metric"] for row in document["rows"]} >= {"L1 hit rate", "loop lag p99"}
+    for name in ("hit_rates.png", "latency.png", "loop_lag.png", "memory.png"):
+        data = (plots / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        assert len(data) > 10_000, name
+        assert str(plots / name) in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--requests", "0"], "requests"),
+        (["--json", "/no/such/dir/out.json"], "/no/such/dir is not a directory"),
+        (["--plot", "/proc/no-plots-here"], "cannot create the plot directory"),
+        (["--store", "mysql://x"], "mysql"),
+    ],
+)
+def test_cli_bad_input_is_one_red_line_before_any_run(args: list[str], needle: str) -> None:
+    result = invoke(["bench", "--quick", *args])
+    assert result.exit_code == 1
+    assert needle in result.output
+    assert "turns on" not in result.output  # no run, no table
+
+
+def test_main_job_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
+    """The README's first command: ``agent-core bench --quick`` (SQLite, no Redis)."""
+    env = {k: v for k, v in os.environ.items() if v is not None and k not in CLEAN_ENV}
+    env["COLUMNS"] = "100"
+    script = Path(sys.executable).with_name("agent-core")
+    done = subprocess.run(
+        [str(script), "bench", "--quick", "--json", str(tmp_path / "b.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    document = json.loads((tmp_path / "b.json").read_bytes())
+    assert done.returncode == (0 if document["passed"] else 1), done.stderr
+    assert "agent-core bench" in done.stdout
+    assert "SQLite, no L2" in done.stdout
+    verdicts = {row["metric"]: row["passed"] for row in document["rows"]}
+    assert verdicts["L1 hit rate"]
+    assert verdicts["total hit rate"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "b.json"]  # the SQLite file was temporary
