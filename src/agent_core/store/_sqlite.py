@@ -228,8 +228,8 @@ class SQLiteStore:
             await asyncio.to_thread(pool.shutdown, wait=True)
         with self._connections_lock:
             connections, self._connections = self._connections, []
-        for connection in connections:
-            connection.close()
+        # Off the loop: the last connection to close checkpoints the WAL, with an fsync.
+        await asyncio.to_thread(_close_all, connections)
         self._writer = None
 
     def _connect(self) -> sqlite3.Connection:
@@ -593,3 +593,8 @@ def _migrate(connection: sqlite3.Connection) -> None:
             for statement in statements:
                 connection.execute(statement)
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for connection in connections:
+        connection.close()
