@@ -269,6 +269,8 @@ async def _instance(
     run.l2_hits += stats.l2_hits
     run.misses += stats.misses
     run.l1_budget = max(run.l1_budget, stats.l1_max_bytes)
+    # L1 is fullest at the end of an instance: the timeline's samples may fall between.
+    run.peak_l1_bytes = max(run.peak_l1_bytes, stats.l1_bytes)
 
 
 async def _sample(run: BenchRun, current: list[ConversationCache], lag: LoopLagMonitor) -> None:
