@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from .._validation import check_count, check_thread_id
+from .._validation import check_count
 from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
 from ..errors import InvalidArgument
@@ -145,10 +145,10 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> Be
         run = BenchRun(config, store, namespace=f"bench-{secrets.token_hex(4)}")
         _, l1_max, l2_max = achievable(trace, config.per_instance, l2=config.redis is not None)
         run.l1_max_hits, run.l2_max_hits = l1_max, l2_max
-        started = time.perf_counter()
-        await _seed(run, threads, large, rng)
-        run.seed_seconds = time.perf_counter() - started
         try:
+            started = time.perf_counter()
+            await _seed(run, threads, large, rng)
+            run.seed_seconds = time.perf_counter() - started
             await _turns(run, trace, progress)
         finally:
             await _clean_up(run, threads)
@@ -189,7 +189,6 @@ async def _seed(run: BenchRun, threads: list[str], large: set[str], rng: random.
     config = run.config
     async with _cache(run) as cache:
         for thread_id in threads:
-            check_thread_id(thread_id)
             if thread_id in large:
                 count = config.large_thread_bytes // _LARGE_MESSAGE_CHARS
                 for start in range(0, count, _LARGE_BATCH):
