@@ -52,7 +52,7 @@ def versions(output: str) -> list[int]:
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
-        ("serve", ["--host", "--port", "--store", "AGENT_CORE_STORE_URL", "AGENT_CORE_PORT"]),
+        ("serve", ["--host", "--port", "--store", "AGENT_CORE_STORE_URL", "--no-access-log"]),
         ("stats", ["--url", "--json"]),
         ("bench", ["--quick", "--redis", "--json", "--plot", "AGENT_CORE_BENCH_STORE_URL"]),
         ("chat", ["THREAD", "--store", "--redis", "--model", "--system", "AGENT_CORE_MODEL"]),
@@ -160,11 +160,17 @@ def test_stats_of_an_unreachable_server_is_a_clean_error() -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """``agent-core serve`` in a subprocess on a free port and a temp SQLite store."""
+def server(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """``agent-core serve`` in a subprocess on a free port and a temp SQLite store.
+
+    Parametrized indirectly, the parameter is extra environment for the server.
+    """
     port = free_port()
     env = {name: value for name, value in os.environ.items() if not name.startswith("AGENT_CORE_")}
     env["AGENT_CORE_PORT"] = str(port)  # the port through its variable, the store by flag
+    env.update(getattr(request, "param", {}))
     log = tmp_path / "serve.log"
     with log.open("wb") as output:  # a file, not a pipe nobody reads, for uvicorn's log
         process = subprocess.Popen(
@@ -233,3 +239,14 @@ def test_serve_then_stats_then_stop(
     process.send_signal(stop)
     assert process.wait(timeout=10) == 0
     assert "Finished server process" in log.read_text()  # a graceful shutdown
+    assert '"POST /v1/threads/t-1/messages HTTP/1.1" 201' in log.read_text()  # access log
+
+
+@pytest.mark.parametrize("server", [{"AGENT_CORE_ACCESS_LOG": "false"}], indirect=True)
+def test_serve_without_access_log(server: tuple[str, subprocess.Popen[bytes], Path]) -> None:
+    base, process, log = server
+    assert httpx.get(f"{base}/v1/threads/t-1", timeout=10).status_code == 200
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert "Finished server process" in log.read_text()
+    assert "GET /v1/threads" not in log.read_text()

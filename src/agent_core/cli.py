@@ -119,6 +119,14 @@ def serve(
     redis: RedisOption = None,
     model: ModelOption = None,
     namespace: NamespaceOption = None,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            "--access-log/--no-access-log",
+            envvar="AGENT_CORE_ACCESS_LOG",
+            help="Log one line per request (uvicorn's access log).",
+        ),
+    ] = True,
 ) -> None:
     """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM."""
     from .server import create_app
@@ -127,12 +135,12 @@ def serve(
     try:
         asgi = create_app(settings)
         with _signals_end_quietly():
-            asyncio.run(_serve(asgi, host, port))
+            asyncio.run(_serve(asgi, host, port, access_log=access_log))
     except AgentCoreError as exc:
         _fail(str(exc))
 
 
-async def _serve(asgi: FastAPI, host: str, port: int) -> None:
+async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> None:
     """uvicorn inside the app's lifespan, which this runs itself.
 
     Under uvicorn's lifespan a store that will not open is a logged traceback and exit
@@ -142,7 +150,8 @@ async def _serve(asgi: FastAPI, host: str, port: int) -> None:
 
     async with asgi.router.lifespan_context(asgi):
         _freeze_startup_objects()
-        await uvicorn.Server(uvicorn.Config(asgi, host=host, port=port, lifespan="off")).serve()
+        config = uvicorn.Config(asgi, host=host, port=port, lifespan="off", access_log=access_log)
+        await uvicorn.Server(config).serve()
 
 
 def _freeze_startup_objects() -> None:
