@@ -33,7 +33,6 @@ from agent_core.tokens._encodings import (
     _UNICODE_17,
     PATTERNS,
     _mask_unicode_17,
-    _merge,
     _tiktoken_tables,
     bpe_counter,
 )
@@ -308,17 +307,6 @@ def test_unicode_17_pieces_next_to_other_new_code_points(oracle: Oracle, name: s
     ]
     for text in texts:
         assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text[:80])
-
-
-@pytest.mark.parametrize("name", ENCODINGS)
-def test_merge_is_tiktokens_byte_pair_encoding(oracle: Oracle, name: str) -> None:
-    reference = oracle[1][name]
-    ranks = {token: rank for rank, token in enumerate(_quicktok_ranks(name))}
-    rng = random.Random(18)
-    alphabet = ["a", "b", " ", "'", "\u088f", "\U000323b0", "é", "日", "👍", "!", "\n", "1"]
-    for size in [*range(1, 40), 200, 3000]:
-        piece = "".join(rng.choice(alphabet) for _ in range(size)).encode("utf-8")
-        assert _merge(ranks, piece) == len(reference._encode_single_piece(piece)), piece
 
 
 def test_split_classes_are_tiktokens_unicode_16_tables() -> None:

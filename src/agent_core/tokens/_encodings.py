@@ -13,19 +13,21 @@ exactly (docs/research/tokenizers.md, sections 4 and 7):
   the pieces holding a mask count differently.
   Each of those is found by splitting with tiktoken's pattern from a nearby position
   where a piece ends whatever precedes it (``_SYNC``), so the work stays next to the
-  masks, and its count is replaced by a byte-pair merge of its original bytes.
+  masks, and its count is replaced by tiktoken's count of its original text (a
+  ``tiktoken.Encoding`` built from quicktok's ranks, never downloaded).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
 from functools import cache
-from heapq import heapify, heappop, heappush
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import quicktok
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = ["BpeCounter", "bpe_counter"]
 
@@ -129,7 +131,7 @@ class _Tables(NamedTuple):
 
     splitter: Any  # regex.Pattern: the regex module ships no type hints
     sync: Any
-    ranks: dict[bytes, int]
+    reference: tiktoken.Encoding
 
 
 class BpeCounter:
@@ -178,25 +180,36 @@ class BpeCounter:
                 start, end = piece.span()
                 # quicktok counted the masked piece as one piece, as it counts it alone:
                 # cut at its end, a piece still matches whole, for only the paths that
-                # reach the new end of text change, and they end there.
+                # reach the new end of text change, and they end there. For the same
+                # reason tiktoken takes the original piece alone as one piece, so its
+                # count of it is its byte-pair merge (about 1 µs a piece).
                 total -= int(self._encoding.count(piece.group()))
-                total += _merge(tables.ranks, text[start:end].encode("utf-8"))
+                total += len(tables.reference.encode_ordinary(text[start:end]))
             mask = masked.find(_MASK, max(mask + 1, end))
         return total
 
     def _load_tables(self) -> _Tables:
         with self._lock:
             if self._tables is None:
-                # Imported here: only texts with Unicode-17 letters need it.
+                # Imported here: only texts with Unicode-17 letters need them.
                 import regex
+                import tiktoken
 
                 # Ordinary tokens only, as tiktoken's mergeable ranks (~25 MB for o200k).
                 tokens = self._encoding.token_byte_values()
+                ranks = dict(
+                    zip(tokens, map(self._encoding.encode_single_token, tokens), strict=True)
+                )
                 self._tables = _Tables(
                     splitter=regex.compile(_tiktoken_tables(PATTERNS[self._name])),
                     sync=regex.compile(_tiktoken_tables(_SYNC[self._name]), regex.REVERSE),
-                    ranks=dict(
-                        zip(tokens, map(self._encoding.encode_single_token, tokens), strict=True)
+                    # tiktoken's own constructor for this encoding, with the ranks given
+                    # rather than downloaded; no special tokens: counts are plain text.
+                    reference=tiktoken.Encoding(
+                        self._name,
+                        pat_str=PATTERNS[self._name],
+                        mergeable_ranks=ranks,
+                        special_tokens={},
                     ),
                 )
             return self._tables
@@ -221,45 +234,6 @@ def _mask_unicode_17(data: bytes) -> tuple[bytes, int]:
         masked, n = _UNICODE_17_ASTRAL_UTF8.subn(_MASK_UTF8, masked)
         found += n
     return masked, found
-
-
-def _merge(ranks: Mapping[bytes, int], piece: bytes) -> int:
-    """Tokens of one piece, as tiktoken's ``byte_pair_encode``.
-
-    Merges the adjacent pair of lowest rank, the leftmost of equals, until none is a
-    token. A heap of pairs with stale entries skipped keeps a long piece O(n log n).
-    """
-    if piece in ranks:
-        return 1  # tiktoken looks the whole piece up first
-    size = len(piece)
-    # Parts are named by their start; after[i] is the start of the next part, 0 once
-    # part i has merged into the part before it.
-    after = list(range(1, size + 2))
-    before = list(range(-1, size))
-    pairs = [
-        (rank, i, i + 2)
-        for i in range(size - 1)
-        if (rank := ranks.get(piece[i : i + 2])) is not None
-    ]
-    heapify(pairs)
-    parts = size
-    while pairs:
-        _, left, end = heappop(pairs)
-        right = after[left]
-        if not right or after[right] != end:
-            continue  # one of the two parts has merged since
-        after[left], after[right] = end, 0
-        parts -= 1
-        if end < size:
-            before[end] = left
-            rank = ranks.get(piece[left : after[end]])
-            if rank is not None:
-                heappush(pairs, (rank, left, after[end]))
-        if left:
-            rank = ranks.get(piece[before[left] : end])
-            if rank is not None:
-                heappush(pairs, (rank, before[left], end))
-    return parts
 
 
 @cache
