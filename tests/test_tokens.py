@@ -902,7 +902,7 @@ def test_long_run_check_agrees_with_the_full_scan() -> None:
 _SLICED_ALPHABET = "好\uff0c\u3002世aZ9 \n\t'\u2019s/!.é\u0301中😀\u088f\ue000_-"
 
 
-@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4", "qwen2.5-7b"])
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4", "qwen2.5-7b", "llama-3.1-8b"])
 def test_counting_in_slices_equals_counting_whole(model: str) -> None:
     """count_async's slices are cut only where every piece ends, whatever precedes."""
     counter = TokenCounter.for_model(model)
@@ -910,3 +910,17 @@ def test_counting_in_slices_equals_counting_whole(model: str) -> None:
     for _ in range(400):
         text = "".join(rng.choice(_SLICED_ALPHABET) for _ in range(rng.randint(1, 300)))
         assert counter._count_slices(text, rng.randint(1, 40)) == counter.count(text), text
+
+
+def test_llama3_slices_follow_metas_cuts() -> None:
+    """Llama 3 is sliced inside Meta's 400,000 / 25,000-character cuts, never across them."""
+    counter = TokenCounter.for_model("llama-3.1-8b")
+    sentence = "The quick brown fox. 你好\uff0c世界。 It's 2024!\n"
+    texts = [
+        sentence * 15_000,  # 480K characters: one cut at 400,000
+        "a" * 60_000 + " " + sentence * 100 + " " * 30_000 + "b" * 26_000,  # runs of 25,000
+        (sentence * 9_000)[:399_990] + "x" * 40_000 + sentence,  # a run across the 400K cut
+    ]
+    for text in texts:
+        assert counter._count_slices(text, 1000) == counter.count(text)
+        assert counter._count_slices(text, 64 << 10) == counter.count(text)

@@ -37,7 +37,13 @@ from ._models import LLAMA3, QWEN
 if TYPE_CHECKING:
     import tiktoken
 
-__all__ = ["LLAMA3_PATTERN", "QWEN_PATTERN", "open_model_counter", "quicktok_ranks"]
+__all__ = [
+    "LLAMA3_PATTERN",
+    "QWEN_PATTERN",
+    "llama3_counter",
+    "open_model_counter",
+    "quicktok_ranks",
+]
 
 # Verbatim from meta-llama/llama-models models/llama3/api/tokenizer.py (Tokenizer.pat_str).
 LLAMA3_PATTERN: Final = (
@@ -141,7 +147,16 @@ class Llama3Counter:
 
     def count(self, text: str) -> int:
         """BPE tokens of ``text``; tiktoken turns lone surrogates into U+FFFD."""
-        return sum(len(self._encoding.encode_ordinary(piece)) for piece in _meta_pieces(text))
+        return sum(map(self.count_piece, _meta_pieces(text)))
+
+    @staticmethod
+    def pieces(text: str) -> Iterator[str]:
+        """The substrings Meta's ``Tokenizer.encode`` encodes one by one (``count`` sums them)."""
+        return _meta_pieces(text)
+
+    def count_piece(self, piece: str) -> int:
+        """BPE tokens of one of `pieces`, or of any text Meta's tokenizer would not cut."""
+        return len(self._encoding.encode_ordinary(piece))
 
 
 class QwenCounter:
@@ -188,3 +203,10 @@ _COUNTERS: Final[dict[str, type[Llama3Counter | QwenCounter]]] = {
 def open_model_counter(name: str) -> Llama3Counter | QwenCounter:
     """The shared counter of an open-model encoding, loaded once (0.1-0.4 s)."""
     return _COUNTERS[name]()
+
+
+def llama3_counter() -> Llama3Counter:
+    """The shared Llama 3 counter."""
+    counter = open_model_counter(LLAMA3)
+    assert isinstance(counter, Llama3Counter)
+    return counter
