@@ -886,17 +886,23 @@ def test_open_models_load_and_count_offline() -> None:
     assert done.stdout.strip() == "ok"
 
 
-def test_long_run_check_agrees_with_the_full_scan() -> None:
-    from agent_core.tokens._open_models import _LONG_RUN, _long_runs
+def test_long_run_cuts_agree_with_the_full_scan() -> None:
+    from agent_core.tokens._open_models import _LONG_RUN, _RUN_CHARS, _run_cuts
 
     rng = random.Random(5)
     for _ in range(300):
         runs = [
-            rng.choice("a \n\u00e9\u3000") * rng.choice([1, 24_999, 25_000, 25_001, 30_000])
+            rng.choice("a \n\u00e9\u3000")
+            * rng.choice([1, 24_999, 25_000, 25_001, 30_000, 60_000, 75_001])
             for _ in range(rng.randint(1, 6))
         ]
         text = "".join(runs)[: rng.randint(1, 400_000)]
-        assert _long_runs(text) == [m.span() for m in _LONG_RUN.finditer(text)]
+        expected = [
+            cut
+            for run in _LONG_RUN.finditer(text)
+            for cut in range(run.start() + _RUN_CHARS, run.end(), _RUN_CHARS)
+        ]
+        assert list(_run_cuts(text)) == expected
 
 
 _SLICED_ALPHABET = "好\uff0c\u3002世aZ9 \n\t'\u2019s/!.é\u0301中😀\u088f\ue000_-"

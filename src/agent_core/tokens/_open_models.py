@@ -61,8 +61,9 @@ _RUN_CHARS: Final = 25_000
 # A run of whitespace or non-whitespace longer than _RUN_CHARS, matched from its start.
 # Python's \s is str.isspace(), the test Meta's splitter uses.
 _LONG_RUN: Final = re.compile(r"(?<!\S)\S{25001,}|(?<!\s)\s{25001,}")
-_SPACES: Final = re.compile(r"\s*")
-_NON_SPACES: Final = re.compile(r"\S*")
+# The last character of a class before a position: .* jumps to it, then backtracks.
+_LAST_SPACE: Final = re.compile(r"(?s:.*)\s")
+_LAST_NON_SPACE: Final = re.compile(r"(?s:.*)\S")
 _SPACE: Final = re.compile(r"\s")
 _NON_SPACE: Final = re.compile(r"\S")
 
@@ -94,47 +95,58 @@ def _encoding(name: str, pattern: str) -> tiktoken.Encoding:
 
 
 def _meta_pieces(text: str) -> Iterator[str]:
-    """The substrings Meta's ``Tokenizer.encode`` encodes one by one."""
+    """The substrings Meta's ``Tokenizer.encode`` encodes one by one, lazily."""
     for start in range(0, len(text), _SLICE_CHARS):
         part = text[start : start + _SLICE_CHARS]
         cut = 0
-        for run_start, run_end in _long_runs(part):
-            for end in range(run_start + _RUN_CHARS, run_end, _RUN_CHARS):
-                yield part[cut:end]
-                cut = end
+        for end in _run_cuts(part):
+            yield part[cut:end]
+            cut = end
         yield part[cut:]
 
 
-def _long_runs(part: str) -> list[tuple[int, int]]:
-    """The runs of whitespace or non-whitespace longer than ``_RUN_CHARS``, in order.
+def _run_cuts(part: str) -> Iterator[int]:
+    """Where Meta's splitter cuts ``part``, in order: every ``_RUN_CHARS`` characters of a
+    run of whitespace or non-whitespace longer than that.
 
     Such a run covers one of the positions ``k * _RUN_CHARS``, so only the runs through
-    those are measured (matching `_LONG_RUN` over the whole part would hold the GIL
-    for about 30 ns a character).
+    those are measured, from at most ``_RUN_CHARS + 1`` characters either side (matching
+    `_LONG_RUN` over the whole part would hold the GIL for about 30 ns a character). A
+    long run is read on a window at a time and each cut yielded as soon as the run is
+    known to reach it: a caller that counts the piece before asking for the next cut
+    releases the GIL in between, even in a CJK text that is one run of 100,000s of
+    characters (~12 ns each to read).
     """
-    runs: list[tuple[int, int]] = []
-    for position in range(0, len(part), _RUN_CHARS):
-        if runs and position < runs[-1][1]:
-            continue  # inside the run just found
-        space = part[position].isspace()
-        run = (_SPACES if space else _NON_SPACES).match(part, position)
-        end = run.end() if run else position
-        other = _NON_SPACE if space else _SPACE
-        # The run is long unless the other class shows up close enough before it.
-        reach = max(end - _RUN_CHARS - 1, 0)
-        if end - reach <= _RUN_CHARS or other.search(part, reach, position) is not None:
-            continue
-        # Rare: walk back to the run's start a window at a time.
-        start = reach
-        while start > 0:
-            window = max(start - _RUN_CHARS, 0)
-            found = [m.end() for m in other.finditer(part, window, start)]
-            if found:
-                start = found[-1]
+    position = 0
+    while position < len(part):
+        if part[position].isspace():
+            other, last_other = _NON_SPACE, _LAST_NON_SPACE
+        else:
+            other, last_other = _SPACE, _LAST_SPACE
+        # The run starts after the last character of the other class before it.
+        high = position
+        while True:
+            low = max(high - _RUN_CHARS - 1, 0)
+            found = last_other.match(part, low, high)
+            if found or not low:
+                start = found.end() if found else 0
                 break
-            start = window
-        runs.append((start, end))
-    return runs
+            high = low
+        found = other.search(part, position, position + _RUN_CHARS + 1)
+        end = found.start() if found else min(position + _RUN_CHARS + 1, len(part))
+        if end - start <= _RUN_CHARS:
+            position += _RUN_CHARS
+            continue
+        cut = start + _RUN_CHARS
+        while True:
+            while cut < end:
+                yield cut
+                cut += _RUN_CHARS
+            if found or end == len(part):
+                break
+            found = other.search(part, end, end + _RUN_CHARS)
+            end = found.start() if found else min(end + _RUN_CHARS, len(part))
+        position = -(-end // _RUN_CHARS) * _RUN_CHARS  # the first position past the run
 
 
 class Llama3Counter:
