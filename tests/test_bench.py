@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from agent_core import ConversationCache
@@ -174,3 +177,42 @@ def test_main_job_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert verdicts["L1 hit rate"]
     assert verdicts["total hit rate"]
     assert list(tmp_path.iterdir()) == [tmp_path / "b.json"]  # the SQLite file was temporary
+
+
+async def test_interrupted_run_deletes_what_it_wrote(fresh_postgres_url: str) -> None:
+    """Ctrl-C in the middle of a run: exit code 130, and none of its messages are left."""
+    script = Path(sys.executable).with_name("agent-core")
+    process = await asyncio.create_subprocess_exec(
+        *(str(script), "bench", "--store", fresh_postgres_url, "--threads", "400"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k not in CLEAN_ENV},
+    )
+    connection = await asyncpg.connect(fresh_postgres_url)
+    try:
+        for _ in range(600):  # until the run has written something (at most 60 s)
+            if await _bench_messages(connection):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the bench wrote nothing in 60 s")
+        process.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 130, stderr
+        assert b"interrupted" in stderr
+        assert await _bench_messages(connection) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await connection.close()
+
+
+async def _bench_messages(connection: asyncpg.Connection) -> int:
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM agent_core.messages WHERE namespace LIKE 'bench-%'"
+        )
+    except asyncpg.UndefinedTableError:
+        return 0  # the schema is not there yet
+    return count

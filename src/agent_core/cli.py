@@ -257,6 +257,10 @@ def bench(
             _write(json_file, orjson.dumps(report(run), option=orjson.OPT_INDENT_2) + b"\n")
     except AgentCoreError as exc:
         _fail(str(exc))
+    except KeyboardInterrupt:
+        # run_bench deleted what it wrote on the way out (its cleanup is a finally).
+        _err.print("[bold red]interrupted[/]")
+        raise typer.Exit(130) from None
     _out.print(_bench_table(run, table))
     for path in [*written, *([json_file] if json_file is not None else [])]:
         _out.print(f"wrote {escape(str(path))}")
