@@ -135,6 +135,15 @@ async def test_lag_monitor_start_and_stop() -> None:
     assert lag.snapshot().count == count  # nothing samples after stop
 
 
+async def test_lag_monitor_hands_each_sample_to_on_sample() -> None:
+    samples: list[float] = []
+    async with LoopLagMonitor(interval=0.005, on_sample=samples.append) as lag:
+        await asyncio.sleep(0.05)
+    assert len(samples) == lag.snapshot().count >= 1
+    assert max(samples) == lag.snapshot().max
+    assert min(samples) >= 0.0
+
+
 def test_lag_monitor_needs_a_running_loop() -> None:
     with pytest.raises(RuntimeError):
         LoopLagMonitor().start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -35,9 +36,15 @@ class LoopLagMonitor(Sampler):
     spent on other callbacks (or blocked in one) before it got to the wake-up. A
     sample costs one sleep and one histogram increment. Use it as
     ``async with LoopLagMonitor() as lag:`` or call `start` and `stop` yourself.
+    ``on_sample``, if given, is also called with each sample (seconds), on the loop.
     """
 
-    def __init__(self, interval: float = MIN_INTERVAL) -> None:
+    def __init__(
+        self,
+        interval: float = MIN_INTERVAL,
+        *,
+        on_sample: Callable[[float], None] | None = None,
+    ) -> None:
         self._interval = check_number(
             "interval",
             interval,
@@ -45,6 +52,7 @@ class LoopLagMonitor(Sampler):
             f"a number of seconds >= {MIN_INTERVAL}",
         )
         self._histogram = Histogram()
+        self._on_sample = on_sample
         self._task = BackgroundTask(self._sample, "agent-core-loop-lag")
 
     @property
@@ -70,10 +78,14 @@ class LoopLagMonitor(Sampler):
     async def _sample(self) -> None:
         interval = self._interval
         record = self._histogram.record
+        on_sample = self._on_sample
         # perf_counter, not loop.time(): uvloop's loop clock is cached at 1 ms resolution.
         clock = time.perf_counter
         while True:
             started = clock()
             await asyncio.sleep(interval)
             lag = clock() - started - interval
-            record(lag if lag > 0.0 else 0.0)
+            lag = lag if lag > 0.0 else 0.0
+            record(lag)
+            if on_sample is not None:
+                on_sample(lag)
