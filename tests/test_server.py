@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 
 from agent_core import StoreUnavailable
 from agent_core.server import Settings, create_app
+from agent_core.server._recent import RecentSamples, RecentSummary
 
 PROBLEM = "application/problem+json"
 
@@ -365,14 +367,22 @@ async def test_openapi(client: httpx.AsyncClient) -> None:
         "/healthz",
         "/readyz",
         "/v1/stats",
+        "/v1/dashboard",
     }
+    assert "/" not in paths  # the dashboard page is for people; its data is /v1/dashboard
     assert set(paths["/v1/threads/{thread_id}"]) == {"get", "delete"}
     append = paths["/v1/threads/{thread_id}/messages"]["post"]
     assert "requestBody" in append
     assert "201" in append["responses"]
     assert "409" in append["responses"]
     schemas = spec["components"]["schemas"]
-    assert {"AppendRequest", "ThreadResponse", "TurnRequest", "TurnResponse"} <= set(schemas)
+    assert {
+        "AppendRequest",
+        "ThreadResponse",
+        "TurnRequest",
+        "TurnResponse",
+        "DashboardResponse",
+    } <= set(schemas)
 
 
 async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -> None:
@@ -385,6 +395,7 @@ async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -
         assert (await http.get("/v1/threads/r")).status_code == 200
         ready = (await http.get("/readyz")).json()
         assert (ready["status"], ready["redis"]) == ("ok", "ok")
+        assert (await http.get("/v1/dashboard")).json()["redis"] == "ok"
 
 
 async def test_store_unreachable(namespace: str) -> None:
@@ -426,3 +437,91 @@ def test_settings_from_env() -> None:
         Settings.from_env({}, colour="blue")
     with pytest.raises(ValueError, match="max_body_bytes"):
         Settings(max_body_bytes=0)
+
+
+# -- the dashboard ---------------------------------------------------------------------
+
+
+async def test_dashboard_data(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/threads/d/messages", json={"messages": [user("a")]})
+    assert (await client.get("/v1/threads/d")).status_code == 200  # from L1
+    assert (await client.get("/v1/threads/never-written")).status_code == 200  # from the store
+    assert (await client.post("/v1/threads/d/turns", json={"message": "hi"})).status_code == 200
+    await asyncio.sleep(0.05)  # a few loop-lag samples
+
+    response = await client.get("/v1/dashboard")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    data = response.json()
+    stats = (await client.get("/v1/stats")).json()
+    assert data["reads"] == {
+        "total": stats["requests"],
+        "l1_hits": stats["l1_hits"],
+        "l2_hits": stats["l2_hits"],
+        "misses": stats["misses"],
+    }
+    assert data["hit_rate"] == {
+        "l1": stats["l1_hit_rate"],
+        "l2": stats["l2_hit_rate"],
+        "total": stats["hit_rate"],
+    }
+    assert 0 < data["hit_rate"]["total"] < 1
+    assert data["appends"] == stats["appends"] == 2
+    latency = data["read_latency"]
+    # The GET and the turn's history came from L1; the unknown thread from the store.
+    assert latency["l1"]["count"] == 2
+    assert latency["store"]["count"] == 1
+    assert latency["l2"] == {"count": 0, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    for tier in ("l1", "store"):
+        s = latency[tier]
+        assert 0 < s["p50"] <= s["p95"] <= s["p99"] <= s["max"] < 10
+    lag = data["loop_lag"]
+    assert lag["count"] > 0
+    assert 0 <= lag["p50"] <= lag["p99"] <= lag["max"]
+    assert data["window"] == 10.0
+    assert 0 < data["uptime"] < 600
+    memory = data["memory"]
+    assert memory["rss"] > 0
+    assert memory["limit"] >= memory["rss"]
+    assert 0 < memory["l1_bytes"] <= memory["l1_budget"]
+    assert memory["l1_entries"] == 2  # the empty thread read from the store is cached too
+    assert data["redis"] == "none"
+
+
+async def test_dashboard_page(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.headers["cache-control"] == "no-cache"
+    page = response.text
+    assert '"v1/dashboard"' in page
+    assert page.count("<canvas id=") == 4
+    # Nothing is loaded from elsewhere: the page must work offline.
+    assert "http://" not in page
+    assert "https://" not in page
+    assert "<script src" not in page
+    assert "stylesheet" not in page
+
+
+async def test_dashboard_errors_are_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.post("/v1/dashboard"), 405)
+    assert_problem(await client.delete("/"), 405)
+    assert_problem(await client.get("/dashboard"), 404)
+
+
+def test_recent_samples_keep_the_window() -> None:
+    now = [100.0]
+    samples = RecentSamples(window=10.0, max_samples=5, clock=lambda: now[0])
+    assert samples.summary() == RecentSummary(0, 0.0, 0.0, 0.0, 0.0)
+    for value in (5.0, 1.0, 3.0):
+        samples.add(value)
+    assert samples.summary() == RecentSummary(3, 3.0, 5.0, 5.0, 5.0)
+    now[0] = 105.0
+    samples.add(2.0)
+    samples.add(4.0)
+    samples.add(0.5)  # over max_samples: the oldest (5.0) goes
+    assert samples.summary() == RecentSummary(5, 2.0, 4.0, 4.0, 4.0)
+    now[0] = 110.5  # the first three are over 10 s old
+    assert samples.summary() == RecentSummary(3, 2.0, 4.0, 4.0, 4.0)
+    now[0] = 200.0
+    assert samples.summary().count == 0

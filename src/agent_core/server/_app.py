@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -21,8 +21,11 @@ from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
 from ..observe import LoopLagMonitor
+from ._core import Core, core_of
+from ._dashboard import dashboard_router
 from ._metrics import Metrics
 from ._problems import error_problem, install_problem_handlers, problem
+from ._recent import RecentActivity
 from ._settings import Settings
 
 __all__ = ["create_app"]
@@ -39,18 +42,6 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-@dataclass
-class _Core:
-    """What the lifespan opened; handlers reach it through ``app.state.core``."""
-
-    settings: Settings
-    cache: ConversationCache
-    agent: BaseAgent
-    lag: LoopLagMonitor
-    metrics: Metrics
-    token_model: str
 
 
 # -- request and response bodies (they are the OpenAPI schemas) ---------------------
@@ -168,9 +159,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 reserve_output_tokens=settings.reserve_output_tokens,
                 token_model=token_model,
             )
-            lag = await stack.enter_async_context(LoopLagMonitor(_LAG_INTERVAL))
+            recent = RecentActivity()
+            lag = await stack.enter_async_context(
+                LoopLagMonitor(_LAG_INTERVAL, on_sample=recent.loop_lag.add)
+            )
             metrics = Metrics(cache.stats, lag.snapshot)
-            app.state.core = _Core(settings, cache, agent, lag, metrics, token_model)
+            app.state.core = Core(settings, cache, agent, lag, metrics, token_model, recent)
             yield
 
     app = FastAPI(
@@ -181,15 +175,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_problem_handlers(app)
     app.include_router(_router)
+    app.include_router(dashboard_router)
     # The last added runs first: refused bodies (413) are timed too.
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_Timing)
     return app
-
-
-def _core(request: Request) -> _Core:
-    core: _Core = request.app.state.core
-    return core
 
 
 # -- endpoints -----------------------------------------------------------------------
@@ -211,7 +201,7 @@ async def append_messages(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
     """Append messages; a repeated ``Idempotency-Key`` returns its first version."""
-    version = await _core(request).cache.append(
+    version = await core_of(request).cache.append(
         thread_id,
         body.messages,
         expected_version=body.expected_version,
@@ -235,7 +225,7 @@ async def get_thread(
     ] = None,
 ) -> Response:
     """The thread's messages, or with ``max_tokens`` the newest that fit (pinned kept)."""
-    core = _core(request)
+    core = core_of(request)
     cache = core.cache
     if model is not None and max_tokens is None:
         raise InvalidArgument("model only applies to a window: give max_tokens too")
@@ -251,9 +241,7 @@ async def get_thread(
         version = window.version
         payloads = tuple(message.raw for message in window.messages)
         tail = b',"token_count":%d,"omitted":%d' % (window.token_count, window.omitted)
-    core.metrics.thread_reads.labels(_tier(before, _tier_counts(cache))).observe(
-        time.perf_counter() - started
-    )
+    core.record_get(_tier(before, _tier_counts(cache)), time.perf_counter() - started)
     # The cached bytes are spliced in as they are: no decoding, no re-encoding.
     body = b"".join(
         (
@@ -277,7 +265,7 @@ async def get_thread(
 )
 async def delete_thread(request: Request, thread_id: str) -> Response:
     """Delete the thread's messages; returns its new version (versions never go back)."""
-    version = await _core(request).cache.delete(thread_id)
+    version = await core_of(request).cache.delete(thread_id)
     return Response(b'{"version":%d}' % version, media_type=_JSON)
 
 
@@ -297,15 +285,15 @@ async def delete_thread(request: Request, thread_id: str) -> Response:
 )
 async def run_turn(request: Request, thread_id: str, body: TurnRequest) -> Response:
     """One agent turn: history window, model call, and the user message and reply stored."""
-    core = _core(request)
+    core = core_of(request)
     if "text/event-stream" in request.headers.get("accept", ""):
         return await _stream_turn(core, thread_id, body.message)
     reply = await core.agent.run(thread_id, body.message)
-    core.metrics.record_turn(reply.timings, reply.history_tier)
+    core.record_turn(reply)
     return Response(_reply_json(reply), media_type=_JSON)
 
 
-async def _stream_turn(core: _Core, thread_id: str, message: str | dict[str, Any]) -> Response:
+async def _stream_turn(core: Core, thread_id: str, message: str | dict[str, Any]) -> Response:
     stream = core.agent.stream(thread_id, message)
     # The first chunk is awaited before answering, so that a turn that can't start
     # (budget, rate limit, model down) still gets its own status code.
@@ -329,7 +317,7 @@ async def _stream_turn(core: _Core, thread_id: str, message: str | dict[str, Any
                 return
         reply = stream.reply
         assert reply is not None
-        core.metrics.record_turn(reply.timings, reply.history_tier)
+        core.record_turn(reply)
         yield _sse("reply", _reply_json(reply))
 
     return StreamingResponse(
@@ -364,7 +352,7 @@ def _reply_json(reply: AgentReply) -> bytes:
 @_router.get("/metrics", tags=["ops"], response_class=Response)
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    registry = _core(request).metrics.registry
+    registry = core_of(request).metrics.registry
     # stats() samples RSS: a scrape is rare enough to do it on the loop.
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -383,7 +371,7 @@ async def healthz() -> Health:
 )
 async def readyz(request: Request) -> Response:
     """Ready when the store answers; a degraded Redis is reported but still ready (200)."""
-    core = _core(request)
+    core = core_of(request)
     store: Literal["ok", "unavailable"] = "ok"
     detail = ""
     try:
@@ -392,9 +380,7 @@ async def readyz(request: Request) -> Response:
     except Exception as exc:
         store, detail = "unavailable", f"{type(exc).__name__}: {exc}"
     stats = core.cache.stats()
-    redis: Literal["none", "ok", "degraded"] = (
-        "none" if core.settings.redis_url is None else "degraded" if stats.degraded else "ok"
-    )
+    redis = core.redis_state(stats)
     if store != "ok":
         status: Literal["ok", "degraded", "unavailable"] = "unavailable"
     else:
@@ -410,7 +396,7 @@ async def readyz(request: Request) -> Response:
 @_router.get("/v1/stats", tags=["ops"])
 async def stats(request: Request) -> dict[str, Any]:
     """The cache's counters, hit rates and memory, and the event-loop lag."""
-    core = _core(request)
+    core = core_of(request)
     s = core.cache.stats()
     return {
         **asdict(s),
@@ -510,7 +496,7 @@ class _Timing:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            core: _Core | None = getattr(scope["app"].state, "core", None)
+            core: Core | None = getattr(scope["app"].state, "core", None)
             if core is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", "unmatched")

@@ -1,0 +1,55 @@
+"""`Core`: what the app's lifespan opened, which every handler reaches through the request."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import Request
+
+from ..agent import AgentReply, BaseAgent
+from ..cache import CacheStats, ConversationCache
+from ..observe import LoopLagMonitor
+from ._metrics import Metrics
+from ._recent import RecentActivity
+from ._settings import Settings
+
+__all__ = ["Core", "core_of"]
+
+
+@dataclass
+class Core:
+    """The opened cache, agent and monitors; kept in ``app.state.core``."""
+
+    settings: Settings
+    cache: ConversationCache
+    agent: BaseAgent
+    lag: LoopLagMonitor
+    metrics: Metrics
+    token_model: str
+    recent: RecentActivity
+    started: float = field(default_factory=time.time)
+
+    def record_get(self, tier: str, seconds: float) -> None:
+        """A GET of a thread (or of its window) served by ``tier`` in ``seconds``."""
+        self.metrics.thread_reads.labels(tier).observe(seconds)
+        self.recent.record_read(tier, seconds)
+
+    def record_turn(self, reply: AgentReply) -> None:
+        """A stored turn: its model call and waits, and its history read."""
+        self.metrics.record_turn(reply.timings, reply.history_tier)
+        history = reply.timings.get("history")
+        if history is not None:
+            self.recent.record_read(reply.history_tier, history)
+
+    def redis_state(self, stats: CacheStats) -> Literal["none", "ok", "degraded"]:
+        """Redis as ``stats`` see it: not configured, usable, or degraded."""
+        if self.settings.redis_url is None:
+            return "none"
+        return "degraded" if stats.degraded else "ok"
+
+
+def core_of(request: Request) -> Core:
+    core: Core = request.app.state.core
+    return core
