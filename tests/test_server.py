@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,9 @@ import pytest
 from fastapi import FastAPI
 
 from agent_core import StoreUnavailable
+from agent_core._validation import check_thread_id
+from agent_core.errors import InvalidThreadId
+from agent_core.messages import KNOWN_ROLES
 from agent_core.server import Settings, create_app
 from agent_core.server._recent import RecentSamples, RecentSummary
 
@@ -383,6 +387,43 @@ async def test_openapi(client: httpx.AsyncClient) -> None:
         "TurnResponse",
         "DashboardResponse",
     } <= set(schemas)
+
+
+@pytest.mark.parametrize(
+    "thread_id", ["t", "a.b_c:d@e-1", "x" * 200, "", "x" * 201, "a b", "é", "a/b", "t\n"]
+)
+def test_openapi_thread_id_rule_is_the_checks(thread_id: str) -> None:
+    spec = create_app(Settings()).openapi()
+    for path, operations in spec["paths"].items():
+        if "{thread_id}" not in path:
+            continue
+        for operation in operations.values():
+            (parameter,) = (p for p in operation["parameters"] if p["name"] == "thread_id")
+            schema = parameter["schema"]
+            # JSON Schema patterns are ECMA-262, whose "$" is the very end: Python's \Z.
+            pattern = schema["pattern"].removesuffix("$") + r"\Z"
+            allowed = (
+                schema["minLength"] <= len(thread_id) <= schema["maxLength"]
+                and re.search(pattern, thread_id) is not None
+            )
+            try:
+                check_thread_id(thread_id)
+            except InvalidThreadId:
+                assert not allowed, (path, thread_id)
+            else:
+                assert allowed, (path, thread_id)
+
+
+def test_openapi_message_rules() -> None:
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    item = schemas["AppendRequest"]["properties"]["messages"]["items"]
+    with_role, with_type = item["anyOf"]
+    assert with_role["required"] == ["role"]
+    assert with_role["properties"]["role"]["enum"] == sorted(KNOWN_ROLES)
+    assert with_type["required"] == ["type"]
+    assert with_type["not"] == {"required": ["role"]}
+    turn = schemas["TurnRequest"]["properties"]["message"]["anyOf"]
+    assert turn[1]["properties"]["role"] == {"const": "user"}
 
 
 async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -> None:

@@ -7,7 +7,9 @@ from typing import Final
 
 from .errors import InvalidArgument, InvalidNamespace, InvalidThreadId
 
-_ID_CHARS = re.compile(r"[A-Za-z0-9._:@-]+")
+#: The characters of thread ids and namespaces; the OpenAPI spec states it as their pattern.
+ID_PATTERN: Final = r"[A-Za-z0-9._:@-]+"
+_ID_CHARS = re.compile(ID_PATTERN)
 MAX_THREAD_ID_LENGTH = 200
 MAX_NAMESPACE_LENGTH = 64
 MAX_IDEMPOTENCY_KEY_LENGTH = 200

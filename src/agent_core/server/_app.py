@@ -10,16 +10,17 @@ from dataclasses import asdict
 from typing import Annotated, Any, Final, Literal
 
 import orjson
-from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field, StrictInt, WithJsonSchema
 
-from .._validation import MAX_COUNT
+from .._validation import ID_PATTERN, MAX_COUNT, MAX_THREAD_ID_LENGTH
 from ..agent import AgentReply, BaseAgent
 from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
+from ..messages import KNOWN_ROLES
 from ..observe import LoopLagMonitor
 from ._core import Core, core_of
 from ._dashboard import dashboard_router
@@ -46,12 +47,66 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # -- request and response bodies (they are the OpenAPI schemas) ---------------------
 
+# The spec states the rules the cache and the agent check, but FastAPI does not enforce
+# them: the checks' own typed errors (400 InvalidThreadId, InvalidMessage) say more than a
+# generic 422 would.
+ThreadId = Annotated[
+    str,
+    Path(
+        description=f"1-{MAX_THREAD_ID_LENGTH} characters of A-Z a-z 0-9 . _ : @ -",
+        json_schema_extra={
+            "pattern": f"^{ID_PATTERN}$",
+            "minLength": 1,
+            "maxLength": MAX_THREAD_ID_LENGTH,
+        },
+    ),
+]
+MessageObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "A Chat Completions message (a known `role`) or a Responses API "
+            "item (a string `type` and no `role`); any other keys are kept as they are.",
+            "anyOf": [
+                {"required": ["role"], "properties": {"role": {"enum": sorted(KNOWN_ROLES)}}},
+                {
+                    "required": ["type"],
+                    "properties": {"type": {"type": "string"}},
+                    "not": {"required": ["role"]},
+                },
+            ],
+        }
+    ),
+]
+_TEXT: Final = {"type": "string", "pattern": r"\S"}
+UserMessage = Annotated[
+    str | dict[str, Any],
+    WithJsonSchema(
+        {
+            "description": "The user's text, or a user message object.",
+            "anyOf": [
+                _TEXT,
+                {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"const": "user"},
+                        "content": {"anyOf": [_TEXT, {"type": "array", "minItems": 1}]},
+                    },
+                },
+            ],
+        }
+    ),
+]
+
 
 class AppendRequest(BaseModel):
     """Messages to append, in order; with ``expected_version``, compare-and-append."""
 
-    messages: list[dict[str, Any]] = Field(
-        description="Chat Completions messages or Responses API items (JSON objects)."
+    messages: list[MessageObject] = Field(
+        description="Chat Completions messages or Responses API items (JSON objects).",
+        json_schema_extra={"minItems": 1},
     )
     expected_version: Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)] | None = Field(
         default=None, description="Append only if the thread is at this version (else 409)."
@@ -69,7 +124,7 @@ class ThreadResponse(BaseModel):
 
     thread_id: str
     version: int
-    messages: list[dict[str, Any]]
+    messages: list[MessageObject]
     token_count: int | None = Field(
         default=None, description="Billed prompt tokens of the window (windows only)."
     )
@@ -81,7 +136,7 @@ class ThreadResponse(BaseModel):
 class TurnRequest(BaseModel):
     """The user's message: its text, or a user message object."""
 
-    message: str | dict[str, Any]
+    message: UserMessage
 
 
 class UsageResponse(BaseModel):
@@ -196,7 +251,7 @@ _router = APIRouter()
 )
 async def append_messages(
     request: Request,
-    thread_id: str,
+    thread_id: ThreadId,
     body: AppendRequest,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
@@ -218,7 +273,7 @@ async def append_messages(
 )
 async def get_thread(
     request: Request,
-    thread_id: str,
+    thread_id: ThreadId,
     max_tokens: Annotated[int | None, Query(ge=1, description="Window budget.")] = None,
     model: Annotated[
         str | None, Query(min_length=1, max_length=200, description="Window's token model.")
@@ -263,7 +318,7 @@ async def get_thread(
     responses=_PROBLEM,
     tags=["threads"],
 )
-async def delete_thread(request: Request, thread_id: str) -> Response:
+async def delete_thread(request: Request, thread_id: ThreadId) -> Response:
     """Delete the thread's messages; returns its new version (versions never go back)."""
     version = await core_of(request).cache.delete(thread_id)
     return Response(b'{"version":%d}' % version, media_type=_JSON)
@@ -283,7 +338,7 @@ async def delete_thread(request: Request, thread_id: str) -> Response:
     },
     tags=["agent"],
 )
-async def run_turn(request: Request, thread_id: str, body: TurnRequest) -> Response:
+async def run_turn(request: Request, thread_id: ThreadId, body: TurnRequest) -> Response:
     """One agent turn: history window, model call, and the user message and reply stored."""
     core = core_of(request)
     if "text/event-stream" in request.headers.get("accept", ""):
