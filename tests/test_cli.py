@@ -6,10 +6,7 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from agent_core.cli import app
+
+from ._serve import ServeProcess, free_port
 
 #: The environment of every invocation: no AGENT_CORE_* variable of the caller's shell, and
 #: a wide terminal so that help text is not wrapped inside the names it is checked for.
@@ -144,13 +143,6 @@ def test_a_store_that_does_not_open_is_one_red_line(command: list[str], store: s
 # -- stats and serve --------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_stats_of_an_unreachable_server_is_a_clean_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = invoke(["stats", "--url", url, "--timeout", "2"])
@@ -163,45 +155,12 @@ def test_stats_of_an_unreachable_server_is_a_clean_error() -> None:
 def server(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    """``agent-core serve`` in a subprocess on a free port and a temp SQLite store.
-
-    Parametrized indirectly, the parameter is extra environment for the server.
-    """
-    port = free_port()
-    env = {name: value for name, value in os.environ.items() if not name.startswith("AGENT_CORE_")}
-    env["AGENT_CORE_PORT"] = str(port)  # the port through its variable, the store by flag
-    env.update(getattr(request, "param", {}))
-    log = tmp_path / "serve.log"
-    with log.open("wb") as output:  # a file, not a pipe nobody reads, for uvicorn's log
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent_core.cli",
-                "serve",
-                "--store",
-                f"sqlite:///{tmp_path}/s.db",
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    """``agent-core serve`` in a subprocess; parametrized indirectly, the parameter is
+    extra environment for it."""
+    running = ServeProcess(tmp_path, getattr(request, "param", None))
+    process = running.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"serve exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("serve did not answer /healthz within 30 s")
-            time.sleep(0.1)
-        yield base, process, log
+        yield running.url, process, running.log
     finally:
         if process.poll() is None:
             process.kill()

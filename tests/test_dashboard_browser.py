@@ -6,13 +6,7 @@ server is the real console script on a free port with a temp SQLite store and Ec
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from ._chromium import CHROMIUM_ARGS, ensure_chromium
+from ._serve import ServeProcess
 
 #: Long enough for the first poll and two refreshes (2 s apart) on a busy machine.
 WAIT_MS = 15_000
@@ -56,50 +51,6 @@ FIGURES = """() => Object.fromEntries([...document.querySelectorAll("dd[id]")].m
   (el) => [el.id, { text: el.textContent, ...el.dataset }]))"""
 
 
-class Server:
-    """``agent-core serve`` in a subprocess; `stop` and `start` again keep its port and store."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = directory / "serve.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_CORE_")}
-        command = [sys.executable, "-m", "agent_core.cli", "serve", "--port", str(self.port)]
-        command += ["--store", f"sqlite:///{self.directory / 'dashboard.db'}"]
-        with self.log.open("ab") as output:
-            self.process = subprocess.Popen(
-                command, cwd=self.directory, env=env, stdout=output, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                pytest.fail(f"serve exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"serve did not answer /healthz within 30 s:\n{self.log.read_text()}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
 @pytest.fixture(scope="session")
 def chromium() -> Path:
     return ensure_chromium()
@@ -114,8 +65,8 @@ def browser(chromium: Path) -> Iterator[Browser]:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path)
+def server(tmp_path: Path) -> Iterator[ServeProcess]:
+    running = ServeProcess(tmp_path)
     running.start()
     yield running
     running.stop()
@@ -152,7 +103,9 @@ def keep_reading(http: httpx.Client, stop: threading.Event) -> None:
         stop.wait(0.05)
 
 
-def test_the_charts_draw_the_servers_numbers(server: Server, page: Page, tmp_path: Path) -> None:
+def test_the_charts_draw_the_servers_numbers(
+    server: ServeProcess, page: Page, tmp_path: Path
+) -> None:
     with httpx.Client(base_url=server.url, timeout=10) as http:
         drive_traffic(http)
         stop = threading.Event()
@@ -228,7 +181,7 @@ def test_the_charts_draw_the_servers_numbers(server: Server, page: Page, tmp_pat
     page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
 
 
-def test_a_banner_while_the_server_is_away(server: Server, page: Page) -> None:
+def test_a_banner_while_the_server_is_away(server: ServeProcess, page: Page) -> None:
     page.goto(f"{server.url}/")
     page.wait_for_function("window.dashboard.polls >= 1", timeout=WAIT_MS)
     banner = page.locator("#banner")

@@ -9,7 +9,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 from ..agent import HistoryTier
-from ._samples import percentile
+from ..observe._percentile import nearest_rank
 from ._workload import MIB, BenchRun
 
 __all__ = ["Row", "report", "rows"]
@@ -97,7 +97,7 @@ def _latency(
     target = "report" if goal is None else f"<= {goal * 1000:g} ms"
     if not values:
         return Row(metric, target, "no such turns", None, None)
-    p95 = percentile(values, 95)
+    p95 = nearest_rank(sorted(values), 95)
     measured = f"{p95 * 1000:.2f} ms ({len(values):,} turns)"
     return Row(metric, target, measured, None if goal is None else p95 <= goal, p95)
 
@@ -160,7 +160,8 @@ def report(run: BenchRun) -> dict[str, Any]:
 
 def _summary(seconds: list[float]) -> dict[str, float]:
     """Count, p50, p95, p99 and max, in ms."""
-    summary = {f"p{p}": percentile(seconds, p) * 1e3 for p in (50, 95, 99)}
+    ordered = sorted(seconds)
+    summary = {f"p{p}": nearest_rank(ordered, p) * 1e3 for p in (50, 95, 99)}
     return {"count": len(seconds), **summary, "max": max(seconds, default=0.0) * 1e3}
 
 

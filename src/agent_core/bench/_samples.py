@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 from ..agent import HistoryTier
 
-__all__ = ["Samples", "Timeline", "percentile"]
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The nearest-rank percentile (0.0 for no values)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+__all__ = ["Samples", "Timeline"]
 
 
 @dataclass(slots=True)

@@ -6,12 +6,13 @@ what happened lately, for any number of viewers, so nothing is reset when it is 
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+from ..observe._percentile import nearest_rank
 
 __all__ = ["READ_TIERS", "RecentActivity", "RecentSamples", "RecentSummary"]
 
@@ -61,16 +62,11 @@ class RecentSamples:
             return RecentSummary(0, 0.0, 0.0, 0.0, 0.0)
         return RecentSummary(
             count=len(values),
-            p50=_nearest_rank(values, 50),
-            p95=_nearest_rank(values, 95),
-            p99=_nearest_rank(values, 99),
+            p50=nearest_rank(values, 50),
+            p95=nearest_rank(values, 95),
+            p99=nearest_rank(values, 99),
             max=values[-1],
         )
-
-
-def _nearest_rank(ordered: list[float], p: float) -> float:
-    # Histogram.percentile's definition: the smallest value with p % at or below it.
-    return ordered[max(1, math.ceil(p * len(ordered) / 100)) - 1]
 
 
 #: The tiers a thread read can be served by, as `BaseAgent` and the GET handler name them.
