@@ -27,7 +27,7 @@ def redis_server_version() -> str:
     return result.stdout.strip()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -47,7 +47,7 @@ def _answers(port: int) -> bool:
 def private_redis() -> Iterator[str]:
     """Start ``redis-server`` on a free port; yields its URL; stops it afterwards."""
     with tempfile.TemporaryDirectory(prefix="ac-bench-redis-") as directory:
-        port = _free_port()
+        port = free_port()
         command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no", "--dir", directory]
         try:

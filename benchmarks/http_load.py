@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from typing import Any, Final
 import httpx
 import orjson
 
-from _redis import private_redis, redis_server_version
+from _redis import free_port, private_redis, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
     BenchmarkError,
@@ -121,13 +120,6 @@ def message(index: int) -> dict[str, str]:
     return {"role": role, "content": f"#{index} " + (FILLER * 2)[:170]}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 # -- servers ----------------------------------------------------------------------------
 
 
@@ -148,7 +140,7 @@ class Server:
 
 
 def start_server(name: str, store_url: str, redis_url: str, directory: Path) -> Server:
-    port = _free_port()
+    port = free_port()
     log = directory / f"{name}.log"
     command = [sys.executable, "-m", "agent_core.cli", "serve", "--port", str(port)]
     command += ["--store", store_url, "--redis", redis_url, "--model", "echo"]

@@ -37,7 +37,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from _redis import _answers, _free_port, redis_server_version
+from _redis import _answers, free_port, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
     BenchmarkError,
@@ -80,7 +80,7 @@ class RedisProcess:
     """``redis-server`` on one free port that can be killed, restarted, paused and resumed."""
 
     def __init__(self, directory: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._directory = directory
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner, Result
 
 from agent_core.cli import app
 
-from ._serve import ServeProcess, free_port
+from ._redis_server import free_port
+from ._serve import ServeProcess
 
 #: The environment of every invocation: no AGENT_CORE_* variable of the caller's shell, and
 #: a wide terminal so that help text is not wrapped inside the names it is checked for.
