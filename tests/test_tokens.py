@@ -12,6 +12,7 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import random
 import socket
 import struct
@@ -28,12 +29,15 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
 from agent_core import InvalidArgument, Message, TokenCounter
+from agent_core.tokens import _encodings, _uniclass
 from agent_core.tokens._encodings import (
+    _CLASSES,
     _MASK,
+    _QUICKTOK_FILES,
     _UNICODE_17,
+    _UNICODE_18_RANGES,
     PATTERNS,
     _mask_unicode_17,
-    _tiktoken_tables,
     bpe_counter,
 )
 from agent_core.tokens._open_models import LLAMA3_PATTERN, QWEN_PATTERN, quicktok_ranks
@@ -212,9 +216,35 @@ def test_vocabulary_sha256_is_tiktokens_expected_hash(oracle: Oracle, name: str)
     made, _, _ = oracle
     actual, expected = made.checked[name]
     assert actual == expected
-    # The engine uses the file that was hashed.
-    engine, tokens = quicktok.get_encoding(name), _quicktok_ranks(name)
+    # The counter loads the file that was hashed: its sha256 is pinned, checked at load.
+    vocab = Path(quicktok.__file__).parent / "data" / _DATA_FILES[name]
+    digest = hashlib.sha256(vocab.read_bytes()).hexdigest()
+    assert _QUICKTOK_FILES[name][_DATA_FILES[name]] == digest
+    engine, tokens = bpe_counter(name)._encoding, _quicktok_ranks(name)
     assert [engine.decode_single_token_bytes(rank) for rank in range(len(tokens))] == tokens
+
+
+def test_a_vocabulary_that_is_not_the_pinned_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {"cl100k.vocab": "0" * 64, "cl100k.special": ""}
+    monkeypatch.setitem(_encodings._QUICKTOK_FILES, "cl100k_base", files)
+    with pytest.raises(RuntimeError, match="not the verified file"):
+        _encodings.BpeCounter("cl100k_base")
+
+
+def test_loading_writes_only_a_temporary_directory_and_removes_it(tmp_path: Path) -> None:
+    script = "from agent_core.tokens._encodings import BpeCounter; BpeCounter('o200k_base')"
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
@@ -257,21 +287,19 @@ def _corpus() -> list[str]:
 @pytest.mark.parametrize("name", ENCODINGS)
 def test_counts_equal_tiktoken_on_mixed_corpus(oracle: Oracle, name: str) -> None:
     reference = oracle[1][name]
-    engine = quicktok.get_encoding(name)
     counter = bpe_counter(name)
     for text in _corpus():
         ids = reference.encode_ordinary(text)
         assert counter.count(text) == len(ids), text[:80]
-        if not _UNICODE_17.search(text):
-            # Unguarded text goes straight to quicktok: its ids must be tiktoken's too.
-            assert engine.encode_ordinary(text) == ids, text[:80]
+        # Not only the count: the engine's ids are tiktoken's.
+        assert counter._encoding.encode_ordinary(text) == ids, text[:80]
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
-def test_unicode_17_guard_matches_tiktoken(oracle: Oracle, name: str) -> None:
+def test_unicode_17_letters_match_tiktoken(oracle: Oracle, name: str) -> None:
     reference = oracle[1][name]
     counter = bpe_counter(name)
-    # The example of the research note: quicktok alone gives 4 tokens, tiktoken 5.
+    # The example of the research note: quicktok's own tables give 4 tokens, tiktoken 5.
     assert quicktok.get_encoding(name).count("\u088f's") == 4
     assert counter.count("\u088f's") == len(reference.encode_ordinary("\u088f's")) == 5
     rng = random.Random(17)
@@ -309,8 +337,15 @@ def test_unicode_17_pieces_next_to_other_new_code_points(oracle: Oracle, name: s
         assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text[:80])
 
 
+def _tiktoken_tables(pattern: str) -> str:
+    for name, narrowed in _CLASSES.items():
+        pattern = pattern.replace(rf"\p{{{name}}}", narrowed)
+    # Version 1 for the set difference; simple case folding, as in version 0.
+    return "(?V1-f)" + pattern
+
+
 def test_split_classes_are_tiktokens_unicode_16_tables() -> None:
-    """The classes the Unicode-17 path splits with, over every code point.
+    """The classes the class tables are generated from, over every code point.
 
     The digest is that of regex 2024.11.6 (Unicode 16, tiktoken 0.14's tables), equal to
     the narrowed classes of regex 2026.11.15. A regex release with newer Unicode data
@@ -326,6 +361,24 @@ def test_split_classes_are_tiktokens_unicode_16_tables() -> None:
     digest.update("".join(regex.findall(_tiktoken_tables(r"\s"), chars)).encode("utf-8"))
     expected = "4e306ee71044b5f4a02f47e23a23ff7495dd67e67c437e75f315bece42f14921"
     assert digest.hexdigest() == expected
+
+
+def test_shipped_class_tables_are_generated_from_tiktokens_classes() -> None:
+    generated = _uniclass.tables(_CLASSES)
+    for name, file in _uniclass.TABLE_FILES.items():
+        assert (_uniclass.DATA / file).read_bytes() == generated[name], file
+
+
+def test_the_generator_rebuilds_quicktoks_own_tables() -> None:
+    """quicktok's files from regex 2026.5.9 (Unicode 17): the format is understood."""
+    # The classes of regex 2026.11.15 (Unicode 18) without the code points new in Unicode
+    # 18. U+0295, Ll in Unicode 16, is Lo since Unicode 17: so it is in quicktok's files.
+    new = f"[{_UNICODE_18_RANGES}]"
+    unicode_17 = {name: rf"[\p{{{name}}}--{new}]" for name in _CLASSES}
+    generated = _uniclass.tables(unicode_17)
+    for name, file in _uniclass.TABLE_FILES.items():
+        shipped = (Path(quicktok.__file__).parent / "data" / file).read_bytes()
+        assert shipped == generated[name], file
 
 
 def test_unicode_17_masking_replaces_exactly_the_guarded_code_points() -> None:
