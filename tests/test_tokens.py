@@ -393,6 +393,23 @@ def test_unicode_17_masking_replaces_exactly_the_guarded_code_points() -> None:
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
+def test_long_s_after_an_apostrophe_counts_like_tiktoken(oracle: Oracle, name: str) -> None:
+    reference = oracle[1][name]
+    counter = bpe_counter(name)
+    # tiktoken's o200k pattern takes '\u017f as the suffix 's (case-insensitively), quicktok not.
+    if name == "o200k_base":
+        assert len(reference.encode_ordinary("e'\u017f'LLa")) == 5
+        assert counter._encoding.count("e'\u017f'LLa") == 6
+    rng = random.Random(383)
+    words = ["state", "s", "the", "x", "tion", " ", "'", "ll", "LL", "re", "'s", "'ll", "'RE"]
+    words += ["\u017f", "1", ".", "A", "Ab", "\u00e9", "\u017ft", "\u088f", "\n"]
+    for _ in range(3000):
+        text = rng.choice(["e", "x", "A", "\u00e9", "", " ", "1", "\u0295"]) + "'\u017f"
+        text += "".join(rng.choice(words) for _ in range(rng.randint(0, 5)))
+        assert counter.count(text) == len(reference.encode_ordinary(text)), repr(text)
+
+
+@pytest.mark.parametrize("name", ENCODINGS)
 def test_lone_surrogates_are_repaired_like_tiktoken(oracle: Oracle, name: str) -> None:
     reference = oracle[1][name]
     counter = bpe_counter(name)
