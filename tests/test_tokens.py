@@ -274,7 +274,7 @@ def _corpus() -> list[str]:
     code_points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     random_unicode = "".join(chr(rng.choice(code_points)) for _ in range(20_000))
     specials = "a<|endoftext|>b <|endofprompt|> <|fim_prefix|><|im_start|>user\n" * 100
-    # New letters in Unicode 17, in the contexts that split differently (guard 2).
+    # New letters in Unicode 17, in the contexts that split differently with quicktok's tables.
     unicode_17 = "".join(
         f"a{c}b A{c}a {c}'s 1{c}2  {c} x!{c}\n{c}{c} "
         for c in ("\u088f", "\u0c5c", "\ua7ce", "\U00010940", "\U00016ea0", "\U000323b0")

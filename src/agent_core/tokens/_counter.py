@@ -41,8 +41,8 @@ _ENCODINGS: Final = (O200K, CL100K, LLAMA3, QWEN, None)
 _CUT: Final = re.compile(
     r"(?<=\S)(?= )|\n(?=[^\W_])|(?<=[^\W\d_])(?=[\u3001\u3002\uff0c\uff01\uff1f\uff1a\uff1b])"
 )
-# What holds the GIL in a worker grows with the slice (UTF-8 encoding and the Unicode-17
-# checks, ~7 ns a character on emoji-heavy text; for Llama 3, tiktoken's list of ids,
+# What holds the GIL in a worker grows with the slice (UTF-8 encoding and the checks
+# before counting, ~7 ns a character on emoji-heavy text; for Llama 3, tiktoken's list of ids,
 # ~9 ns a character): 64K characters keep each stretch well under 1 ms. The engines
 # count with the GIL released in between.
 _SLICE_CHARS: Final = 64 << 10
@@ -168,7 +168,7 @@ class TokenCounter:
         The engines release the GIL while they count, so a long text goes to a worker
         thread and the loop keeps serving other tasks (a 5 MB text takes about 100 ms;
         Llama 3 about 400 ms). What still holds the GIL (encoding to UTF-8, the
-        Unicode-17 checks, tiktoken's list of ids for Llama 3) is bounded by counting
+        checks before counting, tiktoken's list of ids for Llama 3) is bounded by counting
         the text in slices of about 64K characters, cut where a piece always ends, so
         the worker holds the GIL for well under a millisecond at a time.
         """

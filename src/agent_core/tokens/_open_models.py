@@ -12,8 +12,8 @@ tokenizers.md, sections 3, 6 and 10):
   follow the same cuts. Hugging Face's tokenizer, which most servers use, does not cut:
   on such long texts its count can be lower by about one token per cut.
 * Qwen: quicktok's qwen3 engine, which applies NFC as Qwen's tokenizer does and matched
-  rank BPE with Qwen2's pattern. It gets the guards of the OpenAI encodings: lone
-  surrogates become U+FFFD, and texts with letters new in Unicode 17 (unassigned to
+  rank BPE with Qwen2's pattern. Lone surrogates become U+FFFD (as for the OpenAI
+  encodings), and texts with letters new in Unicode 17 (unassigned to
   tiktoken's regex tables, letters to quicktok's) are counted by tiktoken with Qwen2's
   pattern after NFC.
 """
