@@ -18,6 +18,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import textwrap
 import unicodedata
 from pathlib import Path
@@ -28,7 +29,7 @@ import quicktok
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 
-from agent_core import InvalidArgument, Message, TokenCounter
+from agent_core import ConfigurationError, InvalidArgument, Message, TokenCounter
 from agent_core.tokens import _encodings, _uniclass
 from agent_core.tokens._encodings import (
     _CLASSES,
@@ -229,7 +230,7 @@ def test_a_vocabulary_that_is_not_the_pinned_file_is_refused(
 ) -> None:
     files = {"cl100k.vocab": "0" * 64, "cl100k.special": ""}
     monkeypatch.setitem(_encodings._QUICKTOK_FILES, "cl100k_base", files)
-    with pytest.raises(RuntimeError, match="not the verified file"):
+    with pytest.raises(ConfigurationError, match="not the vocabulary file agent-core verified"):
         _encodings.BpeCounter("cl100k_base")
 
 
@@ -245,6 +246,14 @@ def test_loading_writes_only_a_temporary_directory_and_removes_it(tmp_path: Path
     )
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_usable_temporary_directory_is_a_typed_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(ConfigurationError, match="point TMPDIR at a writable directory"):
+        _encodings.BpeCounter("cl100k_base")
 
 
 @pytest.mark.parametrize("name", ENCODINGS)

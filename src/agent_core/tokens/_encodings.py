@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import quicktok
 
+from ..errors import ConfigurationError
 from ._uniclass import TABLE_FILES
 
 if TYPE_CHECKING:
@@ -197,15 +198,25 @@ def _load_engine(name: str) -> Any:
     """
     bundled = Path(quicktok.__file__).parent / "data"
     tables = TABLE_FILES[name]
-    with tempfile.TemporaryDirectory(prefix="agent-core-quicktok-") as directory:
-        for file, digest in _QUICKTOK_FILES[name].items():
-            data = (bundled / file).read_bytes()
-            if hashlib.sha256(data).hexdigest() != digest:
-                raise RuntimeError(f"quicktok's {bundled / file} is not the verified file")
-            Path(directory, file).write_bytes(data)
-        shipped = resources.files(__package__).joinpath("data", tables).read_bytes()
-        Path(directory, tables).write_bytes(shipped)
-        return quicktok.Tokenizer(name, directory)
+    try:
+        with tempfile.TemporaryDirectory(prefix="agent-core-quicktok-") as directory:
+            for file, digest in _QUICKTOK_FILES[name].items():
+                data = (bundled / file).read_bytes()
+                if hashlib.sha256(data).hexdigest() != digest:
+                    raise ConfigurationError(
+                        f"{bundled / file} is not the vocabulary file agent-core verified "
+                        "for quicktok-v1 0.4.0; reinstall it: pip install quicktok-v1==0.4.0"
+                    )
+                Path(directory, file).write_bytes(data)
+            shipped = resources.files(__package__).joinpath("data", tables).read_bytes()
+            Path(directory, tables).write_bytes(shipped)
+            return quicktok.Tokenizer(name, directory)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot load the {name} vocabulary: agent-core assembles it in a private "
+            f"temporary directory, which failed ({exc}); point TMPDIR at a writable "
+            "directory"
+        ) from exc
 
 
 def _mask_unicode_17(data: bytes) -> tuple[bytes, int]:
