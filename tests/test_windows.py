@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -17,8 +18,8 @@ from agent_core import (
     TokenCounter,
 )
 from agent_core.store import decode_token_counts, store_from_url
-from agent_core.tokens import _encodings
-from agent_core.tokens._window import select_window, token_index
+from agent_core.tokens import _encodings, _window
+from agent_core.tokens._window import complete_counts, select_window, token_index
 
 from .conftest import CacheFactory
 
@@ -371,3 +372,31 @@ async def test_windows_for_other_model_families(make_cache: CacheFactory, model:
         window = await cache.window("t", max_tokens=budget, model=model)
         assert window.to_list() == [CHAT[0], *CHAT[-2:]]
         assert window.token_count == budget
+
+
+_PIECES = st.sampled_from([b"sys", b"tem", b"system", b"call", b"cal", b"l", b"\\", b"u", b"x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(payloads=st.lists(st.lists(_PIECES, max_size=6).map(b"".join), max_size=80))
+def test_payloads_to_decode_are_found_as_one_search_per_payload_would(
+    payloads: list[bytes],
+) -> None:
+    # Joined, a word must never be found across two payloads, nor one missed.
+    expected = [i for i, raw in enumerate(payloads) if any(w in raw for w in _window._MAY_MATTER)]
+    assert _window._may_matter(payloads) == expected
+
+
+async def test_a_large_snapshot_is_read_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Few messages but many bytes: the shape is read in a worker thread, not on the loop."""
+    threads: list[str] = []
+    shape = _window._shape
+
+    def recording(conversation: Conversation) -> Any:
+        threads.append(threading.current_thread().name)
+        return shape(conversation)
+
+    monkeypatch.setattr(_window, "_shape", recording)
+    big = [Message.from_dict(user("a tool call " * 2_000)) for _ in range(30)]  # 720 KB
+    await complete_counts(Conversation("t", 30, big), GPT4O)
+    assert threads[0] != threading.main_thread().name

@@ -41,9 +41,11 @@ __all__ = [
 _PINNED_ROLES: Final = frozenset({"system", "developer"})
 _SHAPE: Final = "shape"
 # Above these sizes, counting messages and reading a snapshot's shape (about 1 µs a
-# message) move to a worker thread, so the event loop is not held for long.
+# message, and a few ms a MB, more where many messages must be decoded) move to a worker
+# thread, so the event loop is not held for long.
 _INLINE_COUNT_BYTES: Final = 64 << 10
 _INLINE_SHAPE_MESSAGES: Final = 2_000
+_INLINE_SHAPE_BYTES: Final = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +225,10 @@ async def complete_counts(
     index: TokenIndex | None = conversation._derived.get(counter.key)
     if index is not None:
         return index, False, []
-    if _SHAPE not in conversation._derived and len(conversation) > _INLINE_SHAPE_MESSAGES:
+    payloads = conversation.payloads
+    if _SHAPE not in conversation._derived and (
+        len(payloads) > _INLINE_SHAPE_MESSAGES or sum(map(len, payloads)) > _INLINE_SHAPE_BYTES
+    ):
         await asyncio.to_thread(_shape, conversation)
     stored = _stored(conversation, counter)
     missing = sum(len(conversation.payloads[i]) for i, c in enumerate(stored) if c == UNKNOWN)
