@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from agent_core import StoreUnavailable
-from agent_core._validation import check_thread_id
+from agent_core._validation import MAX_IDEMPOTENCY_KEY_LENGTH, check_thread_id
 from agent_core.errors import InvalidThreadId
 from agent_core.messages import KNOWN_ROLES
 from agent_core.server import Settings, create_app
@@ -424,6 +424,16 @@ def test_openapi_message_rules() -> None:
     assert with_type["not"] == {"required": ["role"]}
     turn = schemas["TurnRequest"]["properties"]["message"]["anyOf"]
     assert turn[1]["properties"]["role"] == {"const": "user"}
+
+
+def test_openapi_idempotency_key_rule() -> None:
+    spec = create_app(Settings()).openapi()
+    append = spec["paths"]["/v1/threads/{thread_id}/messages"]["post"]
+    (header,) = (p for p in append["parameters"] if p["name"] == "Idempotency-Key")
+    assert (header["in"], header["required"]) == ("header", False)
+    schema = header["schema"]
+    assert (schema["minLength"], schema["maxLength"]) == (1, MAX_IDEMPOTENCY_KEY_LENGTH)
+    assert "printable" in header["description"]
 
 
 async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -> None:

@@ -15,7 +15,7 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field, StrictInt, WithJsonSchema
 
-from .._validation import ID_PATTERN, MAX_COUNT, MAX_THREAD_ID_LENGTH
+from .._validation import ID_PATTERN, MAX_COUNT, MAX_IDEMPOTENCY_KEY_LENGTH, MAX_THREAD_ID_LENGTH
 from ..agent import AgentReply, BaseAgent
 from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
@@ -59,6 +59,15 @@ ThreadId = Annotated[
             "minLength": 1,
             "maxLength": MAX_THREAD_ID_LENGTH,
         },
+    ),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description=f"1-{MAX_IDEMPOTENCY_KEY_LENGTH} printable characters, e.g. a UUID: a "
+        "retry with the same key and messages returns the first version and writes nothing",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     ),
 ]
 MessageObject = Annotated[
@@ -253,7 +262,7 @@ async def append_messages(
     request: Request,
     thread_id: ThreadId,
     body: AppendRequest,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Append messages; a repeated ``Idempotency-Key`` returns its first version."""
     version = await core_of(request).cache.append(
