@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import multiprocessing
 import random
 import time
@@ -170,6 +171,7 @@ async def test_a_full_burst_at_once_then_the_rate() -> None:
     limiter = RateLimiter(RateLimits(requests_per_minute=200, period=1.0))
     began = time.monotonic()
     waits = await asyncio.gather(*(limiter.acquire("m", 0) for _ in range(200)))
+    burst_s = time.monotonic() - began
     assert max(waits) < 0.05
     finished: list[int] = []
 
@@ -179,11 +181,14 @@ async def test_a_full_burst_at_once_then_the_rate() -> None:
 
     await asyncio.gather(*(one(i) for i in range(40)))
     elapsed = time.monotonic() - began
-    # 40 more at 200/s: 0.2 s, served in order of arrival.
-    assert 0.195 <= elapsed < 0.4
+    # 40 more at 200/s: the last one 0.2 s after the start at the earliest, however fast the
+    # machine; served in order of arrival.
+    assert elapsed >= 0.195
     assert finished == list(range(40))
     stats = limiter.stats()
-    assert (stats.acquired, stats.waited, stats.shared, stats.degraded) == (240, 40, False, False)
+    assert (stats.acquired, stats.shared, stats.degraded) == (240, False, False)
+    # All 40 wait, but for those the bucket regained (200/s) while a busy machine ran the burst.
+    assert 40 - math.ceil(burst_s * 200) - 1 <= stats.waited <= 40
 
 
 @pytest.mark.parametrize(
