@@ -53,6 +53,7 @@ async def test_without_redis_every_cold_start_reads_the_store(store_url: str) ->
     assert run.misses == 300 - run.l1_max_hits
     assert run.samples.tiers.count("store") == run.misses
     assert run.conflicts == 0
+    assert 0 < run.memory_limit <= 1 << 30  # the process's own limit, at most 1 GiB
     table = {row.metric: row for row in rows(run)}
     assert table["L2 hit rate"].passed is None
     assert table["L1 hit rate"].passed
@@ -61,7 +62,8 @@ async def test_without_redis_every_cold_start_reads_the_store(store_url: str) ->
 
 
 async def test_with_redis_l2_serves_every_cold_read(store_url: str, redis_url: str) -> None:
-    run = await run_bench(BenchConfig.quick(store=store_url, redis=redis_url, **SMALL))
+    config = BenchConfig.quick(store=store_url, redis=redis_url, memory_limit=3 << 30, **SMALL)
+    run = await run_bench(config)
 
     assert run.reads == 300
     assert run.l1_hits == run.l1_max_hits
@@ -77,6 +79,8 @@ async def test_with_redis_l2_serves_every_cold_read(store_url: str, redis_url: s
     assert len(document["timeline"]["rss"]) == len(document["timeline"]["seconds"]) > 0
     assert all(rss > 0 for rss in document["timeline"]["rss"])
     assert document["memory"]["peak_l1_bytes"] > 0
+    assert document["memory"]["memory_limit"] == run.memory_limit == 3 << 30
+    assert table["peak RSS / memory limit"].target == "<= 3,072 MiB"
     await assert_cleaned_up(run)
 
 
@@ -90,6 +94,7 @@ def test_report_hides_passwords() -> None:
         BenchConfig(store="postgresql://ana:s3cret@db/x", redis="redis://:hush@r:6379/0"),
         store="postgresql://ana:s3cret@db/x",
         namespace="n",
+        memory_limit=1 << 30,
     )
     document = json.dumps(report(run))
     assert "s3cret" not in document

@@ -102,7 +102,7 @@ def _memory(figure: Figure, run: BenchRun) -> Figure:
     timeline = run.timeline
     axes.plot(timeline.seconds, _mib(timeline.rss), label="RSS")
     axes.plot(timeline.seconds, _mib(timeline.l1_bytes), label="L1 bytes")
-    axes.axhline(run.config.memory_limit / MIB, linestyle="--", color="C0", label="memory limit")
+    axes.axhline(run.memory_limit / MIB, linestyle="--", color="C0", label="memory limit")
     axes.axhline(run.l1_budget / MIB, linestyle=":", color="C1", label="L1 budget")
     axes.set(title="Memory", xlabel="s", ylabel="MiB", ylim=(0, None))
     axes.legend(loc="center right")

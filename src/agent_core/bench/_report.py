@@ -58,7 +58,7 @@ def rows(run: BenchRun) -> list[Row]:
         _latency("p95 load, uncached (store)", run, "history", _UNCACHED, UNCACHED_P95),
         _latency("p95 turn, cached", run, "turn", _CACHED, None),
         _latency("p95 turn, uncached", run, "turn", _UNCACHED, None),
-        _bytes("peak RSS / memory limit", run.peak_rss, run.config.memory_limit),
+        _bytes("peak RSS / memory limit", run.peak_rss, run.memory_limit),
         _bytes("peak L1 bytes / budget", run.peak_l1_bytes, run.l1_budget),
         Row(
             "loop lag p99",
@@ -150,7 +150,7 @@ def report(run: BenchRun) -> dict[str, Any]:
         },
         "memory": {
             "peak_rss": run.peak_rss,
-            "memory_limit": run.config.memory_limit,
+            "memory_limit": run.memory_limit,
             "peak_l1_bytes": run.peak_l1_bytes,
             "l1_budget": run.l1_budget,
         },

@@ -30,7 +30,7 @@ from .._validation import check_count
 from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
 from ..errors import InvalidArgument
-from ..observe import LoopLagMonitor, process_rss
+from ..observe import LoopLagMonitor, memory_limit, process_rss
 from ._samples import Samples, Timeline
 
 __all__ = ["BenchConfig", "BenchRun", "run_bench"]
@@ -42,6 +42,7 @@ _MESSAGE_CHARS: Final = 200
 #: Large threads are written in messages of this size, in batches of this many.
 _LARGE_MESSAGE_CHARS: Final = 4_000
 _LARGE_BATCH: Final = 250
+_DEFAULT_MEMORY_LIMIT: Final = 1024 * MIB
 #: How often the timeline samples memory, hit counts and loop lag.
 _SAMPLE_EVERY: Final = 0.25
 _WORDS: Final = (
@@ -57,7 +58,8 @@ class BenchConfig:
 
     ``store`` None means a SQLite file in a temporary directory (the embedded default),
     ``redis`` None means no L2. ``memory_limit`` is handed to every cache's memory
-    monitor, which shrinks L1 above 80 % of it.
+    monitor, which shrinks L1 above 80 % of it; None means the process's own limit (its
+    cgroup's, else physical RAM), at most 1 GiB.
     """
 
     store: str | None = None
@@ -69,7 +71,7 @@ class BenchConfig:
     large_threads: int = 2
     large_thread_bytes: int = 5 * MIB
     l1_max_bytes: int = 64 * MIB
-    memory_limit: int = 1024 * MIB
+    memory_limit: int | None = None
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -79,7 +81,8 @@ class BenchConfig:
         check_count("large_threads", self.large_threads, minimum=0, maximum=self.threads)
         check_count("large_thread_bytes", self.large_thread_bytes, minimum=_LARGE_MESSAGE_CHARS)
         check_count("l1_max_bytes", self.l1_max_bytes, minimum=MIB)
-        check_count("memory_limit", self.memory_limit, minimum=64 * MIB)
+        if self.memory_limit is not None:
+            check_count("memory_limit", self.memory_limit, minimum=64 * MIB)
         check_count("seed", self.seed, minimum=0)
         if isinstance(self.zipf_s, bool) or not isinstance(self.zipf_s, int | float):
             raise InvalidArgument(f"zipf_s must be a number, got {self.zipf_s!r:.100}")
@@ -104,6 +107,8 @@ class BenchRun:
     config: BenchConfig
     store: str
     namespace: str
+    #: ``config.memory_limit``, or the process's limit (at most 1 GiB) if that is None.
+    memory_limit: int
     #: Reads by the tier that served them, summed over the instances' `stats()`.
     l1_hits: int = 0
     l2_hits: int = 0
@@ -142,7 +147,8 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> Be
     large = set(rng.sample(threads, config.large_threads))
     with tempfile.TemporaryDirectory(prefix="agent-core-bench-") as tmp:
         store = config.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
-        run = BenchRun(config, store, namespace=f"bench-{secrets.token_hex(4)}")
+        limit = config.memory_limit or min(_DEFAULT_MEMORY_LIMIT, memory_limit())
+        run = BenchRun(config, store, f"bench-{secrets.token_hex(4)}", limit)
         _, l1_max, l2_max = achievable(trace, config.per_instance, l2=config.redis is not None)
         run.l1_max_hits, run.l2_max_hits = l1_max, l2_max
         try:
@@ -221,7 +227,7 @@ async def _cache(run: BenchRun) -> AsyncIterator[ConversationCache]:
         config.redis,
         namespace=run.namespace,
         l1_max_bytes=config.l1_max_bytes,
-        memory_limit=config.memory_limit,
+        memory_limit=run.memory_limit,
     )
     async with cache:
         yield cache
