@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +14,8 @@ import pytest
 
 from agent_core.server._serverless import ServerlessApp, make_app, serverless_settings
 from agent_core.server._settings import Settings
+
+from ._offline import run_offline
 
 PROBLEM = "application/problem+json"
 USER = {"role": "user", "content": "hi"}
@@ -49,18 +47,9 @@ def consistency(app: ServerlessApp) -> str:
 
 
 def test_import_opens_nothing(tmp_path: Path) -> None:
-    script = textwrap.dedent(
+    result = run_offline(
         """
-        import os, socket, sys
-
-        def deny(*args, **kwargs):
-            raise OSError(f"network access attempted: {args[:2]!r}")
-
-        socket.socket.connect = deny
-        socket.socket.connect_ex = deny
-        socket.getaddrinfo = deny
-        socket.create_connection = deny
-
+        import os, sys
         from agent_core.serverless import ServerlessApp, app
 
         assert isinstance(app, ServerlessApp)
@@ -68,20 +57,13 @@ def test_import_opens_nothing(tmp_path: Path) -> None:
         assert "mangum" not in sys.modules
         assert not os.listdir(".")
         print("ok")
-        """
-    )
-    env = {
-        **os.environ,
-        "AGENT_CORE_STORE_URL": f"sqlite:///{tmp_path / 'never.db'}",
-        "AGENT_CORE_REDIS_URL": "redis://127.0.0.1:1/0",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
+        """,
         cwd=tmp_path,
-        env=env,
+        env={
+            "AGENT_CORE_STORE_URL": f"sqlite:///{tmp_path / 'never.db'}",
+            "AGENT_CORE_REDIS_URL": "redis://127.0.0.1:1/0",
+        },
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

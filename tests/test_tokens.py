@@ -19,7 +19,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,8 @@ from agent_core.tokens._encodings import (
     bpe_counter,
 )
 from agent_core.tokens._open_models import LLAMA3_PATTERN, QWEN_PATTERN, quicktok_ranks
+
+from ._offline import run_offline
 
 ENCODINGS = ("cl100k_base", "o200k_base")
 _DATA_FILES = {"cl100k_base": "cl100k.vocab", "o200k_base": "o200k.vocab"}
@@ -180,18 +181,8 @@ def test_published_counts(model: str, text: str, tokens: int) -> None:
 
 
 def test_import_and_first_use_open_no_connection() -> None:
-    script = textwrap.dedent(
+    done = run_offline(
         """
-        import socket
-
-        def deny(*args, **kwargs):
-            raise OSError(f"network access attempted: {args[:2]!r}")
-
-        socket.socket.connect = deny
-        socket.socket.connect_ex = deny
-        socket.getaddrinfo = deny
-        socket.create_connection = deny
-
         from agent_core import TokenCounter
 
         for model in ("gpt-4o", "gpt-4"):
@@ -201,9 +192,6 @@ def test_import_and_first_use_open_no_connection() -> None:
             assert counter.count_messages([{"role": "user", "content": "hi"}]) == 8
         print("ok")
         """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
@@ -929,19 +917,9 @@ async def test_open_models_count_long_texts_off_the_event_loop() -> None:
 
 
 def test_open_models_load_and_count_offline() -> None:
-    script = textwrap.dedent(
+    done = run_offline(
         """
-        import socket
         import sys
-
-        def deny(*args, **kwargs):
-            raise OSError(f"network access attempted: {args[:2]!r}")
-
-        socket.socket.connect = deny
-        socket.socket.connect_ex = deny
-        socket.getaddrinfo = deny
-        socket.create_connection = deny
-
         from agent_core import TokenCounter
 
         llama = TokenCounter.for_model("meta-llama/Llama-3.1-8B-Instruct")
@@ -957,9 +935,6 @@ def test_open_models_load_and_count_offline() -> None:
         assert "requests" not in sys.modules
         print("ok")
         """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
