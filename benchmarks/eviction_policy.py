@@ -132,7 +132,7 @@ def simulate(
         weight = weights[thread_id]
         all_bytes += weight
         if tier.get(thread_id) is None:
-            tier.put(conversations[thread_id], weight)
+            tier.put(conversations[thread_id], confirmed=0, weight=weight)
         else:
             hits += 1
             hit_bytes += weight
@@ -151,7 +151,7 @@ def time_hits(
         tiers[name] = L1Tier(capacity, ttl=1e9, policy=policy)
         policies[name] = policy(capacity)
         for thread_id in pool:
-            tiers[name].put(library.conversations[thread_id])
+            tiers[name].put(library.conversations[thread_id], confirmed=0)
             policies[name].put(thread_id, library.weights[thread_id])
         assert all(thread_id in tiers[name] for thread_id in pool), name
     best = dict.fromkeys(POLICIES, (math.inf, math.inf))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -156,3 +157,17 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     if server.process is not None:
         server.resume()
     server.kill()
+
+
+async def read_until_fresh(
+    cache: ConversationCache, thread_id: str, version: int, *, acknowledged: float
+) -> None:
+    """Read until ``version`` shows, failing any read that began more than the cache's
+    ``max_staleness`` after the append of ``version`` was acknowledged (``acknowledged``,
+    time.monotonic() taken after it returned)."""
+    while True:
+        started = time.monotonic()
+        if (await cache.get(thread_id)).version >= version:
+            return
+        assert started - acknowledged <= cache.max_staleness, "stale beyond the bound"
+        await asyncio.sleep(0.005)

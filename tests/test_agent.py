@@ -280,8 +280,12 @@ async def test_two_agents_on_one_thread_keep_both_turns(
     # A's reply is slow; B's whole turn lands meanwhile, so A's compare-and-append fails.
     server.script(Reply(body=completion_body("slow A"), delay=0.4), answer("fast B"))
     async with (
-        ConversationCache.from_urls(store=store_url, namespace=namespace) as cache_a,
-        ConversationCache.from_urls(store=store_url, namespace=namespace) as cache_b,
+        ConversationCache.from_urls(
+            store=store_url, namespace=namespace, consistency="strong"
+        ) as cache_a,
+        ConversationCache.from_urls(
+            store=store_url, namespace=namespace, consistency="strong"
+        ) as cache_b,
     ):
         turn_a = asyncio.create_task(BaseAgent(model, cache_a).run(THREAD, "question A"))
         while not server.requests:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import redis.asyncio as redis
 
 from agent_core import ConfigurationError, ConversationCache
 
-from .conftest import CacheFactory
+from .conftest import CacheFactory, read_until_fresh
 
 
 def user(text: str) -> dict[str, Any]:
@@ -99,7 +100,9 @@ async def test_strong_mode_reads_your_writes_across_instances(make_cache: CacheF
 async def test_strong_mode_without_redis_checks_the_store(store_url: str, namespace: str) -> None:
     async with (
         ConversationCache.from_urls(store=store_url, namespace=namespace) as a,
-        ConversationCache.from_urls(store=store_url, namespace=namespace) as b,
+        ConversationCache.from_urls(
+            store=store_url, namespace=namespace, consistency="strong"
+        ) as b,
     ):
         await a.append("t", [user("a")])
         assert (await b.get("t")).version == 1
@@ -108,6 +111,21 @@ async def test_strong_mode_without_redis_checks_the_store(store_url: str, namesp
         assert b.stats().l1_hits == 0
         assert (await b.get("t")).version == 2
         assert b.stats().l1_hits == 1
+        assert b.stats().version_checks == 2  # one per L1 hit
+
+
+async def test_bounded_mode_without_redis_is_stale_at_most_max_staleness(
+    store_url: str, namespace: str
+) -> None:
+    async with (
+        ConversationCache.from_urls(store=store_url, namespace=namespace) as a,
+        ConversationCache.from_urls(store=store_url, namespace=namespace, max_staleness=0.2) as b,
+    ):
+        await a.append("t", [user("a")])
+        assert (await b.get("t")).version == 1
+        await a.append("t", [user("b")])
+        await read_until_fresh(b, "t", 2, acknowledged=time.monotonic())
+        assert b.stats().version_checks >= 1
 
 
 async def test_concurrent_misses_make_one_store_load(make_cache: CacheFactory) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from agent_core import ConversationCache
 
 from ._redis_server import RedisServer, free_port
+from .conftest import read_until_fresh
 
 
 def user(text: str) -> dict[str, Any]:
@@ -124,17 +125,16 @@ async def test_stale_l1_is_cleared_when_redis_comes_back(
             store=store_url, redis=redis_server.url, namespace=namespace
         ) as a,
         ConversationCache.from_urls(
-            store=store_url, redis=redis_server.url, namespace=namespace
+            store=store_url, redis=redis_server.url, namespace=namespace, max_staleness=0.2
         ) as b,
     ):
         await a.append("t", [user("a")])
         assert (await b.get("t")).version == 1
         redis_server.kill()
-        # Bounded mode trusts L1 until the bus connection is seen to drop (the
-        # propagation window); from then on b checks its L1 entry against the store.
         await degraded(b)
         await a.append("t", [user("b")])  # b cannot hear of this
-        assert (await b.get("t")).version == 2
+        # Bounded mode confirms L1 entries older than max_staleness with the store.
+        await read_until_fresh(b, "t", 2, acknowledged=time.monotonic())
         redis_server.start()
         await recovered(a, b)
         assert (await b.get("t")).version == 2

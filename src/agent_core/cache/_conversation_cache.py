@@ -7,8 +7,8 @@ import contextlib
 import inspect
 import uuid
 from array import array
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -32,6 +32,7 @@ from ..store import ThreadPage, ThreadStore, store_from_url
 from ..tokens import TokenCounter, Window
 from ..tokens._window import complete_counts, select_window
 from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
+from ._freshness import Flight, Flights, Ticks
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
 from ._redis_tier import L2Entry, RedisTier
@@ -43,7 +44,6 @@ __all__ = ["ConversationCache"]
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 Consistency = Literal["bounded", "strong"]
 _CONSISTENCY: Final = ("bounded", "strong")
-_MAX_MINIMUMS: Final = 10_000
 _MAX_WINDOW_MODELS: Final = 64
 # Below these sizes, counting and decoding stored counts run on the loop: a thread
 # hop would cost more than the work.
@@ -68,6 +68,7 @@ class ConversationCache:
         redis_client: redis.Redis | None = None,
         namespace: str = "default",
         consistency: Consistency = "bounded",
+        max_staleness: float = 1.0,
         l1_max_bytes: int = 64 << 20,
         l1_ttl: float = 300.0,
         l1_policy: str = "tinylfu",
@@ -102,6 +103,15 @@ class ConversationCache:
         ):
             if not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if (
+            not isinstance(max_staleness, int | float)
+            or isinstance(max_staleness, bool)
+            or not 0 <= max_staleness <= 3600
+        ):
+            raise ConfigurationError(
+                "max_staleness must be 0-3600 seconds (bounded mode's bound), "
+                f"got {max_staleness!r}"
+            )
         if not isinstance(lease_ttl, int | float) or lease_ttl < 0:
             raise ConfigurationError(
                 f"lease_ttl must be >= 0 seconds (0 disables), got {lease_ttl!r}"
@@ -110,6 +120,10 @@ class ConversationCache:
         self.store = store
         self.namespace = check_namespace(namespace)
         self.consistency: Consistency = consistency
+        #: Bounded mode: a read reflects every append acknowledged this many seconds
+        #: before it began (strong mode: every append acknowledged before it began).
+        self.max_staleness = float(max_staleness) if consistency == "bounded" else 0.0
+        self._staleness_ticks = int(self.max_staleness * 1e9)
         self.max_message_bytes = check_count("max_message_bytes", max_message_bytes, minimum=2)
         self.max_batch_messages = check_count("max_batch_messages", max_batch_messages, minimum=1)
         check_count("l1_max_bytes", l1_max_bytes, minimum=0)
@@ -140,15 +154,14 @@ class ConversationCache:
                 on_subscribed=self._forget_unannounced,
                 on_lost=self._l2.fail,
             )
-        self._bounded_over_redis = consistency == "bounded" and self._bus is not None
         self._lease_ttl = float(lease_ttl)
-        self._loads: dict[str, asyncio.Future[Conversation]] = {}
+        self._ticks = Ticks()
+        self._loads: Flights[Conversation] = Flights(self._ticks, exclusive=True)
+        self._checks: Flights[tuple[int, int]] = Flights(self._ticks, exclusive=False)
         # While a thread loads: the newest version announced meanwhile. A load that
         # comes back older than this must not be cached.
         self._floors: dict[str, int] = {}
         self._fill_waiters: dict[str, asyncio.Event] = {}
-        # External changes heard but not yet seen in a load: older L2 entries are stale.
-        self._minimums: OrderedDict[str, int] = OrderedDict()
         self._counters = Counters()
         self._open = False
         self._watch_external = bool(watch_external)
@@ -238,92 +251,83 @@ class ConversationCache:
     # -- reads -----------------------------------------------------------------------
 
     async def get(self, thread_id: str) -> Conversation:
-        """The thread as an immutable snapshot (version 0 and no messages if new)."""
+        """The thread as an immutable snapshot (version 0 and no messages if new).
+
+        Strong mode: the snapshot holds every append acknowledged (by any instance)
+        before the call began. Bounded mode: every append acknowledged more than
+        ``max_staleness`` seconds before it began.
+        """
         if not self._open:
             self._check_open()
+        # Appends acknowledged before this tick must be seen.
+        since = self._ticks() - self._staleness_ticks
         # Only valid ids enter L1, so a hit needs no validation: the hot path stays short.
         held = self._l1.get(thread_id) if type(thread_id) is str else None
         if held is not None:
-            if self._l1_is_trusted() or await self._current_version(thread_id) == held.version:
+            conversation, confirmed = held
+            if confirmed > since:
                 self._counters.l1_hits += 1
-                return held
+                return conversation
+            version, checked = await self._checks.run(
+                thread_id, since, partial(self._store_version, thread_id)
+            )
+            if version == conversation.version:
+                self._l1.confirm(conversation, checked)
+                self._counters.l1_hits += 1
+                return conversation
             self._l1.drop(thread_id, "stale")
         check_thread_id(thread_id)
-        return await self._load(thread_id)
+        return await self._loads.run(thread_id, since, partial(self._fetch, thread_id))
 
     get_or_load = get
 
-    def _l1_is_trusted(self) -> bool:
-        """Bounded mode trusts L1 while the bus is live, so no round trip is needed."""
-        return (
-            self._bounded_over_redis
-            and self._bus.subscribed  # type: ignore[union-attr]
-            and not self._l2.degraded  # type: ignore[union-attr]
-        )
+    async def _store_version(
+        self, thread_id: str, flight: Flight[tuple[int, int]]
+    ) -> tuple[int, int]:
+        """The store's version of the thread, and the tick taken before asking
+        (concurrent readers share a query that started late enough for them)."""
+        self._counters.version_checks += 1
+        return await self.store.version(self.namespace, thread_id), flight.started
 
-    async def _current_version(self, thread_id: str) -> int:
-        if self._l2 is not None and not self._l2.degraded:
-            version = await self._l2.version(thread_id)
-            if version is not None:
-                return version
-        return await self.store.version(self.namespace, thread_id)
-
-    async def _load(self, thread_id: str) -> Conversation:
-        """Single-flight: one load per thread at a time; the first caller does it inline
-        (no task on the hot path) and the others await its result."""
-        while (pending := self._loads.get(thread_id)) is not None:
-            try:
-                # Shielded: a waiter that gives up does not cancel the load for the others.
-                return await asyncio.shield(pending)
-            except asyncio.CancelledError:
-                raise_if_cancelling()  # our own cancellation; else the loader's: retry
-        pending = asyncio.get_running_loop().create_future()
-        self._loads[thread_id] = pending
+    async def _fetch(self, thread_id: str, flight: Flight[Conversation]) -> Conversation:
+        """Load a thread, and keep it in L1 unless a newer version was announced meanwhile."""
         self._floors[thread_id] = 0
         try:
-            conversation = await self._fetch(thread_id)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                pending.cancel()
+            conversation = await self._fetch_uncached(thread_id)
+            if "l1_fill" in self._hooks:
+                await self._hooks["l1_fill"](thread_id)
+            if conversation.version >= self._floors[thread_id]:
+                self._l1.put(conversation, confirmed=flight.started)
             else:
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: no "never retrieved" warning if unawaited
-            raise
-        else:
-            pending.set_result(conversation)
+                self._counters.fills_dropped += 1
             return conversation
         finally:
-            del self._loads[thread_id]
             del self._floors[thread_id]
 
-    async def _fetch(self, thread_id: str) -> Conversation:
-        conversation = await self._fetch_uncached(thread_id)
-        if "l1_fill" in self._hooks:
-            await self._hooks["l1_fill"](thread_id)
-        minimum = self._minimums.get(thread_id, 0)
-        if conversation.version >= max(self._floors[thread_id], minimum):
-            self._l1.put(conversation)
-            if minimum:
-                del self._minimums[thread_id]
-        else:
-            self._counters.fills_dropped += 1
-        return conversation
-
     async def _fetch_uncached(self, thread_id: str) -> Conversation:
+        """From L2 if it holds the version the store confirms (asked beside the L2 read),
+        else from the store; the lease keeps other instances' misses off the store."""
         lease = ""
         if self._l2 is not None:
-            entry = await self._l2.get(thread_id)
-            if self._usable(thread_id, entry):
+            check = asyncio.ensure_future(self.store.version(self.namespace, thread_id))
+            try:
+                entry = await self._l2.get(thread_id)
+            except BaseException:
+                check.cancel()
+                raise
+            version = await check
+            self._counters.version_checks += 1
+            if _holds(entry, version):
                 return self._served_by_l2(thread_id, entry)
             if self._lease_ttl > 0:
                 token = uuid.uuid4().hex
                 acquired = await self._l2.acquire(thread_id, token, self._lease_ttl)
-                if isinstance(acquired, L2Entry) and self._usable(thread_id, acquired):
+                if isinstance(acquired, L2Entry) and _holds(acquired, version):
                     return self._served_by_l2(thread_id, acquired)  # filled meanwhile
                 if acquired is True:
                     lease = token
                 elif acquired is False:
-                    conversation = await self._await_fill(thread_id)
+                    conversation = await self._await_fill(thread_id, version)
                     if conversation is not None:
                         return conversation
         try:
@@ -345,22 +349,13 @@ class ConversationCache:
             await self._l2.fill(thread_id, records.version, records.payloads, counts, lease=lease)
         return Conversation._from_payloads(thread_id, records.version, records.payloads, counts)
 
-    def _usable(self, thread_id: str, entry: L2Entry | None) -> bool:
-        """A complete entry, and not older than an external change this instance heard of
-        (its own L2 fence for that change may not have landed yet)."""
-        return (
-            entry is not None
-            and entry.payloads is not None
-            and entry.version >= self._minimums.get(thread_id, 0)
-        )
-
     def _served_by_l2(self, thread_id: str, entry: L2Entry | None) -> Conversation:
         assert entry is not None
         assert entry.payloads is not None
         self._counters.l2_hits += 1
         return Conversation._from_payloads(thread_id, entry.version, entry.payloads, entry.counts)
 
-    async def _await_fill(self, thread_id: str) -> Conversation | None:
+    async def _await_fill(self, thread_id: str, version: int) -> Conversation | None:
         """Another instance holds the load lease: wait to be woken by its fill.
 
         Its fill event may come before we listen, so L2 is read once after listening
@@ -372,7 +367,7 @@ class ConversationCache:
         event = self._fill_waiters[thread_id] = asyncio.Event()
         try:
             entry = await self._l2.get(thread_id)
-            if not self._usable(thread_id, entry):
+            if not _holds(entry, version):
                 try:
                     async with asyncio.timeout(self._lease_ttl):
                         await event.wait()
@@ -381,7 +376,7 @@ class ConversationCache:
                 entry = await self._l2.get(thread_id)
         finally:
             self._fill_waiters.pop(thread_id, None)
-        if not self._usable(thread_id, entry):
+        if not _holds(entry, version):
             return None
         return self._served_by_l2(thread_id, entry)
 
@@ -409,6 +404,8 @@ class ConversationCache:
             max_batch_messages=self.max_batch_messages,
         )
         counts = await self._count(messages, payloads)
+        # Every append acknowledged before this tick is committed before ours.
+        sent = self._ticks()
         result = await self.store.append(
             self.namespace,
             thread_id,
@@ -426,9 +423,11 @@ class ConversationCache:
         self._raise_floor(thread_id, version)
         if base == 0:
             # A brand-new thread: the batch is the whole conversation.
-            self._l1.put(Conversation._from_payloads(thread_id, version, added, counts))
+            self._l1.put(
+                Conversation._from_payloads(thread_id, version, added, counts), confirmed=sent
+            )
         else:
-            self._l1.extend(thread_id, base, added, counts, version)
+            self._l1.extend(thread_id, base, added, counts, version, confirmed=sent)
         if self._l2 is not None:
             if base == 0:
                 await self._l2.fill(thread_id, version, payloads, counts, written=True)
@@ -452,12 +451,13 @@ class ConversationCache:
         """Delete the thread's messages; returns its new version (versions never go back)."""
         self._check_open()
         check_thread_id(thread_id)
+        sent = self._ticks()
         version = await self.store.delete(self.namespace, thread_id)
         self._counters.deletes += 1
         self._raise_floor(thread_id, version)
         # An empty snapshot at the delete's version is the tombstone: a racing
         # fill of older history is refused by both tiers.
-        self._l1.put(Conversation(thread_id, version, ()))
+        self._l1.put(Conversation(thread_id, version, ()), confirmed=sent)
         if self._l2 is not None:
             await self._l2.fill(thread_id, version, (), {}, written=True)
         return version
@@ -498,10 +498,6 @@ class ConversationCache:
             return
         self._counters.external_changes += 1
         self._raise_floor(thread_id, version)
-        self._minimums[thread_id] = max(version, self._minimums.get(thread_id, 0))
-        self._minimums.move_to_end(thread_id)
-        if len(self._minimums) > _MAX_MINIMUMS:
-            self._minimums.popitem(last=False)
         self._l1.drop_older(thread_id, version, "external")
         if self._l2 is not None:
             task = asyncio.get_running_loop().create_task(self._l2.fence(thread_id, version))
@@ -617,6 +613,7 @@ class ConversationCache:
             memory=self._memory.snapshot(),
             consistency=self.consistency,
             late_counts=c.late_counts,
+            version_checks=c.version_checks,
         )
 
 
@@ -639,6 +636,11 @@ class _ExternalChanges:
 
     def reset(self) -> None:
         self._cache._forget_unannounced()
+
+
+def _holds(entry: L2Entry | None, version: int) -> bool:
+    """The L2 entry holds the messages of exactly the version the store confirmed."""
+    return entry is not None and entry.payloads is not None and entry.version == version
 
 
 def _counters_for(models: object) -> tuple[TokenCounter, ...]:

@@ -41,6 +41,9 @@ class _Entry(NamedTuple):
     conversation: Conversation
     weight: int
     expires_at: float
+    #: Tick (`_freshness.Ticks`) by which the store had confirmed this version:
+    #: every append acknowledged before it is in the snapshot.
+    confirmed: int
 
 
 class L1Tier:
@@ -78,7 +81,8 @@ class L1Tier:
     def __contains__(self, thread_id: str) -> bool:
         return thread_id in self._entries
 
-    def get(self, thread_id: str) -> Conversation | None:
+    def get(self, thread_id: str) -> tuple[Conversation, int] | None:
+        """The held snapshot and the tick its version was confirmed by."""
         entry = self._entries.get(thread_id)
         if entry is None:
             self._policy.record_access(thread_id, hit=False)
@@ -88,21 +92,30 @@ class L1Tier:
             self._policy.record_access(thread_id, hit=False)
             return None
         self._policy.record_access(thread_id, hit=True)
-        return entry.conversation
+        return entry.conversation, entry.confirmed
+
+    def confirm(self, conversation: Conversation, tick: int) -> None:
+        """The store confirmed ``conversation``'s version at ``tick``."""
+        held = self._entries.get(conversation.thread_id)
+        if held is not None and held.conversation is conversation and held.confirmed < tick:
+            self._entries[conversation.thread_id] = held._replace(confirmed=tick)
 
     def version(self, thread_id: str) -> int | None:
         entry = self._entries.get(thread_id)
         return None if entry is None else entry.conversation.version
 
-    def put(self, conversation: Conversation, weight: int | None = None) -> bool:
-        """Keep ``conversation`` unless a newer version is held; True if kept."""
+    def put(self, conversation: Conversation, *, confirmed: int, weight: int | None = None) -> bool:
+        """Keep ``conversation`` (confirmed at tick ``confirmed``) unless a newer version
+        is held; True if kept."""
         thread_id = conversation.thread_id
         held = self._entries.get(thread_id)
         if held is not None and held.conversation.version > conversation.version:
             return False
         if weight is None:
             weight = weigh(conversation.payloads, conversation._counts)
-        self._entries[thread_id] = _Entry(conversation, weight, self._clock() + self._ttl)
+        self._entries[thread_id] = _Entry(
+            conversation, weight, self._clock() + self._ttl, confirmed
+        )
         evicted = self._policy.put(thread_id, weight)
         if thread_id in evicted:
             # Not admitted (too large, or too rarely read to displace what is held).
@@ -119,6 +132,8 @@ class L1Tier:
         payloads: tuple[bytes, ...],
         counts: Counts,
         version: int,
+        *,
+        confirmed: int,
     ) -> bool:
         """Add an append (with its token counts) to the held entry if it is exactly at
         ``base_version``.
@@ -142,14 +157,18 @@ class L1Tier:
         )
         # A key new to the entry adds an array for its older messages too.
         grown += (len(joined) - len(old._counts)) * (COUNT_ARRAY_OVERHEAD + COUNT_BYTES * len(old))
-        return self.put(conversation, held.weight + grown)
+        return self.put(conversation, confirmed=confirmed, weight=held.weight + grown)
 
     def reweigh(self, conversation: Conversation) -> None:
         """Count what windows built on a held snapshot since it was put."""
         held = self._entries.get(conversation.thread_id)
         if held is not None and held.conversation is conversation:
             weight = weigh(conversation.payloads, conversation._counts)
-            self.put(conversation, weight + derived_bytes(conversation))
+            self.put(
+                conversation,
+                confirmed=held.confirmed,
+                weight=weight + derived_bytes(conversation),
+            )
 
     def drop(self, thread_id: str, cause: str) -> bool:
         if thread_id not in self._entries:

@@ -24,6 +24,7 @@ class Counters:
     lease_waits: int = 0
     external_changes: int = 0
     late_counts: int = 0
+    version_checks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class CacheStats:
     #: Messages counted after their append (no stored count for the encoding asked
     #: about), whose counts were then stored.
     late_counts: int = 0
+    #: Store version queries made to confirm that a cached copy is fresh (strong mode:
+    #: every read that reaches L1 or L2; bounded: once per ``max_staleness``).
+    version_checks: int = 0
 
     @property
     def requests(self) -> int:

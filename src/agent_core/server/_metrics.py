@@ -38,6 +38,7 @@ _COUNTERS: Final = (
     ("bus_corrupt", "Invalidation bus events that did not decode."),
     ("l2_corrupt", "L2 entries that did not decode."),
     ("late_counts", "Messages counted after their append, whose counts were then stored."),
+    ("version_checks", "Store version queries made to confirm a cached copy is fresh."),
 )
 
 
