@@ -473,6 +473,7 @@ def test_settings_from_env() -> None:
         "AGENT_CORE_REDIS_URL": "",
         "AGENT_CORE_MAX_CONTEXT_TOKENS": "9000",
         "AGENT_CORE_CONSISTENCY": "strong",
+        "AGENT_CORE_MAX_STALENESS": "0.25",
     }
     settings = Settings.from_env(environ, model=None, namespace="ns")
     assert settings == Settings(
@@ -480,8 +481,11 @@ def test_settings_from_env() -> None:
         redis_url=None,
         max_context_tokens=9000,
         consistency="strong",
+        max_staleness=0.25,
         namespace="ns",
     )
+    with pytest.raises(ValueError, match="AGENT_CORE_MAX_STALENESS"):
+        Settings.from_env({"AGENT_CORE_MAX_STALENESS": "soon"})
     with pytest.raises(ValueError, match="AGENT_CORE_MAX_BODY_BYTES"):
         Settings.from_env({"AGENT_CORE_MAX_BODY_BYTES": "lots"})
     with pytest.raises(ValueError, match="unknown setting"):

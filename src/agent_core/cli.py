@@ -353,6 +353,7 @@ async def _chat(settings: Settings, thread: str, system: str) -> None:
             redis=settings.redis_url,
             namespace=settings.namespace,
             consistency=settings.consistency,
+            max_staleness=settings.max_staleness,
         ) as memory:
             agent = BaseAgent(
                 chat_model,

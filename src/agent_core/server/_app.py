@@ -211,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.redis_url,
                 namespace=settings.namespace,
                 consistency=settings.consistency,
+                max_staleness=settings.max_staleness,
             )
             await stack.enter_async_context(cache)
             model = settings.chat_model()

@@ -33,6 +33,7 @@ class Settings:
     model: str = "echo"
     namespace: str = "default"
     consistency: str = "bounded"
+    max_staleness: float = 1.0
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
     max_body_bytes: int = 4 << 20
@@ -75,12 +76,13 @@ class Settings:
             raw = environ.get(variable)
             if raw is None:
                 continue
-            if field.type == "int":
+            if field.type in ("int", "float"):
+                kind = int if field.type == "int" else float
                 try:
-                    values[name] = int(raw)
+                    values[name] = kind(raw)
                 except ValueError:
                     raise ConfigurationError(
-                        f"{variable} must be an integer, got {raw!r:.100}"
+                        f"{variable} must be a number ({field.type}), got {raw!r:.100}"
                     ) from None
             elif name == "redis_url":
                 values[name] = raw or None
