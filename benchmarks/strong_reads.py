@@ -8,9 +8,11 @@ Two trees are measured in one run: the baseline (``--baseline-src``, default
 candidate (``--candidate-src``, default this checkout's src). Each runs in its own
 child process with ``PYTHONPATH`` set to its tree, so it imports that tree's
 ``agent_core``, and uses the public API only (``ConversationCache.from_urls``, ``get``,
-``append``, ``invalidate``, ``stats``). Rounds alternate between the children (old,
-new, old, new, ...), and inside a round every cell takes its samples in a shuffled
-order, so drift on the machine spreads over both trees and every cell.
+``append``, ``invalidate``, ``stats``). Rounds alternate between the children in
+pairs that swap their order (old, new, new, old, old, new, ...: an A/A run, this tree
+against itself, showed the second of a fixed pair about 5 % slower), and inside a round
+every cell takes its samples in a shuffled order, so drift on the machine spreads over
+both trees and every cell.
 
 Cells: consistency (strong, bounded) x store (SQLite, PostgreSQL) x path, on a
 thread of 100 messages of 200 bytes, with a private ``redis-server``. Each child has,
@@ -102,17 +104,29 @@ STREAM_LIMIT: Final = 64 << 20
 
 @dataclass(frozen=True, slots=True)
 class Plan:
+    #: Pairs of child processes, one per tree, each pair started afresh.
+    generations: int
+    #: Rounds each child runs.
     rounds: int
     samples_per_round: int
     warmup: int
 
+    @property
+    def samples(self) -> int:
+        return self.generations * self.rounds * self.samples_per_round
 
-FULL: Final = Plan(rounds=10, samples_per_round=30, warmup=3)
-QUICK: Final = Plan(rounds=2, samples_per_round=3, warmup=1)
+
+FULL: Final = Plan(generations=5, rounds=2, samples_per_round=30, warmup=3)
+QUICK: Final = Plan(generations=1, rounds=2, samples_per_round=3, warmup=1)
 
 
 def cell_name(mode: str, store: str, path: str) -> str:
     return f"{mode}/{store}/{path}"
+
+
+CELLS: Final = tuple(
+    cell_name(mode, store, path) for mode in MODES for store in STORES for path in PATHS
+)
 
 
 # -- the child: one tree's instances --------------------------------------------------
@@ -372,7 +386,7 @@ async def open_instances(config: dict[str, Any]) -> AsyncIterator[dict[str, Inst
     async with AsyncExitStack() as stack:
         stores: dict[str, Instances] = {}
         for store, url in config["stores"].items():
-            namespace = f"{config['tree']}-{store}"
+            namespace = f"{config['tree']}-{store}-{config['generation']}"
 
             async def opened(
                 redis: str | None, url: str = url, namespace: str = namespace, **options: Any
@@ -472,19 +486,28 @@ class Child:
 
 @dataclass(slots=True)
 class Results:
-    cells: dict[str, dict[str, Record]]
-    probes: dict[str, list[dict[str, Any]]]
+    """Every tree's figures per cell, over all generations and in each one."""
 
-    @classmethod
-    def empty(cls, trees: list[str]) -> Results:
-        names = [cell_name(m, s, p) for m in MODES for s in STORES for p in PATHS]
-        return cls({name: {tree: Record() for tree in trees} for name in names}, {})
+    cells: dict[str, dict[str, Record]] = field(default_factory=dict)
+    generations: list[dict[str, dict[str, Record]]] = field(default_factory=list)
+    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def add(self, tree: str, document: dict[str, Any]) -> None:
+    def add(self, generation: int, tree: str, document: dict[str, Any]) -> None:
+        while len(self.generations) <= generation:
+            self.generations.append({})
         for name, record in document.get("cells", {}).items():
-            self.cells[name][tree].add(record)
+            for cells in (self.cells, self.generations[generation]):
+                cells.setdefault(name, {}).setdefault(tree, Record()).add(record)
         for cell, probe in document["probes"].items():
             self.probes.setdefault(f"{tree}/{cell}", []).append(probe)
+
+
+def round_order(trees: list[str], rounds: int) -> list[str]:
+    """Each tree ``rounds`` times: pairs of rounds, every other pair in reverse order."""
+    order: list[str] = []
+    for index in range(rounds):
+        order += trees if index % 2 == 0 else trees[::-1]
+    return order
 
 
 def tree_sources(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
@@ -506,7 +529,7 @@ async def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     if skipped:
         print(skipped)
     trees = list(sources)
-    results = Results.empty(trees)
+    results = Results()
     with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as tmp:
         async with AsyncExitStack() as stack:
             databases = {
@@ -522,36 +545,20 @@ async def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
             for tree, src in sources.items():
                 machine[f"{tree}_tree"] = f"{src} ({_source_state(src.parent)})"
             print_machine(machine)
-            children = {}
-            try:
-                for index, (tree, src) in enumerate(sources.items()):
-                    config = {
-                        "tree": tree,
-                        "src": str(src),
-                        "redis": redis_url,
-                        "stores": {
-                            "sqlite": f"sqlite:///{tmp}/{tree}.db",
-                            "postgres": databases[tree],
-                        },
-                        "warmup": plan.warmup,
-                        "seed": 11 + index,
-                    }
-                    children[tree] = await Child.start(tree, config)
-                # Both start (imports, connections, warm-up) at once; then they take turns.
-                for child_process in children.values():
-                    ready = await child_process.receive()
-                    machine[f"{child_process.tree}_agent_core"] = ready["agent_core"]
-                started = time.perf_counter()
-                for _ in range(plan.rounds):
-                    for tree, child_process in children.items():
-                        command = {"op": "round", "samples": plan.samples_per_round}
-                        results.add(tree, await child_process.request(command))
-                for tree, child_process in children.items():
-                    results.add(tree, await child_process.request({"op": "finish"}))
-                elapsed = time.perf_counter() - started
-            finally:
-                for child_process in children.values():
-                    await child_process.stop()
+            configs = {
+                tree: {
+                    "tree": tree,
+                    "src": str(src),
+                    "redis": redis_url,
+                    "stores": {"sqlite": f"sqlite:///{tmp}/{tree}.db", "postgres": databases[tree]},
+                    "warmup": plan.warmup,
+                }
+                for tree, src in sources.items()
+            }
+            started = time.perf_counter()
+            for generation in range(plan.generations):
+                await run_generation(generation, configs, plan, results)
+            elapsed = time.perf_counter() - started
     load_at_end = " ".join(f"{load:.2f}" for load in os.getloadavg())
     document = report(results, trees, plan, skipped)
     document.update(
@@ -565,20 +572,61 @@ async def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     return document
 
 
+async def run_generation(
+    generation: int, configs: dict[str, dict[str, Any]], plan: Plan, results: Results
+) -> None:
+    """One child per tree, started together (untimed); then they take turns, round by round.
+
+    Fresh processes per generation: an A/A run (this tree against itself) with one process
+    per tree for the whole run put one of the two 5-15 % ahead in every cell.
+    """
+    children: dict[str, Child] = {}
+    try:
+        for tree, config in configs.items():
+            config = {**config, "generation": generation, "seed": 1000 * generation + len(children)}
+            children[tree] = await Child.start(tree, config)
+        for child_process in children.values():
+            await child_process.receive()
+        command = {"op": "round", "samples": plan.samples_per_round}
+        for tree in round_order(list(children), plan.rounds):
+            results.add(generation, tree, await children[tree].request(command))
+        for tree, child_process in children.items():
+            results.add(generation, tree, await child_process.request({"op": "finish"}))
+    finally:
+        for child_process in children.values():
+            await child_process.stop()
+
+
 # -- report -----------------------------------------------------------------------------
 
 
-def ratio_cell(old: Record, new: Record) -> tuple[str, dict[str, float]]:
-    p50 = percentile(sorted(new.ns), 0.5) / percentile(sorted(old.ns), 0.5)
+def p50_ratio(old: Record, new: Record) -> float:
+    return percentile(sorted(new.ns), 0.5) / percentile(sorted(old.ns), 0.5)
+
+
+def ratio_cell(results: Results, name: str) -> tuple[list[str], dict[str, Any]]:
+    """p50 new / old with its 95 % bootstrap interval, and the range of the ratios of the
+    separate process pairs (which the bootstrap, drawing samples alone, does not see)."""
+    old, new = results.cells[name]["old"], results.cells[name]["new"]
     low, high = ratio_interval(new.ns, old.ns, rounds=500)
-    text = f"{p50:.2f} ({low:.2f}-{high:.2f})"
-    return text, {"p50": round(p50, 3), "ci95_low": round(low, 3), "ci95_high": round(high, 3)}
+    pairs = [p50_ratio(cells[name]["old"], cells[name]["new"]) for cells in results.generations]
+    texts = [
+        f"{p50_ratio(old, new):.2f} ({low:.2f}-{high:.2f})",
+        f"{min(pairs):.2f}-{max(pairs):.2f}",
+    ]
+    return texts, {
+        "p50": round(p50_ratio(old, new), 3),
+        "ci95_low": round(low, 3),
+        "ci95_high": round(high, 3),
+        "per_process_pair": [round(ratio, 3) for ratio in pairs],
+    }
 
 
 def report(results: Results, trees: list[str], plan: Plan, skipped: str | None) -> dict[str, Any]:
     both = len(trees) == 2
     rows, cells = [], {}
-    for name, by_tree in results.cells.items():
+    for name in CELLS:
+        by_tree = results.cells[name]
         mode, store, path = name.split("/")
         summaries = {tree: by_tree[tree].summary() for tree in trees}
         cells[name] = dict(summaries)
@@ -586,22 +634,19 @@ def report(results: Results, trees: list[str], plan: Plan, skipped: str | None) 
         for tree in TREES:
             summary = summaries.get(tree)
             figures += [us(summary["p50_us"]), us(summary["p99_us"])] if summary else ["-", "-"]
-        ratio_text = "-"
+        ratio_texts = ["-", "-"]
         if both:
-            ratio_text, cells[name]["ratio_new_over_old"] = ratio_cell(
-                by_tree["old"], by_tree["new"]
-            )
+            ratio_texts, cells[name]["ratio_new_over_old"] = ratio_cell(results, name)
         stale = [
             f"{summaries[tree]['stale']}/{summaries[tree]['samples']}"
             if tree in summaries and path in (AFTER_REDIS, AFTER_PLAIN)
             else "-"
             for tree in TREES
         ]
-        rows.append([mode, store, path, *figures, ratio_text, *stale])
-    samples = plan.rounds * plan.samples_per_round
+        rows.append([mode, store, path, *figures, *ratio_texts, *stale])
     print_table(
-        f"Price of strong reads: µs per call, old vs new ({samples} samples per cell and tree, "
-        f"{plan.rounds} interleaved rounds)",
+        f"Price of strong reads: µs per call, old vs new ({plan.samples} samples per cell and "
+        f"tree; {plan.generations} process pairs x {plan.rounds} interleaved rounds)",
         [
             "mode",
             "store",
@@ -611,6 +656,7 @@ def report(results: Results, trees: list[str], plan: Plan, skipped: str | None) 
             "new p50",
             "new p99",
             "new/old p50 (95% CI)",
+            "per pair",
             "stale old",
             "stale new",
         ],
@@ -627,7 +673,8 @@ def report(results: Results, trees: list[str], plan: Plan, skipped: str | None) 
 
 def print_served(results: Results, trees: list[str]) -> None:
     rows = []
-    for name, by_tree in results.cells.items():
+    for name in CELLS:
+        by_tree = results.cells[name]
         row = name.split("/")
         if row[2] == APPEND:
             continue
