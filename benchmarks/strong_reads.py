@@ -8,11 +8,13 @@ Two trees are measured in one run: the baseline (``--baseline-src``, default
 candidate (``--candidate-src``, default this checkout's src). Each runs in its own
 child process with ``PYTHONPATH`` set to its tree, so it imports that tree's
 ``agent_core``, and uses the public API only (``ConversationCache.from_urls``, ``get``,
-``append``, ``invalidate``, ``stats``). Rounds alternate between the children in
-pairs that swap their order (old, new, new, old, old, new, ...: an A/A run, this tree
-against itself, showed the second of a fixed pair about 5 % slower), and inside a round
-every cell takes its samples in a shuffled order, so drift on the machine spreads over
-both trees and every cell.
+``append``, ``invalidate``, ``stats``). The run is split over fresh pairs of child
+processes (one per tree; 5 pairs in the full run), each running 2 rounds per tree in
+the order old, new, new, old; inside a round every cell takes its samples in a shuffled
+order. So drift on the machine, and whatever makes one process faster than another
+(an A/A run, this tree against itself with one process per tree for the whole run, put
+one of the two 5-15 % ahead in every cell), spreads over both trees and every cell.
+Ratios come with a 95 % bootstrap interval and the range of the per-pair ratios.
 
 Cells: consistency (strong, bounded) x store (SQLite, PostgreSQL) x path, on a
 thread of 100 messages of 200 bytes, with a private ``redis-server``. Each child has,
@@ -511,21 +513,28 @@ def round_order(trees: list[str], rounds: int) -> list[str]:
 
 
 def tree_sources(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
-    """The src directory of each tree measured, and why the baseline is skipped (if it is)."""
+    """The src directory of each tree measured, and why the baseline is skipped (if it is).
+
+    ValueError if a tree that must be measured is missing.
+    """
     candidate = Path(args.candidate_src)
     if not (candidate / "agent_core").is_dir():
-        raise SystemExit(f"--candidate-src {candidate} holds no agent_core package")
+        raise ValueError(f"--candidate-src {candidate} holds no agent_core package")
     baseline = Path(args.baseline_src) if args.baseline_src else DEFAULT_BASELINE
     if (baseline / "agent_core").is_dir():
         return {"old": baseline, "new": candidate}, None
     reason = f"baseline skipped: {baseline} holds no agent_core package"
     if not args.quick:
-        raise SystemExit(f"{reason}; pass --baseline-src (only --quick may run without it)")
+        raise ValueError(
+            f"{baseline} holds no agent_core package; pass --baseline-src (only --quick "
+            "may run without a baseline)"
+        )
     return {"new": candidate}, reason
 
 
-async def run(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
-    sources, skipped = tree_sources(args)
+async def run(
+    args: argparse.Namespace, plan: Plan, sources: dict[str, Path], skipped: str | None
+) -> dict[str, Any]:
     if skipped:
         print(skipped)
     trees = list(sources)
@@ -732,6 +741,7 @@ def print_probes(results: Results, trees: list[str]) -> dict[str, Any]:
                     "stale": stale,
                     "reads": len(probes),
                     "min_after_s": min(probe["after_s"] for probe in probes),
+                    "max_after_s": max(probe["after_s"] for probe in probes),
                 }
             rows.append(row)
     print_table(
@@ -762,8 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         imported_from(config)
         asyncio.run(child(config))
         return 0
+    try:
+        sources, skipped = tree_sources(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     plan = QUICK if args.quick else FULL
-    document = run_benchmark("strong_reads", run(args, plan), args.json)
+    document = run_benchmark("strong_reads", run(args, plan, sources, skipped), args.json)
     return EXIT_NO_POSTGRES if document is None else 0
 
 
