@@ -133,9 +133,12 @@ def _ram() -> str:
     return "unknown"
 
 
-def _source_state() -> str:
-    """The commit measured, and a fingerprint of any uncommitted changes under src/."""
-    root = Path(__file__).resolve().parent.parent
+def _source_state(root: Path | None = None) -> str:
+    """The commit measured, and a fingerprint of any uncommitted changes under src/.
+
+    ``root``: the checkout (default: the one these benchmarks belong to).
+    """
+    root = root or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
         return subprocess.run(

@@ -287,3 +287,34 @@ def test_http_load_quick_run(tmp_path: Path) -> None:
         assert set(cell["by_instance"]) == {"a", "b"}, operation
     assert document["freshness"]["different_after_settle"] == []
     assert_dropped(document)
+
+
+@pytest.mark.parametrize("baseline", ["this checkout", "absent"])
+def test_strong_reads_quick_run(baseline: str, tmp_path: Path) -> None:
+    """benchmarks/strong_reads.py --quick: old and new trees side by side (here this checkout
+    twice: CI has no baseline checkout), or the new one alone when the baseline is absent."""
+    src = BENCHMARKS.parent / "src" if baseline == "this checkout" else tmp_path / "absent"
+    headings: tuple[str, ...] = (
+        "Machine",
+        "redis_server",
+        "postgres_version",
+        "Price of strong reads: µs per call, old vs new",
+        "Stale reads and paths",
+        "Stale reads 1.1 s or more after an append by an instance without Redis",
+    )
+    if baseline == "absent":
+        headings += ("baseline skipped",)
+    document = quick_run("strong_reads.py", tmp_path, headings, "--baseline-src", str(src))
+    trees = ["old", "new"] if baseline == "this checkout" else ["new"]
+    assert document["trees"] == trees
+    assert (document["baseline_skipped"] is None) == (baseline == "this checkout")
+    assert len(document["cells"]) == 20
+    for name, cell in document["cells"].items():
+        for tree in trees:
+            assert cell[tree]["samples"] > 0, (name, tree)
+            if name.startswith("strong/"):
+                assert cell[tree]["stale"] == 0, (name, tree)
+    assert document["probes"]
+    assert all(probe["stale"] == 0 for probe in document["probes"].values())
+    for database in document["machine"]["temp_databases"].split():
+        assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
