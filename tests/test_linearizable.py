@@ -77,3 +77,16 @@ async def test_concurrent_bounded_reads_share_a_version_check(make_cache: CacheF
         results = await asyncio.gather(*(cache.get("t") for _ in range(50)))
         assert {r.version for r in results} == {1}
         assert cache.stats().version_checks - before == 1
+
+
+async def test_a_stale_l1_entry_costs_one_version_check(make_cache: CacheFactory) -> None:
+    async with make_cache(consistency="strong") as reader, make_cache() as writer:
+        await writer.append("t", [user("a")])
+        assert (await reader.get("t")).version == 1
+        await writer.append("t", [user("b")])
+        before = reader.stats()
+        assert (await reader.get("t")).version == 2
+        after = reader.stats()
+        # The L1 check learns version 2; L2 (extended by the writer) serves it.
+        assert after.version_checks - before.version_checks == 1
+        assert after.l2_hits - before.l2_hits == 1

@@ -276,8 +276,12 @@ class ConversationCache:
                 self._counters.l1_hits += 1
                 return conversation
             self._l1.drop(thread_id, "stale")
+            # The load builds on the version just learned, so it starts when that was asked.
+            return await self._loads.run(
+                thread_id, since, partial(self._fetch, thread_id, version), started=checked
+            )
         check_thread_id(thread_id)
-        return await self._loads.run(thread_id, since, partial(self._fetch, thread_id))
+        return await self._loads.run(thread_id, since, partial(self._fetch, thread_id, None))
 
     get_or_load = get
 
@@ -289,11 +293,16 @@ class ConversationCache:
         self._counters.version_checks += 1
         return await self.store.version(self.namespace, thread_id), flight.started
 
-    async def _fetch(self, thread_id: str, flight: Flight[Conversation]) -> Conversation:
-        """Load a thread, and keep it in L1 unless a newer version was announced meanwhile."""
+    async def _fetch(
+        self, thread_id: str, version: int | None, flight: Flight[Conversation]
+    ) -> Conversation:
+        """Load a thread, and keep it in L1 unless a newer version was announced meanwhile.
+
+        ``version``: the store's version, if asked at ``flight.started``.
+        """
         self._floors[thread_id] = 0
         try:
-            conversation = await self._fetch_uncached(thread_id)
+            conversation = await self._fetch_uncached(thread_id, version)
             if "l1_fill" in self._hooks:
                 await self._hooks["l1_fill"](thread_id)
             if conversation.version >= self._floors[thread_id]:
@@ -304,19 +313,23 @@ class ConversationCache:
         finally:
             del self._floors[thread_id]
 
-    async def _fetch_uncached(self, thread_id: str) -> Conversation:
-        """From L2 if it holds the version the store confirms (asked beside the L2 read),
-        else from the store; the lease keeps other instances' misses off the store."""
+    async def _fetch_uncached(self, thread_id: str, version: int | None) -> Conversation:
+        """From L2 if it holds the version the store confirms (asked beside the L2 read
+        unless known), else from the store; the lease keeps other instances' misses off
+        the store."""
         lease = ""
         if self._l2 is not None:
-            check = asyncio.ensure_future(self.store.version(self.namespace, thread_id))
-            try:
+            if version is None:
+                check = asyncio.ensure_future(self.store.version(self.namespace, thread_id))
+                try:
+                    entry = await self._l2.get(thread_id)
+                except BaseException:
+                    check.cancel()
+                    raise
+                version = await check
+                self._counters.version_checks += 1
+            else:
                 entry = await self._l2.get(thread_id)
-            except BaseException:
-                check.cancel()
-                raise
-            version = await check
-            self._counters.version_checks += 1
             if _holds(entry, version):
                 return self._served_by_l2(thread_id, entry)
             if self._lease_ttl > 0:

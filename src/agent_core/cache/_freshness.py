@@ -63,8 +63,18 @@ class Flights(Generic[_T]):
         return key in self._running
 
     async def run(
-        self, key: str, since: int, operation: Callable[[Flight[_T]], Awaitable[_T]]
+        self,
+        key: str,
+        since: int,
+        operation: Callable[[Flight[_T]], Awaitable[_T]],
+        *,
+        started: int | None = None,
     ) -> _T:
+        """``operation``'s result, or that of a flight started after ``since``.
+
+        ``started``: the flight's start, if earlier than now (the operation builds on
+        something learned from the store at that tick).
+        """
         while (flight := self._running.get(key)) is not None:
             fresh = flight.started > since
             if not fresh and not self._exclusive:
@@ -80,7 +90,7 @@ class Flights(Generic[_T]):
                 continue
             if fresh:
                 return result
-        flight = self._running[key] = Flight(self._ticks())
+        flight = self._running[key] = Flight(self._ticks() if started is None else started)
         try:
             result = await operation(flight)
         except BaseException as exc:
