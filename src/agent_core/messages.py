@@ -16,6 +16,7 @@ from typing import Any, Final, final
 import msgspec
 import orjson
 
+from ._quote import quote
 from ._token_counts import Counts
 from .errors import InvalidBatch, InvalidMessage, MessageTooLarge
 
@@ -324,7 +325,9 @@ def _check_head(item: Mapping[str, Any]) -> None:
     if not isinstance(role, str):
         raise InvalidMessage(f"role must be a string, got {type(role).__name__}")
     if role not in KNOWN_ROLES:
-        raise InvalidMessage(f"unknown role {role!r}: use one of {', '.join(sorted(KNOWN_ROLES))}")
+        raise InvalidMessage(
+            f"unknown role {quote(role)}: use one of {', '.join(sorted(KNOWN_ROLES))}"
+        )
 
 
 def _check_size(size: int, limit: int) -> None:

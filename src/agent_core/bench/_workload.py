@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from .._quote import quote
 from .._validation import check_count
 from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
@@ -85,13 +86,13 @@ class BenchConfig:
             check_count("memory_limit", self.memory_limit, minimum=64 * MIB)
         check_count("seed", self.seed, minimum=0)
         if isinstance(self.zipf_s, bool) or not isinstance(self.zipf_s, int | float):
-            raise InvalidArgument(f"zipf_s must be a number, got {self.zipf_s!r:.100}")
+            raise InvalidArgument(f"zipf_s must be a number, got {quote(self.zipf_s)}")
         if not 0 < self.zipf_s <= 10:
             raise InvalidArgument(f"zipf_s must be in (0, 10], got {self.zipf_s}")
         for name in ("store", "redis"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidArgument(f"{name} must be a URL or None, got {value!r:.100}")
+                raise InvalidArgument(f"{name} must be a URL or None, got {quote(value)}")
 
     @classmethod
     def quick(cls, **overrides: object) -> BenchConfig:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._quote import quote
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
 from ..errors import ConfigurationError
 
@@ -42,7 +43,7 @@ class Settings:
         # cache and the agent when the app starts, with their own messages.
         if type(self.max_body_bytes) is not int or self.max_body_bytes < 1:
             raise ConfigurationError(
-                f"max_body_bytes must be a positive integer, got {self.max_body_bytes!r}"
+                f"max_body_bytes must be a positive integer, got {quote(self.max_body_bytes)}"
             )
 
     @property
@@ -80,7 +81,7 @@ class Settings:
                     values[name] = int(raw)
                 except ValueError:
                     raise ConfigurationError(
-                        f"{variable} must be an integer, got {raw!r:.100}"
+                        f"{variable} must be an integer, got {quote(raw)}"
                     ) from None
             elif name == "redis_url":
                 values[name] = raw or None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._quote import quote
 from .._tasks import cancel_and_wait
 from ..errors import (
     CacheClosed,
@@ -145,14 +146,14 @@ class SQLiteStore:
             )
         if synchronous not in _SYNCHRONOUS:
             raise ConfigurationError(
-                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {quote(synchronous)}"
             )
         if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
             raise ConfigurationError(
-                f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}"
+                f"busy_timeout_ms must be an int >= 0, got {quote(busy_timeout_ms)}"
             )
         if not isinstance(readers, int) or not 1 <= readers <= 64:
-            raise ConfigurationError(f"readers must be an int from 1 to 64, got {readers!r}")
+            raise ConfigurationError(f"readers must be an int from 1 to 64, got {quote(readers)}")
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
