@@ -65,9 +65,7 @@ CALLS: dict[str, Call] = {
 
 @pytest.mark.parametrize("where", sorted(CALLS))
 @pytest.mark.parametrize("bad", [DEEP, HUGE_INT, LONG], ids=["deep", "huge_int", "long"])
-async def test_bad_input_gets_a_short_typed_error(
-    sqlite_url: str, where: str, bad: object
-) -> None:
+async def test_bad_input_gets_a_short_typed_error(sqlite_url: str, where: str, bad: object) -> None:
     async with ConversationCache.from_urls(sqlite_url, namespace="quote") as cache:
         with pytest.raises(AgentCoreError) as caught:
             await CALLS[where](cache, bad)
@@ -80,10 +78,7 @@ def test_token_counter_tools_never_raise_untyped(bad: object) -> None:
     counter = TokenCounter.for_model("gpt-4o")
     schema = {"type": bad, "description": bad, "enum": [bad, 1]}
     tools = [{"name": "f", "parameters": {"type": "object", "properties": {"a": schema}}}]
-    try:
-        assert counter.count_messages(USER, tools=tools) > 0
-    except AgentCoreError as exc:
-        assert len(str(exc)) < 400
+    assert counter.count_messages(USER, tools=tools) > 0
     with pytest.raises(AgentCoreError) as caught:
         counter.count_messages(USER, tools=bad)  # type: ignore[arg-type]
     assert len(str(caught.value)) < 400

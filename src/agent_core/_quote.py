@@ -19,7 +19,7 @@ _MAX_TEXT: Final = 60
 _MAX_ITEMS: Final = 4
 _MAX_DEPTH: Final = 2
 _MAX_INT_BITS: Final = 128
-_BRACKETS: Final = {list: "[]", tuple: "()", set: "{}", frozenset: "{}"}
+_BRACKETS: Final[dict[type, str]] = {list: "[]", tuple: "()", set: "{}", frozenset: "{}"}
 
 
 def quote(value: object) -> str:

@@ -20,10 +20,10 @@ from ..agent import AgentReply, BaseAgent
 from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
-from ..messages import KNOWN_ROLES
 from ..observe import LoopLagMonitor
 from ._core import Core, core_of
 from ._dashboard import dashboard_router
+from ._message_schema import MESSAGE_SCHEMA, USER_MESSAGE_SCHEMA
 from ._metrics import Metrics
 from ._problems import error_problem, install_problem_handlers, problem
 from ._recent import RecentActivity
@@ -70,44 +70,8 @@ IdempotencyKey = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     ),
 ]
-MessageObject = Annotated[
-    dict[str, Any],
-    WithJsonSchema(
-        {
-            "type": "object",
-            "description": "A Chat Completions message (a known `role`) or a Responses API "
-            "item (a string `type` and no `role`); any other keys are kept as they are.",
-            "anyOf": [
-                {"required": ["role"], "properties": {"role": {"enum": sorted(KNOWN_ROLES)}}},
-                {
-                    "required": ["type"],
-                    "properties": {"type": {"type": "string"}},
-                    "not": {"required": ["role"]},
-                },
-            ],
-        }
-    ),
-]
-_TEXT: Final = {"type": "string", "pattern": r"\S"}
-UserMessage = Annotated[
-    str | dict[str, Any],
-    WithJsonSchema(
-        {
-            "description": "The user's text, or a user message object.",
-            "anyOf": [
-                _TEXT,
-                {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"const": "user"},
-                        "content": {"anyOf": [_TEXT, {"type": "array", "minItems": 1}]},
-                    },
-                },
-            ],
-        }
-    ),
-]
+MessageObject = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
+UserMessage = Annotated[str | dict[str, Any], WithJsonSchema(USER_MESSAGE_SCHEMA)]
 
 
 class AppendRequest(BaseModel):
