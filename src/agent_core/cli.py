@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ._urls import redact
 from ._validation import check_thread_id
 from .agent import BaseAgent
 from .cache import ConversationCache
@@ -93,8 +94,10 @@ NamespaceOption = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
-    """One red line on stderr, exit code 1."""
+def _fail(message: str, *urls: str | None) -> NoReturn:
+    """One red line on stderr, exit code 1; no secret of ``urls`` in it."""
+    for url in urls:
+        message = redact(message, url)
     _err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
@@ -106,7 +109,7 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(environ=os.environ, **overrides)
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), overrides.get("store_url"), overrides.get("redis_url"))
 
 
 @app.command()
@@ -137,7 +140,7 @@ def serve(
         with _signals_end_quietly():
             asyncio.run(_serve(asgi, host, port, access_log=access_log))
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), settings.store_url, settings.redis_url)
 
 
 async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> None:
@@ -256,7 +259,7 @@ def bench(
         if json_file is not None:
             _write(json_file, orjson.dumps(report(run), option=orjson.OPT_INDENT_2) + b"\n")
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), store, redis)
     except KeyboardInterrupt:
         # run_bench deleted what it wrote on the way out (its cleanup is a finally).
         _err.print("[bold red]interrupted[/]")
@@ -342,7 +345,7 @@ def chat(
         check_thread_id(thread)
         asyncio.run(_chat(settings, thread, system))
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), settings.store_url, settings.redis_url)
 
 
 async def _chat(settings: Settings, thread: str, system: str) -> None:

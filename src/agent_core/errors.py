@@ -106,11 +106,17 @@ class IdempotencyKeyReused(AgentCoreError):
 
 
 class StoreUnavailable(AgentCoreError):
-    """The thread store could not be reached or failed.
+    """The thread store could not be reached or failed; retrying may succeed.
 
-    A read can simply be retried. An append may or may not have been applied: retry it
-    with the same ``idempotency_key`` to make sure it lands exactly once.
+    A read can simply be retried. ``may_have_committed`` says whether a write was sent
+    before the failure, so that it may have been applied although no answer came: retry
+    it with the same ``idempotency_key`` to make sure it lands exactly once. When False,
+    nothing was written.
     """
+
+    def __init__(self, message: str, *, may_have_committed: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_committed = may_have_committed
 
 
 class CacheClosed(AgentCoreError):

@@ -406,7 +406,7 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(_READY_TIMEOUT):
             await core.cache.store.version(core.cache.namespace, "readyz")
     except Exception as exc:
-        store, detail = "unavailable", f"{type(exc).__name__}: {exc}"
+        store, detail = "unavailable", core.redact(f"{type(exc).__name__}: {exc}")
     stats = core.cache.stats()
     redis = core.redis_state(stats)
     if store != "ok":
@@ -414,7 +414,7 @@ async def readyz(request: Request) -> Response:
     else:
         status = "degraded" if redis == "degraded" else "ok"
     if not detail and redis == "degraded":
-        detail = stats.redis_last_error
+        detail = core.redact(stats.redis_last_error)
     body = Readiness(status=status, store=store, redis=redis, detail=detail)
     return Response(
         body.model_dump_json(), status_code=503 if store != "ok" else 200, media_type=_JSON
@@ -428,6 +428,7 @@ async def stats(request: Request) -> dict[str, Any]:
     s = core.cache.stats()
     return {
         **asdict(s),
+        "redis_last_error": core.redact(s.redis_last_error),
         "requests": s.requests,
         "l1_hit_rate": s.l1_hit_rate,
         "l2_hit_rate": s.l2_hit_rate,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .._quote import quote
+from .._urls import mask_url
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
 from ..errors import ConfigurationError
 
@@ -45,6 +46,13 @@ class Settings:
             raise ConfigurationError(
                 f"max_body_bytes must be a positive integer, got {quote(self.max_body_bytes)}"
             )
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("store_url", "redis_url"):
+            if isinstance(fields[name], str):
+                fields[name] = mask_url(fields[name])
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in fields.items())})"
 
     @property
     def token_model(self) -> str:

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._quote import quote
 from .._tasks import cancel_and_wait
+from .._urls import show_url
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -174,7 +175,7 @@ class SQLiteStore:
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
             raise ConfigurationError(
-                f"not a SQLite URL: {url!r}; use sqlite:///relative/path.db "
+                f"not a SQLite URL: {show_url(url)}; use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
         options = dict(parse_qsl(parts.query, strict_parsing=False))
@@ -194,7 +195,7 @@ class SQLiteStore:
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise
-            raise ConfigurationError(f"bad option in SQLite URL {url!r}: {exc}") from None
+            raise ConfigurationError(f"bad option in SQLite URL {show_url(url)}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
