@@ -9,12 +9,15 @@ idempotency key lands it exactly once, and the pool serves again as soon as the 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
+import pytest
 
 from agent_core import ConversationCache, StoreUnavailable
 
@@ -106,3 +109,21 @@ async def test_terminated_backends_surface_only_as_store_unavailable(
             for key, version in acknowledged.items():
                 if f"t{int(key[1:].split('-')[0]) % 3}" == thread:
                     assert texts[version - 1] == key
+
+
+async def test_a_locked_sqlite_database_is_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    async with ConversationCache.from_urls(
+        f"sqlite:///{path}?busy_timeout_ms=50", namespace="faults"
+    ) as cache:
+        assert await cache.append("t", [{"role": "user", "content": "a"}]) == 1
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreUnavailable, match=r"locked.*nothing was written") as caught:
+                await cache.append("t", [{"role": "user", "content": "b"}])
+            assert caught.value.may_have_committed is False
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await cache.append("t", [{"role": "user", "content": "b"}]) == 2

@@ -285,7 +285,11 @@ class SQLiteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {str(self.path)!r} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"SQLite store {str(self.path)!r} failed ({type(exc).__name__}: {exc}); "
+                "nothing was written: retry",
+                may_have_committed=False,
+            ) from exc
         except RuntimeError as exc:  # the pool was shut down under us
             if "shutdown" not in str(exc):
                 raise
@@ -577,10 +581,14 @@ class _immediate_transaction:
         self._connection.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self._connection.execute("COMMIT")
-        elif self._connection.in_transaction:
-            self._connection.execute("ROLLBACK")
+        try:
+            if kind is None:
+                self._connection.execute("COMMIT")
+        finally:
+            # Also after a failed COMMIT (an I/O error, say), which leaves the transaction
+            # open: nothing of it is written, and the writer can start the next one.
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
 
 
 def _migrate(connection: sqlite3.Connection) -> None:
