@@ -206,7 +206,7 @@ def bench(
         str | None,
         typer.Option(
             envvar="AGENT_CORE_BENCH_STORE_URL",
-            help="Store URL; its threads are deleted at the end.  "
+            help="Store URL; the run's own namespace is removed from it (and Redis) at the end.  "
             "\\[default: SQLite in a temporary directory]",
             show_default=False,
         ),

@@ -22,6 +22,7 @@ from asyncpg.pool import PoolConnectionProxy
 from .._quote import quote
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 from .._urls import mask_url, redact, show_url
+from .._validation import check_namespace
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -266,6 +267,23 @@ class PostgresStore:
         async with self._connection(write=True) as connection:
             version: int = await connection.fetchval(sql.DELETE, namespace, thread_id)
         return version
+
+    async def purge_namespace(self, namespace: str) -> int:
+        """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
+
+        IRREVERSIBLE, and only for a namespace that will never be used again (a benchmark's
+        own, say): unlike `delete`, it keeps no thread row, so versions start again from 0
+        and a cache that still holds the namespace's threads would not see them change.
+        Not an external change: nothing is announced. Returns the number of threads removed.
+        """
+        check_namespace(namespace)
+        async with self._connection(write=True) as connection, connection.transaction():
+            # The flag agent-core's own functions set: the external-change trigger skips.
+            await connection.execute(sql.INTERNAL_ON)
+            for statement in sql.PURGE_ROWS:
+                await connection.execute(statement, namespace)
+            purged: str = await connection.execute(sql.PURGE_THREADS, namespace)
+        return int(purged.rpartition(" ")[2])
 
     async def list_threads(
         self, namespace: str, *, limit: int = 100, after: str | None = None

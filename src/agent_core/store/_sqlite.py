@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .._quote import quote
 from .._tasks import cancel_and_wait
 from .._urls import show_url
+from .._validation import check_namespace
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -490,6 +491,32 @@ class SQLiteStore:
                 "DELETE FROM idempotency_keys WHERE namespace = ? AND thread_id = ?", key
             )
         return int(version) + 1
+
+    async def purge_namespace(self, namespace: str) -> int:
+        """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
+
+        IRREVERSIBLE, and only for a namespace that will never be used again (a benchmark's
+        own, say): unlike `delete`, it keeps no thread row, so versions start again from 0
+        and a cache that still holds the namespace's threads would not see them change.
+        Not an external change: nothing is announced. Returns the number of threads removed.
+        """
+        check_namespace(namespace)
+        return await self._on_writer(self._purge_namespace, namespace)
+
+    def _purge_namespace(self, namespace: str) -> int:
+        connection = self._writer
+        assert connection is not None
+        key = (namespace,)
+        with _immediate_transaction(connection):
+            # Clearing through each version first keeps the delete trigger quiet: it only
+            # reports deleted rows above cleared_through.
+            connection.execute(
+                "UPDATE threads SET cleared_through = version WHERE namespace = ?", key
+            )
+            connection.execute("DELETE FROM messages WHERE namespace = ?", key)
+            connection.execute("DELETE FROM idempotency_keys WHERE namespace = ?", key)
+            connection.execute("DELETE FROM changes WHERE namespace = ?", key)
+            return connection.execute("DELETE FROM threads WHERE namespace = ?", key).rowcount
 
     async def list_threads(
         self, namespace: str, *, limit: int = 100, after: str | None = None
