@@ -287,3 +287,11 @@ def test_http_load_quick_run(tmp_path: Path) -> None:
         assert set(cell["by_instance"]) == {"a", "b"}, operation
     assert document["freshness"]["different_after_settle"] == []
     assert_dropped(document)
+
+
+def test_message_shape_quick_run(tmp_path: Path) -> None:
+    """benchmarks/message_shape.py --quick: no services, a second."""
+    headings = ("Machine", "Validation and encoding of one message", "Goal:")
+    document = quick_run("message_shape.py", tmp_path, headings)
+    assert document["messages"]["user text"]["check_shape_us"] > 0
+    assert document["goal"]["check_shape_worst_us"] > 0

@@ -210,9 +210,9 @@ def test_posts(
 ) -> None:
     async def post() -> None:
         before = await version(client, "t")
-        headers = {"content-type": b"application/json"}
+        headers = {b"content-type": b"application/json"}
         if key is not None:
-            headers["idempotency-key"] = key.encode("latin-1")  # as raw as a header gets
+            headers[b"idempotency-key"] = key.encode("latin-1")  # as raw as a header gets
         response = await client.post(
             f"/v1/threads/{thread_id}/{endpoint}", content=body, headers=headers
         )

@@ -142,10 +142,10 @@ _TEXT_PARTS: Final = frozenset({"text", "input_text"})
 def _content(
     item: _Item, *, what: str, parts: frozenset[str] | None, empty_ok: bool = False
 ) -> None:
-    role = item.get("role")
     content = item.get("content")
     if isinstance(content, str):
         return
+    role = item.get("role")
     if not isinstance(content, list | tuple):
         raise InvalidMessage(
             f"a {role} message needs 'content': a string or a list of {what}, got {_kind(content)}"
@@ -153,7 +153,13 @@ def _content(
     if not content and not empty_ok:
         raise InvalidMessage(f"a {role} message's content list is empty: give at least one part")
     for index, part in enumerate(content):
-        _part(part, index, parts)
+        # Inline, the common case: a valid text part (allowed for every role).
+        if (
+            type(part) is not dict
+            or part.get("type") != "text"
+            or type(part.get("text")) is not str
+        ):
+            _part(part, index, parts)
 
 
 def _part(part: object, index: int, allowed: frozenset[str] | None) -> None:
