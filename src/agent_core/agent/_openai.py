@@ -30,6 +30,7 @@ import orjson
 
 from .._closing import AsyncClosing
 from .._quote import quote
+from .._urls import mask_url, show_url
 from ..errors import ConfigurationError, InvalidArgument, ModelError
 from ..messages import Message
 from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
@@ -170,7 +171,7 @@ class OpenAIChatModel(AsyncClosing):
         await self._client.aclose()
 
     def __repr__(self) -> str:
-        return f"OpenAIChatModel(model={self._model!r}, url={self._url!r})"
+        return f"OpenAIChatModel(model={self._model!r}, url={mask_url(self._url)!r})"
 
     def _body(
         self,
@@ -621,10 +622,10 @@ def _base_url(value: object) -> str:
         port_ok = False
     if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
         raise error(
-            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {quote(value)}"
+            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {show_url(value)}"
         )
     if parts.query or parts.fragment:
-        raise error(f"{source} must have no query or fragment, got {quote(value)}")
+        raise error(f"{source} must have no query or fragment, got {show_url(value)}")
     return value
 
 

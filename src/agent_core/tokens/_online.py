@@ -27,6 +27,7 @@ from urllib.parse import SplitResult, urlsplit
 import orjson
 
 from .._quote import quote
+from .._urls import show_url
 from ..errors import InvalidArgument, ProviderError
 from ..messages import Message
 from ._chat import _function_of
@@ -71,10 +72,11 @@ def check_online_args(api_key: object, base_url: object, timeout: object) -> str
     parts = _url_parts(base_url)
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgument(
-            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {quote(base_url)}"
+            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, "
+            f"got {show_url(base_url)}"
         )
     if parts.query or parts.fragment:
-        raise InvalidArgument(f"base_url must have no query or fragment, got {quote(base_url)}")
+        raise InvalidArgument(f"base_url must have no query or fragment, got {show_url(base_url)}")
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
