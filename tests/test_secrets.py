@@ -21,7 +21,7 @@ from agent_core.bench import BenchConfig, BenchRun, report
 from agent_core.errors import AgentCoreError
 from agent_core.server import Settings, create_app
 
-from .test_cli import CLEAN_ENV
+from .test_cli import CLEAN_ENV, invoke
 
 SECRET = "s3cret"
 
@@ -144,3 +144,11 @@ async def test_readyz_and_stats_never_show_the_password(tmp_path: Path) -> None:
         await http.get("/v1/threads/t")
         for path in ("/readyz", "/v1/stats", "/metrics"):
             assert SECRET not in (await http.get(path)).text
+
+
+@pytest.mark.parametrize("url", ["http://u:s3cret@127.0.0.1:1", "http://u:s3cret@[::1"])
+def test_stats_never_shows_the_password(url: str) -> None:
+    result = invoke(["stats", "--url", url, "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output
+    assert SECRET not in result.output

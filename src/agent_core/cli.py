@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._urls import redact
+from ._urls import mask_url, redact
 from ._validation import check_thread_id
 from .agent import BaseAgent
 from .cache import ConversationCache
@@ -178,23 +178,24 @@ def stats(
 ) -> None:
     """Show the cache statistics of a running server (GET /v1/stats)."""
     endpoint = url.rstrip("/") + "/v1/stats"
+    shown = mask_url(endpoint)
     try:
         response = httpx.get(endpoint, timeout=timeout)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {endpoint}: {str(exc) or type(exc).__name__}")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        _fail(f"cannot reach {shown}: {str(exc) or type(exc).__name__}", url)
     if response.status_code != 200:
-        _fail(f"{endpoint} answered {response.status_code}: {_problem(response)}")
+        _fail(f"{shown} answered {response.status_code}: {_problem(response)}", url)
     try:
         data = response.json()
     except ValueError:
-        _fail(f"{endpoint} did not answer JSON: {response.text[:200]!r}")
+        _fail(f"{shown} did not answer JSON: {response.text[:200]!r}", url)
     if not isinstance(data, dict):
-        _fail(f"{endpoint} answered {type(data).__name__}, expected a JSON object")
+        _fail(f"{shown} answered {type(data).__name__}, expected a JSON object", url)
     if as_json:
         # Plain print: rich would re-wrap or colour the JSON that scripts parse.
         print(response.text)
         return
-    _out.print(_stats_table(data, title="agent-core stats", caption=url))
+    _out.print(_stats_table(data, title="agent-core stats", caption=mask_url(url)))
 
 
 @app.command()
