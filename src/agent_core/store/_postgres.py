@@ -179,6 +179,21 @@ class PostgresStore:
         except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc, may_have_committed=sent) from exc
 
+    async def _query(self, method: str, query: str, *args: object) -> Any:
+        """A read, tried once more on another connection if its connection was lost.
+
+        A backend terminated while its connection sat in the pool is found only when the
+        next query uses it; a read is safe to repeat, so that one caller does not fail.
+        """
+        for attempt in range(2):
+            try:
+                async with self._connection() as connection:
+                    return await getattr(connection, method)(query, *args)
+            except StoreUnavailable as exc:
+                if attempt or not _connection_lost(exc.__cause__):
+                    raise
+        raise AssertionError("unreachable")
+
     def _unavailable(self, exc: BaseException, *, may_have_committed: bool) -> StoreUnavailable:
         if may_have_committed:
             outcome = "the write may have committed: retry with the same idempotency key"
@@ -232,11 +247,10 @@ class PostgresStore:
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
     ) -> ThreadRecords:
         check_read(namespace, thread_id, after, last)
-        async with self._connection() as connection:
-            if last is None:
-                rows = await connection.fetch(sql.READ, namespace, thread_id, after)
-            else:
-                rows = await connection.fetch(sql.READ_LAST, namespace, thread_id, after, last)
+        if last is None:
+            rows = await self._query("fetch", sql.READ, namespace, thread_id, after)
+        else:
+            rows = await self._query("fetch", sql.READ_LAST, namespace, thread_id, after, last)
         if not rows:
             return ThreadRecords(0, (), (), ())
         version = rows[0][0]
@@ -246,8 +260,7 @@ class PostgresStore:
 
     async def version(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
-        async with self._connection() as connection:
-            version: int | None = await connection.fetchval(sql.VERSION, namespace, thread_id)
+        version: int | None = await self._query("fetchval", sql.VERSION, namespace, thread_id)
         return version or 0
 
     async def set_tokens(
@@ -289,8 +302,7 @@ class PostgresStore:
         self, namespace: str, *, limit: int = 100, after: str | None = None
     ) -> ThreadPage:
         check_list(namespace, limit, after)
-        async with self._connection() as connection:
-            rows = await connection.fetch(sql.LIST, namespace, after or "", limit + 1)
+        rows = await self._query("fetch", sql.LIST, namespace, after or "", limit + 1)
         return page_of([row[0] for row in rows], limit)
 
     # -- external changes ------------------------------------------------------------
@@ -344,6 +356,12 @@ class PostgresStore:
             return
         for listener in self._listeners:
             listener.changed(change.namespace, change.thread_id, change.version)
+
+
+def _connection_lost(exc: BaseException | None) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate)[:2] in _LOST_STATES
+    return isinstance(exc, _CONNECTION_ERRORS)
 
 
 class _Change(msgspec.Struct):
