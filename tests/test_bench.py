@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import redis.asyncio as redis
 
 from agent_core import ConversationCache
 from agent_core.bench import BenchConfig, BenchRun, achievable, report, rows, run_bench
@@ -85,8 +86,18 @@ async def test_with_redis_l2_serves_every_cold_read(store_url: str, redis_url: s
 
 
 async def assert_cleaned_up(run: BenchRun) -> None:
+    """No row of the run's namespace is left (not even a deleted thread's), and no L2 key."""
     async with ConversationCache.from_urls(run.store, namespace=run.namespace) as cache:
         assert (await cache.list_threads()).thread_ids == ()
+        for i in range(run.config.threads):
+            assert await cache.store.version(run.namespace, f"bench-{i:05d}") == 0
+    if run.config.redis is not None:
+        client = redis.Redis.from_url(run.config.redis)
+        try:
+            left = [key async for key in client.scan_iter(match=f"ac:{{{run.namespace}:*")]
+        finally:
+            await client.aclose()
+        assert left == []
 
 
 def test_report_hides_passwords() -> None:

@@ -318,3 +318,11 @@ def test_strong_reads_quick_run(baseline: str, tmp_path: Path) -> None:
     assert all(probe["stale"] == 0 for probe in document["probes"].values())
     for database in document["machine"]["temp_databases"].split():
         assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
+def test_message_shape_quick_run(tmp_path: Path) -> None:
+    """benchmarks/message_shape.py --quick: no services, a second."""
+    headings = ("Machine", "Validation and encoding of one message", "Goal:")
+    document = quick_run("message_shape.py", tmp_path, headings)
+    assert document["messages"]["user text"]["check_shape_us"] > 0
+    assert document["goal"]["check_shape_worst_us"] > 0

@@ -26,6 +26,8 @@ from agent_core import (
 )
 from agent_core.store import (
     AppendResult,
+    PostgresStore,
+    SQLiteStore,
     ThreadRecords,
     decode_token_counts,
     encode_token_counts,
@@ -191,7 +193,11 @@ async def _assert_nothing_written(cache: ConversationCache) -> None:
         (lambda c: c.append("t", [user("a"), "b"]), InvalidMessage, r"messages\[1\]"),
         (lambda c: c.append("t", [{"role": 3}]), InvalidMessage, "role must be a string"),
         (lambda c: c.append("t", [{"role": "bot"}]), InvalidMessage, "unknown role"),
-        (lambda c: c.append("t", [user("a"), {"role": "user", "x": {1}}]), InvalidMessage, "JSON"),
+        (
+            lambda c: c.append("t", [user("a"), {"role": "user", "content": "b", "x": {1}}]),
+            InvalidMessage,
+            "JSON",
+        ),
         (lambda c: c.append("t", [user("x" * (1 << 20))]), MessageTooLarge, "over the limit"),
         (lambda c: c.append("t", [user("a")], expected_version=-1), InvalidArgument, "at least 0"),
         (lambda c: c.append("t", [user("a")], expected_version=True), InvalidArgument, "int"),
@@ -560,3 +566,24 @@ async def _bump_schema_version(url: str) -> None:
     server = await asyncpg.connect(url)
     await server.execute("INSERT INTO agent_core.schema_migrations (version) VALUES (99)")
     await server.close()
+
+
+async def test_purge_namespace_removes_every_row_of_it_alone(
+    store: SQLiteStore | PostgresStore, namespace: str
+) -> None:
+    other = f"{namespace}-kept"
+    for ns in (namespace, other):
+        await store.append(ns, "a", [b'{"role":"user","content":"x"}'], idempotency_key="k")
+        await store.append(ns, "b", [b'{"role":"user","content":"y"}'])
+    await store.delete(namespace, "b")  # a tombstone row, which the purge removes too
+    assert await store.purge_namespace(namespace) == 2
+    assert await store.version(namespace, "a") == await store.version(namespace, "b") == 0
+    assert (await store.list_threads(namespace)).thread_ids == ()
+    # The idempotency key went with it: the same key is a new append, at version 1.
+    result = await store.append(
+        namespace, "a", [b'{"role":"user","content":"z"}'], idempotency_key="k"
+    )
+    assert (result.version, result.applied) == (1, True)
+    assert await store.version(other, "a") == await store.version(other, "b") == 1
+    with pytest.raises(InvalidNamespace):
+        await store.purge_namespace("bad namespace")

@@ -6,6 +6,7 @@ import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from ._urls import redact, show_url
 from .errors import ConfigurationError
 
 
@@ -17,10 +18,19 @@ def redis_client(url: object) -> redis.Redis:
     wrap each read in one more task.
     """
     if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigurationError(f"not a Redis URL: {url!r:.100}; use redis://host:6379/0 or None")
+        raise ConfigurationError(
+            f"not a Redis URL: {show_url(url)}; use redis://host:6379/0 or None"
+        )
     try:
-        return redis.Redis.from_url(
+        client = redis.Redis.from_url(
             url, socket_connect_timeout=1.0, socket_timeout=None, retry=Retry(NoBackoff(), 0)
         )
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
+        # An unknown query option is a TypeError of the first connection: make one (it does
+        # not connect) so that it is a ConfigurationError now, not a failure at first use.
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:  # a bad port, host or query option
+        raise ConfigurationError(
+            f"bad Redis URL {show_url(url)}: {redact(str(exc), url)}"
+        ) from None
+    return client

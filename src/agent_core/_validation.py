@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from ._quote import quote
 from .errors import InvalidArgument, InvalidNamespace, InvalidThreadId
 
 #: The characters of thread ids and namespaces; the OpenAPI spec states it as their pattern.
@@ -26,7 +27,7 @@ def _is_id(value: object, max_length: int) -> bool:
 def check_thread_id(thread_id: object) -> str:
     if not _is_id(thread_id, MAX_THREAD_ID_LENGTH):
         raise InvalidThreadId(
-            f"invalid thread id {thread_id!r}: use 1-{MAX_THREAD_ID_LENGTH} characters "
+            f"invalid thread id {quote(thread_id)}: use 1-{MAX_THREAD_ID_LENGTH} characters "
             "of A-Z a-z 0-9 . _ : @ -"
         )
     assert isinstance(thread_id, str)
@@ -36,7 +37,7 @@ def check_thread_id(thread_id: object) -> str:
 def check_namespace(namespace: object) -> str:
     if not _is_id(namespace, MAX_NAMESPACE_LENGTH):
         raise InvalidNamespace(
-            f"invalid namespace {namespace!r}: use 1-{MAX_NAMESPACE_LENGTH} characters "
+            f"invalid namespace {quote(namespace)}: use 1-{MAX_NAMESPACE_LENGTH} characters "
             "of A-Z a-z 0-9 . _ : @ -"
         )
     assert isinstance(namespace, str)
@@ -52,7 +53,7 @@ def check_idempotency_key(key: object) -> str | None:
         or not key.isprintable()
     ):
         raise InvalidArgument(
-            f"invalid idempotency_key {key!r}: use 1-{MAX_IDEMPOTENCY_KEY_LENGTH} "
+            f"invalid idempotency_key {quote(key)}: use 1-{MAX_IDEMPOTENCY_KEY_LENGTH} "
             "printable characters, e.g. a UUID, or None"
         )
     return key
@@ -66,7 +67,7 @@ def check_count(name: str, value: object, *, minimum: int, maximum: int = MAX_CO
     """An int (not a bool) within ``[minimum, maximum]``."""
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise InvalidArgument(
-            f"{name} must be an int of at least {minimum} and at most {maximum}, got {value!r:.100}"
+            f"{name} must be an int of at least {minimum} and at most {maximum}, got {quote(value)}"
         )
     return value
 

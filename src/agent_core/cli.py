@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ._urls import mask_url, redact
 from ._validation import check_thread_id
 from .agent import BaseAgent
 from .cache import ConversationCache
@@ -93,8 +94,10 @@ NamespaceOption = Annotated[
 ]
 
 
-def _fail(message: str) -> NoReturn:
-    """One red line on stderr, exit code 1."""
+def _fail(message: str, *urls: str | None) -> NoReturn:
+    """One red line on stderr, exit code 1; no secret of ``urls`` in it."""
+    for url in urls:
+        message = redact(message, url)
     _err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(1)
 
@@ -106,7 +109,7 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return Settings.from_env(environ=os.environ, **overrides)
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), overrides.get("store_url"), overrides.get("redis_url"))
 
 
 @app.command()
@@ -137,7 +140,7 @@ def serve(
         with _signals_end_quietly():
             asyncio.run(_serve(asgi, host, port, access_log=access_log))
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), settings.store_url, settings.redis_url)
 
 
 async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> None:
@@ -175,23 +178,24 @@ def stats(
 ) -> None:
     """Show the cache statistics of a running server (GET /v1/stats)."""
     endpoint = url.rstrip("/") + "/v1/stats"
+    shown = mask_url(endpoint)
     try:
         response = httpx.get(endpoint, timeout=timeout)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach {endpoint}: {str(exc) or type(exc).__name__}")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        _fail(f"cannot reach {shown}: {str(exc) or type(exc).__name__}", url)
     if response.status_code != 200:
-        _fail(f"{endpoint} answered {response.status_code}: {_problem(response)}")
+        _fail(f"{shown} answered {response.status_code}: {_problem(response)}", url)
     try:
         data = response.json()
     except ValueError:
-        _fail(f"{endpoint} did not answer JSON: {response.text[:200]!r}")
+        _fail(f"{shown} did not answer JSON: {response.text[:200]!r}", url)
     if not isinstance(data, dict):
-        _fail(f"{endpoint} answered {type(data).__name__}, expected a JSON object")
+        _fail(f"{shown} answered {type(data).__name__}, expected a JSON object", url)
     if as_json:
         # Plain print: rich would re-wrap or colour the JSON that scripts parse.
         print(response.text)
         return
-    _out.print(_stats_table(data, title="agent-core stats", caption=url))
+    _out.print(_stats_table(data, title="agent-core stats", caption=mask_url(url)))
 
 
 @app.command()
@@ -203,7 +207,7 @@ def bench(
         str | None,
         typer.Option(
             envvar="AGENT_CORE_BENCH_STORE_URL",
-            help="Store URL; its threads are deleted at the end.  "
+            help="Store URL; the run's own namespace is removed from it (and Redis) at the end.  "
             "\\[default: SQLite in a temporary directory]",
             show_default=False,
         ),
@@ -256,7 +260,7 @@ def bench(
         if json_file is not None:
             _write(json_file, orjson.dumps(report(run), option=orjson.OPT_INDENT_2) + b"\n")
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), store, redis)
     except KeyboardInterrupt:
         # run_bench deleted what it wrote on the way out (its cleanup is a finally).
         _err.print("[bold red]interrupted[/]")
@@ -342,7 +346,7 @@ def chat(
         check_thread_id(thread)
         asyncio.run(_chat(settings, thread, system))
     except AgentCoreError as exc:
-        _fail(str(exc))
+        _fail(str(exc), settings.store_url, settings.redis_url)
 
 
 async def _chat(settings: Settings, thread: str, system: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._quote import quote
+
 if TYPE_CHECKING:
     from .agent._reply import AgentReply
 
@@ -82,7 +84,7 @@ class VersionConflict(AgentCoreError):
 
     def __init__(self, thread_id: str, *, expected: int, actual: int) -> None:
         super().__init__(
-            f"thread {thread_id!r} is at version {actual}, not the expected {expected}: "
+            f"thread {quote(thread_id)} is at version {actual}, not the expected {expected}: "
             "another writer appended first; re-read the thread and retry with its version"
         )
         self.thread_id = thread_id
@@ -95,7 +97,7 @@ class IdempotencyKeyReused(AgentCoreError):
 
     def __init__(self, thread_id: str, key: str, *, version: int) -> None:
         super().__init__(
-            f"idempotency key {key!r} of thread {thread_id!r} already produced version "
+            f"idempotency key {quote(key)} of thread {quote(thread_id)} already produced version "
             f"{version} with different messages; use a new key for a new batch"
         )
         self.thread_id = thread_id
@@ -104,11 +106,17 @@ class IdempotencyKeyReused(AgentCoreError):
 
 
 class StoreUnavailable(AgentCoreError):
-    """The thread store could not be reached or failed.
+    """The thread store could not be reached or failed; retrying may succeed.
 
-    A read can simply be retried. An append may or may not have been applied: retry it
-    with the same ``idempotency_key`` to make sure it lands exactly once.
+    A read can simply be retried. ``may_have_committed`` says whether a write was sent
+    before the failure, so that it may have been applied although no answer came: retry
+    it with the same ``idempotency_key`` to make sure it lands exactly once. When False,
+    nothing was written.
     """
+
+    def __init__(self, message: str, *, may_have_committed: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_committed = may_have_committed
 
 
 class CacheClosed(AgentCoreError):
@@ -178,7 +186,7 @@ class RateLimited(AgentCoreError):
 
     def __init__(self, model: str, *, limit: str, retry_after: float, max_wait: float) -> None:
         super().__init__(
-            f"the {limit} limit of model {model!r} would make this request wait "
+            f"the {limit} limit of model {quote(model)} would make this request wait "
             f"{retry_after:.3f} s, more than max_wait={max_wait:g} s; retry after "
             f"{retry_after:.3f} s, or raise max_wait"
         )
@@ -194,7 +202,7 @@ class RequestTooLarge(InvalidArgument):
     def __init__(self, model: str, *, tokens: int, tokens_per_minute: int) -> None:
         super().__init__(
             f"a request of {tokens} tokens can never fit tokens_per_minute="
-            f"{tokens_per_minute} of model {model!r}: send fewer tokens (a shorter window "
+            f"{tokens_per_minute} of model {quote(model)}: send fewer tokens (a shorter window "
             "or fewer reserved output tokens) or raise the limit"
         )
         self.model = model
@@ -224,7 +232,7 @@ class TurnNotSaved(AgentCoreError):
         cause: BaseException,
     ) -> None:
         super().__init__(
-            f"the reply of thread {thread_id!r} could not be stored: {cause}; it is in "
+            f"the reply of thread {quote(thread_id)} could not be stored: {cause}; it is in "
             "this error's reply: append its messages with its idempotency_key to keep it"
         )
         self.thread_id = thread_id

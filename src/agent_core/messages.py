@@ -16,6 +16,7 @@ from typing import Any, Final, final
 import msgspec
 import orjson
 
+from ._message_shape import ROLES, check_shape
 from ._token_counts import Counts
 from .errors import InvalidBatch, InvalidMessage, MessageTooLarge
 
@@ -30,7 +31,7 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1 << 20
 DEFAULT_MAX_BATCH_MESSAGES: Final = 1000
 #: Chat Completions and Responses API roles.
-KNOWN_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+KNOWN_ROLES: Final = frozenset(ROLES)
 
 # Datetimes and dataclasses would come back as strings and dicts, so they are
 # refused rather than silently changed.
@@ -49,9 +50,10 @@ _decode_head = msgspec.json.Decoder(_Head).decode
 class Message:
     """One chat item: a Chat Completions message or a Responses API item.
 
-    Any JSON object with a known ``role``, or with a string ``type`` and no role
-    (Responses API items such as ``function_call``), is accepted and round-trips
-    exactly: ``Message.from_dict(d).to_dict() == d``.
+    A JSON object with a known ``role``, or with a string ``type`` and no role
+    (Responses API items such as ``function_call``), in the shape its role or type
+    needs (`agent_core._message_shape`), is accepted and round-trips exactly:
+    ``Message.from_dict(d).to_dict() == d``. Extra fields are kept as they are.
     """
 
     __slots__ = ("_raw",)
@@ -78,7 +80,7 @@ class Message:
             raise InvalidMessage(f"message bytes are not valid JSON: {exc}") from None
         if not isinstance(item, dict):
             raise InvalidMessage(f"a message must be a JSON object, got {type(item).__name__}")
-        _check_head(item)
+        check_shape(item)
         _check_size(len(raw), max_bytes)
         return cls._trusted(raw)
 
@@ -269,7 +271,7 @@ def encode_message(item: object, max_bytes: int) -> bytes:
             f"a message must be a dict such as {{'role': 'user', 'content': 'hi'}}, "
             f"got {type(item).__name__}"
         )
-    _check_head(item)
+    check_shape(item)
     try:
         raw = orjson.dumps(item if isinstance(item, dict) else dict(item), option=_ENCODE_OPTIONS)
     except (TypeError, orjson.JSONEncodeError) as exc:
@@ -310,21 +312,6 @@ def encode_batch(
             exc.args = (f"messages[{index}]: {exc}",)
             raise
     return encoded
-
-
-def _check_head(item: Mapping[str, Any]) -> None:
-    role = item.get("role")
-    if role is None and "role" not in item:
-        if not isinstance(item.get("type"), str):
-            raise InvalidMessage(
-                "a message needs a 'role' (one of "
-                f"{', '.join(sorted(KNOWN_ROLES))}), or a string 'type' for a Responses API item"
-            )
-        return
-    if not isinstance(role, str):
-        raise InvalidMessage(f"role must be a string, got {type(role).__name__}")
-    if role not in KNOWN_ROLES:
-        raise InvalidMessage(f"unknown role {role!r}: use one of {', '.join(sorted(KNOWN_ROLES))}")
 
 
 def _check_size(size: int, limit: int) -> None:

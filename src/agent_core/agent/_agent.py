@@ -38,6 +38,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Final, final
 
 from .._closing import AsyncClosing
+from .._quote import quote
 from .._validation import check_count, check_thread_id
 from ..cache import ConversationCache
 from ..errors import (
@@ -139,7 +140,8 @@ class BaseAgent:
             )
         if not isinstance(enable_conversation_memory, bool):
             raise ConfigurationError(
-                f"enable_conversation_memory must be a bool, got {enable_conversation_memory!r}"
+                f"enable_conversation_memory must be a bool, "
+                f"got {quote(enable_conversation_memory)}"
             )
         if memory is not None and not isinstance(memory, ConversationCache):
             raise ConfigurationError(
@@ -169,7 +171,7 @@ class BaseAgent:
             )
         name = model.name if token_model is None else token_model
         if not isinstance(name, str) or not name.strip():
-            raise ConfigurationError(f"token_model must be a model name, got {name!r:.100}")
+            raise ConfigurationError(f"token_model must be a model name, got {quote(name)}")
         self.model = model
         self.memory = memory if enable_conversation_memory else None
         self.rate_limits = rate_limits
@@ -230,7 +232,7 @@ class BaseAgent:
         elif isinstance(user_message, Mapping):
             if user_message.get("role") != "user":
                 raise InvalidMessage(
-                    f"user_message must have role 'user', got {user_message.get('role')!r:.50}"
+                    f"user_message must have role 'user', got {quote(user_message.get('role'))}"
                 )
             item = user_message
         else:
@@ -449,12 +451,12 @@ def _head(system: Message | None, files: Sequence[ContextFile]) -> list[Message]
 def _check_paths(paths: object) -> tuple[str | os.PathLike[str], ...]:
     if isinstance(paths, str | bytes | os.PathLike) or not isinstance(paths, Sequence):
         raise ConfigurationError(
-            f"context_files must be a sequence of paths (str or Path), got {paths!r:.100}"
+            f"context_files must be a sequence of paths (str or Path), got {quote(paths)}"
         )
     for path in paths:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise ConfigurationError(
-                f"context_files holds {path!r:.100}: each must be a non-empty str or Path"
+                f"context_files holds {quote(path)}: each must be a non-empty str or Path"
             )
     return tuple(paths)
 

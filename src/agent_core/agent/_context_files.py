@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from .._quote import quote
 from ..errors import ContextFileError, InvalidArgument
 from ..messages import Message
 from ..tokens import TokenCounter
@@ -48,7 +49,7 @@ class ContextFiles:
     ) -> None:
         for name, value in (("max_file_bytes", max_file_bytes), ("max_entries", max_entries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgument(f"{name} must be an int >= 1, got {value!r}")
+                raise InvalidArgument(f"{name} must be an int >= 1, got {quote(value)}")
         self._max_file_bytes = max_file_bytes
         self._max_entries = max_entries
         self._entries: OrderedDict[str, ContextFile] = OrderedDict()
@@ -63,7 +64,7 @@ class ContextFiles:
         UTF-8 text or larger than ``max_file_bytes``.
         """
         if isinstance(paths, str | bytes) or not isinstance(paths, Sequence):
-            raise InvalidArgument(f"context files must be a sequence of paths, got {paths!r:.100}")
+            raise InvalidArgument(f"context files must be a sequence of paths, got {quote(paths)}")
         files = await asyncio.gather(*(self._file(path) for path in paths))
         for file in files:
             if counter.key not in file.tokens:
@@ -73,7 +74,7 @@ class ContextFiles:
     async def _file(self, path: str | os.PathLike[str]) -> ContextFile:
         if not isinstance(path, str | os.PathLike) or not os.fspath(path):
             raise InvalidArgument(
-                f"a context file path must be a non-empty str or Path, got {path!r}"
+                f"a context file path must be a non-empty str or Path, got {quote(path)}"
             )
         resolved, mtime_ns, size = await asyncio.to_thread(_stat, Path(path))
         held = self._entries.get(resolved)

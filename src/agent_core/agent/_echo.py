@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from .._closing import AsyncClosing
+from .._quote import quote
 from ..errors import InvalidArgument
 from ..messages import Message
 from ..tokens import TokenCounter
@@ -35,9 +36,9 @@ class EchoModel(AsyncClosing):
 
     def __init__(self, *, name: str = "echo", token_model: str = "gpt-4o") -> None:
         if not isinstance(name, str) or not name.strip():
-            raise InvalidArgument(f"name must be a non-empty str, got {name!r:.100}")
+            raise InvalidArgument(f"name must be a non-empty str, got {quote(name)}")
         if not isinstance(token_model, str) or not token_model.strip():
-            raise InvalidArgument(f"token_model must be a model name, got {token_model!r:.100}")
+            raise InvalidArgument(f"token_model must be a model name, got {quote(token_model)}")
         self._name = name
         self._counter = TokenCounter.for_model(token_model)
 

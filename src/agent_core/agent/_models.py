@@ -19,6 +19,7 @@ from typing import Any, Protocol, final, runtime_checkable
 import orjson
 
 from .._closing import AsyncClosing
+from .._quote import quote
 from ..errors import InvalidArgument
 from ..messages import Message
 
@@ -155,7 +156,7 @@ def check_request(
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
-        raise InvalidArgument(f"max_tokens must be a positive int or None, got {max_tokens!r}")
+        raise InvalidArgument(f"max_tokens must be a positive int or None, got {quote(max_tokens)}")
     return messages, _encode_tools(tools)
 
 

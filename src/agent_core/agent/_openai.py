@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from .._closing import AsyncClosing
+from .._quote import quote
+from .._urls import mask_url, show_url
 from ..errors import ConfigurationError, InvalidArgument, ModelError
 from ..messages import Message
 from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
@@ -97,7 +99,7 @@ class OpenAIChatModel(AsyncClosing):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if not isinstance(model, str) or not model.strip() or not model.isprintable():
-            raise InvalidArgument(f"model must be a non-empty model name, got {model!r:.100}")
+            raise InvalidArgument(f"model must be a non-empty model name, got {quote(model)}")
         self._model = model
         self._url = f"{_base_url(base_url).rstrip('/')}/chat/completions"
         api_key = _api_key(api_key)
@@ -108,7 +110,7 @@ class OpenAIChatModel(AsyncClosing):
             )
         self._timeout = _seconds("timeout", timeout, zero_ok=False)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidArgument(f"max_retries must be an int >= 0, got {max_retries!r}")
+            raise InvalidArgument(f"max_retries must be an int >= 0, got {quote(max_retries)}")
         self._max_retries = max_retries
         self._backoff = _seconds("backoff", backoff, zero_ok=True)
         self._max_backoff = _seconds("max_backoff", max_backoff, zero_ok=True)
@@ -116,7 +118,7 @@ class OpenAIChatModel(AsyncClosing):
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise InvalidArgument(
                 "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
-                f"got {max_tokens_param!r}"
+                f"got {quote(max_tokens_param)}"
             )
         self._max_tokens_param = max_tokens_param
         self._extra_body = _extra_body(extra_body)
@@ -169,7 +171,7 @@ class OpenAIChatModel(AsyncClosing):
         await self._client.aclose()
 
     def __repr__(self) -> str:
-        return f"OpenAIChatModel(model={self._model!r}, url={self._url!r})"
+        return f"OpenAIChatModel(model={self._model!r}, url={mask_url(self._url)!r})"
 
     def _body(
         self,
@@ -286,7 +288,9 @@ class OpenAIChatModel(AsyncClosing):
             kind = response.headers.get("content-type", "")
             if not kind.startswith("text/event-stream"):
                 await response.aread()
-                raise _invalid(self._url, f"content-type {kind!r}, not a stream", response.content)
+                raise _invalid(
+                    self._url, f"content-type {quote(kind)}, not a stream", response.content
+                )
             reply = _StreamedReply(self._url)
             try:
                 async with aclosing(_sse_data(response)) as events:
@@ -485,7 +489,7 @@ def _usage(url: str, usage: object, raw: bytes | None) -> Usage:
             total = prompt + completion if total is None else total
             if _is_count(total):
                 return Usage(prompt, completion, total)
-    raise _invalid(url, f"usage that is not token counts ({usage!r:.100})", raw or b"")
+    raise _invalid(url, f"usage that is not token counts ({quote(usage)})", raw or b"")
 
 
 def _is_count(value: object) -> TypeGuard[int]:
@@ -618,10 +622,10 @@ def _base_url(value: object) -> str:
         port_ok = False
     if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
         raise error(
-            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {value!r:.100}"
+            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {show_url(value)}"
         )
     if parts.query or parts.fragment:
-        raise error(f"{source} must have no query or fragment, got {value!r:.100}")
+        raise error(f"{source} must have no query or fragment, got {show_url(value)}")
     return value
 
 
@@ -653,7 +657,9 @@ def _seconds(name: str, value: object, *, zero_ok: bool) -> float:
         or (value == 0 and not zero_ok)
     ):
         bound = ">= 0" if zero_ok else "> 0"
-        raise InvalidArgument(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+        raise InvalidArgument(
+            f"{name} must be a finite number of seconds {bound}, got {quote(value)}"
+        )
     return float(value)
 
 
@@ -661,7 +667,7 @@ def _extra_body(value: object) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise InvalidArgument(f"extra_body must be a dict with str keys, got {value!r:.100}")
+        raise InvalidArgument(f"extra_body must be a dict with str keys, got {quote(value)}")
     reserved = sorted(_RESERVED.intersection(value))
     if reserved:
         raise InvalidArgument(

@@ -6,8 +6,8 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
+from .._urls import mask_url
 from ..agent import HistoryTier
 from ..observe._percentile import nearest_rank
 from ._workload import MIB, BenchRun
@@ -166,11 +166,5 @@ def _summary(seconds: list[float]) -> dict[str, float]:
 
 
 def _redact(url: str | None) -> str | None:
-    """``url`` without its password: the JSON may be shared."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its secrets: the JSON may be shared."""
+    return None if url is None else mask_url(url)

@@ -26,11 +26,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
+from redis.exceptions import RedisError
+
+from .._quote import quote
+from .._redis import redis_client
 from .._validation import check_count
 from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
 from ..errors import InvalidArgument
 from ..observe import LoopLagMonitor, memory_limit, process_rss
+from ..store import store_from_url
 from ._samples import Samples, Timeline
 
 __all__ = ["BenchConfig", "BenchRun", "run_bench"]
@@ -85,13 +90,13 @@ class BenchConfig:
             check_count("memory_limit", self.memory_limit, minimum=64 * MIB)
         check_count("seed", self.seed, minimum=0)
         if isinstance(self.zipf_s, bool) or not isinstance(self.zipf_s, int | float):
-            raise InvalidArgument(f"zipf_s must be a number, got {self.zipf_s!r:.100}")
+            raise InvalidArgument(f"zipf_s must be a number, got {quote(self.zipf_s)}")
         if not 0 < self.zipf_s <= 10:
             raise InvalidArgument(f"zipf_s must be in (0, 10], got {self.zipf_s}")
         for name in ("store", "redis"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
-                raise InvalidArgument(f"{name} must be a URL or None, got {value!r:.100}")
+                raise InvalidArgument(f"{name} must be a URL or None, got {quote(value)}")
 
     @classmethod
     def quick(cls, **overrides: object) -> BenchConfig:
@@ -157,7 +162,7 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> Be
             run.seed_seconds = time.perf_counter() - started
             await _turns(run, trace, progress)
         finally:
-            await _clean_up(run, threads)
+            await _clean_up(run)
     return run
 
 
@@ -293,8 +298,32 @@ async def _sample(run: BenchRun, current: list[ConversationCache], lag: LoopLagM
         timeline.add(time.perf_counter() - started, rss, l1_bytes, snapshot.p99, snapshot.max)
 
 
-async def _clean_up(run: BenchRun, threads: list[str]) -> None:
-    """Delete what the run wrote: the store may be someone's database."""
-    async with _cache(run) as cache:
-        for thread_id in threads:
-            await cache.delete(thread_id)
+async def _clean_up(run: BenchRun) -> None:
+    """Remove all that the run wrote: the store may be someone's database, Redis shared.
+
+    The run's namespace is its own (a random name) and never used again, so it is purged:
+    no thread row (delete would keep one) and no Redis key (delete would write a tombstone
+    that lives for the L2 TTL) is left behind.
+    """
+    store = store_from_url(run.store)
+    await store.open()
+    try:
+        await store.purge_namespace(run.namespace)
+    finally:
+        await store.close()
+    if run.config.redis is not None:
+        await _purge_redis(run.config.redis, run.namespace)
+
+
+async def _purge_redis(url: str, namespace: str) -> None:
+    # The L2 key format of cache/_redis_tier.py: ac:{<namespace>:<thread id>}, and its
+    # lease key after it. Namespaces hold no glob characters, so the pattern is exact.
+    client = redis_client(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"ac:{{{namespace}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.unlink(*keys[start : start + 1000])
+    except (RedisError, OSError):
+        pass  # Redis is unreachable: its keys expire with their TTL (l2_ttl) instead.
+    finally:
+        await client.aclose()

@@ -14,6 +14,7 @@ from typing import Any, Final, Literal, Self
 
 import redis.asyncio as redis
 
+from .._quote import quote
 from .._redis import redis_client
 from .._tasks import raise_if_cancelling
 from .._token_counts import from_stored, to_stored
@@ -90,11 +91,11 @@ class ConversationCache:
             )
         if consistency not in _CONSISTENCY:
             raise ConfigurationError(
-                f"consistency must be 'bounded' or 'strong', got {consistency!r}"
+                f"consistency must be 'bounded' or 'strong', got {quote(consistency)}"
             )
         if l1_policy not in _POLICIES:
             raise ConfigurationError(
-                f"l1_policy must be one of {sorted(_POLICIES)}, got {l1_policy!r}"
+                f"l1_policy must be one of {sorted(_POLICIES)}, got {quote(l1_policy)}"
             )
         for name, value in (
             ("l1_ttl", l1_ttl),
@@ -102,7 +103,9 @@ class ConversationCache:
             ("redis_timeout", redis_timeout),
         ):
             if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a number of seconds > 0, got {quote(value)}"
+                )
         if (
             not isinstance(max_staleness, int | float)
             or isinstance(max_staleness, bool)
@@ -110,11 +113,11 @@ class ConversationCache:
         ):
             raise ConfigurationError(
                 "max_staleness must be 0-3600 seconds (bounded mode's bound), "
-                f"got {max_staleness!r}"
+                f"got {quote(max_staleness)}"
             )
         if not isinstance(lease_ttl, int | float) or lease_ttl < 0:
             raise ConfigurationError(
-                f"lease_ttl must be >= 0 seconds (0 disables), got {lease_ttl!r}"
+                f"lease_ttl must be >= 0 seconds (0 disables), got {quote(lease_ttl)}"
             )
         self._append_counters = _counters_for(token_models)
         self.store = store
@@ -660,7 +663,8 @@ def _counters_for(models: object) -> tuple[TokenCounter, ...]:
     """One counter per distinct count key among ``models``."""
     if isinstance(models, str) or not isinstance(models, Sequence):
         raise ConfigurationError(
-            f"token_models must be a sequence of model names such as ('gpt-4o',), got {models!r}"
+            "token_models must be a sequence of model names such as ('gpt-4o',), "
+            f"got {quote(models)}"
         )
     counters: dict[str, TokenCounter] = {}
     for model in models:

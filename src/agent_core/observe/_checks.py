@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from .._quote import quote
 from ..errors import InvalidArgument
 
 
@@ -18,4 +19,4 @@ def check_number(name: str, value: object, valid: Callable[[float], bool], expec
         else:
             if math.isfinite(number) and valid(number):
                 return number
-    raise InvalidArgument(f"{name} must be {expected}, got {value!r}")
+    raise InvalidArgument(f"{name} must be {expected}, got {quote(value)}")

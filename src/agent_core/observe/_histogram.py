@@ -7,6 +7,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import Final
 
+from .._quote import quote
 from ..errors import InvalidArgument
 from ._checks import check_number
 
@@ -62,7 +63,7 @@ class Histogram:
     def record(self, value: float) -> None:
         """Count one duration of ``value`` seconds (>= 0)."""
         if not 0.0 <= value < math.inf:
-            raise InvalidArgument(f"a duration must be a finite number >= 0, got {value!r}")
+            raise InvalidArgument(f"a duration must be a finite number >= 0, got {quote(value)}")
         index = _bucket(int(value * _NS_PER_SECOND))
         self._counts[index if index < self._last else self._last] += 1
         self._count += 1

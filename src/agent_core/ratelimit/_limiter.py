@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .._closing import AsyncClosing
+from .._quote import quote
 from .._redis import redis_client
 from .._tasks import MAX_BACKOFF, raise_if_cancelling
 from .._validation import check_count, check_namespace
@@ -70,7 +71,7 @@ class RateLimiter(AsyncClosing):
         if client is not None and not isinstance(client, Redis):
             raise ConfigurationError(
                 f"redis must be a redis.asyncio.Redis client, a redis:// URL or None, "
-                f"got {client!r}"
+                f"got {quote(client)}"
             )
         self._shared = None if client is None else SharedGcra(client, namespace, self._instance)
         # Instances seen on each model's shared budget at the last answer: the share
@@ -143,7 +144,7 @@ class RateLimiter(AsyncClosing):
         limits = self._limits.get(name, self._limits.get(ANY_MODEL))
         if limits is None:
             raise InvalidArgument(
-                f"no rate limits for model {name!r}: add it to the limits, or a "
+                f"no rate limits for model {quote(name)}: add it to the limits, or a "
                 f"{ANY_MODEL!r} entry for every other model"
             )
         return limits
@@ -212,7 +213,9 @@ def _check_model(model: object, error: type[AgentCoreError]) -> str:
         or not 0 < len(model) <= MAX_MODEL_LENGTH
         or not model.isprintable()
     ):
-        raise error(f"invalid model name {model!r}: use 1-{MAX_MODEL_LENGTH} printable characters")
+        raise error(
+            f"invalid model name {quote(model)}: use 1-{MAX_MODEL_LENGTH} printable characters"
+        )
     return model
 
 
@@ -222,11 +225,13 @@ def _limits_table(limits: object) -> dict[str, RateLimits]:
     if not isinstance(limits, Mapping) or not limits:
         raise ConfigurationError(
             "limits must be a RateLimits or a non-empty mapping of model name (or "
-            f"{ANY_MODEL!r}) to RateLimits, got {limits!r}"
+            f"{ANY_MODEL!r}) to RateLimits, got {quote(limits)}"
         )
     table: dict[str, RateLimits] = {}
     for model, value in limits.items():
         if not isinstance(value, RateLimits):
-            raise ConfigurationError(f"limits[{model!r}] must be a RateLimits, got {value!r}")
+            raise ConfigurationError(
+                f"limits[{quote(model)}] must be a RateLimits, got {quote(value)}"
+            )
         table[_check_model(model, ConfigurationError)] = value
     return table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .._quote import quote
 from ..errors import AgentCoreError, ConfigurationError
 
 
@@ -30,7 +31,7 @@ class RateLimits:
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
             ):
                 raise ConfigurationError(
-                    f"{name} must be a positive int or None (unlimited), got {value!r}"
+                    f"{name} must be a positive int or None (unlimited), got {quote(value)}"
                 )
         check_seconds("max_wait", self.max_wait, allow_zero=True)
         check_seconds("period", self.period, allow_zero=False)
@@ -52,5 +53,5 @@ def check_seconds(
         or (value == 0 and not allow_zero)
     ):
         least = "0 or more" if allow_zero else "more than 0"
-        raise error(f"{name} must be a finite number of seconds, {least}, got {value!r}")
+        raise error(f"{name} must be a finite number of seconds, {least}, got {quote(value)}")
     return float(value)

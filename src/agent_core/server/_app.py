@@ -20,10 +20,10 @@ from ..agent import AgentReply, BaseAgent
 from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
-from ..messages import KNOWN_ROLES
 from ..observe import LoopLagMonitor
 from ._core import Core, core_of
 from ._dashboard import dashboard_router
+from ._message_schema import MESSAGE_SCHEMA, USER_MESSAGE_SCHEMA
 from ._metrics import Metrics
 from ._problems import error_problem, install_problem_handlers, problem
 from ._recent import RecentActivity
@@ -70,44 +70,8 @@ IdempotencyKey = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     ),
 ]
-MessageObject = Annotated[
-    dict[str, Any],
-    WithJsonSchema(
-        {
-            "type": "object",
-            "description": "A Chat Completions message (a known `role`) or a Responses API "
-            "item (a string `type` and no `role`); any other keys are kept as they are.",
-            "anyOf": [
-                {"required": ["role"], "properties": {"role": {"enum": sorted(KNOWN_ROLES)}}},
-                {
-                    "required": ["type"],
-                    "properties": {"type": {"type": "string"}},
-                    "not": {"required": ["role"]},
-                },
-            ],
-        }
-    ),
-]
-_TEXT: Final = {"type": "string", "pattern": r"\S"}
-UserMessage = Annotated[
-    str | dict[str, Any],
-    WithJsonSchema(
-        {
-            "description": "The user's text, or a user message object.",
-            "anyOf": [
-                _TEXT,
-                {
-                    "type": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"const": "user"},
-                        "content": {"anyOf": [_TEXT, {"type": "array", "minItems": 1}]},
-                    },
-                },
-            ],
-        }
-    ),
-]
+MessageObject = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
+UserMessage = Annotated[str | dict[str, Any], WithJsonSchema(USER_MESSAGE_SCHEMA)]
 
 
 class AppendRequest(BaseModel):
@@ -443,7 +407,7 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(_READY_TIMEOUT):
             await core.cache.store.version(core.cache.namespace, "readyz")
     except Exception as exc:
-        store, detail = "unavailable", f"{type(exc).__name__}: {exc}"
+        store, detail = "unavailable", core.redact(f"{type(exc).__name__}: {exc}")
     stats = core.cache.stats()
     redis = core.redis_state(stats)
     if store != "ok":
@@ -451,7 +415,7 @@ async def readyz(request: Request) -> Response:
     else:
         status = "degraded" if redis == "degraded" else "ok"
     if not detail and redis == "degraded":
-        detail = stats.redis_last_error
+        detail = core.redact(stats.redis_last_error)
     body = Readiness(status=status, store=store, redis=redis, detail=detail)
     return Response(
         body.model_dump_json(), status_code=503 if store != "ok" else 200, media_type=_JSON
@@ -465,6 +429,7 @@ async def stats(request: Request) -> dict[str, Any]:
     s = core.cache.stats()
     return {
         **asdict(s),
+        "redis_last_error": core.redact(s.redis_last_error),
         "requests": s.requests,
         "l1_hit_rate": s.l1_hit_rate,
         "l2_hit_rate": s.l2_hit_rate,
@@ -493,7 +458,8 @@ class _BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.max_bytes:
+                # The length check first: int() refuses more than 4,300 digits (ValueError).
+                if not value.isdigit() or len(value) > 19 or int(value) > self.max_bytes:
                     await self._refuse(scope, receive, send)
                     return
                 break

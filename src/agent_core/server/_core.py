@@ -8,6 +8,7 @@ from typing import Literal
 
 from fastapi import Request
 
+from .._urls import redact
 from ..agent import AgentReply, BaseAgent
 from ..cache import CacheStats, ConversationCache
 from ..observe import LoopLagMonitor
@@ -42,6 +43,10 @@ class Core:
         history = reply.timings.get("history")
         if history is not None:
             self.recent.record_read(reply.history_tier, history)
+
+    def redact(self, text: str) -> str:
+        """``text`` without the secrets of the store and Redis URLs."""
+        return redact(redact(text, self.settings.store_url), self.settings.redis_url)
 
     def redis_state(self, stats: CacheStats) -> Literal["none", "ok", "degraded"]:
         """Redis as ``stats`` see it: not configured, usable, or degraded."""

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._quote import quote
+from .._urls import mask_url
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
 from ..errors import ConfigurationError
 
@@ -43,8 +45,15 @@ class Settings:
         # cache and the agent when the app starts, with their own messages.
         if type(self.max_body_bytes) is not int or self.max_body_bytes < 1:
             raise ConfigurationError(
-                f"max_body_bytes must be a positive integer, got {self.max_body_bytes!r}"
+                f"max_body_bytes must be a positive integer, got {quote(self.max_body_bytes)}"
             )
+
+    def __repr__(self) -> str:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("store_url", "redis_url"):
+            if isinstance(fields[name], str):
+                fields[name] = mask_url(fields[name])
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in fields.items())})"
 
     @property
     def token_model(self) -> str:
@@ -82,7 +91,7 @@ class Settings:
                     values[name] = kind(raw)
                 except ValueError:
                     raise ConfigurationError(
-                        f"{variable} must be a number ({field.type}), got {raw!r:.100}"
+                        f"{variable} must be a number ({field.type}), got {quote(raw)}"
                     ) from None
             elif name == "redis_url":
                 values[name] = raw or None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
+from .._urls import show_url
 from ..errors import ConfigurationError
 from ._postgres import PostgresStore
 from ._protocol import (
@@ -35,11 +34,11 @@ def store_from_url(url: str) -> SQLiteStore | PostgresStore:
     """``sqlite:///path.db`` or ``postgresql://user@host/db``; not opened yet."""
     if not isinstance(url, str):
         raise ConfigurationError(f"store URL must be a str, got {type(url).__name__}")
-    scheme = urlsplit(url).scheme
+    scheme = url.partition(":")[0].lower()
     if scheme == "sqlite":
         return SQLiteStore.from_url(url)
     if scheme in ("postgresql", "postgres"):
         return PostgresStore.from_url(url)
     raise ConfigurationError(
-        f"unsupported store URL {url!r}: use sqlite:///path.db or postgresql://user@host/db"
+        f"unsupported store URL {show_url(url)}: use sqlite:///path.db or postgresql://user@host/db"
     )

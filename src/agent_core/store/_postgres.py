@@ -19,7 +19,10 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
+from .._quote import quote
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
+from .._urls import mask_url, redact, show_url
+from .._validation import check_namespace
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -47,13 +50,20 @@ __all__ = ["PostgresStore"]
 
 _Connection = asyncpg.Connection | PoolConnectionProxy
 _OPTIONS: Final = {"pool_min_size": 1, "pool_max_size": 10, "command_timeout": 30.0}
+#: Failures of the connection or of the driver itself, not answers of the server: the
+#: network, timeouts, a closed pool or connection, and asyncpg's protocol errors
+#: (InternalClientError) that a terminated backend can leave behind.
 _CONNECTION_ERRORS: Final = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
 )
+#: SQLSTATE classes of a lost connection (08) and of an operator's intervention (57, as
+#: pg_terminate_backend): a statement in flight may have committed before the error.
+_LOST_STATES: Final = ("08", "57")
 
 
 class PostgresStore:
@@ -88,10 +98,13 @@ class PostgresStore:
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as exc:  # an unclosed IPv6 bracket
+            raise ConfigurationError(f"bad PostgreSQL URL {show_url(url)}: {exc}") from None
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(
-                f"not a PostgreSQL URL: {url!r}; use postgresql://user@host:5432/database"
+                f"not a PostgreSQL URL: {show_url(url)}; use postgresql://user@host:5432/database"
             )
         query = parse_qsl(parts.query)
         ours = {k: v for k, v in query if k in _OPTIONS}
@@ -104,9 +117,9 @@ class PostgresStore:
         return cls(dsn, **options)
 
     def __repr__(self) -> str:
-        parts = urlsplit(self._dsn)
-        host = parts.hostname or "localhost"
-        return f"PostgresStore('{host}:{parts.port or 5432}{parts.path}')"
+        # Host, port and database only; text, not a parse, so a bad port cannot raise.
+        address = mask_url(self._dsn).partition("://")[2].rpartition("@")[2].partition("?")[0]
+        return f"PostgresStore({quote(address)})"
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -122,10 +135,12 @@ class PostgresStore:
                 init=_init_connection,
                 reset=_keep_session,
             )
+        except ValueError as exc:  # a bad port or option, found by asyncpg
+            raise ConfigurationError(f"cannot open {self!r}: {self._redact(exc)}") from None
         except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"cannot connect to {self!r}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to {self!r}: {self._redact(exc)}") from exc
         except asyncpg.PostgresError as exc:
-            raise ConfigurationError(f"cannot open {self!r}: {exc}") from exc
+            raise ConfigurationError(f"cannot open {self!r}: {self._redact(exc)}") from exc
         try:
             async with pool.acquire() as connection:
                 await _migrate(connection)
@@ -143,18 +158,54 @@ class PostgresStore:
             await pool.close()
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_Connection]:
+    async def _connection(self, *, write: bool = False) -> AsyncIterator[_Connection]:
+        """A pooled connection; every driver failure becomes `StoreUnavailable`.
+
+        ``write``: the body sends one write, which may have committed if the connection
+        fails after it was sent (the error then says so).
+        """
         if self._pool is None:
             raise CacheClosed(f"{self!r} is not open; use it inside 'async with'")
+        sent = False
         try:
             async with self._pool.acquire() as connection:
+                sent = write
                 yield connection
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"{self!r} failed: {exc}") from exc
         except asyncpg.PostgresError as exc:
             if exc.sqlstate in (sql.VERSION_CONFLICT_STATE, sql.KEY_REUSED_STATE):
                 raise
-            raise StoreUnavailable(f"{self!r} failed: {exc}") from exc
+            lost = sent and str(exc.sqlstate)[:2] in _LOST_STATES
+            raise self._unavailable(exc, may_have_committed=lost) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise self._unavailable(exc, may_have_committed=sent) from exc
+
+    async def _query(self, method: str, query: str, *args: object) -> Any:
+        """A read, tried once more on another connection if its connection was lost.
+
+        A backend terminated while its connection sat in the pool is found only when the
+        next query uses it; a read is safe to repeat, so that one caller does not fail.
+        """
+        for attempt in range(2):
+            try:
+                async with self._connection() as connection:
+                    return await getattr(connection, method)(query, *args)
+            except StoreUnavailable as exc:
+                if attempt or not _connection_lost(exc.__cause__):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: BaseException, *, may_have_committed: bool) -> StoreUnavailable:
+        if may_have_committed:
+            outcome = "the write may have committed: retry with the same idempotency key"
+        else:
+            outcome = "nothing was written: retry"
+        return StoreUnavailable(
+            f"{self!r} failed ({type(exc).__name__}: {self._redact(exc)}); {outcome}",
+            may_have_committed=may_have_committed,
+        )
+
+    def _redact(self, exc: BaseException) -> str:
+        return redact(str(exc), self._dsn)
 
     # -- operations ------------------------------------------------------------------
 
@@ -171,7 +222,7 @@ class PostgresStore:
         check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
         digest = batch_digest(payloads) if idempotency_key is not None else None
         try:
-            async with self._connection() as connection:
+            async with self._connection(write=True) as connection:
                 row = await connection.fetchrow(
                     sql.APPEND,
                     namespace,
@@ -196,11 +247,10 @@ class PostgresStore:
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
     ) -> ThreadRecords:
         check_read(namespace, thread_id, after, last)
-        async with self._connection() as connection:
-            if last is None:
-                rows = await connection.fetch(sql.READ, namespace, thread_id, after)
-            else:
-                rows = await connection.fetch(sql.READ_LAST, namespace, thread_id, after, last)
+        if last is None:
+            rows = await self._query("fetch", sql.READ, namespace, thread_id, after)
+        else:
+            rows = await self._query("fetch", sql.READ_LAST, namespace, thread_id, after, last)
         if not rows:
             return ThreadRecords(0, (), (), ())
         version = rows[0][0]
@@ -210,8 +260,7 @@ class PostgresStore:
 
     async def version(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
-        async with self._connection() as connection:
-            version: int | None = await connection.fetchval(sql.VERSION, namespace, thread_id)
+        version: int | None = await self._query("fetchval", sql.VERSION, namespace, thread_id)
         return version or 0
 
     async def set_tokens(
@@ -220,7 +269,7 @@ class PostgresStore:
         check_set_tokens(namespace, thread_id, key, counts)
         if not counts:
             return 0
-        async with self._connection() as connection:
+        async with self._connection(write=True) as connection:
             updated: int = await connection.fetchval(
                 sql.SET_TOKENS, namespace, thread_id, key, list(counts), list(counts.values())
             )
@@ -228,16 +277,32 @@ class PostgresStore:
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
-        async with self._connection() as connection:
+        async with self._connection(write=True) as connection:
             version: int = await connection.fetchval(sql.DELETE, namespace, thread_id)
         return version
+
+    async def purge_namespace(self, namespace: str) -> int:
+        """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
+
+        IRREVERSIBLE, and only for a namespace that will never be used again (a benchmark's
+        own, say): unlike `delete`, it keeps no thread row, so versions start again from 0
+        and a cache that still holds the namespace's threads would not see them change.
+        Not an external change: nothing is announced. Returns the number of threads removed.
+        """
+        check_namespace(namespace)
+        async with self._connection(write=True) as connection, connection.transaction():
+            # The flag agent-core's own functions set: the external-change trigger skips.
+            await connection.execute(sql.INTERNAL_ON)
+            for statement in sql.PURGE_ROWS:
+                await connection.execute(statement, namespace)
+            purged: str = await connection.execute(sql.PURGE_THREADS, namespace)
+        return int(purged.rpartition(" ")[2])
 
     async def list_threads(
         self, namespace: str, *, limit: int = 100, after: str | None = None
     ) -> ThreadPage:
         check_list(namespace, limit, after)
-        async with self._connection() as connection:
-            rows = await connection.fetch(sql.LIST, namespace, after or "", limit + 1)
+        rows = await self._query("fetch", sql.LIST, namespace, after or "", limit + 1)
         return page_of([row[0] for row in rows], limit)
 
     # -- external changes ------------------------------------------------------------
@@ -256,7 +321,7 @@ class PostgresStore:
             connection = await asyncpg.connect(self._dsn, timeout=self._command_timeout)
             await connection.add_listener(sql.CHANGES_CHANNEL, self._notified)
         except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot LISTEN on {self!r}: {exc}") from exc
+            raise StoreUnavailable(f"cannot LISTEN on {self!r}: {self._redact(exc)}") from exc
         return connection
 
     async def _watch(self, connection: asyncpg.Connection | None) -> None:
@@ -291,6 +356,12 @@ class PostgresStore:
             return
         for listener in self._listeners:
             listener.changed(change.namespace, change.thread_id, change.version)
+
+
+def _connection_lost(exc: BaseException | None) -> bool:
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate)[:2] in _LOST_STATES
+    return isinstance(exc, _CONNECTION_ERRORS)
 
 
 class _Change(msgspec.Struct):

@@ -282,6 +282,13 @@ LEFT JOIN LATERAL (
 WHERE t.namespace = $1 AND t.thread_id = $2
 ORDER BY m.seq
 """
+# purge_namespace: rows first, thread rows last, in one transaction under the flag.
+INTERNAL_ON: Final = f"SELECT set_config('{INTERNAL_FLAG}', 'on', true)"
+PURGE_ROWS: Final = (
+    f"DELETE FROM {SCHEMA}.messages WHERE namespace = $1",
+    f"DELETE FROM {SCHEMA}.idempotency_keys WHERE namespace = $1",
+)
+PURGE_THREADS: Final = f"DELETE FROM {SCHEMA}.threads WHERE namespace = $1"
 LIST: Final = f"""
 SELECT thread_id FROM {SCHEMA}.threads
 WHERE namespace = $1 AND thread_id > $2 AND version > cleared_through

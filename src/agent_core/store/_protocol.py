@@ -10,6 +10,7 @@ from typing import Final, Protocol, runtime_checkable
 
 import orjson
 
+from .._quote import quote
 from .._validation import (
     check_count,
     check_idempotency_key,
@@ -134,7 +135,7 @@ def encode_token_counts(counts: Mapping[str, int]) -> bytes:
     """The stored form of one message's token counts: ``{"o200k_base": 12, ...}``."""
     for key, count in counts.items():
         check_token_key(key)
-        check_count(f"token count for {key!r}", count, minimum=0)
+        check_count(f"token count for {quote(key)}", count, minimum=0)
     return orjson.dumps(counts if isinstance(counts, dict) else dict(counts))
 
 
@@ -169,7 +170,7 @@ def check_token_key(key: object) -> str:
     if not isinstance(key, str) or not _TOKEN_KEY.fullmatch(key):
         raise InvalidArgument(
             "a token-count key must be 1-64 characters of a-z, 0-9, '.', '_' or '-', "
-            f"got {key!r:.100}"
+            f"got {quote(key)}"
         )
     return key
 
@@ -190,13 +191,13 @@ def check_append(
         if isinstance(tokens, bytes | str) or len(tokens) != len(payloads):
             raise InvalidBatch(
                 f"tokens must be a sequence with one entry per message ({len(payloads)}), "
-                f"got {tokens!r:.100}"
+                f"got {quote(tokens)}"
             )
         for index, encoded in enumerate(tokens):
             if encoded is not None and not _is_token_counts(encoded):
                 raise InvalidBatch(
                     f"tokens[{index}] must be None or encode_token_counts() output, "
-                    f"got {encoded!r:.100}"
+                    f"got {quote(encoded)}"
                 )
     check_optional_count("expected_version", expected_version, minimum=0)
     check_idempotency_key(idempotency_key)

@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .._quote import quote
 from .._tasks import cancel_and_wait
+from .._urls import show_url
+from .._validation import check_namespace
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -145,14 +148,14 @@ class SQLiteStore:
             )
         if synchronous not in _SYNCHRONOUS:
             raise ConfigurationError(
-                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}"
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {quote(synchronous)}"
             )
         if not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
             raise ConfigurationError(
-                f"busy_timeout_ms must be an int >= 0, got {busy_timeout_ms!r}"
+                f"busy_timeout_ms must be an int >= 0, got {quote(busy_timeout_ms)}"
             )
         if not isinstance(readers, int) or not 1 <= readers <= 64:
-            raise ConfigurationError(f"readers must be an int from 1 to 64, got {readers!r}")
+            raise ConfigurationError(f"readers must be an int from 1 to 64, got {quote(readers)}")
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -173,7 +176,7 @@ class SQLiteStore:
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
             raise ConfigurationError(
-                f"not a SQLite URL: {url!r}; use sqlite:///relative/path.db "
+                f"not a SQLite URL: {show_url(url)}; use sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db"
             )
         options = dict(parse_qsl(parts.query, strict_parsing=False))
@@ -193,7 +196,7 @@ class SQLiteStore:
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
                 raise
-            raise ConfigurationError(f"bad option in SQLite URL {url!r}: {exc}") from None
+            raise ConfigurationError(f"bad option in SQLite URL {show_url(url)}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
@@ -283,7 +286,11 @@ class SQLiteStore:
         try:
             return await asyncio.get_running_loop().run_in_executor(pool, function, *args)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite store {str(self.path)!r} failed: {exc}") from exc
+            raise StoreUnavailable(
+                f"SQLite store {str(self.path)!r} failed ({type(exc).__name__}: {exc}); "
+                "nothing was written: retry",
+                may_have_committed=False,
+            ) from exc
         except RuntimeError as exc:  # the pool was shut down under us
             if "shutdown" not in str(exc):
                 raise
@@ -485,6 +492,32 @@ class SQLiteStore:
             )
         return int(version) + 1
 
+    async def purge_namespace(self, namespace: str) -> int:
+        """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
+
+        IRREVERSIBLE, and only for a namespace that will never be used again (a benchmark's
+        own, say): unlike `delete`, it keeps no thread row, so versions start again from 0
+        and a cache that still holds the namespace's threads would not see them change.
+        Not an external change: nothing is announced. Returns the number of threads removed.
+        """
+        check_namespace(namespace)
+        return await self._on_writer(self._purge_namespace, namespace)
+
+    def _purge_namespace(self, namespace: str) -> int:
+        connection = self._writer
+        assert connection is not None
+        key = (namespace,)
+        with _immediate_transaction(connection):
+            # Clearing through each version first keeps the delete trigger quiet: it only
+            # reports deleted rows above cleared_through.
+            connection.execute(
+                "UPDATE threads SET cleared_through = version WHERE namespace = ?", key
+            )
+            connection.execute("DELETE FROM messages WHERE namespace = ?", key)
+            connection.execute("DELETE FROM idempotency_keys WHERE namespace = ?", key)
+            connection.execute("DELETE FROM changes WHERE namespace = ?", key)
+            return connection.execute("DELETE FROM threads WHERE namespace = ?", key).rowcount
+
     async def list_threads(
         self, namespace: str, *, limit: int = 100, after: str | None = None
     ) -> ThreadPage:
@@ -575,10 +608,14 @@ class _immediate_transaction:
         self._connection.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
-        if kind is None:
-            self._connection.execute("COMMIT")
-        elif self._connection.in_transaction:
-            self._connection.execute("ROLLBACK")
+        try:
+            if kind is None:
+                self._connection.execute("COMMIT")
+        finally:
+            # Also after a failed COMMIT (an I/O error, say), which leaves the transaction
+            # open: nothing of it is written, and the writer can start the next one.
+            if self._connection.in_transaction:
+                self._connection.execute("ROLLBACK")
 
 
 def _migrate(connection: sqlite3.Connection) -> None:

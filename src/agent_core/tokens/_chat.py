@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
+from .._quote import quote
 from ..errors import InvalidArgument
 from ..messages import Message
 from ._models import CL100K, LLAMA3, QWEN
@@ -185,7 +186,7 @@ def count_tools(count: Count, encoding: str | None, tools: Sequence[Mapping[str,
                 total += rules.enum_init
                 total += sum(rules.enum_item + count(_str(item)) for item in enum)
             p_type, p_desc = _str(spec.get("type")), _no_period(spec.get("description"))
-            total += count(f"{key}:{p_type}:{p_desc}")
+            total += count(f"{_str(key)}:{p_type}:{p_desc}")
     return total
 
 
@@ -244,12 +245,13 @@ def _function_of(tool: object, index: int) -> Mapping[str, Any]:
         if isinstance(function.get("name"), str):
             return function
     raise InvalidArgument(
-        f"tools[{index}] must be a function definition with a string 'name', got {tool!r:.200}"
+        f"tools[{index}] must be a function definition with a string 'name', got {quote(tool)}"
     )
 
 
 def _str(value: object) -> str:
-    return value if isinstance(value, str) else "" if value is None else str(value)
+    # quote() matches str() for the small values a schema holds, and bounds hostile ones.
+    return value if isinstance(value, str) else "" if value is None else quote(value)
 
 
 def _no_period(value: object) -> str:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, final
 
+from .._quote import quote
 from ..errors import InvalidArgument
 from ..messages import Message
 from ._chat import chat_format, count_message, count_messages, count_tools
@@ -104,7 +105,7 @@ class TokenCounter:
         """Prefer `for_model`, which picks the encoding from the model name."""
         if encoding not in _ENCODINGS:
             names = ", ".join(repr(name) for name in _ENCODINGS[:-1])
-            raise InvalidArgument(f"encoding must be {names} or None, got {encoding!r:.100}")
+            raise InvalidArgument(f"encoding must be {names} or None, got {quote(encoding)}")
         self._model = model
         self._encoding = encoding
         self._chat = chat_format(encoding)
@@ -114,7 +115,7 @@ class TokenCounter:
     def for_model(cls, name: str) -> TokenCounter:
         """The counter of model ``name``; raises `InvalidArgument` if it is not a non-empty str."""
         if not isinstance(name, str) or not name.strip():
-            raise InvalidArgument(f"model name must be a non-empty str, got {name!r:.100}")
+            raise InvalidArgument(f"model name must be a non-empty str, got {quote(name)}")
         counter = cls(name, encoding_for_model(name))
         if counter._encoding is not None:
             # Loads the vocabulary now, so the first count does not pay for it.

@@ -26,6 +26,8 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
+from .._quote import quote
+from .._urls import show_url
 from ..errors import InvalidArgument, ProviderError
 from ..messages import Message
 from ._chat import _function_of
@@ -70,16 +72,17 @@ def check_online_args(api_key: object, base_url: object, timeout: object) -> str
     parts = _url_parts(base_url)
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidArgument(
-            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {base_url!r:.100}"
+            f"base_url must be an http(s) URL such as {DEFAULT_BASE_URL!r}, "
+            f"got {show_url(base_url)}"
         )
     if parts.query or parts.fragment:
-        raise InvalidArgument(f"base_url must have no query or fragment, got {base_url!r:.100}")
+        raise InvalidArgument(f"base_url must have no query or fragment, got {show_url(base_url)}")
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not (math.isfinite(timeout) and timeout > 0)
     ):
-        raise InvalidArgument(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise InvalidArgument(f"timeout must be a positive number of seconds, got {quote(timeout)}")
     return f"{parts.geturl().rstrip('/')}{_PATH}"
 
 
@@ -208,7 +211,7 @@ def _convert(item: object) -> tuple[str, list[dict[str, Any]]]:
     if role == "tool":
         call_id = item.get("tool_call_id")
         if not isinstance(call_id, str) or not call_id:
-            raise InvalidArgument(f"a tool message needs a str tool_call_id, got {call_id!r:.100}")
+            raise InvalidArgument(f"a tool message needs a str tool_call_id, got {quote(call_id)}")
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
         blocks = _text_blocks(item.get("content"))
         if blocks:
@@ -216,7 +219,7 @@ def _convert(item: object) -> tuple[str, list[dict[str, Any]]]:
         return "user", [result]
     raise InvalidArgument(
         "online counts take Chat Completions messages of role system, developer, user, "
-        f"assistant or tool, got role {role!r:.100} (type {item.get('type')!r:.100})"
+        f"assistant or tool, got role {quote(role)} (type {quote(item.get('type'))})"
     )
 
 
@@ -242,7 +245,7 @@ def _part_text(part: object) -> str:
         return text
     kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
     raise InvalidArgument(
-        f"online counts take text parts only, got a {kind!r:.50} part; count images, audio "
+        f"online counts take text parts only, got a {quote(kind)} part; count images, audio "
         "and files with the provider's own client"
     )
 
@@ -259,7 +262,7 @@ def _tool_use(call: object, index: int) -> dict[str, Any]:
     ):
         raise InvalidArgument(
             f"tool_calls[{index}] must be a function call with a str id, function.name and "
-            f"function.arguments, got {call!r:.200}"
+            f"function.arguments, got {quote(call)}"
         )
     try:
         arguments = orjson.loads(function["arguments"])
@@ -281,7 +284,7 @@ def _tool(tool: object, index: int) -> dict[str, Any]:
     schema = function.get("parameters", _EMPTY_SCHEMA)
     if not isinstance(schema, Mapping):
         raise InvalidArgument(
-            f"tools[{index}] parameters must be a JSON schema object, got {schema!r:.200}"
+            f"tools[{index}] parameters must be a JSON schema object, got {quote(schema)}"
         )
     converted: dict[str, Any] = {"name": function["name"], "input_schema": schema}
     if isinstance(function.get("description"), str):
