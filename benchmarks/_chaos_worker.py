@@ -72,7 +72,7 @@ class Worker:
         self.threads: int = config["threads"]
         self.log = log
         self.rng = random.Random(config["seed"])
-        self.tracebacks: set[str] = set()
+        self.tracebacks: set[tuple[str, str]] = set()
 
     def failure(self, kind: str, namespace: str, thread: str, exc: BaseException) -> dict[str, Any]:
         typed = isinstance(exc, AgentCoreError)
@@ -85,8 +85,8 @@ class Worker:
             "typed": typed,
             "w": self.name,
         }
-        if not typed and error not in self.tracebacks:
-            self.tracebacks.add(error)
+        if not typed and (namespace, error) not in self.tracebacks:
+            self.tracebacks.add((namespace, error))
             record["tb"] = "".join(traceback.format_exception(exc))[-4000:]
         return record
 
