@@ -214,8 +214,10 @@ def _check_reads(
     bound_s: float,
 ) -> None:
     # Acknowledgements by version: a read of version v missed those above v.
-    acks = sorted((ack["v"], ack["e"]) for batch in batches.values() for ack in batch.acks)
-    versions = [version for version, _ in acks]
+    acks = sorted(
+        (ack["v"], ack["e"], ack.get("w", "?")) for batch in batches.values() for ack in batch.acks
+    )
+    versions = [ack[0] for ack in acks]
     prefixes: dict[int, str] = {}
     for read in reads:
         result.reads += 1
@@ -228,20 +230,18 @@ def _check_reads(
                 f"{thread}: read of version {read['v']} with {count} messages "
                 "is not a prefix of the final thread"
             )
-        missed = [
-            acked
-            for acked in (end for _, end in acks[bisect.bisect_right(versions, read["v"]) :])
-            if acked < read["s"]
-        ]
+        newer = acks[bisect.bisect_right(versions, read["v"]) :]
+        missed = [ack for ack in newer if ack[1] < read["s"]]
         if missed:
-            staleness_ms = (read["s"] - min(missed)) / 1e6
+            oldest = min(missed, key=lambda ack: ack[1])
+            staleness_ms = (read["s"] - oldest[1]) / 1e6
             result.stale_reads += 1
             result.staleness_ms.append(staleness_ms)
             if mode != "strong" and staleness_ms > bound_s * 1000:
                 result.bound_violations += 1
             if mode == "strong" or staleness_ms > bound_s * 1000:
                 result.note(
-                    f"{thread}: read by {read.get('w', '?')} returned version {read['v']}, "
-                    f"{len(missed)} newer append(s) acknowledged up to {staleness_ms:.1f} ms "
-                    "before it began"
+                    f"{thread}: a read by {read.get('w', '?')} returned version {read['v']}; "
+                    f"{len(missed)} newer append(s) had been acknowledged, the oldest "
+                    f"(version {oldest[0]}, by {oldest[2]}) {staleness_ms:.1f} ms before it began"
                 )

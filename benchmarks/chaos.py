@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import sys
 import tempfile
 import time
@@ -339,7 +340,21 @@ def merged_logs(directory: Path) -> tuple[list[dict[str, Any]], int]:
     return records, torn
 
 
-async def run_one(scenario: str, kind: str, plan: Plan, admin_url: str) -> dict[str, Any]:
+def keep_logs(directory: Path, keep: Path, finals: dict[str, dict[str, FinalThread]]) -> None:
+    """Copy the workers' logs and the final threads' message ids to ``keep``."""
+    keep.mkdir(parents=True, exist_ok=True)
+    for path in (*directory.glob("*.jsonl"), *directory.glob("*.stderr")):
+        shutil.copyfile(path, keep / path.name)
+    document = {
+        mode: {thread: asdict(final) for thread, final in threads.items()}
+        for mode, threads in finals.items()
+    }
+    (keep / "final.json").write_bytes(orjson.dumps(document))
+
+
+async def run_one(
+    scenario: str, kind: str, plan: Plan, admin_url: str, keep: Path | None
+) -> dict[str, Any]:
     begun = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ac-chaos-") as name:
         directory = Path(name)
@@ -369,6 +384,8 @@ async def run_one(scenario: str, kind: str, plan: Plan, admin_url: str) -> dict[
                 await proxy.close()
             redis.kill()
         records, torn = merged_logs(directory)
+        if keep is not None:
+            keep_logs(directory, keep / f"{scenario}-{kind}", finals)
     result = report_run(run, records, torn, finals, crashes)
     result["seconds"] = {name: round(value, 1) for name, value in run.phases.items()}
     result["seconds"]["total"] = round(time.monotonic() - begun, 1)
@@ -510,7 +527,10 @@ async def run_all(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         machine.update(await postgres_info(args.postgres_url))
     print_machine(machine)
     print(f"Plan: {plan}\n")
-    results = [await run_one(scenario, kind, plan, args.postgres_url) for scenario, kind in runs]
+    keep = None if args.logs is None else Path(args.logs)
+    results = [
+        await run_one(scenario, kind, plan, args.postgres_url, keep) for scenario, kind in runs
+    ]
     print_summary(results)
     return {
         "benchmark": "chaos",
@@ -533,6 +553,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Plan]:
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--store", choices=("sqlite", "postgres"))
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
+    parser.add_argument(
+        "--logs", metavar="DIR", help="keep every run's worker logs and final threads in DIR"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     for option in ("duration", "processes", "tasks", "threads"):
