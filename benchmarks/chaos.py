@@ -475,7 +475,9 @@ def print_run(result: dict[str, Any]) -> None:
         for example in m["examples"][:3]:
             print(f"  {mode}: {example}")
         if m["untyped_example"]:
-            print(f"  {mode}: untyped error, e.g.:\n{m['untyped_example']}")
+            tail = m["untyped_example"].rstrip().splitlines()[-3:]
+            print(f"  {mode}: untyped error, e.g. (end of its traceback):")
+            print("\n".join(f"    {line}" for line in tail))
         if m["failures"]:
             print(f"  {mode}: FAILED: {', '.join(m['failures'])}")
     for name, why in result["worker_crashes"].items():
