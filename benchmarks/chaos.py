@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -89,6 +90,7 @@ FAULT_WINDOW: Final = (0.1, 0.85)
 REDIS_DOWN: Final = 0.2
 START_LIMIT: Final = 60.0
 STOP_GRACE: Final = 30.0
+EXIT_INTERRUPTED: Final = 130
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,7 +521,17 @@ def selected_runs(args: argparse.Namespace) -> list[tuple[str, str]]:
     return runs
 
 
+def cancel_on_signals() -> None:
+    """SIGINT and SIGTERM cancel the run, so every cleanup (``finally``) still happens."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+
+
 async def run_all(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    cancel_on_signals()
     runs = selected_runs(args)
     if not runs:
         raise BenchmarkError("no run: the scenarios chosen do not apply to the store chosen")
@@ -576,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"chaos: FAILED: {exc}", file=sys.stderr)
         return EXIT_NO_POSTGRES
+    except asyncio.CancelledError:
+        print("chaos: interrupted; processes, servers and databases removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if args.json:
         write_json(args.json, document)
     if not document["ok"]:
