@@ -1,7 +1,12 @@
 """A loopback TCP proxy that ``chaos.py`` can cut, to partition some instances from Redis.
 
-Not a benchmark itself. While cut, every proxied connection is aborted (RST) and new
-ones are accepted and aborted at once; ``restore`` lets connections through again.
+Not a benchmark itself. Two kinds of partition, each until ``restore``:
+
+- ``cut``: every proxied connection is aborted (RST), and new ones are accepted and
+  aborted at once;
+- ``stall``: connections stay open but no byte moves either way, and new ones are
+  accepted but not connected onward (like a network that silently drops packets
+  while TCP keeps retrying); on ``restore`` what was held back flows on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
         self.refused = 0
         self.aborted = 0
@@ -40,11 +47,16 @@ class TcpProxy:
             self.aborted += 1
         self._writers.clear()
 
+    def stall(self) -> None:
+        self._flowing.clear()
+
     def restore(self) -> None:
         self._cut = False
+        self._flowing.set()
 
     async def close(self) -> None:
         self.cut()
+        self._flowing.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -54,6 +66,7 @@ class TcpProxy:
             self.refused += 1
             writer.transport.abort()
             return
+        await self._flowing.wait()
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(
                 "127.0.0.1", self._target_port
@@ -68,17 +81,23 @@ class TcpProxy:
         pair = (writer, upstream_writer)
         self._writers.update(pair)
         try:
-            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+            await asyncio.gather(
+                _pipe(reader, upstream_writer, self._flowing),
+                _pipe(upstream_reader, writer, self._flowing),
+            )
         finally:
             for side in pair:
                 self._writers.discard(side)
                 side.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy until EOF or an error on either side, then abort the other side too."""
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
+    """Copy (while ``flowing``) until EOF or an error on either side, then abort the other side."""
     with contextlib.suppress(OSError, asyncio.IncompleteReadError):
         while data := await reader.read(_CHUNK):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()
     writer.transport.abort()

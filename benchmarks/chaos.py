@@ -15,8 +15,9 @@ scenario's faults:
 
 - ``none``: no fault (the baseline);
 - ``redis``: SIGKILL and restart (same port, empty) x10, SIGSTOP for 2 s x2;
-- ``partition``: half the workers (at least one) reach Redis through a TCP proxy that
-  is cut x4 for 1.5 s (connections aborted, new ones refused); the others go direct;
+- ``partition``: half the workers (at least one) reach Redis through a TCP proxy, the
+  others directly; the proxy is cut (connections aborted, new ones refused) x2 and
+  stalled (nothing flows, nothing is closed) x2, for 1.5 s each, alternately;
 - ``pg-terminate``: ``pg_terminate_backend`` on every backend of the run's database x8;
 - ``sqlite-kill``: a worker is killed with SIGKILL x6 (round robin), then restarted.
 
@@ -109,7 +110,7 @@ class Plan:
 
 
 FULL: Final = Plan(40.0, 4, 2, 20, 10, 2, 2.0, 4, 1.5, 8, 6)
-QUICK: Final = Plan(4.0, 2, 2, 10, 2, 1, 1.0, 1, 1.0, 2, 2)
+QUICK: Final = Plan(4.0, 2, 2, 10, 2, 1, 1.0, 2, 0.8, 2, 2)
 
 
 @dataclass(slots=True)
@@ -211,9 +212,11 @@ class Run:
                     process.kill()
 
 
-def spread(count: int) -> list[float]:
-    """``count`` fractions of the run, evenly spaced in the fault window."""
+def spread(count: int, hold_s: float = 0.0, duration: float = 1.0) -> list[float]:
+    """``count`` fractions of the run, evenly spaced in the fault window, the last one
+    early enough for a fault held ``hold_s`` to end inside it."""
     low, high = FAULT_WINDOW
+    high = max(low, high - hold_s / duration)
     return [low + (high - low) * i / max(1, count - 1) for i in range(count)]
 
 
@@ -222,7 +225,8 @@ async def redis_faults(run: Run) -> None:
     events = ["kill"] * plan.redis_kills
     for j in range(plan.redis_pauses):
         events.insert(len(events) * (j + 1) // (plan.redis_pauses + 1) + j, "pause")
-    for fraction, event in zip(spread(len(events)), events, strict=True):
+    hold = max(plan.pause_s, REDIS_DOWN)
+    for fraction, event in zip(spread(len(events), hold, plan.duration), events, strict=True):
         await run.at(fraction)
         if event == "kill":
             run.redis.kill()
@@ -239,15 +243,18 @@ async def redis_faults(run: Run) -> None:
 
 
 async def partition_faults(run: Run) -> None:
-    assert run.proxy is not None
-    for fraction in spread(run.plan.cuts):
+    """Cuts and stalls alternate, starting with a cut."""
+    proxy = run.proxy
+    assert proxy is not None
+    for number, fraction in enumerate(spread(run.plan.cuts, run.plan.cut_s, run.plan.duration)):
         await run.at(fraction)
-        run.proxy.cut()
+        kind = "stall" if number % 2 else "cut"
+        proxy.stall() if kind == "stall" else proxy.cut()
         try:
             await asyncio.sleep(run.plan.cut_s)
         finally:
-            run.proxy.restore()
-        run.faults[f"partition {run.plan.cut_s:g} s"] += 1
+            proxy.restore()
+        run.faults[f"partition ({kind}) {run.plan.cut_s:g} s"] += 1
 
 
 async def pg_terminate_faults(run: Run, admin_url: str) -> None:

@@ -56,7 +56,7 @@ def test_every_scenario_ran_with_its_faults(chaos: Figures) -> None:
     runs = {run["scenario"]: run for run in chaos["runs"]}
     assert set(runs) == {"redis", "partition", "pg-terminate", "sqlite-kill"}
     assert runs["redis"]["faults"] == {"redis SIGKILL + restart": 2, "redis SIGSTOP 1 s": 1}
-    assert runs["partition"]["faults"] == {"partition 1 s": 1}
+    assert runs["partition"]["faults"] == {"partition (cut) 0.8 s": 1, "partition (stall) 0.8 s": 1}
     assert runs["partition"]["proxy"]["connections_aborted"] > 0
     assert runs["pg-terminate"]["faults"]["pg_terminate_backend rounds"] == 2
     assert runs["pg-terminate"]["faults"]["backends terminated"] > 0
