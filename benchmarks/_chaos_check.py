@@ -116,7 +116,6 @@ class ModeResult:
 class _Batch:
     ids: list[str]
     acks: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0
 
 
 def check_mode(
@@ -128,16 +127,14 @@ def check_mode(
     reads: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
         kind = record["k"]
-        if kind == "intent":
-            batches[record["t"]][record["ids"][0]] = _Batch(record["ids"])
-        elif kind == "ack":
-            batches[record["t"]][record["ids"][0]].acks.append(record)
+        if kind in ("intent", "ack", "fail"):
+            batch = batches[record["t"]].setdefault(record["ids"][0], _Batch(record["ids"]))
+        if kind == "ack":
+            batch.acks.append(record)
         elif kind == "read":
             reads[record["t"]].append(record)
         elif kind in ("fail", "rfail", "cfail"):
             _count_error(result, record)
-            if kind == "fail":
-                batches[record["t"]][record["ids"][0]].failures += 1
     for thread in sorted(set(batches) | set(reads) | set(finals)):
         final = finals.get(thread, FinalThread(0, (), []))
         thread_batches = batches.get(thread, {})

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from .test_benchmarks_smoke import database_exists, run_benchmark
+from .test_benchmarks_smoke import BENCHMARKS, database_exists, run_benchmark
 
 Figures = dict[str, Any]
 
@@ -120,3 +120,61 @@ def test_the_harness_leaves_nothing_behind(chaos: Figures) -> None:
             cmdline = Path(f"/proc/{pid}/cmdline")
             assert not cmdline.exists() or b"_chaos_worker" not in cmdline.read_bytes(), pid
     assert chaos["ok"] == all(run["ok"] for run in chaos["runs"])
+
+
+def test_the_checker_catches_every_kind_of_broken_promise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fed made-up logs and threads, the checker counts each defect once (a blind checker
+    would let the tests above pass)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _chaos_check import FinalThread, check_mode
+    from _chaos_worker import ids_digest
+
+    ms = 1_000_000
+
+    def batch(thread: str, ids: list[str], version: int | None, end: int) -> list[Figures]:
+        intent = {"k": "intent", "t": thread, "ids": ids}
+        if version is None:
+            fail = {"k": "fail", "t": thread, "ids": ids, "err": "KeyError", "typed": False}
+            return [intent, fail | {"tb": "Traceback: KeyError"}]
+        return [intent, {"k": "ack", "t": thread, "ids": ids, "v": version, "s": 0, "e": end}]
+
+    def read(thread: str, ids: list[str], start: int, version: int | None = None) -> Figures:
+        shown = len(ids) if version is None else version
+        return {"k": "read", "t": thread, "v": shown, "n": len(ids), "h": ids_digest(ids)} | {
+            "s": start,
+            "e": start + ms,
+        }
+
+    records = [
+        *batch("ok", ["a.0", "a.1"], 2, end=10 * ms),
+        *batch("ok", ["b.0"], 3, end=20 * ms),
+        read("ok", ["a.0", "a.1", "b.0"], start=30 * ms),  # fresh
+        read("ok", ["a.0", "a.1"], start=15 * ms),  # began before b's ack: fine
+        read("ok", ["a.0", "a.1"], start=1520 * ms),  # 1.5 s after b's ack: stale
+        read("ok", ["a.0", "b.0", "a.1"], start=40 * ms),  # not a prefix: wrong
+        read("ok", ["a.0"], start=5 * ms, version=2),  # version is not its count: wrong
+        *batch("lost", ["c.0"], 1, end=ms),
+        *batch("dup", ["d.0"], 1, end=ms),
+        *batch("partial", ["e.0", "e.1"], None, end=ms),
+        *batch("moved", ["f.0"], 1, end=ms),
+        *batch("moved", ["g.0"], 2, end=ms),
+    ]
+    finals = {
+        "ok": FinalThread(3, (1, 2, 3), ["a.0", "a.1", "b.0"]),
+        "lost": FinalThread(0, (), []),
+        "dup": FinalThread(2, (1, 2), ["d.0", "d.0"]),
+        "partial": FinalThread(1, (1,), ["e.0"]),
+        "moved": FinalThread(3, (1, 2, 3), ["g.0", "f.0", "x.0"]),
+    }
+    strong = check_mode(records, finals, "strong", bound_s=1.0)
+    assert (strong["lost"], strong["duplicated"], strong["partial"]) == (1, 1, 1)
+    # f.0 and g.0 at each other's place, x.0 never sent, two bad reads
+    assert strong["wrong"] == 5, strong["examples"]
+    assert strong["stale_reads"] == 1
+    assert strong["staleness_ms"]["max"] == 1500.0
+    assert strong["untyped_errors"] == 1
+    assert strong["untyped_example"] == "Traceback: KeyError"
+    assert not strong["ok"]
+    bounded = check_mode(records, finals, "bounded", bound_s=1.0)
+    assert bounded["bound_violations"] == 1
+    assert check_mode(records, finals, "bounded", bound_s=2.0)["bound_violations"] == 0
