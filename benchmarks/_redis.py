@@ -1,11 +1,14 @@
 """A private ``redis-server`` for a benchmark run: a free loopback port, nothing on disk.
 
-Not a benchmark itself; ``cold_start.py`` and ``cache_latency.py`` import it. The
+Not a benchmark itself; ``cold_start.py``, ``cache_latency.py``, ``redis_faults.py``
+and ``chaos.py`` import it. The
 shared Redis on 6379 is never touched.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -70,3 +73,45 @@ def private_redis() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class RedisProcess:
+    """``redis-server`` on one free port that can be killed, restarted, paused and resumed."""
+
+    def __init__(self, directory: str) -> None:
+        self.port = free_port()
+        self._directory = directory
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--dir", self._directory]
+        try:
+            self._process = subprocess.Popen(
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
+        except OSError as exc:
+            raise BenchmarkError(f"cannot start redis-server: {exc!r}") from exc
+        deadline = time.monotonic() + 10
+        while not _answers(self.port):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise BenchmarkError(f"redis-server did not come up on port {self.port}")
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def pause(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        os.kill(self._process.pid, signal.SIGCONT)

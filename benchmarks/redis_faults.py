@@ -23,10 +23,7 @@ invalidations while Redis was away.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,10 +34,9 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from _redis import _answers, free_port, redis_server_version
+from _redis import RedisProcess, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
-    BenchmarkError,
     benchmark_parser,
     machine_info,
     percentile,
@@ -74,48 +70,6 @@ class Plan:
 
 FULL: Final = Plan(seconds=20.0, kill_at=4.0, restart_at=6.0, pause_at=11.0, resume_at=13.0)
 QUICK: Final = Plan(seconds=5.0, kill_at=0.5, restart_at=1.0, pause_at=2.0, resume_at=3.5)
-
-
-class RedisProcess:
-    """``redis-server`` on one free port that can be killed, restarted, paused and resumed."""
-
-    def __init__(self, directory: str) -> None:
-        self.port = free_port()
-        self._directory = directory
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", self._directory]
-        try:
-            self._process = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-            )
-        except OSError as exc:
-            raise BenchmarkError(f"cannot start redis-server: {exc!r}") from exc
-        deadline = time.monotonic() + 10
-        while not _answers(self.port):
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                raise BenchmarkError(f"redis-server did not come up on port {self.port}")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            self._process = None
-
-    def pause(self) -> None:
-        assert self._process is not None
-        os.kill(self._process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self._process is not None
-        os.kill(self._process.pid, signal.SIGCONT)
 
 
 @dataclass(slots=True)
