@@ -39,6 +39,7 @@ from ._protocol import (
     check_read,
     check_set_tokens,
     check_thread,
+    fingerprint_of,
     page_of,
     records_from_rows,
 )
@@ -85,6 +86,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listeners: list[ChangeListener] = []
         self._watch_task: asyncio.Task[None] | None = None
+        self._fingerprint = ""
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -108,6 +110,10 @@ class PostgresStore:
         host = parts.hostname or "localhost"
         return f"PostgresStore('{host}:{parts.port or 5432}{parts.path}')"
 
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -129,6 +135,7 @@ class PostgresStore:
         try:
             async with pool.acquire() as connection:
                 await _migrate(connection)
+                self._fingerprint = fingerprint_of(await connection.fetchval(sql.IDENTITY))
         except BaseException:
             await pool.close()
             raise
