@@ -373,7 +373,7 @@ async def test_limiters_share_one_budget_through_redis(redis_url: str) -> None:
             assert (stats.shared, stats.degraded, stats.redis_errors) == (True, False, 0)
             assert stats.local_decisions == 0
         # The keys expire once the budget has refilled.
-        ttl = await client.pttl(f"ac:rl:{{{namespace}:m}}")
+        ttl = await client.pttl(f"ac:rl:{{{namespace}/m}}")
         assert 0 < ttl <= 1100
     await client.aclose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import uuid
 from array import array
 from collections import OrderedDict
@@ -34,7 +35,7 @@ from ..tokens._window import complete_counts, select_window
 from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
-from ._redis_tier import L2Entry, RedisTier
+from ._redis_tier import DEFAULT_MAX_VALUE_BYTES, L2Entry, RedisTier
 from ._stats import CacheStats, Counters
 from ._tinylfu import WTinyLFUPolicy
 
@@ -49,6 +50,8 @@ _MAX_WINDOW_MODELS: Final = 64
 # hop would cost more than the work.
 _INLINE_COUNT_BYTES: Final = 64 << 10
 _INLINE_DECODE_MESSAGES: Final = 2_000
+_MIN_SIGNING_KEY_BYTES: Final = 16
+_FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
@@ -81,6 +84,8 @@ class ConversationCache:
         memory_limit: int | None = None,
         memory_check_interval: float = 1.0,
         token_models: Sequence[str] = ("gpt-4o",),
+        l2_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        l2_signing_key: bytes | str | None = None,
     ) -> None:
         if not isinstance(store, ThreadStore):
             raise ConfigurationError(
@@ -114,6 +119,8 @@ class ConversationCache:
         self.max_batch_messages = check_count("max_batch_messages", max_batch_messages, minimum=1)
         check_count("l1_max_bytes", l1_max_bytes, minimum=0)
         check_count("compress_min_bytes", compress_min_bytes, minimum=0)
+        check_count("l2_max_value_bytes", l2_max_value_bytes, minimum=1024)
+        signing_key = _signing_key(l2_signing_key)
         self._l1 = L1Tier(l1_max_bytes, ttl=l1_ttl, policy=_POLICIES[l1_policy])
         self._origin = uuid.uuid4().hex
         self._redis = redis_client
@@ -130,6 +137,8 @@ class ConversationCache:
                 origin=self._origin,
                 on_degraded=self._stop_waiting_for_fills,
                 on_recover=self._forget_unannounced,
+                max_value_bytes=l2_max_value_bytes,
+                signing_key=signing_key,
             )
             self._bus = InvalidationBus(
                 redis_client,
@@ -196,6 +205,10 @@ class ConversationCache:
     async def open(self) -> None:
         await self.store.open()
         if self._l2 is not None:
+            fingerprint = _fingerprint(self.store)
+            self._l2.bind(fingerprint)
+            if self._bus is not None:
+                self._bus.bind(fingerprint)
             await self._l2.warm_up()
         if self._watch_external:
             await self.store.watch(_ExternalChanges(self))
@@ -639,6 +652,29 @@ class _ExternalChanges:
 
     def reset(self) -> None:
         self._cache._forget_unannounced()
+
+
+def _signing_key(key: object) -> bytes | None:
+    """``l2_signing_key`` as bytes: at least 16 bytes (a str is UTF-8 encoded), or None."""
+    if key is None:
+        return None
+    raw = key.encode() if isinstance(key, str) else key
+    if not isinstance(raw, bytes) or len(raw) < _MIN_SIGNING_KEY_BYTES:
+        raise ConfigurationError(
+            f"l2_signing_key must be bytes or a str of at least {_MIN_SIGNING_KEY_BYTES} "
+            "bytes, e.g. secrets.token_hex(32), or None (values are not signed)"
+        )
+    return raw
+
+
+def _fingerprint(store: ThreadStore) -> str:
+    fingerprint = store.fingerprint
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise ConfigurationError(
+            f"{type(store).__name__}.fingerprint must be 1-64 characters of A-Z a-z 0-9 "
+            f"once the store is open, got {fingerprint!r:.80}"
+        )
+    return fingerprint
 
 
 def _counters_for(models: object) -> tuple[TokenCounter, ...]:
