@@ -211,6 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.redis_url,
                 namespace=settings.namespace,
                 consistency=settings.consistency,
+                l2_signing_key=settings.l2_signing_key,
             )
             await stack.enter_async_context(cache)
             model = settings.chat_model()
