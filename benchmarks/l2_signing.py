@@ -24,8 +24,8 @@ import asyncio
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 from _redis import private_redis, redis_server_version
 from _support import (
@@ -40,12 +40,12 @@ from _support import (
     summarize,
     us,
 )
-
 from agent_core import ConversationCache
 from agent_core.cache._redis_tier import RedisTier
 
 SIZES: Final = (10, 1_000, 10_000, 25_000)
 KEY: Final = b"benchmark signing key, 32 bytes!"
+_T = TypeVar("_T")
 
 
 async def _loop_gaps(stop: asyncio.Event, gaps: list[float]) -> None:
@@ -57,10 +57,11 @@ async def _loop_gaps(stop: asyncio.Event, gaps: list[float]) -> None:
         last = now
 
 
-async def _timed(call: Callable[[], Awaitable[Any]]) -> int:
+async def _timed(call: Awaitable[_T]) -> tuple[int, _T]:
+    """Nanoseconds the awaitable took, and its result."""
     start = time.perf_counter_ns()
-    await call()
-    return time.perf_counter_ns() - start
+    result = await call
+    return time.perf_counter_ns() - start, result
 
 
 async def measure(quick: bool) -> dict[str, Any]:
@@ -87,18 +88,17 @@ async def measure(quick: bool) -> dict[str, Any]:
                         tier = tiers[name]
                         thread = f"{name}-{size}-{index}"
                         with gc_paused():
-                            fill = await _timed(lambda: tier.fill(thread, size, payloads, {}))
-                            append = await _timed(
-                                lambda: tier.append(thread, size, size + 1, [payload], {})
+                            fill, _ = await _timed(tier.fill(thread, size, payloads, {}))
+                            append, _ = await _timed(
+                                tier.append(thread, size, size + 1, [payload], {})
                             )
                             stop = asyncio.Event()
                             ticker = asyncio.create_task(_loop_gaps(stop, gaps[name]))
                             await asyncio.sleep(0.002)
-                            entry: list[Any] = []
-                            get = await _timed(lambda: _get(tier, thread, entry))
+                            get, entry = await _timed(tier.get(thread))
                             stop.set()
                             await ticker
-                        if entry[0] is None or len(entry[0].payloads) != size + 1:
+                        if entry is None or len(entry.payloads or ()) != size + 1:
                             raise BenchmarkError(f"{name} get of {size} messages missed")
                         for operation, value in (("fill", fill), ("append", append), ("get", get)):
                             samples.setdefault((operation, name), []).append(value)
@@ -114,10 +114,6 @@ async def measure(quick: bool) -> dict[str, Any]:
                     name: round(max(gaps[name]) * 1000, 2) for name in gaps
                 }
     return rows
-
-
-async def _get(tier: RedisTier, thread: str, out: list[Any]) -> None:
-    out.append(await tier.get(thread))
 
 
 async def run(quick: bool) -> dict[str, Any]:

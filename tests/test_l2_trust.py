@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from agent_core import ConversationCache
 from agent_core.cache._l2_format import FROM_EMPTY, Signer, header
 from agent_core.server import Settings, create_app
+from agent_core.store import store_from_url
 
 from ._redis_server import RedisServer
 
@@ -126,17 +127,23 @@ async def test_a_recreated_sqlite_file_does_not_see_the_old_files_entries(
         assert second.stats().l2_hits == 0
 
 
-async def test_the_fingerprint_is_made_once_and_shared_by_every_opener(store_url: str) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        caches = [
-            await stack.enter_async_context(ConversationCache.from_urls(store_url))
-            for _ in range(3)
-        ]
-        fingerprints = {cache.store.fingerprint for cache in caches}
+async def test_concurrent_first_openers_agree_on_the_fingerprint(empty_store_url: str) -> None:
+    stores = [store_from_url(empty_store_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.open() for store in stores))
+        fingerprints = {store.fingerprint for store in stores}
+    finally:
+        await asyncio.gather(*(store.close() for store in stores))
     assert len(fingerprints) == 1
     (fingerprint,) = fingerprints
     assert len(fingerprint) == 16
     assert int(fingerprint, 16) >= 0
+    reopened = store_from_url(empty_store_url)
+    await reopened.open()
+    try:
+        assert reopened.fingerprint == fingerprint
+    finally:
+        await reopened.close()
 
 
 # -- defect 3: every L2 value is checked before a byte of it is served -------------------
@@ -232,6 +239,25 @@ async def test_http_get_never_splices_a_hostile_value(
             response = await http.get(f"/v1/threads/t{query}")
             assert response.status_code == 200
             assert response.json()["messages"] == STORED
+
+
+async def test_a_thread_larger_than_l2_max_value_bytes_stays_out_of_l2(
+    sqlite_url: str, redis_url: str, namespace: str
+) -> None:
+    small = [{"role": "user", "content": "x" * 100}]
+    async with opened(sqlite_url, redis_url, namespace, l2_max_value_bytes=1024) as writer:
+        await writer.append("big", [{"role": "user", "content": "x" * 2000}])
+        await writer.append("grows", small)
+        for _ in range(12):  # pushes the value past the cap: the append fences it
+            await writer.append("grows", small)
+        keys = [writer._l2.key(t) for t in ("big", "grows")]  # type: ignore[union-attr]
+    for key in keys:
+        assert (await held(redis_url, key) or b"").endswith(b"x")
+    async with opened(sqlite_url, redis_url, namespace, l2_max_value_bytes=1024) as reader:
+        assert len((await reader.get("grows")).to_list()) == 13
+        assert len((await reader.get("big")).to_list()) == 1
+        stats = reader.stats()
+        assert (stats.l2_hits, stats.l2_corrupt, stats.store_loads) == (0, 0, 2)
 
 
 # -- signing ----------------------------------------------------------------------------

@@ -416,12 +416,14 @@ class RedisTier:
         ``written``: the fill records a write (a new thread, a delete): it is announced,
         and if it is lost L2 must be fenced at ``version`` once Redis is back.
         ``lease``: the token of the load lease to release, waking its waiters.
+        A thread larger than ``max_value_bytes`` is not stored: a fence keeps its version.
         """
-        if sum(map(len, payloads)) + len(payloads) > self._max_value_bytes:
-            value = b"%020dx" % version  # too large for L2: a fence keeps the version
-        else:
+        value = b"%020dx" % version  # a fence, if the thread is too large for L2
+        if sum(map(len, payloads)) + len(payloads) <= self._max_value_bytes:
             chunks = await self._chunk(payloads, counts) if payloads else b""
-            value = header(version) + await self._seal(thread_id, FROM_EMPTY, version, chunks)
+            sealed = await self._seal(thread_id, FROM_EMPTY, version, chunks)
+            if len(sealed) <= self._max_value_bytes:
+                value = header(version) + sealed
         if written:
             event = self._event(WRITE, thread_id, version)
         else:
