@@ -24,11 +24,12 @@ import orjson
 import pytest
 import redis.asyncio as redis
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from agent_core import ConversationCache
-from agent_core.cache._l2_format import FROM_EMPTY, Signer, header
+from agent_core.cache._l2_format import FROM_EMPTY, CorruptEntry, Signer, decode_value, header
+from agent_core.cache._redis_tier import DEFAULT_MAX_VALUE_BYTES
 from agent_core.server import Settings, create_app
 from agent_core.store import store_from_url
 
@@ -369,6 +370,17 @@ def _crafted() -> st.SearchStrategy[bytes]:
     )
 
 
+async def well_formed(value: bytes, key: str) -> bool:
+    """Whether an unsigned cache would accept ``value`` (a structurally valid forgery)."""
+    try:
+        await decode_value(
+            value, max_bytes=DEFAULT_MAX_VALUE_BYTES, signer=None, key_name=key.encode()
+        )
+    except CorruptEntry:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("signing_key", [None, KEY], ids=["unsigned", "signed"])
 async def test_fuzz_hostile_l2_values(
     signing_key: bytes | None, sqlite_url: str, redis_url: str, namespace: str
@@ -398,6 +410,8 @@ async def test_fuzz_hostile_l2_values(
         loop = asyncio.get_running_loop()
 
         async def check(value: bytes) -> None:
+            if signing_key is None and await well_formed(value, key):
+                reject()  # without a key a well-formed forgery is served: signing's job
             await plant(redis_url, key, value)
             cache._l1.clear("test")
             conversation = await cache.get("t")
@@ -414,18 +428,23 @@ async def test_fuzz_hostile_l2_values(
                 assert response.status_code == 200, response.text
                 assert response.json()["messages"] == STORED
 
+        bombs = st.sampled_from([_bomb(version), _undeclared_bomb(version)])
+
         @settings(
             max_examples=60,
             deadline=None,
             derandomize=True,
             database=None,
-            suppress_health_check=[HealthCheck.too_slow],
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         )
-        @given(value=st.one_of(_mutations(good), _crafted()))
+        @given(value=st.one_of(_mutations(good), _crafted(), bombs))
         def fuzz(value: bytes) -> None:
             asyncio.run_coroutine_threadsafe(check(value), loop).result()
 
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         await asyncio.to_thread(fuzz)
+        grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+        assert grown_kib < 200 << 10, f"peak RSS grew {grown_kib} KiB"
         assert not cache.stats().degraded
 
 
