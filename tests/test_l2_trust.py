@@ -15,6 +15,7 @@ import logging
 import resource
 import struct
 import zlib
+from array import array
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,16 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from agent_core import ConversationCache
-from agent_core.cache._l2_format import FROM_EMPTY, CorruptEntry, Signer, decode_value, header
+from agent_core.cache._l2_format import (
+    FROM_EMPTY,
+    CorruptEntry,
+    Signer,
+    decode_value,
+    encode_chunks,
+    encode_counts,
+    header,
+    seal,
+)
 from agent_core.cache._redis_tier import DEFAULT_MAX_VALUE_BYTES
 from agent_core.server import Settings, create_app
 from agent_core.store import store_from_url
@@ -446,6 +456,41 @@ async def test_fuzz_hostile_l2_values(
         grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
         assert grown_kib < 200 << 10, f"peak RSS grew {grown_kib} KiB"
         assert not cache.stats().degraded
+
+
+def _compressed_value(signer: Signer | None) -> bytes:
+    payloads = [encoded({"role": "user", "content": f"message {i}"}) for i in range(50)]
+
+    async def build() -> bytes:
+        chunks = await encode_chunks(payloads, compress_min_bytes=0)
+        chunks += encode_counts({"o200k_base": array("i", [3] * 50)})
+        return header(50) + await seal(signer, b"key", FROM_EMPTY, 50, chunks)
+
+    return asyncio.run(build())
+
+
+SIGNER = Signer(KEY)
+COMPRESSED = {None: _compressed_value(None), SIGNER: _compressed_value(SIGNER)}
+
+
+@pytest.mark.parametrize("signer", [None, SIGNER], ids=["unsigned", "signed"])
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(data=st.data())
+def test_fuzz_the_parser_of_compressed_values(signer: Signer | None, data: st.DataObject) -> None:
+    """Any change to a compressed (and sealed) value: CorruptEntry or a valid decode, no
+    other exception; with a key, every change is rejected."""
+    good = COMPRESSED[signer]
+    value = data.draw(_mutations(good))
+    try:
+        version, payloads, counts = asyncio.run(
+            decode_value(value, max_bytes=1 << 20, signer=signer, key_name=b"key")
+        )
+    except CorruptEntry:
+        return
+    assert signer is None or value == good
+    assert 0 <= version < 2**63
+    assert all(min(column, default=0) >= -1 for column in counts.values())
+    assert all(orjson.loads(payload) is not None for payload in payloads)
 
 
 # -- defect 9: an unreachable Redis is logged at open, and its recovery ------------------
