@@ -154,6 +154,17 @@ def test_fails_loudly_without_postgres() -> None:
             ("variants",),
             id="cold_start-postgres",
         ),
+        pytest.param(
+            "l2_signing.py",
+            (),
+            (
+                "redis_server",
+                "L2 calls, p50 µs (unsigned vs l2_signing_key)",
+                "Longest event-loop gap during get, ms",
+            ),
+            ("calls",),
+            id="l2_signing",
+        ),
     ],
 )
 def test_cache_benchmark_quick_run(

@@ -159,7 +159,7 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
 ) -> None:
     async with make_cache() as writer:
         await writer.append("t", [user("a"), user("b")])
-    key = f"ac:{{{namespace}:t}}"
+    key = writer._l2.key("t")  # type: ignore[union-attr]
     client = redis.Redis.from_url(redis_url)
     try:
         good = await client.get(key)
@@ -186,9 +186,10 @@ async def test_large_conversations_are_compressed_in_l2(
     async with make_cache(compress_min_bytes=1024) as writer:
         await writer.append("big", batch)
         await writer.append("big", [user("small")])
+        key = writer._l2.key("big")  # type: ignore[union-attr]
     client = redis.Redis.from_url(redis_url)
     try:
-        stored = await client.strlen(f"ac:{{{namespace}:big}}")
+        stored = await client.strlen(key)
     finally:
         await client.aclose()
     assert stored < sum(len(m["content"]) for m in batch) / 10

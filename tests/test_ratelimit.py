@@ -373,9 +373,23 @@ async def test_limiters_share_one_budget_through_redis(redis_url: str) -> None:
             assert (stats.shared, stats.degraded, stats.redis_errors) == (True, False, 0)
             assert stats.local_decisions == 0
         # The keys expire once the budget has refilled.
-        ttl = await client.pttl(f"ac:rl:{{{namespace}:m}}")
+        ttl = await client.pttl(f"ac:rl:{{{namespace}/m}}")
         assert 0 < ttl <= 1100
     await client.aclose()
+
+
+async def test_namespace_and_model_never_share_a_budget_through_a_colon(redis_url: str) -> None:
+    """Namespace ``a`` with model ``b:c`` and namespace ``a:b`` with model ``c`` are apart."""
+    limits = RateLimits(requests_per_minute=1, max_wait=0.0, period=60.0)
+    base = namespace_for_test()
+    async with (
+        RateLimiter(limits, redis=redis_url, namespace=base) as first,
+        RateLimiter(limits, redis=redis_url, namespace=f"{base}:b") as second,
+    ):
+        await first.acquire("b:c", 0)
+        await second.acquire("c", 0)  # its own budget: not RateLimited
+        with pytest.raises(RateLimited):
+            await first.acquire("b:c", 0)
 
 
 async def test_a_cancelled_shared_waiter_gives_its_reservation_back(redis_url: str) -> None:

@@ -26,16 +26,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
-from redis.exceptions import RedisError
-
 from .._quote import quote
-from .._redis import redis_client
 from .._validation import check_count
 from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
 from ..errors import InvalidArgument
 from ..observe import LoopLagMonitor, memory_limit, process_rss
-from ..store import store_from_url
 from ._samples import Samples, Timeline
 
 __all__ = ["BenchConfig", "BenchRun", "run_bench"]
@@ -305,25 +301,7 @@ async def _clean_up(run: BenchRun) -> None:
     no thread row (delete would keep one) and no Redis key (delete would write a tombstone
     that lives for the L2 TTL) is left behind.
     """
-    store = store_from_url(run.store)
-    await store.open()
-    try:
-        await store.purge_namespace(run.namespace)
-    finally:
-        await store.close()
-    if run.config.redis is not None:
-        await _purge_redis(run.config.redis, run.namespace)
-
-
-async def _purge_redis(url: str, namespace: str) -> None:
-    # The L2 key format of cache/_redis_tier.py: ac:{<namespace>:<thread id>}, and its
-    # lease key after it. Namespaces hold no glob characters, so the pattern is exact.
-    client = redis_client(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"ac:{{{namespace}:*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await client.unlink(*keys[start : start + 1000])
-    except (RedisError, OSError):
-        pass  # Redis is unreachable: its keys expire with their TTL (l2_ttl) instead.
-    finally:
-        await client.aclose()
+    async with ConversationCache.from_urls(
+        run.store, run.config.redis, namespace=run.namespace, watch_external=False
+    ) as cache:
+        await cache.purge_namespace()

@@ -1,6 +1,7 @@
 """The invalidation bus: every write of a namespace is announced on one Redis channel.
 
-Events are ``(kind, thread_id, version, origin)`` encoded with msgpack: ``"w"`` for
+The channel is ``ac:bus:<store fingerprint>/<namespace>``. Events are
+``(kind, thread_id, version, origin)`` encoded with msgpack: ``"w"`` for
 a write (append, delete, invalidation), ``"f"`` for a fill (wakes instances waiting
 on another's load lease) and ``"r"`` for a reset (clear all of L1). Write events are
 published by the same Lua script that updates L2, in one round trip. A subscriber pings its own
@@ -41,8 +42,9 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def bus_channel(namespace: str) -> str:
-    return f"ac:bus:{namespace}"
+def bus_channel(fingerprint: str, namespace: str) -> str:
+    """The channel of a namespace of the store with ``fingerprint`` (``/`` is in neither)."""
+    return f"ac:bus:{fingerprint}/{namespace}"
 
 
 def encode_event(kind: str, thread_id: str, version: int, origin: str) -> bytes:
@@ -64,7 +66,8 @@ class InvalidationBus:
         on_lost: Callable[[BaseException], None],
     ) -> None:
         self._client = client
-        self.channel = bus_channel(namespace)
+        self._namespace = namespace
+        self.channel = ""
         self.origin = origin
         self._timeout = timeout
         self._on_event = on_event
@@ -77,12 +80,17 @@ class InvalidationBus:
         #: Successful (re)subscriptions; each one after the first cleared L1.
         self.subscriptions = 0
 
+    def bind(self, fingerprint: str) -> None:
+        """Listen on the channel of the store with this fingerprint (before `start`)."""
+        self.channel = bus_channel(fingerprint, self._namespace)
+
     @property
     def subscribed(self) -> bool:
         return self._ready.is_set()
 
     async def start(self, wait: float) -> None:
         """Start listening; wait up to ``wait`` seconds for the first subscription."""
+        assert self.channel, "bind() the bus to the store's fingerprint first"
         self._task = asyncio.get_running_loop().create_task(self._run())
         try:
             async with asyncio.timeout(wait):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import re
 import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,7 +37,7 @@ from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._freshness import Flight, Flights, Ticks
 from ._l1 import L1Tier
 from ._policy import EvictionPolicy, LRUPolicy
-from ._redis_tier import L2Entry, RedisTier
+from ._redis_tier import DEFAULT_MAX_VALUE_BYTES, L2Entry, RedisTier
 from ._stats import CacheStats, Counters
 from ._tinylfu import WTinyLFUPolicy
 
@@ -50,6 +51,8 @@ _MAX_WINDOW_MODELS: Final = 64
 # hop would cost more than the work.
 _INLINE_COUNT_BYTES: Final = 64 << 10
 _INLINE_DECODE_MESSAGES: Final = 2_000
+_MIN_SIGNING_KEY_BYTES: Final = 16
+_FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
@@ -83,6 +86,8 @@ class ConversationCache:
         memory_limit: int | None = None,
         memory_check_interval: float = 1.0,
         token_models: Sequence[str] = ("gpt-4o",),
+        l2_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        l2_signing_key: bytes | str | None = None,
     ) -> None:
         if not isinstance(store, ThreadStore):
             raise ConfigurationError(
@@ -131,6 +136,8 @@ class ConversationCache:
         self.max_batch_messages = check_count("max_batch_messages", max_batch_messages, minimum=1)
         check_count("l1_max_bytes", l1_max_bytes, minimum=0)
         check_count("compress_min_bytes", compress_min_bytes, minimum=0)
+        check_count("l2_max_value_bytes", l2_max_value_bytes, minimum=1024)
+        signing_key = _signing_key(l2_signing_key)
         self._l1 = L1Tier(l1_max_bytes, ttl=l1_ttl, policy=_POLICIES[l1_policy])
         self._origin = uuid.uuid4().hex
         self._redis = redis_client
@@ -147,6 +154,8 @@ class ConversationCache:
                 origin=self._origin,
                 on_degraded=self._stop_waiting_for_fills,
                 on_recover=self._forget_unannounced,
+                max_value_bytes=l2_max_value_bytes,
+                signing_key=signing_key,
             )
             self._bus = InvalidationBus(
                 redis_client,
@@ -212,6 +221,10 @@ class ConversationCache:
     async def open(self) -> None:
         await self.store.open()
         if self._l2 is not None:
+            fingerprint = _fingerprint(self.store)
+            self._l2.bind(fingerprint)
+            if self._bus is not None:
+                self._bus.bind(fingerprint)
             await self._l2.warm_up()
         if self._watch_external:
             await self.store.watch(_ExternalChanges(self))
@@ -321,6 +334,7 @@ class ConversationCache:
         unless known), else from the store; the lease keeps other instances' misses off
         the store."""
         lease = ""
+        seen: int | None = None  # the version L2 held, if it held one
         if self._l2 is not None:
             if version is None:
                 check = asyncio.ensure_future(self.store.version(self.namespace, thread_id))
@@ -335,6 +349,7 @@ class ConversationCache:
                 entry = await self._l2.get(thread_id)
             if _holds(entry, version):
                 return self._served_by_l2(thread_id, entry)
+            seen = None if entry is None else entry.version
             if self._lease_ttl > 0:
                 token = uuid.uuid4().hex
                 acquired = await self._l2.acquire(thread_id, token, self._lease_ttl)
@@ -361,8 +376,12 @@ class ConversationCache:
         else:
             counts = from_stored(records.tokens)
         if self._l2 is not None:
-            # Also releases the lease and wakes the instances waiting on it.
-            await self._l2.fill(thread_id, records.version, records.payloads, counts, lease=lease)
+            # Also releases the lease and wakes the instances waiting on it. A version L2
+            # held beyond what the store then had was never written: it is replaced.
+            bogus = seen if seen is not None and seen > records.version else None
+            await self._l2.fill(
+                thread_id, records.version, records.payloads, counts, lease=lease, bogus=bogus
+            )
         return Conversation._from_payloads(thread_id, records.version, records.payloads, counts)
 
     def _served_by_l2(self, thread_id: str, entry: L2Entry | None) -> Conversation:
@@ -599,6 +618,27 @@ class ConversationCache:
         self._check_open()
         return await self.store.list_threads(self.namespace, limit=limit, after=after)
 
+    async def purge_namespace(self) -> int:
+        """Remove every thread of this namespace from the store and L2, keeping nothing.
+
+        IRREVERSIBLE, and only for a namespace that will never be used again (a
+        benchmark's or a test's own): unlike `delete` it keeps no versions, so other
+        instances still holding the namespace's threads would not see them change.
+        Returns the number of threads removed from the store.
+        """
+        self._check_open()
+        purge = getattr(self.store, "purge_namespace", None)
+        if purge is None:
+            raise ConfigurationError(
+                f"{type(self.store).__name__} has no purge_namespace(); "
+                "agent-core's SQLite and PostgreSQL stores do"
+            )
+        removed: int = await purge(self.namespace)
+        self._l1.clear("purge")
+        if self._l2 is not None:
+            await self._l2.drop_all()
+        return removed
+
     def stats(self) -> CacheStats:
         c = self._counters
         l2 = self._l2.counters if self._l2 is not None else None
@@ -657,6 +697,29 @@ class _ExternalChanges:
 def _holds(entry: L2Entry | None, version: int) -> bool:
     """The L2 entry holds the messages of exactly the version the store confirmed."""
     return entry is not None and entry.payloads is not None and entry.version == version
+
+
+def _signing_key(key: object) -> bytes | None:
+    """``l2_signing_key`` as bytes: at least 16 bytes (a str is UTF-8 encoded), or None."""
+    if key is None:
+        return None
+    raw = key.encode() if isinstance(key, str) else key
+    if not isinstance(raw, bytes) or len(raw) < _MIN_SIGNING_KEY_BYTES:
+        raise ConfigurationError(
+            f"l2_signing_key must be bytes or a str of at least {_MIN_SIGNING_KEY_BYTES} "
+            "bytes, e.g. secrets.token_hex(32), or None (values are not signed)"
+        )
+    return raw
+
+
+def _fingerprint(store: ThreadStore) -> str:
+    fingerprint = store.fingerprint
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise ConfigurationError(
+            f"{type(store).__name__}.fingerprint must be 1-64 characters of A-Z a-z 0-9 "
+            f"once the store is open, got {quote(fingerprint)}"
+        )
+    return fingerprint
 
 
 def _counters_for(models: object) -> tuple[TokenCounter, ...]:

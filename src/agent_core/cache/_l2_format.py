@@ -1,4 +1,4 @@
-"""How a thread is laid out in its L2 value.
+"""How a thread is laid out in its L2 value, and the strict parser of untrusted values.
 
 ``[version: 20 zero-padded digits][flag: c | x][chunk][chunk]...``: the header says
 which version the value holds (``c``) or that only the version is known (``x``, a
@@ -12,12 +12,26 @@ and counting a conversation later adds one for all of them. orjson never writes
 a raw newline, so the newline is a safe separator; a payload
 that has one (pretty JSON written into the database by another program) is
 compacted first.
+
+With a signing key every write's group of chunks ends in a *seal* chunk:
+``[base version u64][new version u64][HMAC-SHA256]`` over the Redis key's name, both
+versions and the group's chunk bytes (a fill's base is `FROM_EMPTY`, an annotation's
+base is its version). A value is authentic when its groups chain from empty to the
+header's version, each sealed.
+
+Anyone who can write to Redis can write any bytes, so a value is untrusted input:
+`decode_value` checks every byte (header, version range, chunk kinds, lengths,
+checksums, seals, count chunks, each payload is exactly one JSON object) and
+inflates at most ``max_bytes``, before anything is served; anything else is
+`CorruptEntry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import os
 import struct
 import sys
@@ -32,24 +46,37 @@ import orjson
 import zstandard
 
 from .._token_counts import UNKNOWN, Counts
+from ..errors import InvalidArgument
+from ..store._protocol import check_token_key
 
 HEADER_SIZE: Final = 21
+#: Versions are signed 64-bit integers in both stores.
+MAX_VERSION: Final = 2**63 - 1
+#: The base of a fill's seal: the group starts from an empty value.
+FROM_EMPTY: Final = 2**64 - 1
+_MAX_DIGITS: Final = b"%020d" % MAX_VERSION
 _CHUNK: Final = struct.Struct("<BII")
+_SEAL: Final = struct.Struct("<QQ")
+_MAC_SIZE: Final = hashlib.sha256().digest_size
+_SEAL_SIZE: Final = _SEAL.size + _MAC_SIZE
 _PLAIN: Final = 0
 _ZSTD: Final = 1
 _COUNTS: Final = 2
-_KINDS: Final = (_PLAIN, _ZSTD, _COUNTS)
+_SEALED: Final = 3
+_KINDS: Final = (_PLAIN, _ZSTD, _COUNTS, _SEALED)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
 _COMPRESS_LEVEL: Final = 1
-# Less compressed data than this is inflated on the loop: a thread hop costs more.
-_INLINE_DECOMPRESS_BYTES: Final = 64 << 10
+# Less data than this is checked and inflated on the loop: a thread hop costs more.
+_INLINE_BYTES: Final = 64 << 10
 #: Payloads are joined into chunks of about this size, each its own unit of work.
 CHUNK_BYTES: Final = 256 << 10
+# JSON is checked on the loop in slices of about this many bytes, with a yield between.
+_CHECK_SLICE_BYTES: Final = 128 << 10
 
 
 class CorruptEntry(Exception):
-    """An L2 value that does not parse; it is treated as a miss."""
+    """An L2 value that does not parse, or is not authentic; it is treated as a miss."""
 
 
 def header(version: int) -> bytes:
@@ -60,9 +87,44 @@ def header(version: int) -> bytes:
 def parse_header(value: bytes) -> tuple[int, bool]:
     """``(version, complete)``; raises `CorruptEntry`."""
     digits, flag = value[:20], value[20:HEADER_SIZE]
-    if len(digits) != 20 or not digits.isdigit() or flag not in (b"c", b"x"):
+    if len(digits) != 20 or not digits.isdigit() or digits > _MAX_DIGITS:
         raise CorruptEntry("bad L2 header")
+    if flag not in (b"c", b"x"):
+        raise CorruptEntry("bad L2 header flag")
     return int(digits), flag == b"c"
+
+
+class Signer:
+    """Seals groups of chunks with HMAC-SHA256 and checks seals."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def seal(self, key_name: bytes, base: int, new: int, group: bytes | memoryview) -> bytes:
+        """The seal chunk of ``group`` taking the value from ``base`` to ``new``."""
+        versions = _SEAL.pack(base, new)
+        mac = hmac.new(self._key, key_name + versions, hashlib.sha256)
+        mac.update(group)
+        data = versions + mac.digest()
+        return _CHUNK.pack(_SEALED, len(data), zlib.crc32(data)) + data
+
+    def check(
+        self, key_name: bytes, base: int, new: int, group: memoryview, data: memoryview
+    ) -> None:
+        expected = self.seal(key_name, base, new, group)[_CHUNK.size :]
+        if not hmac.compare_digest(expected, data):
+            raise CorruptEntry("bad seal")
+
+
+async def seal(signer: Signer | None, key_name: bytes, base: int, new: int, group: bytes) -> bytes:
+    """``group`` followed by its seal (as is without a signer); large groups hash off the loop."""
+    if signer is None:
+        return group
+    if len(group) > _INLINE_BYTES:
+        return group + await _off_loop(signer.seal, key_name, base, new, group)
+    return group + signer.seal(key_name, base, new, group)
 
 
 async def encode_chunks(payloads: Sequence[bytes], *, compress_min_bytes: int) -> bytes:
@@ -120,49 +182,170 @@ def _encode_all(groups: list[bytes], kind: int) -> bytes:
     return b"".join(_CHUNK.pack(kind, len(data), zlib.crc32(data)) + data for data in groups)
 
 
-async def decode_chunks(value: bytes) -> tuple[tuple[bytes, ...], dict[str, array[int]]]:
-    """The message payloads and token counts of a complete value, CRC-checked.
+async def decode_value(
+    value: bytes, *, max_bytes: int, signer: Signer | None, key_name: bytes
+) -> tuple[int, tuple[bytes, ...], dict[str, array[int]]]:
+    """The version, message payloads and token counts of a complete value; raises
+    `CorruptEntry` unless every byte checks out.
 
-    Large compressed data is inflated in a thread; splitting yields to the loop
-    between chunks.
+    Checksums, seals and inflation of large values run in a thread; splitting and
+    the JSON check of each payload yield to the loop between slices.
     """
-    chunks = _parse_chunks(value)
-    compressed = sum(len(data) for kind, data, _ in chunks if kind == _ZSTD)
-    if compressed > _INLINE_DECOMPRESS_BYTES:
-        inflated = await _off_loop(_inflate_all, chunks)
+    version, complete = parse_header(value)
+    if not complete:
+        raise CorruptEntry("a fence holds no messages")
+    if len(value) > max_bytes + HEADER_SIZE:
+        raise CorruptEntry("value larger than l2_max_value_bytes")
+    check = _Checker(value, version, max_bytes, signer, key_name)
+    if len(value) > _INLINE_BYTES:
+        inflated = await _off_loop(check.run)
     else:
-        inflated = _inflate_all(chunks)
+        inflated = check.run()
     payloads: list[bytes] = []
     counts: dict[str, array[int]] = {}
-    for index, (kind, data) in enumerate(inflated):
+    checked = 0
+    for kind, data in inflated:
         if kind == _COUNTS:
             _place_counts(counts, data, len(payloads))
-        elif data:
-            payloads.extend(data.split(b"\n"))
-        if index % 4 == 3:
-            await asyncio.sleep(0)
+            continue
+        for payload in data.split(b"\n"):
+            _check_payload(payload)
+            payloads.append(payload)
+            checked += len(payload)
+            if checked >= _CHECK_SLICE_BYTES:
+                checked = 0
+                await asyncio.sleep(0)
     size = len(payloads)
     for column in counts.values():
         if len(column) < size:
             column.extend(array("i", [UNKNOWN]) * (size - len(column)))
-    return tuple(payloads), counts
+    return version, tuple(payloads), counts
+
+
+def _check_payload(payload: bytes) -> None:
+    """Exactly one JSON object, as the store hands out: it may be spliced into responses."""
+    if payload[:1] != b"{" or payload[-1:] != b"}":
+        raise CorruptEntry("a payload is not a JSON object")
+    try:
+        orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise CorruptEntry("a payload is not valid JSON") from None
 
 
 def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None:
     """Put one count chunk's counts on the last messages decoded so far."""
     name_length = data[0] if data else 0
     body = data[1 + name_length :]
-    if not data or len(body) % 4 or len(body) // 4 > size:
+    if not name_length or len(data) < 1 + name_length or len(body) % 4:
         raise CorruptEntry("bad count chunk")
-    key = data[1 : 1 + name_length].decode("ascii", "replace")
+    if len(body) // 4 > size:
+        raise CorruptEntry("a count chunk counts more messages than precede it")
+    try:
+        key = check_token_key(data[1 : 1 + name_length].decode("ascii"))
+    except (UnicodeDecodeError, InvalidArgument):
+        raise CorruptEntry("bad count key") from None
     tail = array("i")
     tail.frombytes(body)
     if sys.byteorder != "little":
         tail.byteswap()
+    if tail and min(tail) < UNKNOWN:
+        raise CorruptEntry("a negative token count")
     column = counts.setdefault(key, array("i"))
     if len(column) < size:
         column.extend(array("i", [UNKNOWN]) * (size - len(column)))
     column[size - len(tail) : size] = tail
+
+
+class _Checker:
+    """Checks a value's chunks and seals and inflates them, within ``max_bytes``."""
+
+    def __init__(
+        self,
+        value: bytes,
+        version: int,
+        max_bytes: int,
+        signer: Signer | None,
+        key_name: bytes,
+    ) -> None:
+        self._value = value
+        self._version = version
+        self._budget = max_bytes
+        self._signer = signer
+        self._key_name = key_name
+
+    def run(self) -> list[tuple[int, bytes]]:
+        """``(kind, data)`` of the message and count chunks, data inflated."""
+        view = memoryview(self._value)
+        inflated: list[tuple[int, bytes]] = []
+        running: int | None = None  # the version the sealed groups reached so far
+        group_start = offset = HEADER_SIZE
+        while offset < len(view):
+            if offset + _CHUNK.size > len(view):
+                raise CorruptEntry("truncated chunk header")
+            kind, length, crc = _CHUNK.unpack_from(view, offset)
+            start = offset + _CHUNK.size
+            end = start + length
+            if kind not in _KINDS or end > len(view):
+                raise CorruptEntry("bad chunk header")
+            data = view[start:end]
+            if zlib.crc32(data) != crc:
+                raise CorruptEntry("chunk checksum mismatch")
+            if kind == _SEALED:
+                if length != _SEAL_SIZE:
+                    raise CorruptEntry("bad seal length")
+                if self._signer is not None:
+                    running = self._check_seal(view[group_start:offset], data, running)
+                group_start = end
+            elif kind == _ZSTD:
+                inflated.append((_PLAIN, self._inflate(data)))
+            else:
+                if kind == _PLAIN:
+                    if not length:
+                        raise CorruptEntry("an empty message chunk")
+                    self._spend(length)
+                inflated.append((kind, bytes(data)))
+            offset = end
+        if self._signer is not None:
+            if group_start != len(view):
+                raise CorruptEntry("chunks after the last seal")
+            if running != self._version:
+                raise CorruptEntry("the seals do not end at the header's version")
+        return inflated
+
+    def _check_seal(self, group: memoryview, data: memoryview, running: int | None) -> int:
+        assert self._signer is not None
+        base, new = _SEAL.unpack_from(data)
+        if running is None and base != FROM_EMPTY:
+            raise CorruptEntry("the first seal does not start from empty")
+        if running is not None and base != running:
+            raise CorruptEntry("a seal does not continue the version before it")
+        if new > MAX_VERSION or (base != FROM_EMPTY and new < base):
+            raise CorruptEntry("a seal's version is out of range")
+        self._signer.check(self._key_name, base, new, group, data)
+        return int(new)
+
+    def _spend(self, size: int) -> None:
+        self._budget -= size
+        if self._budget < 0:
+            raise CorruptEntry("the value inflates beyond l2_max_value_bytes")
+
+    def _inflate(self, data: memoryview) -> bytes:
+        """One zstd frame with its size declared, inflating to at most the budget left."""
+        try:
+            declared = zstandard.frame_content_size(data)
+        except zstandard.ZstdError:
+            raise CorruptEntry("bad zstd frame header") from None
+        if declared <= 0:
+            raise CorruptEntry("a zstd frame without its content size")
+        self._spend(declared)
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+            out = reader.read(declared + 1)
+            if len(out) != declared or reader.read(1):
+                raise CorruptEntry("a zstd frame's size is not its content size")
+        except zstandard.ZstdError as exc:
+            raise CorruptEntry(f"bad zstd chunk: {exc}") from None
+        return out
 
 
 _T = TypeVar("_T")
@@ -181,38 +364,3 @@ def _lower_priority() -> None:
     # A nicer thread yields the CPU to the event loop's thread when both want one.
     with contextlib.suppress(OSError, AttributeError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-def _parse_chunks(value: bytes) -> list[tuple[int, memoryview, int]]:
-    chunks = []
-    view = memoryview(value)
-    offset = HEADER_SIZE
-    while offset < len(value):
-        if offset + _CHUNK.size > len(value):
-            raise CorruptEntry("truncated chunk header")
-        kind, length, crc = _CHUNK.unpack_from(value, offset)
-        start = offset + _CHUNK.size
-        offset = start + length
-        if kind not in _KINDS or offset > len(value):
-            raise CorruptEntry("bad chunk header")
-        chunks.append((kind, view[start:offset], crc))
-    return chunks
-
-
-def _inflate_all(chunks: list[tuple[int, memoryview, int]]) -> list[tuple[int, bytes]]:
-    """Check and (if compressed) inflate every chunk; releases the GIL in a thread."""
-    inflated = []
-    decompressor = None
-    for kind, data, crc in chunks:
-        if zlib.crc32(data) != crc:
-            raise CorruptEntry("chunk checksum mismatch")
-        if kind != _ZSTD:
-            inflated.append((kind, bytes(data)))
-            continue
-        if decompressor is None:
-            decompressor = zstandard.ZstdDecompressor()
-        try:
-            inflated.append((_PLAIN, decompressor.decompress(data)))
-        except zstandard.ZstdError as exc:
-            raise CorruptEntry(f"bad zstd chunk: {exc}") from None
-    return inflated

@@ -1,13 +1,15 @@
 """The shared tier: one Redis value per thread, extended in place by appends.
 
-A thread's value lives at ``ac:{ns:tid}`` (its lease at ``ac:{ns:tid}:lease``; the
-shared hash tag keeps both on one Redis Cluster slot). The value starts with a
+A thread's value lives at ``ac:{fp/ns/tid}`` (its lease at ``ac:{fp/ns/tid}:lease``;
+the shared hash tag keeps both on one Redis Cluster slot). ``fp`` is the store's
+fingerprint, so entries of another database are never seen, and ``/`` can't occur
+in a namespace or thread id, so the key is unambiguous. The value starts with a
 21-byte header, the version as 20 zero-padded digits and a flag: ``c`` when the
 chunks that follow hold every message up to that version, ``x`` (a *fence*) when
 only the version is known (an append could not extend the value, or the thread
 was invalidated). A fill with an older version than the header is refused, so a
 slow reader can't put back history that a writer or a delete has moved past.
-A hit is one ``GETEX``; a strong-mode version check one ``GETRANGE``.
+A hit is one ``GETEX``.
 
 Every call has a short timeout. A failure marks the tier degraded: callers then
 skip Redis (L1 + store) until a background probe finds it again, and the owner is
@@ -17,6 +19,7 @@ told so it can clear what it may have missed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,30 +33,49 @@ from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancellin
 from .._token_counts import Counts
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
-    HEADER_SIZE,
+    FROM_EMPTY,
+    MAX_VERSION,
     CorruptEntry,
-    decode_chunks,
+    Signer,
+    decode_value,
     encode_chunks,
     encode_counts,
     header,
     parse_header,
+    seal,
 )
 
 _T = TypeVar("_T")
+#: The default of ``l2_max_value_bytes``: larger threads are not kept in L2.
+DEFAULT_MAX_VALUE_BYTES: Final = 32 << 20
+log = logging.getLogger("agent_core.cache")
 
 # Every script that records a write also announces it on the bus (ARGV[1] channel,
-# ARGV[2] event; an empty event announces nothing): one round trip for both.
-_ANNOUNCE: Final = """
+# ARGV[2] event; an empty event announces nothing): one round trip for both. ``held``
+# is the held version as 20 digits, or nil when the value is missing or its header is
+# malformed or out of range (anyone may write to Redis): such a value is overwritten.
+# Versions are compared as zero-padded strings: exact beyond 2^53, unlike Lua numbers.
+_ANNOUNCE: Final = (
+    """
 if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 local head = redis.call('GETRANGE', KEYS[1], 0, 20)
-local held = tonumber(string.sub(head, 1, 20))
+local held = nil
+if string.find(head, '^%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d%d[cx]$')
+    and string.sub(head, 1, 20) <= '"""
+    + f"{MAX_VERSION:020d}"
+    + """' then
+  held = string.sub(head, 1, 20)
+end
 """
-# ARGV[3] version (padded), ARGV[4] value, ARGV[5] ttl ms, ARGV[6] lease token or ''.
+)
+# ARGV[3] version (padded), ARGV[4] value, ARGV[5] ttl ms, ARGV[6] lease token or '',
+# ARGV[7] a held version known to be bogus (padded; it was ahead of the store) or ''.
 _FILL: Final = (
     _ANNOUNCE
     + """
 if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
-local target = tonumber(ARGV[3])
+local target = ARGV[3]
+if held == ARGV[7] then held = nil end
 if held and (held > target or (held == target and string.sub(head, 21, 21) == 'c')) then
   return 0
 end
@@ -62,17 +84,18 @@ return 1
 """
 )
 # ARGV[3] the base header (padded base version .. 'c'), ARGV[4] new version (padded),
-# ARGV[5] chunk, ARGV[6] ttl ms.
+# ARGV[5] chunks, ARGV[6] ttl ms, ARGV[7] the largest value (bytes after the header).
 _APPEND: Final = (
     _ANNOUNCE
     + """
-if head == ARGV[3] then
+if head == ARGV[3]
+    and redis.call('STRLEN', KEYS[1]) + string.len(ARGV[5]) <= tonumber(ARGV[7]) + 21 then
   redis.call('SETRANGE', KEYS[1], 0, ARGV[4])
   redis.call('APPEND', KEYS[1], ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   return 1
 end
-if not held or held < tonumber(ARGV[4]) then
+if not held or held < ARGV[4] then
   redis.call('SET', KEYS[1], ARGV[4] .. 'x', 'PX', ARGV[6])
 end
 return 0
@@ -82,12 +105,12 @@ return 0
 _FENCE: Final = (
     _ANNOUNCE
     + """
-local target = held or 0
+local target = held or '00000000000000000000'
 if ARGV[3] ~= '-1' then
-  target = tonumber(ARGV[3])
+  target = ARGV[3]
   if held and held >= target then return 0 end
 end
-redis.call('SET', KEYS[1], string.format('%020d', target) .. 'x', 'PX', ARGV[4])
+redis.call('SET', KEYS[1], target .. 'x', 'PX', ARGV[4])
 return 1
 """
 )
@@ -101,9 +124,11 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
-# ARGV[1] the header the counts belong to, ARGV[2] count chunks: added only to that value.
+# ARGV[1] the header the counts belong to, ARGV[2] count chunks: added only to that
+# value, and only within ARGV[3] bytes.
 _ANNOTATE: Final = """
-if redis.call('GETRANGE', KEYS[1], 0, 20) == ARGV[1] then
+if redis.call('GETRANGE', KEYS[1], 0, 20) == ARGV[1]
+    and redis.call('STRLEN', KEYS[1]) + string.len(ARGV[2]) <= tonumber(ARGV[3]) + 21 then
   redis.call('APPEND', KEYS[1], ARGV[2])
   return 1
 end
@@ -147,11 +172,17 @@ class RedisTier:
         origin: str,
         on_degraded: Callable[[], None],
         on_recover: Callable[[], None],
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        signing_key: bytes | None = None,
     ) -> None:
         self.client = client
-        self._channel = bus_channel(namespace)
+        self._namespace = namespace
+        self._channel = ""
         self._origin = origin
-        self._prefix = f"ac:{{{namespace}:"
+        self._prefix = ""
+        self._max_value_bytes = max_value_bytes
+        self._signer = None if signing_key is None else Signer(signing_key)
+        self._where = describe(client)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = timeout
         self._deadlines = Deadlines()
@@ -171,6 +202,11 @@ class RedisTier:
         self._dirty: dict[str, int] = {}
         self._dirty_overflow = False
         self._max_dirty = 10_000
+
+    def bind(self, fingerprint: str) -> None:
+        """Use the keys and channel of the store with this fingerprint (after it opened)."""
+        self._prefix = f"ac:{{{fingerprint}/{self._namespace}/"
+        self._channel = bus_channel(fingerprint, self._namespace)
 
     # -- health ------------------------------------------------------------------------
 
@@ -216,10 +252,17 @@ class RedisTier:
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling()
             self._count_error(exc)
-            self._fail()
+            self._fail("at open")
 
-    def _fail(self) -> None:
+    def _fail(self, when: str = "") -> None:
         if self.counters.degraded_since is None:
+            log.warning(
+                "Redis at %s is unreachable%s (%s): the cache runs degraded on L1 and the "
+                "store until it answers again",
+                self._where,
+                f" {when}" if when else "",
+                self.counters.last_error,
+            )
             self.counters.degraded_since = time.monotonic()
             self._probe = asyncio.get_running_loop().create_task(self._reconnect())
             self._on_degraded()
@@ -245,6 +288,7 @@ class RedisTier:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            log.warning("Redis at %s answers again: the cache uses it once more", self._where)
             self.counters.degraded_since = None
             self._probe = None
             self._on_recover()
@@ -254,8 +298,7 @@ class RedisTier:
         """Fence and announce the writes that missed Redis, before leaving degraded mode."""
         if self._dirty_overflow:
             # Too many to list: drop the namespace's entries and tell everyone to clear L1.
-            async for key in self.client.scan_iter(match=f"{self._prefix}*", count=1000):
-                await self.client.delete(key)
+            await self._unlink_all()
             await self.client.publish(self._channel, self._event(RESET, "", 0))
         else:
             for thread_id, version in list(self._dirty.items()):
@@ -265,13 +308,25 @@ class RedisTier:
                     args=[
                         self._channel,
                         self._event(WRITE, thread_id, announced),
-                        version,
+                        "-1" if version < 0 else f"{version:020d}",
                         self._ttl_ms,
                     ],
                 )
                 del self._dirty[thread_id]
         self._dirty.clear()
         self._dirty_overflow = False
+
+    async def _unlink_all(self) -> None:
+        # Namespaces and fingerprints hold no glob characters: the pattern is exact.
+        keys = [key async for key in self.client.scan_iter(match=f"{self._prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await self.client.unlink(*keys[start : start + 1000])
+
+    async def drop_all(self) -> bool:
+        """Remove every key of the namespace (values, fences, leases); False if Redis
+        could not be reached (the keys then expire with their TTL)."""
+        ok, _ = await self._call(self._unlink_all, write=True)
+        return ok
 
     def _event(self, kind: str, thread_id: str, version: int) -> bytes:
         return encode_event(kind, thread_id, version, self._origin)
@@ -288,17 +343,19 @@ class RedisTier:
 
     # -- operations --------------------------------------------------------------------
 
-    def _key(self, thread_id: str) -> str:
+    def key(self, thread_id: str) -> str:
+        """The Redis key of the thread's value."""
+        assert self._prefix, "bind() the tier to the store's fingerprint first"
         return f"{self._prefix}{thread_id}}}"
 
     def _keys(self, thread_id: str) -> list[str]:
-        key = self._key(thread_id)
+        key = self.key(thread_id)
         return [key, key + ":lease"]
 
     async def get(self, thread_id: str) -> L2Entry | None:
         """The entry, or None on a miss, a corrupt value or an unreachable Redis."""
         ok, value = await self._call(
-            lambda: self.client.getex(self._key(thread_id), px=self._ttl_ms)
+            lambda: self.client.getex(self.key(thread_id), px=self._ttl_ms)
         )
         if not ok or not isinstance(value, bytes):
             return None
@@ -309,25 +366,18 @@ class RedisTier:
             version, complete = parse_header(value)
             if not complete:
                 return L2Entry(version, None)
-            payloads, counts = await decode_chunks(value)
+            version, payloads, counts = await decode_value(
+                value,
+                max_bytes=self._max_value_bytes,
+                signer=self._signer,
+                key_name=self.key(thread_id).encode(),
+            )
             return L2Entry(version, payloads, counts)
-        except CorruptEntry:
+        except CorruptEntry as exc:
+            log.debug("corrupt L2 value of thread %r: %s", thread_id, exc)
             # A fence keeps the version but lets the next fill replace the value.
             self.counters.corrupt += 1
             await self.fence(thread_id, None)
-            return None
-
-    async def version(self, thread_id: str) -> int | None:
-        """The version L2 knows (fenced or not); None if unknown or unreachable."""
-        ok, head = await self._call(
-            lambda: self.client.getrange(self._key(thread_id), 0, HEADER_SIZE - 1)
-        )
-        if not ok or not isinstance(head, bytes) or not head:
-            return None
-        try:
-            return parse_header(head)[0]
-        except CorruptEntry:
-            self.counters.corrupt += 1
             return None
 
     async def acquire(self, thread_id: str, token: str, ttl: float) -> L2Entry | bool | None:
@@ -359,14 +409,23 @@ class RedisTier:
         *,
         written: bool = False,
         lease: str = "",
+        bogus: int | None = None,
     ) -> bool:
         """Store the whole thread unless L2 already knows a newer version.
 
         ``written``: the fill records a write (a new thread, a delete): it is announced,
         and if it is lost L2 must be fenced at ``version`` once Redis is back.
         ``lease``: the token of the load lease to release, waking its waiters.
+        A thread larger than ``max_value_bytes`` is not stored: a fence keeps its version.
+        ``bogus``: a version L2 held that the store had not reached when read after it
+        (versions never go back, so no writer made it): replaced if still held.
         """
-        value = header(version) + (await self._chunk(payloads, counts) if payloads else b"")
+        value = b"%020dx" % version  # a fence, if the thread is too large for L2
+        if sum(map(len, payloads)) + len(payloads) <= self._max_value_bytes:
+            chunks = await self._chunk(payloads, counts) if payloads else b""
+            sealed = await self._seal(thread_id, FROM_EMPTY, version, chunks)
+            if len(sealed) <= self._max_value_bytes:
+                value = header(version) + sealed
         if written:
             event = self._event(WRITE, thread_id, version)
         else:
@@ -374,7 +433,15 @@ class RedisTier:
         ok, stored = await self._call(
             lambda: self._fill_script(
                 keys=self._keys(thread_id),
-                args=[self._channel, event, version, value, self._ttl_ms, lease],
+                args=[
+                    self._channel,
+                    event,
+                    f"{version:020d}",
+                    value,
+                    self._ttl_ms,
+                    lease,
+                    "" if bogus is None else f"{bogus:020d}",
+                ],
             ),
             write=True,
         )
@@ -396,7 +463,9 @@ class RedisTier:
         counts: Counts,
     ) -> None:
         """Extend the entry if it is exactly at ``base_version``, else fence it; announce."""
-        chunk = await self._chunk(payloads, counts)
+        chunk = await self._seal(
+            thread_id, base_version, version, await self._chunk(payloads, counts)
+        )
         event = self._event(WRITE, thread_id, version)
         ok, _ = await self._call(
             lambda: self._append_script(
@@ -408,6 +477,7 @@ class RedisTier:
                     f"{version:020d}",
                     chunk,
                     self._ttl_ms,
+                    self._max_value_bytes,
                 ],
             ),
             write=True,
@@ -426,7 +496,12 @@ class RedisTier:
         ok, _ = await self._call(
             lambda: self._fence_script(
                 keys=self._keys(thread_id),
-                args=[self._channel, event, -1 if version is None else version, self._ttl_ms],
+                args=[
+                    self._channel,
+                    event,
+                    "-1" if version is None else f"{version:020d}",
+                    self._ttl_ms,
+                ],
             ),
             write=True,
         )
@@ -435,9 +510,11 @@ class RedisTier:
 
     async def annotate(self, thread_id: str, version: int, counts: Counts) -> None:
         """Add counts of every message to the entry, if it still holds ``version``."""
+        chunks = await self._seal(thread_id, version, version, encode_counts(counts))
         await self._call(
             lambda: self._annotate_script(
-                keys=[self._key(thread_id)], args=[header(version), encode_counts(counts)]
+                keys=[self.key(thread_id)],
+                args=[header(version), chunks, self._max_value_bytes],
             ),
             write=True,
         )
@@ -445,3 +522,14 @@ class RedisTier:
     async def _chunk(self, payloads: Sequence[bytes], counts: Counts) -> bytes:
         chunks = await encode_chunks(payloads, compress_min_bytes=self._compress_min_bytes)
         return chunks + encode_counts(counts)
+
+    async def _seal(self, thread_id: str, base: int, new: int, chunks: bytes) -> bytes:
+        return await seal(self._signer, self.key(thread_id).encode(), base, new, chunks)
+
+
+def describe(client: redis.Redis) -> str:
+    """Where ``client`` connects, without its credentials."""
+    options = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix:{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

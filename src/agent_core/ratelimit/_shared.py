@@ -1,9 +1,11 @@
 """The GCRA of ``_gcra`` as one Lua script, so every instance draws on one budget.
 
-A (namespace, model) pair has a hash ``ac:rl:{ns:model}`` (fields ``r`` and ``t``: the
+A (namespace, model) pair has a hash ``ac:rl:{ns/model}`` (fields ``r`` and ``t``: the
 theoretical arrival times of requests and tokens, in microseconds of Redis TIME; ``o``
 the latest reservation's ticket, ``pr``/``pt`` the times before it) and a sorted set
-``…:i`` of the instances that used it within the last period. Both expire once the
+``…/i`` of the instances that used it within the last period. A namespace
+never holds ``/``, so the first one ends it, and only instance sets end in
+``/i`` (a hash's name ends in ``}``): no two pairs share a key. Both expire once the
 budget has refilled (a missing key is a full budget). A reservation is one round trip,
 checks and takes both limits atomically, and uses the server's clock, so the
 instances' clocks don't matter. The shared hash tag keeps both keys on one Redis
@@ -91,14 +93,14 @@ class SharedGcra:
         self._cancel = client.register_script(_CANCEL)
 
     def _key(self, model: str) -> str:
-        return f"ac:rl:{{{self._namespace}:{model}}}"
+        return f"ac:rl:{{{self._namespace}/{model}}}"
 
     async def reserve(
         self, model: str, limits: RateLimits, tokens: int, max_wait: float, ticket: str
     ) -> Decision:
         key = self._key(model)
         reply = await self._reserve(
-            keys=[key, f"{key}:i"],
+            keys=[key, f"{key}/i"],
             args=[
                 _micros(limits.period),
                 limits.requests_per_minute or 0,

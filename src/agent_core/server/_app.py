@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 namespace=settings.namespace,
                 consistency=settings.consistency,
                 max_staleness=settings.max_staleness,
+                l2_signing_key=settings.l2_signing_key,
             )
             await stack.enter_async_context(cache)
             model = settings.chat_model()

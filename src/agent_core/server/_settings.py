@@ -27,7 +27,8 @@ class Settings:
 
     ``model`` ``"echo"`` is the local `EchoModel` (counted as gpt-4o); any other name is
     sent to an OpenAI-compatible server by `OpenAIChatModel` (``OPENAI_BASE_URL``,
-    ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body.
+    ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body. ``l2_signing_key``
+    (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
     """
 
     store_url: str = "sqlite:///agent-core.db"
@@ -39,6 +40,8 @@ class Settings:
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
     max_body_bytes: int = 4 << 20
+    #: Signs L2 values (``AGENT_CORE_L2_SIGNING_KEY``; never shown in the repr).
+    l2_signing_key: str | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # The rest (URLs, namespace, consistency, token budgets) is checked by the
@@ -93,7 +96,7 @@ class Settings:
                     raise ConfigurationError(
                         f"{variable} must be a number ({field.type}), got {quote(raw)}"
                     ) from None
-            elif name == "redis_url":
+            elif name in ("redis_url", "l2_signing_key"):
                 values[name] = raw or None
             else:
                 values[name] = raw

@@ -42,6 +42,7 @@ from ._protocol import (
     check_read,
     check_set_tokens,
     check_thread,
+    fingerprint_of,
     page_of,
     records_from_rows,
 )
@@ -95,6 +96,7 @@ class PostgresStore:
         self._pool: asyncpg.Pool | None = None
         self._listeners: list[ChangeListener] = []
         self._watch_task: asyncio.Task[None] | None = None
+        self._fingerprint = ""
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -121,6 +123,10 @@ class PostgresStore:
         address = mask_url(self._dsn).partition("://")[2].rpartition("@")[2].partition("?")[0]
         return f"PostgresStore({quote(address)})"
 
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -144,6 +150,7 @@ class PostgresStore:
         try:
             async with pool.acquire() as connection:
                 await _migrate(connection)
+                self._fingerprint = fingerprint_of(await connection.fetchval(sql.IDENTITY))
         except BaseException:
             await pool.close()
             raise

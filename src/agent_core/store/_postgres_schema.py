@@ -244,6 +244,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     END
     $$;
     """,
+    # The database's random identity, made once: caches key shared entries by it.
+    f"""
+    CREATE TABLE {SCHEMA}.identity (id text NOT NULL);
+    INSERT INTO {SCHEMA}.identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''));
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -260,6 +265,7 @@ RECORD_VERSION: Final = f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUE
 APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7)"
 SET_TOKENS: Final = f"SELECT {SCHEMA}.set_tokens($1, $2, $3, $4, $5)"
 DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
+IDENTITY: Final = f"SELECT id FROM {SCHEMA}.identity"
 VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND thread_id = $2"
 # One statement, so the version and the rows come from the same snapshot. A thread
 # with no row yields no rows (version 0); with no messages, one row of NULLs.

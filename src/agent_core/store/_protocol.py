@@ -75,6 +75,14 @@ class ThreadStore(Protocol):
     async def open(self) -> None:
         """Connect and create or migrate the schema (safe with concurrent openers)."""
 
+    @property
+    def fingerprint(self) -> str:
+        """The database's identity: 16 hex digits of a random id its schema got once.
+
+        Caches key shared (Redis) entries by it, so a namespace reused against another
+        database, or a recreated one, never sees this one's entries. "" before `open`.
+        """
+
     async def close(self) -> None:
         """Release connections and threads; idempotent."""
 
@@ -137,6 +145,11 @@ def encode_token_counts(counts: Mapping[str, int]) -> bytes:
         check_token_key(key)
         check_count(f"token count for {quote(key)}", count, minimum=0)
     return orjson.dumps(counts if isinstance(counts, dict) else dict(counts))
+
+
+def fingerprint_of(identity: str) -> str:
+    """A store's fingerprint from the random identity its migration stored."""
+    return identity[:16]
 
 
 def decode_token_counts(encoded: bytes | None) -> dict[str, int]:

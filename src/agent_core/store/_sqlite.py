@@ -41,6 +41,7 @@ from ._protocol import (
     check_read,
     check_set_tokens,
     check_thread,
+    fingerprint_of,
     page_of,
     records_from_rows,
 )
@@ -123,6 +124,12 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # Per-message token counts, a JSON object by encoding name. The update trigger
     # above watches `payload` only, so recording counts is not an external change.
     ("ALTER TABLE messages ADD COLUMN tokens TEXT",),
+    # The database's random identity, made once: caches key shared entries by it, so a
+    # recreated file (or another one) never sees the entries of the one before.
+    (
+        "CREATE TABLE identity (id TEXT NOT NULL)",
+        "INSERT INTO identity (id) VALUES (lower(hex(randomblob(16))))",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SYNCHRONOUS: Final = ("full", "normal")
@@ -163,6 +170,7 @@ class SQLiteStore:
         self._writer_pool: ThreadPoolExecutor | None = None
         self._reader_pool: ThreadPoolExecutor | None = None
         self._writer: sqlite3.Connection | None = None
+        self._fingerprint = ""
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -200,6 +208,10 @@ class SQLiteStore:
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -264,6 +276,8 @@ class SQLiteStore:
         if mode != "wal":
             raise ConfigurationError(f"SQLite file {str(self.path)!r} cannot use WAL mode")
         _migrate(connection)
+        identity = connection.execute("SELECT id FROM identity").fetchone()[0]
+        self._fingerprint = fingerprint_of(identity)
         with _immediate_transaction(connection):
             connection.execute(
                 "DELETE FROM changes WHERE created_at < ?", (time.time() - _CHANGES_KEPT,)
