@@ -178,11 +178,15 @@ async def run_ops(cache: ConversationCache, work: Workload, ops: int, on_sample:
 
 
 class Sampler:
-    """RSS, L1 bytes and entries every 1/40 of the run."""
+    """RSS, L1 bytes and entries every 1/40 of the run, printed as they are taken."""
 
-    def __init__(self, cache: ConversationCache, started: float) -> None:
+    COLUMNS: Final = ("ops", "s", "RSS MiB", "over constant", "L1 MiB", "entries", "evictions")
+
+    def __init__(self, cache: ConversationCache, constant: int, *, show: bool) -> None:
         self.cache = cache
-        self.started = started
+        self.constant = constant
+        self.show = show
+        self.started = time.monotonic()
         self.rows: list[dict[str, float]] = []
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -196,19 +200,34 @@ class Sampler:
             ),
             0,
         )
+        if show:
+            title = f"RSS over time (constant {constant / MIB:,.1f} MiB)"
+            print(f"{title}\n{'=' * len(title)}")
+            print("".join(f"{name:>14}" for name in self.COLUMNS), flush=True)
 
     def __call__(self, ops: int) -> None:
         stats = self.cache.stats()
-        self.rows.append(
-            {
-                "ops": ops,
-                "seconds": round(time.monotonic() - self.started, 1),
-                "rss_mib": round(process_rss() / MIB, 1),
-                "l1_mib": round(stats.l1_bytes / MIB, 2),
-                "l1_entries": stats.l1_entries,
-                "evictions": sum(stats.evictions.values()),
-            }
-        )
+        rss = process_rss()
+        row = {
+            "ops": ops,
+            "seconds": round(time.monotonic() - self.started, 1),
+            "rss_mib": round(rss / MIB, 1),
+            "l1_mib": round(stats.l1_bytes / MIB, 2),
+            "l1_entries": stats.l1_entries,
+            "evictions": sum(stats.evictions.values()),
+        }
+        self.rows.append(row)
+        if self.show:
+            cells = (
+                f"{ops:,}",
+                f"{row['seconds']:,.0f}",
+                f"{row['rss_mib']:,.1f}",
+                f"{(rss - self.constant) / MIB:+,.1f}",
+                f"{row['l1_mib']:,.2f}",
+                f"{row['l1_entries']:,}",
+                f"{row['evictions']:,}",
+            )
+            print("".join(f"{cell:>14}" for cell in cells), flush=True)
 
 
 async def measure(plan: Plan, directory: str, redis_url: str | None) -> dict[str, Any]:
@@ -228,16 +247,15 @@ async def measure(plan: Plan, directory: str, redis_url: str | None) -> dict[str
         try:
             # Warm-up with L1 held at 0 bytes: everything but L1's entries reaches its size.
             cache._l1.resize(0)
-            warm = Sampler(cache, time.monotonic())
-            await run_ops(cache, work, plan.warmup_ops, warm)
+            await run_ops(cache, work, plan.warmup_ops, Sampler(cache, 0, show=False))
             gc.collect()
             constant = process_rss()
             cache._l1.resize(plan.budget)
-            started = time.monotonic()
-            sampler = Sampler(cache, started)
+            sampler = Sampler(cache, constant, show=True)
             sampler(0)
             await run_ops(cache, work, plan.ops, sampler)
-            duration = time.monotonic() - started
+            duration = time.monotonic() - sampler.started
+            print()
             stats = cache.stats()
         finally:
             if redis_url is not None and cache._redis is not None:
@@ -250,6 +268,7 @@ async def measure(plan: Plan, directory: str, redis_url: str | None) -> dict[str
         "workers": WORKERS,
         "warmup_ops": plan.warmup_ops,
         "redis": redis_url is not None,
+        "namespace": namespace,
         "duration_s": round(duration, 1),
         "ops_per_s": round(plan.ops / duration),
         "budget_mib": plan.budget / MIB,
@@ -280,23 +299,6 @@ async def _delete_namespace(cache: ConversationCache, namespace: str) -> None:
 
 
 def report(document: dict[str, Any]) -> None:
-    print_table(
-        "RSS over time",
-        ["ops", "s", "RSS MiB", "over constant MiB", "L1 MiB", "L1 entries", "evictions"],
-        [
-            [
-                f"{row['ops']:,}",
-                f"{row['seconds']:,.0f}",
-                f"{row['rss_mib']:,.1f}",
-                f"{row['rss_mib'] - document['constant_mib']:+,.1f}",
-                f"{row['l1_mib']:,.2f}",
-                f"{row['l1_entries']:,}",
-                f"{row['evictions']:,}",
-            ]
-            for row in document["samples"]
-        ],
-        left=0,
-    )
     print_table(
         "Operations",
         ["operation", "count"],

@@ -143,3 +143,28 @@ async def test_message_bytes_hold_only_their_length() -> None:
     payload = sum(len(m.raw) for m in messages)
     overhead = len(messages) * (sys.getsizeof(b"") + 48 + 16)  # headers, Message, list slot
     assert held <= payload + overhead, f"{held} bytes held for {payload} bytes of messages"
+
+
+async def test_rss_grows_by_the_l1_budget_not_by_what_was_appended(sqlite_url: str) -> None:
+    """The issue's case, smaller: many short appends into many threads, L1 at its cap.
+
+    Before message bytes were copied to their length, each kept orjson's 4 KB buffer:
+    12,000 appends grew RSS by ~35 MiB with 2 MiB of L1. The constant is generous (store
+    page caches and allocator pools still grow here); the benchmark benchmarks/l1_soak.py
+    measures the bound over 1,000,000 operations."""
+    budget = 2 * MIB
+    async with ConversationCache.from_urls(
+        store=sqlite_url, l1_max_bytes=budget, watch_external=False
+    ) as cache:
+        await cache.append("warm-up", [{"role": "user", "content": "loads the vocabulary"}])
+        await cache.delete("warm-up")
+        gc.collect()
+        before = process_rss()
+        for index in range(12_000):
+            text = f"message {index}: " + "lorem ipsum dolor sit amet " * 4
+            await cache.append(f"t{index % 600}", [{"role": "user", "content": text}])
+        gc.collect()
+        grown = process_rss() - before
+        assert cache.stats().l1_bytes <= budget
+    print(f"RSS grew {grown / MIB:.1f} MiB with an L1 budget of {budget / MIB:.0f} MiB")
+    assert grown <= 1.25 * budget + 12 * MIB
