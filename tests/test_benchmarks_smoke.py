@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import redis
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ADMIN_URL = os.environ.get(
@@ -337,3 +338,21 @@ def test_message_shape_quick_run(tmp_path: Path) -> None:
     document = quick_run("message_shape.py", tmp_path, headings)
     assert document["messages"]["user text"]["check_shape_us"] > 0
     assert document["goal"]["check_shape_worst_us"] > 0
+
+
+def test_l1_soak_quick_run(tmp_path: Path, redis_url: str) -> None:
+    """benchmarks/l1_soak.py --quick: SQLite and the session's Redis, RSS within the bound,
+    and no key of its namespace left behind."""
+    headings = ("Machine", "RSS over time", "Operations", "L1 soak", "Goal: RSS <=")
+    document = quick_run("l1_soak.py", tmp_path, headings, "--redis", redis_url)
+    assert document["passed"], document["samples"]
+    assert document["ops"] == sum(
+        count for name, count in document["operations"].items() if name != "windows over budget"
+    )
+    assert document["rss_peak_mib"] <= document["bound_mib"]
+    assert document["l1_peak_mib"] <= document["budget_mib"]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.keys(f"*{document['namespace']}*") == []
+    finally:
+        client.close()

@@ -581,3 +581,27 @@ def test_recent_samples_keep_the_window() -> None:
     assert samples.summary() == RecentSummary(3, 2.0, 4.0, 4.0, 4.0)
     now[0] = 200.0
     assert samples.summary().count == 0
+
+
+async def test_metrics_labels_do_not_grow_with_what_clients_send(
+    client: httpx.AsyncClient,
+) -> None:
+    """Made-up methods and paths share labels: a client cannot grow the label sets."""
+    for index in range(20):
+        await client.request(f"M{index}", f"/v1/threads/t{index}")
+        await client.get(f"/nope/{index}")
+    text = (await client.get("/metrics")).text
+    series = [
+        name
+        for name in _samples(text)
+        if name.startswith("agent_core_http_request_duration_seconds_count")
+    ]
+    assert not any("M1" in name or "nope" in name for name in series), series
+    assert (
+        _samples(text)[
+            'agent_core_http_request_duration_seconds_count{method="other",'
+            'route="/v1/threads/{thread_id}",status="405"}'
+        ]
+        == 20
+    )
+    assert len(series) <= 3, series

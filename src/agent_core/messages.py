@@ -82,7 +82,7 @@ class Message:
             raise InvalidMessage(f"a message must be a JSON object, got {type(item).__name__}")
         check_shape(item)
         _check_size(len(raw), max_bytes)
-        return cls._trusted(raw)
+        return cls._trusted(exact_copy(raw))
 
     @classmethod
     def _trusted(cls, raw: bytes) -> Message:
@@ -283,7 +283,18 @@ def encode_message(item: object, max_bytes: int) -> bytes:
     if b"null" in raw and _has_non_finite_float(item):
         raise InvalidMessage("message contains NaN or Infinity, which JSON cannot represent")
     _check_size(len(raw), max_bytes)
-    return raw
+    return exact_copy(raw)
+
+
+def exact_copy(raw: bytes) -> bytes:
+    """``raw`` in a bytes object that holds no more memory than its length.
+
+    orjson never shrinks the buffer it writes into: at least 4 KB, and for long strings
+    up to about six times the output (room for escapes), kept for as long as the bytes
+    live. A message's bytes live in the cache tiers, whose budgets count their length,
+    so they are copied once, here, to exactly that length.
+    """
+    return memoryview(raw).tobytes()
 
 
 def encode_batch(

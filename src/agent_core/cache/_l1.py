@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from sys import getsizeof
 from typing import Final, NamedTuple
 
 from .._token_counts import Counts, concat
@@ -14,25 +14,35 @@ from ..tokens._window import cascade, derived_bytes
 from ._policy import EvictionPolicy
 from ._tinylfu import WTinyLFUPolicy
 
-# What one more message costs an entry beyond its payload: the Message object,
-# the bytes object's header and the tuple slot (checked by tests with tracemalloc).
-MESSAGE_OVERHEAD: Final = sys.getsizeof(Message._trusted(b"")) + sys.getsizeof(b"") + 8
-# The Conversation, its tuple, the entry, its dict slot and key (also checked).
-ENTRY_OVERHEAD: Final = 400
-# One stored token count (an int32 array slot) and one count array's header.
-COUNT_BYTES: Final = 4
-COUNT_ARRAY_OVERHEAD: Final = 80
+# What one more message costs an entry beyond its payload: the bytes object's header,
+# its Message object (made once the snapshot's messages are read) and its slot in both
+# tuples, payloads and messages (checked by tests with tracemalloc).
+MESSAGE_OVERHEAD: Final = getsizeof(Message._trusted(b"")) + getsizeof(b"") + 2 * 8
+# The Conversation, its tuples' and derived dict's headers, the entry tuple with its
+# weight and expiry, a slot in the tier's dict and one in the policy's, and the thread
+# id's string header (also checked).
+ENTRY_OVERHEAD: Final = 528
 
 
-def weigh(payloads: Sequence[bytes], counts: Counts | None = None) -> int:
+def weigh(payloads: Sequence[bytes], counts: Counts | None = None, thread_id: str = "") -> int:
     """Bytes an entry holding these messages costs in memory (once they are wrapped)."""
-    keys = len(counts) if counts else 0
     return (
         ENTRY_OVERHEAD
+        + len(thread_id)
         + sum(map(len, payloads))
-        + (MESSAGE_OVERHEAD + COUNT_BYTES * keys) * len(payloads)
-        + COUNT_ARRAY_OVERHEAD * keys
+        + MESSAGE_OVERHEAD * len(payloads)
+        + counts_bytes(counts)
     )
+
+
+def counts_bytes(counts: Counts | None) -> int:
+    """What a snapshot's token counts hold: the dict and each array, spare room included.
+
+    Other mappings are shared empty constants, which no entry pays for.
+    """
+    if type(counts) is not dict:
+        return 0
+    return getsizeof(counts) + sum(map(getsizeof, counts.values()))
 
 
 class _Entry(NamedTuple):
@@ -112,7 +122,7 @@ class L1Tier:
         if held is not None and held.conversation.version > conversation.version:
             return False
         if weight is None:
-            weight = weigh(conversation.payloads, conversation._counts)
+            weight = weigh(conversation.payloads, conversation._counts, thread_id)
         self._entries[thread_id] = _Entry(
             conversation, weight, self._clock() + self._ttl, confirmed
         )
@@ -152,18 +162,15 @@ class L1Tier:
         conversation = old._extended(version, payloads, joined)
         cascade(old, conversation, payloads)
         grown = derived_bytes(conversation) - derived_bytes(old)
-        grown += sum(map(len, payloads)) + (MESSAGE_OVERHEAD + COUNT_BYTES * len(joined)) * len(
-            payloads
-        )
-        # A key new to the entry adds an array for its older messages too.
-        grown += (len(joined) - len(old._counts)) * (COUNT_ARRAY_OVERHEAD + COUNT_BYTES * len(old))
+        grown += counts_bytes(joined) - counts_bytes(old._counts)
+        grown += sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
         return self.put(conversation, confirmed=confirmed, weight=held.weight + grown)
 
     def reweigh(self, conversation: Conversation) -> None:
         """Count what windows built on a held snapshot since it was put."""
         held = self._entries.get(conversation.thread_id)
         if held is not None and held.conversation is conversation:
-            weight = weigh(conversation.payloads, conversation._counts)
+            weight = weigh(conversation.payloads, conversation._counts, conversation.thread_id)
             self.put(
                 conversation,
                 confirmed=held.confirmed,

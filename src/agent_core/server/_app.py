@@ -532,6 +532,6 @@ class _Timing:
             if core is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", "unmatched")
-                core.metrics.requests.labels(path, scope["method"], str(status)).observe(
-                    time.perf_counter() - started
+                core.metrics.record_request(
+                    path, scope["method"], status, time.perf_counter() - started
                 )

@@ -22,6 +22,10 @@ _BUCKETS: Final = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 
+# Methods that get a label of their own; any other (a client may send any token) is
+# "other", so label sets cannot grow with what clients send.
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 # CacheStats counters exported as ``agent_core_<name>_total``.
 _COUNTERS: Final = (
     ("store_loads", "Store reads made (concurrent misses of a thread share one)."),
@@ -145,6 +149,12 @@ class Metrics:
             ["history_tier"],
             registry=self.registry,
         )
+
+    def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record a request's latency under its route template (unmatched: ``"unmatched"``),
+        method (``"other"`` if not a common one) and status."""
+        method = method if method in _METHODS else "other"
+        self.requests.labels(route, method, str(status)).observe(seconds)
 
     def record_turn(self, timings: dict[str, float], history_tier: str) -> None:
         """Record a stored turn's model call, rate-limit wait and history tier."""

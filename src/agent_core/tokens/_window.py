@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import add
+from sys import getsizeof
 from typing import Any, Final
 
 import orjson
@@ -138,9 +139,10 @@ def _may_matter(payloads: Sequence[bytes]) -> list[int]:
     return sorted(found)
 
 
-# A dict slot, its key string and the int it maps to.
-_OPEN_CALL_BYTES: Final = 120
+# An open call's key string and the int it maps to (the dict's slots are weighed apart).
+_OPEN_CALL_BYTES: Final = 100
 _NO_SHAPE: Final = _Shape(array("q"), bytearray(), {})
+_SHAPE_BYTES: Final = getsizeof(_NO_SHAPE)
 # The legacy ``function_call`` has no id: its result answers the latest one.
 _LEGACY_CALL: Final = "\0function_call"
 
@@ -196,6 +198,8 @@ class TokenIndex:
 
 
 _NO_INDEX: Final = TokenIndex(array("i"), array("q", [0]), 0)
+_INDEX_BYTES: Final = getsizeof(_NO_INDEX)
+_EMPTY_DICT_BYTES: Final = getsizeof({})
 
 
 def _shape(conversation: Conversation) -> _Shape:
@@ -280,15 +284,24 @@ def cascade(held: Conversation, extended: Conversation, added: Sequence[bytes]) 
 
 
 def derived_bytes(conversation: Conversation) -> int:
-    """Memory that windows built on this snapshot hold (arrays, not their headers)."""
-    total = 0
-    for item in conversation._derived.values():
+    """Memory that windows built on this snapshot hold: every object, its header and
+    spare capacity included (about 700 bytes for a shape and one index on top of the
+    arrays' items, as much as a small entry itself)."""
+    derived = conversation._derived
+    if not derived:
+        return 0
+    total = getsizeof(derived) - _EMPTY_DICT_BYTES
+    for item in derived.values():
         if isinstance(item, _Shape):
             total += (
-                len(item.blocked) + 8 * len(item.pinned) + _OPEN_CALL_BYTES * len(item.open_calls)
+                _SHAPE_BYTES
+                + getsizeof(item.pinned)
+                + getsizeof(item.blocked)
+                + getsizeof(item.open_calls)
+                + _OPEN_CALL_BYTES * len(item.open_calls)
             )
         else:
-            total += 4 * len(item.counts) + 8 * len(item.free)
+            total += _INDEX_BYTES + getsizeof(item.counts) + getsizeof(item.free)
     return total
 
 
