@@ -115,7 +115,10 @@ async def test_entries_weigh_what_they_hold(sqlite_url: str) -> None:
             for index in range(1_000):
                 await cache.get(f"t{index}")  # a store load
                 await cache.window(f"t{index}", max_tokens=100_000, model="gpt-4o")
-                await cache.append(f"t{index}", [{"role": "tool", "tool_call_id": f"call_{index}"}])
+                await cache.append(
+                    f"t{index}",
+                    [{"role": "tool", "tool_call_id": f"call_{index}", "content": "ok"}],
+                )
                 await cache.window(f"t{index}", max_tokens=100_000, model="gpt-4o")
             windowed, windowed_weight = await held_by_l1(cache)
         finally:
