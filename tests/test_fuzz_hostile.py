@@ -11,32 +11,18 @@ a few seconds: the HTTP side is in test_fuzz_http.py.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent_core import ConversationCache, TokenCounter
 from agent_core.errors import AgentCoreError, MessageTooLarge
 
-#: Generous: the suite's other tests and hypothesis itself allocate too.
-RSS_GROWTH_LIMIT = 512 << 20
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from ._fuzz import FUZZ, RSS_GROWTH_LIMIT, rss
 
 
 def nested(depth: int, leaf: object = 1) -> object:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,17 @@ import httpx
 import jsonschema_rs
 import pytest
 from fastapi import FastAPI
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent_core.server import Settings, create_app
 from agent_core.server._message_schema import MESSAGE_SCHEMA
 
+from ._fuzz import FUZZ, RSS_GROWTH_LIMIT, rss
+
 PROBLEM = "application/problem+json"
 MESSAGES = jsonschema_rs.Draft202012Validator(MESSAGE_SCHEMA)
-RSS_GROWTH_LIMIT = 512 << 20
 MAX_BODY = 1 << 20
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def deep_json(depth: int) -> bytes:
