@@ -243,7 +243,10 @@ class CacheModelMachine(RuleBasedStateMachine):
         # across deletes, so that retries (and retries after a delete) happen.
         self.applied_batches: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
         for name in self.namespaces:
-            cache = ConversationCache.from_urls(store=self.store_url, namespace=name)
+            # Strong: appends made straight to the store must show at the next read.
+            cache = ConversationCache.from_urls(
+                store=self.store_url, namespace=name, consistency="strong"
+            )
             self.run(cache.open())
             self.caches.append(cache)
 
