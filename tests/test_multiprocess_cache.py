@@ -57,7 +57,9 @@ def _freshness_worker(
             return {"appends": appends, "reads": reads, "written": sequence}
 
     try:
-        results.put((index, asyncio.run(watchdog(run(), seconds + 20))))
+        # Generous: the limit also covers the barrier, which waits for the slowest process
+        # to import and open (a loaded 2-core machine once took over 20 s).
+        results.put((index, asyncio.run(watchdog(run(), seconds + 60))))
     except BaseException:
         results.put((index, {"error": traceback.format_exc()}))
 
@@ -89,7 +91,7 @@ def run_freshness(
     ]
     for worker in workers:
         worker.start()
-    collected = [results.get(timeout=seconds + 60) for _ in workers]
+    collected = [results.get(timeout=seconds + 120) for _ in workers]
     for worker in workers:
         worker.join(timeout=30)
     errors = [result["error"] for _, result in collected if "error" in result]
