@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -17,25 +18,71 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
-    """``redis-server`` on a free loopback port, keeping nothing on disk."""
+# A self-signed certificate for one day: clients do not trust it unless told to.
+_SELF_SIGNED = [
+    "openssl",
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-days",
+    "1",
+    "-subj",
+    "/CN=localhost",
+]
 
-    def __init__(self, directory: Path) -> None:
+
+class RedisServer:
+    """``redis-server`` on a free loopback port, keeping nothing on disk.
+
+    ``tls``: it speaks only TLS, with a self-signed certificate (made with ``openssl``)
+    that clients do not trust unless told to.
+    """
+
+    def __init__(self, directory: Path, *, tls: bool = False) -> None:
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls = tls
+        if tls:
+            subprocess.run(
+                [*_SELF_SIGNED, "-keyout", "key.pem", "-out", "cert.pem"],
+                cwd=directory,
+                check=True,
+                capture_output=True,
+            )
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
+
+    def _listen(self) -> list[str]:
+        if not self.tls:
+            return ["--port", str(self.port)]
+        cert, key = str(self.directory / "cert.pem"), str(self.directory / "key.pem")
+        return [
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"),
+            *("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert),
+        ]
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as plain:
+            connection: socket.socket = plain
+            if self.tls:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                connection = context.wrap_socket(plain)
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
 
     def start(self) -> None:
         try:
             self.process = subprocess.Popen(
                 [
                     "redis-server",
-                    "--port",
-                    str(self.port),
+                    *self._listen(),
                     "--bind",
                     "127.0.0.1",
                     "--save",
@@ -57,10 +104,8 @@ class RedisServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.process.returncode}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
+                if self._pong():
+                    return
             except OSError:
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")

@@ -560,3 +560,23 @@ async def test_a_wrong_password_is_logged_without_it(
         assert "s3cret" not in caplog.text
     finally:
         server.kill()
+
+
+async def test_an_untrusted_tls_certificate_is_logged(
+    sqlite_url: str, tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path, tls=True)
+    server.start()
+    try:
+        caplog.set_level(logging.INFO, logger="agent_core")
+        async with opened(sqlite_url, server.url, namespace, redis_timeout=0.5) as cache:
+            assert cache.stats().degraded
+            assert "CERTIFICATE_VERIFY_FAILED" in cache.stats().redis_last_error
+            await cache.append("t", STORED)  # degraded, not failing
+            assert (await cache.get("t")).to_list() == STORED
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "unreachable at open" in warnings[0]
+        assert "certificate verify failed" in warnings[0]
+    finally:
+        server.kill()
