@@ -59,9 +59,6 @@ class Flights(Generic[_T]):
         self._exclusive = exclusive
         self._running: dict[str, Flight[_T]] = {}
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._running
-
     async def run(
         self,
         key: str,
