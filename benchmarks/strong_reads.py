@@ -53,7 +53,6 @@ import random
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -62,21 +61,28 @@ from typing import Any, Final
 
 import orjson
 
-import agent_core
+from _ab import (
+    TREES,
+    Record,
+    Results,
+    add_tree_arguments,
+    imported_from,
+    ratio_cell,
+    run_generation,
+    serve_child,
+    tree_sources,
+)
 from _redis import private_redis, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
-    BenchmarkError,
     _source_state,
     _version,
     benchmark_parser,
     gc_paused,
     machine_info,
     message_payload,
-    percentile,
     print_machine,
     print_table,
-    ratio_interval,
     run_benchmark,
     temporary_database,
     us,
@@ -86,7 +92,6 @@ from agent_core import ConversationCache
 HERE: Final = Path(__file__).resolve()
 DEFAULT_BASELINE: Final = Path("/work/wt-base/src")
 DEFAULT_CANDIDATE: Final = HERE.parent.parent / "src"
-TREES: Final = ("old", "new")
 MODES: Final = ("strong", "bounded")
 STORES: Final = ("sqlite", "postgres")
 L1_HIT: Final = "L1 hit"
@@ -101,7 +106,6 @@ THREAD_MESSAGES: Final = 100
 #: The candidate's default ``max_staleness``; the probe reads this much later, plus a margin.
 MAX_STALENESS: Final = 1.0
 PROBE_MARGIN: Final = 0.1
-STREAM_LIMIT: Final = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,70 +136,6 @@ CELLS: Final = tuple(
 
 
 # -- the child: one tree's instances --------------------------------------------------
-
-
-@dataclass(slots=True)
-class Record:
-    """One tree's figures for one cell: of one round in the child, of all in the parent."""
-
-    ns: list[int] = field(default_factory=list)
-    stale: int = 0
-    served: Counter[str] = field(default_factory=Counter)
-    left_out: int = 0
-    #: Per read sample: the store version queries it made (empty if the tree does not
-    #: count them).
-    queries: list[int] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: it turns a Counter's items into keys.
-        return {
-            "ns": self.ns,
-            "stale": self.stale,
-            "served": dict(self.served),
-            "left_out": self.left_out,
-            "queries": self.queries,
-        }
-
-    def add(self, record: dict[str, Any]) -> None:
-        """Add a round's figures (``as_json`` of the child's record)."""
-        self.ns.extend(record["ns"])
-        self.stale += record["stale"]
-        self.served.update(record["served"])
-        self.left_out += record["left_out"]
-        self.queries.extend(record["queries"])
-
-    def summary(self) -> dict[str, Any]:
-        ordered = sorted(value / 1000 for value in self.ns)
-        reads = sum(self.served.values())
-        return {
-            "samples": len(ordered),
-            "p50_us": round(percentile(ordered, 0.5), 1),
-            "p99_us": round(percentile(ordered, 0.99), 1),
-            "min_us": round(ordered[0], 1),
-            "max_us": round(ordered[-1], 1),
-            "stale": self.stale,
-            "served": dict(self.served),
-            "left_out": self.left_out,
-            "version_queries_per_read": (
-                round(sum(self.queries) / reads, 2) if self.queries and reads else None
-            ),
-            "by_queries": self.by_queries(),
-        }
-
-    def by_queries(self) -> dict[str, dict[str, float]]:
-        """The reads split by how many store version queries they made: count and p50."""
-        if len(self.queries) != len(self.ns):
-            return {}
-        split: dict[int, list[float]] = {}
-        for queries, ns in zip(self.queries, self.ns, strict=True):
-            split.setdefault(queries, []).append(ns / 1000)
-        return {
-            str(queries): {
-                "reads": len(values),
-                "p50_us": round(percentile(sorted(values), 0.5), 1),
-            }
-            for queries, values in sorted(split.items())
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,126 +350,13 @@ async def open_instances(config: dict[str, Any]) -> AsyncIterator[dict[str, Inst
         yield stores
 
 
-def imported_from(config: dict[str, Any]) -> str:
-    """Where ``agent_core`` came from: the child's tree, or it stops."""
-    module = Path(agent_core.__file__).resolve()
-    if not module.is_relative_to(Path(config["src"]).resolve()):
-        raise SystemExit(f"{config['tree']} child: imported {module}, not from {config['src']}")
-    return str(module)
-
-
 async def child(config: dict[str, Any]) -> None:
-    """Serve the parent's commands (one JSON line each) until ``finish``."""
-    loop = asyncio.get_running_loop()
-    commands = asyncio.StreamReader(limit=STREAM_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
-
-    def reply(document: dict[str, Any]) -> None:
-        sys.stdout.buffer.write(orjson.dumps(document) + b"\n")
-        sys.stdout.buffer.flush()
-
     async with open_instances(config) as stores:
         bench = TreeBench(stores, seed=config["seed"])
-        await bench.setup()
-        await bench.round(config["warmup"])
-        reply({"ready": True, "agent_core": imported_from(config)})
-        while line := await commands.readline():
-            command = orjson.loads(line)
-            if command["op"] == "finish":
-                reply(await bench.finish())
-                break
-            reply(await bench.round(command["samples"]))
+        await serve_child(config, bench, lambda: bench.round(config["warmup"]))
 
 
 # -- the parent -------------------------------------------------------------------------
-
-
-class Child:
-    """One tree's child process, driven by JSON lines."""
-
-    def __init__(self, tree: str, process: asyncio.subprocess.Process) -> None:
-        self.tree = tree
-        self._process = process
-
-    @classmethod
-    async def start(cls, tree: str, config: dict[str, Any]) -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HERE),
-            "--child",
-            orjson.dumps(config).decode(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": config["src"]},
-            limit=STREAM_LIMIT,
-        )
-        return cls(tree, process)
-
-    async def receive(self) -> dict[str, Any]:
-        assert self._process.stdout is not None
-        line = await self._process.stdout.readline()
-        if not line:
-            code = await self._process.wait()
-            raise BenchmarkError(f"the {self.tree} child exited with {code} (its stderr is above)")
-        document: dict[str, Any] = orjson.loads(line)
-        return document
-
-    async def request(self, command: dict[str, Any]) -> dict[str, Any]:
-        assert self._process.stdin is not None
-        self._process.stdin.write(orjson.dumps(command) + b"\n")
-        await self._process.stdin.drain()
-        return await self.receive()
-
-    async def stop(self) -> None:
-        if self._process.returncode is None:
-            self._process.kill()
-        await self._process.wait()
-
-
-@dataclass(slots=True)
-class Results:
-    """Every tree's figures per cell, over all generations and in each one."""
-
-    cells: dict[str, dict[str, Record]] = field(default_factory=dict)
-    generations: list[dict[str, dict[str, Record]]] = field(default_factory=list)
-    probes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-
-    def add(self, generation: int, tree: str, document: dict[str, Any]) -> None:
-        while len(self.generations) <= generation:
-            self.generations.append({})
-        for name, record in document.get("cells", {}).items():
-            for cells in (self.cells, self.generations[generation]):
-                cells.setdefault(name, {}).setdefault(tree, Record()).add(record)
-        for cell, probe in document["probes"].items():
-            self.probes.setdefault(f"{tree}/{cell}", []).append(probe)
-
-
-def round_order(trees: list[str], rounds: int) -> list[str]:
-    """Each tree ``rounds`` times: pairs of rounds, every other pair in reverse order."""
-    order: list[str] = []
-    for index in range(rounds):
-        order += trees if index % 2 == 0 else trees[::-1]
-    return order
-
-
-def tree_sources(args: argparse.Namespace) -> tuple[dict[str, Path], str | None]:
-    """The src directory of each tree measured, and why the baseline is skipped (if it is).
-
-    ValueError if a tree that must be measured is missing.
-    """
-    candidate = Path(args.candidate_src)
-    if not (candidate / "agent_core").is_dir():
-        raise ValueError(f"--candidate-src {candidate} holds no agent_core package")
-    baseline = Path(args.baseline_src) if args.baseline_src else DEFAULT_BASELINE
-    if (baseline / "agent_core").is_dir():
-        return {"old": baseline, "new": candidate}, None
-    reason = f"baseline skipped: {baseline} holds no agent_core package"
-    if not args.quick:
-        raise ValueError(
-            f"{baseline} holds no agent_core package; pass --baseline-src (only --quick "
-            "may run without a baseline)"
-        )
-    return {"new": candidate}, reason
 
 
 async def run(
@@ -566,7 +393,9 @@ async def run(
             }
             started = time.perf_counter()
             for generation in range(plan.generations):
-                await run_generation(generation, configs, plan, results)
+                await run_generation(
+                    HERE, generation, configs, plan.rounds, plan.samples_per_round, results
+                )
             elapsed = time.perf_counter() - started
     load_at_end = " ".join(f"{load:.2f}" for load in os.getloadavg())
     document = report(results, trees, plan, skipped)
@@ -581,54 +410,7 @@ async def run(
     return document
 
 
-async def run_generation(
-    generation: int, configs: dict[str, dict[str, Any]], plan: Plan, results: Results
-) -> None:
-    """One child per tree, started together (untimed); then they take turns, round by round.
-
-    Fresh processes per generation: an A/A run (this tree against itself) with one process
-    per tree for the whole run put one of the two 5-15 % ahead in every cell.
-    """
-    children: dict[str, Child] = {}
-    try:
-        for tree, config in configs.items():
-            config = {**config, "generation": generation, "seed": 1000 * generation + len(children)}
-            children[tree] = await Child.start(tree, config)
-        for child_process in children.values():
-            await child_process.receive()
-        command = {"op": "round", "samples": plan.samples_per_round}
-        for tree in round_order(list(children), plan.rounds):
-            results.add(generation, tree, await children[tree].request(command))
-        for tree, child_process in children.items():
-            results.add(generation, tree, await child_process.request({"op": "finish"}))
-    finally:
-        for child_process in children.values():
-            await child_process.stop()
-
-
 # -- report -----------------------------------------------------------------------------
-
-
-def p50_ratio(old: Record, new: Record) -> float:
-    return percentile(sorted(new.ns), 0.5) / percentile(sorted(old.ns), 0.5)
-
-
-def ratio_cell(results: Results, name: str) -> tuple[list[str], dict[str, Any]]:
-    """p50 new / old with its 95 % bootstrap interval, and the range of the ratios of the
-    separate process pairs (which the bootstrap, drawing samples alone, does not see)."""
-    old, new = results.cells[name]["old"], results.cells[name]["new"]
-    low, high = ratio_interval(new.ns, old.ns, rounds=500)
-    pairs = [p50_ratio(cells[name]["old"], cells[name]["new"]) for cells in results.generations]
-    texts = [
-        f"{p50_ratio(old, new):.2f} ({low:.2f}-{high:.2f})",
-        f"{min(pairs):.2f}-{max(pairs):.2f}",
-    ]
-    return texts, {
-        "p50": round(p50_ratio(old, new), 3),
-        "ci95_low": round(low, 3),
-        "ci95_high": round(high, 3),
-        "per_process_pair": [round(ratio, 3) for ratio in pairs],
-    }
 
 
 def report(results: Results, trees: list[str], plan: Plan, skipped: str | None) -> dict[str, Any]:
@@ -756,16 +538,7 @@ def print_probes(results: Results, trees: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, "a few samples per cell, < 20 s; a smoke run")
-    parser.add_argument(
-        "--baseline-src",
-        help=f"src of the tree before the change (default: {DEFAULT_BASELINE}, if it exists)",
-    )
-    parser.add_argument(
-        "--candidate-src",
-        default=str(DEFAULT_CANDIDATE),
-        help="src of the tree measured against it (default: %(default)s)",
-    )
-    parser.add_argument("--child", help=argparse.SUPPRESS)
+    add_tree_arguments(parser, DEFAULT_BASELINE, DEFAULT_CANDIDATE)
     args = parser.parse_args(argv)
     if args.child is not None:
         config = orjson.loads(args.child)
@@ -773,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(child(config))
         return 0
     try:
-        sources, skipped = tree_sources(args)
+        sources, skipped = tree_sources(args, DEFAULT_BASELINE)
     except ValueError as exc:
         parser.error(str(exc))
     plan = QUICK if args.quick else FULL

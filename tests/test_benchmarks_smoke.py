@@ -332,6 +332,22 @@ def test_strong_reads_quick_run(baseline: str, tmp_path: Path) -> None:
         assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
 
 
+def test_hot_path_ab_quick_run(tmp_path: Path) -> None:
+    """benchmarks/hot_path_ab.py --quick: this checkout against itself (CI has no baseline
+    checkout); every cell measured in both trees, each read served by its cell's tier."""
+    src = BENCHMARKS.parent / "src"
+    headings = ("Machine", "redis_server", "Hot paths: µs per call, old vs new")
+    document = quick_run("hot_path_ab.py", tmp_path, headings, "--baseline-src", str(src))
+    assert document["trees"] == ["old", "new"]
+    assert len(document["cells"]) == 10
+    for name, cell in document["cells"].items():
+        for tree in ("old", "new"):
+            assert cell[tree]["samples"] > 0, (name, tree)
+        assert cell["ratio_new_over_old"]["p50"] > 0, name
+    for database in document["machine"]["temp_databases"].split():
+        assert not asyncio.run(database_exists(database)), f"{database} was not dropped"
+
+
 def test_message_shape_quick_run(tmp_path: Path) -> None:
     """benchmarks/message_shape.py --quick: no services, a second."""
     headings = ("Machine", "Validation and encoding of one message", "Goal:")
