@@ -1,4 +1,10 @@
-"""agent-core: the memory layer for LLM agents."""
+"""agent-core: the memory layer for LLM agents.
+
+Importing it loads only the core: `PostgresStore` (the ``postgres`` extra), the server and
+the console script load their optional packages when they are first used.
+"""
+
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .agent import (
@@ -37,8 +43,11 @@ from .errors import (
 )
 from .messages import Conversation, Message
 from .ratelimit import RateLimiter, RateLimiterStats, RateLimits
-from .store import PostgresStore, SQLiteStore, ThreadPage, ThreadStore, store_from_url
+from .store import SQLiteStore, ThreadPage, ThreadStore, store_from_url
 from .tokens import TokenCounter, Window
+
+if TYPE_CHECKING:
+    from .store import PostgresStore
 
 __version__ = "0.1.0"
 
@@ -88,3 +97,12 @@ __all__ = [
     "errors",
     "store_from_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs asyncpg: resolved on first access, a ConfigurationError without it.
+    if name == "PostgresStore":
+        from . import store
+
+        return store.PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

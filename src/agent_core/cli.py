@@ -19,23 +19,33 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
 
 import httpx
 import orjson
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from ._extras import needs_extra
 from ._urls import mask_url, redact
 from ._validation import check_thread_id
 from .agent import BaseAgent
 from .cache import ConversationCache
 from .errors import AgentCoreError, ConfigurationError
+from .server import Settings
+
+# The ``cli`` extra; `serve` also needs the ``server`` extra, which it imports when it runs.
+with needs_extra("The agent-core command"):
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Table
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from .bench import BenchRun, Row
-    from .server import Settings
 
 __all__ = ["app", "main"]
 
@@ -103,9 +113,6 @@ def _fail(message: str, *urls: str | None) -> NoReturn:
 
 
 def _settings(**overrides: Any) -> Settings:
-    # Imported here so that `stats` and `--help` do not load FastAPI.
-    from .server import Settings
-
     try:
         return Settings.from_env(environ=os.environ, **overrides)
     except AgentCoreError as exc:
@@ -132,10 +139,10 @@ def serve(
     ] = True,
 ) -> None:
     """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM."""
-    from .server import create_app
-
     settings = _settings(store_url=store, redis_url=redis, model=model, namespace=namespace)
     try:
+        from .server import create_app  # the ``server`` extra: ConfigurationError without it
+
         asgi = create_app(settings)
         with _signals_end_quietly():
             asyncio.run(_serve(asgi, host, port, access_log=access_log))
@@ -149,7 +156,8 @@ async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> No
     Under uvicorn's lifespan a store that will not open is a logged traceback and exit
     code 3; run here, it is the typed error that `serve` reports in one line.
     """
-    import uvicorn
+    with needs_extra("agent-core serve"):
+        import uvicorn
 
     async with asgi.router.lifespan_context(asgi):
         _freeze_startup_objects()

@@ -4,14 +4,17 @@
 startup) opens the store, Redis and the model, and warm invocations reuse them. Settings
 come from ``AGENT_CORE_*`` variables, with ``strong`` consistency unless
 ``AGENT_CORE_CONSISTENCY`` is set. ``handler`` is an AWS Lambda handler (Mangum, the
-``agent-core[lambda]`` extra), built on first access.
+``agent-core[lambda]`` extra), built on first access. Needs the ``server`` extra.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .server._serverless import ServerlessApp, make_app, serverless_settings
+from ._extras import needs_extra
+
+with needs_extra("agent_core.serverless"):
+    from .server._serverless import ServerlessApp, make_app, serverless_settings
 
 __all__ = ["ServerlessApp", "app", "make_app", "serverless_settings"]
 
@@ -27,12 +30,8 @@ def __getattr__(name: str) -> Any:
     if name != "handler":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _handler is None:
-        try:
+        with needs_extra("agent_core.serverless.handler"):
             from mangum import Mangum
-        except ImportError as exc:
-            raise ImportError(
-                "agent_core.serverless.handler needs Mangum: pip install 'agent-core[lambda]'"
-            ) from exc
         # Mangum runs lifespan startup and shutdown around every invocation; "off" keeps
         # the opened store across warm invocations (the app opens it on first request).
         _handler = Mangum(app, lifespan="off")

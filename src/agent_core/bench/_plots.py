@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from .._extras import needs_extra
 from ..agent import HistoryTier
 from ..errors import ConfigurationError
 from ._workload import MIB, BenchRun
@@ -21,13 +22,11 @@ _TIERS: Final[tuple[HistoryTier, ...]] = ("l1", "l2", "store")
 
 def plot(run: BenchRun, directory: Path) -> list[Path]:
     """Write hit_rates.png, latency.png, loop_lag.png and memory.png; return their paths."""
-    try:
+    with needs_extra("--plot"):
         import matplotlib
 
         matplotlib.use("Agg")  # files only: no display on servers and CI
         from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigurationError("--plot needs matplotlib: pip install 'agent-core[plot]'") from exc
     plot_directory(directory)
     drawn = {
         "hit_rates.png": _hit_rates(Figure(figsize=(8, 4)), run),

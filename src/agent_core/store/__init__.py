@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from .._extras import needs_extra
 from .._urls import show_url
 from ..errors import ConfigurationError
-from ._postgres import PostgresStore
 from ._protocol import (
     MAX_PAGE_SIZE,
     AppendResult,
@@ -15,6 +17,9 @@ from ._protocol import (
     encode_token_counts,
 )
 from ._sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
 
 __all__ = [
     "MAX_PAGE_SIZE",
@@ -38,7 +43,20 @@ def store_from_url(url: str) -> SQLiteStore | PostgresStore:
     if scheme == "sqlite":
         return SQLiteStore.from_url(url)
     if scheme in ("postgresql", "postgres"):
-        return PostgresStore.from_url(url)
+        return _postgres_store().from_url(url)
     raise ConfigurationError(
         f"unsupported store URL {show_url(url)}: use sqlite:///path.db or postgresql://user@host/db"
     )
+
+
+def _postgres_store() -> type[PostgresStore]:
+    # Imported on first use: asyncpg is the ``postgres`` extra, not a core dependency.
+    with needs_extra("PostgreSQL"):
+        from ._postgres import PostgresStore
+    return PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PostgresStore":
+        return _postgres_store()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
