@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from agent_core import ConversationCache, TokenCounter
+from agent_core import ConversationCache, OpenAIChatModel, RateLimits, TokenCounter
 from agent_core._quote import MAX_QUOTE, quote
-from agent_core.errors import AgentCoreError
+from agent_core.errors import AgentCoreError, ConfigurationError, InvalidArgument
+from agent_core.observe import LoopLagMonitor
 
 
 def deep_list(depth: int = 10_000) -> list[Any]:
@@ -82,3 +83,54 @@ def test_token_counter_tools_never_raise_untyped(bad: object) -> None:
     with pytest.raises(AgentCoreError) as caught:
         counter.count_messages(USER, tools=bad)  # type: ignore[arg-type]
     assert len(str(caught.value)) < 400
+
+
+def _cache_with(**options: Any) -> Callable[[], object]:
+    return lambda: ConversationCache.from_urls(store="sqlite:///unused.db", **options)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "says"),
+    [
+        (
+            _cache_with(l1_ttl=0),
+            ConfigurationError,
+            "l1_ttl must be a finite number of seconds, more than 0, got 0",
+        ),
+        (_cache_with(redis_timeout=True), ConfigurationError, "redis_timeout must be a finite"),
+        (
+            _cache_with(lease_ttl=-1),
+            ConfigurationError,
+            "lease_ttl must be a finite number of seconds, 0 or more (0 disables), got -1",
+        ),
+        (
+            _cache_with(max_staleness=3601),
+            ConfigurationError,
+            "at most 3600 (bounded mode's bound), got 3601",
+        ),
+        (
+            lambda: RateLimits(max_wait=float("nan")),
+            ConfigurationError,
+            "max_wait must be a finite number of seconds, 0 or more, got nan",
+        ),
+        (
+            lambda: OpenAIChatModel("gpt-4o", api_key="k", timeout=float("inf")),
+            InvalidArgument,
+            "timeout must be a finite number of seconds, more than 0, got inf",
+        ),
+        (
+            lambda: LoopLagMonitor(interval=HUGE_INT),
+            InvalidArgument,
+            "interval must be a number of seconds >= ",
+        ),
+    ],
+    ids=["l1_ttl", "bool", "lease_ttl", "max_staleness", "max_wait", "openai_timeout", "loop_lag"],
+)
+def test_seconds_options_share_one_check(
+    make: Callable[[], object], error: type[AgentCoreError], says: str
+) -> None:
+    # One check (_validation.check_seconds) behind every option in seconds: finite, not a
+    # bool, in range, and the message names the option and the range.
+    with pytest.raises(error) as caught:
+        make()
+    assert says in str(caught.value)

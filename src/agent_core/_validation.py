@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from typing import Final
 
 from ._quote import quote
-from .errors import InvalidArgument, InvalidNamespace, InvalidThreadId
+from .errors import AgentCoreError, InvalidArgument, InvalidNamespace, InvalidThreadId
 
 #: The characters of thread ids and namespaces; the OpenAPI spec states it as their pattern.
 ID_PATTERN: Final = r"[A-Za-z0-9._:@-]+"
@@ -74,3 +76,50 @@ def check_count(name: str, value: object, *, minimum: int, maximum: int = MAX_CO
 
 def check_optional_count(name: str, value: object, *, minimum: int) -> int | None:
     return None if value is None else check_count(name, value, minimum=minimum)
+
+
+def check_number(
+    name: str,
+    value: object,
+    valid: Callable[[float], bool],
+    expected: str,
+    *,
+    error: type[AgentCoreError] = InvalidArgument,
+) -> float:
+    """``value`` as a float if it is a finite int or float (not a bool) and ``valid``.
+
+    Otherwise ``error`` saying "``name`` must be ``expected``" and what it got.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            pass
+        else:
+            if math.isfinite(number) and valid(number):
+                return number
+    raise error(f"{name} must be {expected}, got {quote(value)}")
+
+
+def check_seconds(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = False,
+    maximum: float = math.inf,
+    note: str = "",
+    error: type[AgentCoreError] = InvalidArgument,
+) -> float:
+    """A finite number of seconds: more than 0 (0 too with ``allow_zero``), at most ``maximum``.
+
+    ``note`` says what the option means where the bound alone would not, e.g. "0 disables".
+    """
+    least = "0 or more" if allow_zero else "more than 0"
+    most = f" and at most {maximum:g}" if maximum < math.inf else ""
+    return check_number(
+        name,
+        value,
+        lambda v: (v >= 0 if allow_zero else v > 0) and v <= maximum,
+        f"a finite number of seconds, {least}{most}{f' ({note})' if note else ''}",
+        error=error,
+    )

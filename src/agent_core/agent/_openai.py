@@ -31,6 +31,7 @@ import orjson
 from .._closing import AsyncClosing
 from .._quote import quote
 from .._urls import mask_url, show_url
+from .._validation import check_seconds
 from ..errors import ConfigurationError, InvalidArgument, ModelError
 from ..messages import Message
 from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
@@ -108,13 +109,13 @@ class OpenAIChatModel(AsyncClosing):
                 "OpenAI's API needs an API key: set OPENAI_API_KEY or pass api_key "
                 "(or set base_url to a server that needs none)"
             )
-        self._timeout = _seconds("timeout", timeout, zero_ok=False)
+        self._timeout = check_seconds("timeout", timeout)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InvalidArgument(f"max_retries must be an int >= 0, got {quote(max_retries)}")
         self._max_retries = max_retries
-        self._backoff = _seconds("backoff", backoff, zero_ok=True)
-        self._max_backoff = _seconds("max_backoff", max_backoff, zero_ok=True)
-        self._max_retry_after = _seconds("max_retry_after", max_retry_after, zero_ok=True)
+        self._backoff = check_seconds("backoff", backoff, allow_zero=True)
+        self._max_backoff = check_seconds("max_backoff", max_backoff, allow_zero=True)
+        self._max_retry_after = check_seconds("max_retry_after", max_retry_after, allow_zero=True)
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise InvalidArgument(
                 "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
@@ -646,21 +647,6 @@ def _api_key(value: object) -> str | None:
             f"unusable {type(value).__name__} (not shown)"
         )
     return value
-
-
-def _seconds(name: str, value: object, *, zero_ok: bool) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not zero_ok)
-    ):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise InvalidArgument(
-            f"{name} must be a finite number of seconds {bound}, got {quote(value)}"
-        )
-    return float(value)
 
 
 def _extra_body(value: object) -> dict[str, Any]:

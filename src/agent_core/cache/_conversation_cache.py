@@ -19,7 +19,7 @@ from .._quote import quote
 from .._redis import redis_client
 from .._tasks import raise_if_cancelling
 from .._token_counts import from_stored, to_stored
-from .._validation import check_count, check_namespace, check_thread_id
+from .._validation import check_count, check_namespace, check_seconds, check_thread_id
 from ..errors import CacheClosed, ConfigurationError, InvalidArgument
 from ..messages import (
     DEFAULT_MAX_BATCH_MESSAGES,
@@ -107,23 +107,18 @@ class ConversationCache:
             ("l2_ttl", l2_ttl),
             ("redis_timeout", redis_timeout),
         ):
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(
-                    f"{name} must be a number of seconds > 0, got {quote(value)}"
-                )
-        if (
-            not isinstance(max_staleness, int | float)
-            or isinstance(max_staleness, bool)
-            or not 0 <= max_staleness <= 3600
-        ):
-            raise ConfigurationError(
-                "max_staleness must be 0-3600 seconds (bounded mode's bound), "
-                f"got {quote(max_staleness)}"
-            )
-        if not isinstance(lease_ttl, int | float) or lease_ttl < 0:
-            raise ConfigurationError(
-                f"lease_ttl must be >= 0 seconds (0 disables), got {quote(lease_ttl)}"
-            )
+            check_seconds(name, value, error=ConfigurationError)
+        check_seconds(
+            "max_staleness",
+            max_staleness,
+            allow_zero=True,
+            maximum=3600,
+            note="bounded mode's bound",
+            error=ConfigurationError,
+        )
+        check_seconds(
+            "lease_ttl", lease_ttl, allow_zero=True, note="0 disables", error=ConfigurationError
+        )
         self._append_counters = _counters_for(token_models)
         self.store = store
         self.namespace = check_namespace(namespace)

@@ -8,8 +8,8 @@ from itertools import accumulate
 from typing import Final
 
 from .._quote import quote
+from .._validation import check_number
 from ..errors import InvalidArgument
-from ._checks import check_number
 
 # Values are bucketed in whole nanoseconds. Below 2**_BITS ns every value has a bucket
 # of its own; above, each power of two is split into 2**(_BITS - 1) equal buckets, so a

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from .._validation import check_number
 from ._background import BackgroundTask, Sampler
-from ._checks import check_number
 from ._histogram import Histogram
 
 #: The default loop's timers wake up at millisecond granularity (epoll), so a shorter

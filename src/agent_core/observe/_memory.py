@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from .._validation import check_count, check_optional_count
+from .._validation import check_count, check_number, check_optional_count, check_seconds
 from ..errors import InvalidArgument
 from ._background import BackgroundTask, Sampler
-from ._checks import check_number
 
 MIB: Final = 1 << 20
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
@@ -131,9 +130,7 @@ class MemoryMonitor(Sampler):
         self._min_budget = check_count("min_budget", min_budget, minimum=1)
         self._max_budget = check_count("max_budget", max_budget, minimum=self._min_budget)
         self._limit_bytes = check_optional_count("limit_bytes", limit_bytes, minimum=1)
-        self._interval = check_number(
-            "interval", interval, lambda v: v > 0, "a number of seconds > 0"
-        )
+        self._interval = check_seconds("interval", interval)
         self._high_water = check_number(
             "high_water", high_water, lambda v: 0 < v <= 1, "a fraction in (0, 1]"
         )

@@ -17,7 +17,7 @@ from .._closing import AsyncClosing
 from .._quote import quote
 from .._redis import redis_client
 from .._tasks import MAX_BACKOFF, raise_if_cancelling
-from .._validation import check_count, check_namespace
+from .._validation import check_count, check_namespace, check_seconds
 from ..errors import (
     AgentCoreError,
     ConfigurationError,
@@ -26,7 +26,7 @@ from ..errors import (
     RequestTooLarge,
 )
 from ._gcra import Decision, LocalGcra
-from ._limits import RateLimits, check_seconds
+from ._limits import RateLimits
 from ._shared import SharedGcra
 from ._stats import Counters, RateLimiterStats
 
@@ -61,7 +61,9 @@ class RateLimiter(AsyncClosing):
     ) -> None:
         self._limits = _limits_table(limits)
         check_namespace(namespace)
-        self._redis_timeout = check_seconds("redis_timeout", redis_timeout, allow_zero=False)
+        self._redis_timeout = check_seconds(
+            "redis_timeout", redis_timeout, error=ConfigurationError
+        )
         self._instance = uuid.uuid4().hex
         self._tickets = itertools.count()
         self._local = LocalGcra()
@@ -96,7 +98,7 @@ class RateLimiter(AsyncClosing):
         check_count("tokens", tokens, minimum=0)
         allowed = limits.max_wait
         if max_wait is not None:
-            allowed = check_seconds("max_wait", max_wait, allow_zero=True, error=InvalidArgument)
+            allowed = check_seconds("max_wait", max_wait, allow_zero=True)
         if limits.tokens_per_minute is not None and tokens > limits.tokens_per_minute:
             raise RequestTooLarge(model, tokens=tokens, tokens_per_minute=limits.tokens_per_minute)
         if limits.requests_per_minute is None and limits.tokens_per_minute is None:

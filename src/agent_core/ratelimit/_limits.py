@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .._quote import quote
-from ..errors import AgentCoreError, ConfigurationError
+from .._validation import check_seconds
+from ..errors import ConfigurationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,25 +33,5 @@ class RateLimits:
                 raise ConfigurationError(
                     f"{name} must be a positive int or None (unlimited), got {quote(value)}"
                 )
-        check_seconds("max_wait", self.max_wait, allow_zero=True)
-        check_seconds("period", self.period, allow_zero=False)
-
-
-def check_seconds(
-    name: str,
-    value: object,
-    *,
-    allow_zero: bool,
-    error: type[AgentCoreError] = ConfigurationError,
-) -> float:
-    """A finite, non-negative (or positive) number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        least = "0 or more" if allow_zero else "more than 0"
-        raise error(f"{name} must be a finite number of seconds, {least}, got {quote(value)}")
-    return float(value)
+        check_seconds("max_wait", self.max_wait, allow_zero=True, error=ConfigurationError)
+        check_seconds("period", self.period, error=ConfigurationError)

@@ -19,7 +19,6 @@ with `InvalidArgument` rather than left out, which would undercount.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import SplitResult, urlsplit
@@ -28,6 +27,7 @@ import orjson
 
 from .._quote import quote
 from .._urls import show_url
+from .._validation import check_seconds
 from ..errors import InvalidArgument, ProviderError
 from ..messages import Message
 from ._chat import _function_of
@@ -77,12 +77,7 @@ def check_online_args(api_key: object, base_url: object, timeout: object) -> str
         )
     if parts.query or parts.fragment:
         raise InvalidArgument(f"base_url must have no query or fragment, got {show_url(base_url)}")
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not (math.isfinite(timeout) and timeout > 0)
-    ):
-        raise InvalidArgument(f"timeout must be a positive number of seconds, got {quote(timeout)}")
+    check_seconds("timeout", timeout)
     return f"{parts.geturl().rstrip('/')}{_PATH}"
 
 
