@@ -18,10 +18,15 @@ _T = TypeVar("_T")
 MAX_BACKOFF: Final = 0.5
 
 
+def cancelling() -> bool:
+    """Whether the current task is being cancelled (a cancellation is pending on it)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def raise_if_cancelling() -> None:
     """In an ``except TimeoutError`` of a retry loop: stop if the task is being cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    if cancelling():
         raise asyncio.CancelledError
 
 

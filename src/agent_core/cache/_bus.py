@@ -22,7 +22,7 @@ import msgspec
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
+from .._tasks import MAX_BACKOFF, cancel_and_wait, cancelling, raise_if_cancelling
 
 WRITE: Final = "w"
 FILL: Final = "f"
@@ -35,11 +35,6 @@ _DEAD_AFTER: Final = 0.75
 Event = tuple[str, str, int, str]
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[str, str, int, str]).decode
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 def bus_channel(fingerprint: str, namespace: str) -> str:
@@ -116,7 +111,7 @@ class InvalidationBus:
             finally:
                 if self._ready.is_set():
                     self._ready.clear()
-                    if not _cancelling():
+                    if not cancelling():
                         self._on_lost(reason)
                     delay = 0.05
                 with contextlib.suppress(RedisError, OSError, TimeoutError):

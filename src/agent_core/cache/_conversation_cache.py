@@ -10,11 +10,11 @@ import uuid
 from array import array
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal
 
 import redis.asyncio as redis
 
+from .._closing import AsyncClosing
 from .._quote import quote
 from .._redis import redis_client
 from .._tasks import raise_if_cancelling
@@ -56,7 +56,7 @@ _FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 _POLICIES: Final[dict[str, type[EvictionPolicy]]] = {"tinylfu": WTinyLFUPolicy, "lru": LRUPolicy}
 
 
-class ConversationCache:
+class ConversationCache(AsyncClosing):
     """Append to and read conversations of one namespace, through two cache tiers.
 
     Reads try the in-process L1, then Redis (L2, shared by every instance), then
@@ -243,16 +243,11 @@ class ConversationCache:
         self._l1.clear("closed")
         await self.store.close()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         await self.open()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """`close`, under the name ``async with`` and `contextlib.aclosing` call."""
         await self.close()
 
     def _check_open(self) -> None:

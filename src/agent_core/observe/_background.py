@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
+from .._closing import AsyncClosing
 from .._tasks import cancel_and_wait
 
 
@@ -37,7 +37,7 @@ class BackgroundTask:
             task.result()
 
 
-class Sampler:
+class Sampler(AsyncClosing):
     """Start/stop and ``async with`` for a monitor that samples in a `BackgroundTask`."""
 
     _task: BackgroundTask
@@ -54,14 +54,9 @@ class Sampler:
         """Stop sampling (what was recorded is kept); re-raises a failure of the sampler."""
         await self._task.stop()
 
-    async def __aenter__(self) -> Self:
+    async def _enter(self) -> None:
         self.start()
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
+        """`stop`, under the name ``async with`` calls."""
         await self.stop()
