@@ -18,32 +18,24 @@ MAX_NAMESPACE_LENGTH = 64
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 
 
-def _is_id(value: object, max_length: int) -> bool:
-    return (
+def _check_id(value: object, what: str, max_length: int, error: type[InvalidArgument]) -> str:
+    if not (
         isinstance(value, str)
         and 0 < len(value) <= max_length
         and _ID_CHARS.fullmatch(value) is not None
-    )
+    ):
+        raise error(
+            f"invalid {what} {quote(value)}: use 1-{max_length} characters of A-Z a-z 0-9 . _ : @ -"
+        )
+    return value
 
 
 def check_thread_id(thread_id: object) -> str:
-    if not _is_id(thread_id, MAX_THREAD_ID_LENGTH):
-        raise InvalidThreadId(
-            f"invalid thread id {quote(thread_id)}: use 1-{MAX_THREAD_ID_LENGTH} characters "
-            "of A-Z a-z 0-9 . _ : @ -"
-        )
-    assert isinstance(thread_id, str)
-    return thread_id
+    return _check_id(thread_id, "thread id", MAX_THREAD_ID_LENGTH, InvalidThreadId)
 
 
 def check_namespace(namespace: object) -> str:
-    if not _is_id(namespace, MAX_NAMESPACE_LENGTH):
-        raise InvalidNamespace(
-            f"invalid namespace {quote(namespace)}: use 1-{MAX_NAMESPACE_LENGTH} characters "
-            "of A-Z a-z 0-9 . _ : @ -"
-        )
-    assert isinstance(namespace, str)
-    return namespace
+    return _check_id(namespace, "namespace", MAX_NAMESPACE_LENGTH, InvalidNamespace)
 
 
 def check_idempotency_key(key: object) -> str | None:
