@@ -100,6 +100,7 @@ def test_the_core_works_with_every_extra_missing(tmp_path: Path) -> None:
     version = _run(
         """
         import asyncio, json
+        from agent_core import *
         from agent_core import ConversationCache
 
         async def main() -> int:

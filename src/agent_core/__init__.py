@@ -47,10 +47,11 @@ from .store import SQLiteStore, ThreadPage, ThreadStore, store_from_url
 from .tokens import TokenCounter, Window
 
 if TYPE_CHECKING:
-    from .store import PostgresStore
+    from .store import PostgresStore as PostgresStore
 
 __version__ = "0.1.0"
 
+# PostgresStore is public too, but not in __all__: `import *` must work without asyncpg.
 __all__ = [
     "AgentCoreError",
     "AgentReply",
@@ -76,7 +77,6 @@ __all__ = [
     "MessageTooLarge",
     "ModelError",
     "OpenAIChatModel",
-    "PostgresStore",
     "ProviderError",
     "RateLimited",
     "RateLimiter",

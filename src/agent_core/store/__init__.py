@@ -19,12 +19,12 @@ from ._protocol import (
 from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
-    from ._postgres import PostgresStore
+    from ._postgres import PostgresStore as PostgresStore
 
+# PostgresStore is public too, but not in __all__: `import *` must work without asyncpg.
 __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
-    "PostgresStore",
     "SQLiteStore",
     "ThreadPage",
     "ThreadRecords",
