@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .._token_counts import decode_token_counts, encode_token_counts
 from .._urls import show_url
 from ..errors import ConfigurationError
 from ._postgres import PostgresStore
@@ -11,8 +12,6 @@ from ._protocol import (
     ThreadPage,
     ThreadRecords,
     ThreadStore,
-    decode_token_counts,
-    encode_token_counts,
 )
 from ._sqlite import SQLiteStore
 
