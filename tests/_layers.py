@@ -331,16 +331,15 @@ def private_violations(
         for line, source, name in module.imports:
             if not source.startswith(LIBRARY):
                 continue
-            target_package = package_of(source)
-            if target_package == own:
+            if package_of(source) == own:
                 continue
-            inner = source.split(".")[1:] if outside else source.split(".")[2:]
+            # ``from pkg import _module`` imports a module; ``from pkg import _name``, a name.
+            target = next(_targets(source, name, library_modules), source)
+            inner = target.split(".")[1:] if outside else target.split(".")[2:]
             if any(_private(part) for part in inner):
-                found.add(_violation(module, line, "private module", source))
-            elif name is not None and _private(name) and f"{source}.{name}" not in library_modules:
+                found.add(_violation(module, line, "private module", target))
+            elif name is not None and _private(name):
                 found.add(_violation(module, line, "private name", f"{source}.{name}"))
-            elif name is not None and outside and _private(name):
-                found.add(_violation(module, line, "private module", f"{source}.{name}"))
         for node in ast.walk(module.tree):
             if (
                 isinstance(node, ast.Attribute)

@@ -41,6 +41,7 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_private_access(tmp_path:
             "    def get(self, m):\n        self._own = 1\n        return m._raw, self._own\n"
         ),
         "cli.py": "from .cache._l1 import L1\nfrom .cache import L1 as Front\n",
+        "bench/__init__.py": "from ..cache import _l1\n",
     }
     for name, text in files.items():
         (tmp_path / "agent_core" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -64,4 +65,5 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_private_access(tmp_path:
     assert private == {
         ("agent_core.cache._l1", "private attribute", "._raw"),
         ("agent_core.cli", "private module", "agent_core.cache._l1"),
+        ("agent_core.bench", "private module", "agent_core.cache._l1"),
     }
