@@ -6,6 +6,8 @@ the full report, tests and benchmarks included).
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from . import _layers
@@ -67,3 +69,17 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_private_access(tmp_path:
         ("agent_core.cli", "private module", "agent_core.cache._l1"),
         ("agent_core.bench", "private module", "agent_core.cache._l1"),
     }
+
+
+def test_token_count_works_when_only_messages_is_imported() -> None:
+    """messages.py leaves counting to tokens/, which agent_core's root must import."""
+    code = (
+        "from agent_core.messages import Conversation, Message\n"
+        "c = Conversation('t', 1, [Message({'role': 'user', 'content': 'hi'})])\n"
+        "print(c.token_count('gpt-4o'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > 0
