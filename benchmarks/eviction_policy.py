@@ -36,7 +36,7 @@ from _support import gc_paused, message_payload, print_table, write_json
 from agent_core.cache._l1 import L1Tier, weigh
 from agent_core.cache._policy import EvictionPolicy, LRUPolicy
 from agent_core.cache._tinylfu import WTinyLFUPolicy
-from agent_core.messages import Conversation, Message
+from agent_core.messages import Conversation, Message, trusted_message
 
 POLICIES: Final[dict[str, Callable[[int], EvictionPolicy]]] = {
     "LRU": LRUPolicy,
@@ -95,7 +95,7 @@ class Library:
 
     def _message(self, size: int) -> Message:
         if size not in self._payloads:
-            self._payloads[size] = Message._trusted(message_payload(size))
+            self._payloads[size] = trusted_message(message_payload(size))
         return self._payloads[size]
 
 

@@ -142,7 +142,7 @@ def test_server_without_its_extra() -> None:
     )
     assert _error_of("import agent_core.serverless", blocked=SERVER) == (
         "agent_core.errors.ConfigurationError",
-        "agent_core.serverless needs fastapi: pip install 'agent-core[server]'",
+        "The HTTP service needs fastapi: pip install 'agent-core[server]'",
     )
 
 

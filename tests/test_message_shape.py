@@ -18,6 +18,7 @@ import pytest
 
 from agent_core import ConversationCache, Message
 from agent_core.errors import InvalidMessage
+from agent_core.messages import trusted_message
 from agent_core.server import Settings, create_app
 from agent_core.server._message_schema import MESSAGE_SCHEMA
 
@@ -115,7 +116,7 @@ def test_invalid_shapes_are_refused_saying_what_is_wrong(item: dict[str, Any], s
         Message.from_dict(item)
     assert says in str(caught.value)
     with pytest.raises(InvalidMessage):
-        Message.from_json(Message._trusted(_json(item)).raw)
+        Message.from_json(trusted_message(_json(item)).raw)
 
 
 def _json(item: dict[str, Any]) -> bytes:

@@ -31,16 +31,15 @@ import tiktoken_ext.openai_public as openai_public
 from agent_core import ConfigurationError, InvalidArgument, Message, TokenCounter
 from agent_core.tokens import _encodings, _uniclass
 from agent_core.tokens._encodings import (
-    _CLASSES,
     _MASK,
     _QUICKTOK_FILES,
     _UNICODE_17,
-    _UNICODE_18_RANGES,
     PATTERNS,
     _mask_unicode_17,
     bpe_counter,
 )
 from agent_core.tokens._open_models import LLAMA3_PATTERN, QWEN_PATTERN, quicktok_ranks
+from agent_core.tokens._uniclass import _CLASSES, _UNICODE_18_RANGES
 
 from ._offline import run_offline
 

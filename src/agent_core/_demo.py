@@ -12,8 +12,7 @@ import uuid
 from typing import Final
 
 from .agent import AgentReply, BaseAgent, EchoModel
-from .cache import ConversationCache
-from .cache._conversation_cache import DEFAULT_STORE_URL
+from .cache import DEFAULT_STORE_URL, ConversationCache
 from .errors import AgentCoreError, VersionConflict
 
 #: The demo agent's token budget, and the budget of the window shown at the end (small,

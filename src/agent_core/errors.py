@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._quote import quote
-
-if TYPE_CHECKING:
-    from .agent._reply import AgentReply
 
 __all__ = [
     "AgentCoreError",
@@ -219,14 +216,14 @@ class TurnNotSaved(AgentCoreError):
     Nothing of the turn may have been stored. ``reply`` is the turn's `AgentReply`
     (``version`` None); to store it later, append ``messages`` (the user message and
     the reply) with this ``idempotency_key``: if the first try did land, nothing is
-    written twice.
+    written twice. (``reply`` is typed ``Any``: errors sit below the agent layer.)
     """
 
     def __init__(
         self,
         thread_id: str,
         *,
-        reply: AgentReply,
+        reply: Any,
         messages: list[dict[str, Any]],
         idempotency_key: str,
         cause: BaseException,

@@ -4,12 +4,17 @@ A message is encoded once, when it is appended, and from then on travels as thos
 bytes: into the store, through the cache tiers and into request bodies. Decoding
 happens only when a caller asks for a ``dict``, and every ``to_dict()`` returns a
 fresh copy, so nothing a caller does to it can change what the cache holds.
+
+Besides the public API (``__all__``), this module offers agent_core's other layers a
+small internal API, not validated and not for users: `trusted_message`,
+`messages_from_raw`, `conversation_from_payloads`, `extend_conversation` and
+`stored_counts` (see "Internal API" below), plus `encode_message` and `encode_batch`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final, final
 
@@ -67,7 +72,7 @@ class Message:
         cls, item: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> Message:
         """Validate and encode ``item``; raises `InvalidMessage` or `MessageTooLarge`."""
-        return cls._trusted(encode_message(item, max_bytes))
+        return trusted_message(encode_message(item, max_bytes))
 
     @classmethod
     def from_json(cls, raw: bytes, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
@@ -82,14 +87,7 @@ class Message:
             raise InvalidMessage(f"a message must be a JSON object, got {type(item).__name__}")
         check_shape(item)
         _check_size(len(raw), max_bytes)
-        return cls._trusted(exact_copy(raw))
-
-    @classmethod
-    def _trusted(cls, raw: bytes) -> Message:
-        """Wrap bytes that this library encoded (or its store returned)."""
-        message = cls.__new__(cls)
-        object.__setattr__(message, "_raw", raw)
-        return message
+        return trusted_message(exact_copy(raw))
 
     @property
     def raw(self) -> bytes:
@@ -161,18 +159,6 @@ class Conversation:
         held = tuple(messages)
         self._set(thread_id, version, tuple(m.raw for m in held), held, _NO_COUNTS)
 
-    @classmethod
-    def _from_payloads(
-        cls,
-        thread_id: str,
-        version: int,
-        payloads: tuple[bytes, ...],
-        counts: Counts = MappingProxyType({}),
-    ) -> Conversation:
-        conversation = cls.__new__(cls)
-        conversation._set(thread_id, version, payloads, None, counts)
-        return conversation
-
     def _set(
         self,
         thread_id: str,
@@ -189,26 +175,15 @@ class Conversation:
         _set_counts(self, counts)
         _set_derived(self, {})
 
-    def _extended(self, version: int, payloads: tuple[bytes, ...], counts: Counts) -> Conversation:
-        """This snapshot plus an append; Message objects already made are reused."""
-        extended = Conversation._from_payloads(
-            self.thread_id, version, self.payloads + payloads, counts
-        )
-        if self._messages is not None:
-            _set_messages(extended, self._messages + messages_from_raw(payloads))
-        return extended
-
     def token_count(self, model: str) -> int:
         """Prompt tokens these messages cost ``model``, chat overhead and reply priming included.
 
         Uses the counts stored at append; a message without one is counted once and the
         count kept with this snapshot. See `agent_core.TokenCounter` for the rules.
         """
-        from .tokens import TokenCounter
-        from .tokens._window import token_index
-
-        counter = TokenCounter.for_model(model)
-        return counter.reply_priming + token_index(self, counter).total
+        if _count_tokens is None:  # agent_core's root imports tokens, which provides it
+            raise RuntimeError("agent_core.tokens is not imported")
+        return _count_tokens(self, model)
 
     @property
     def messages(self) -> tuple[Message, ...]:
@@ -259,6 +234,56 @@ _set_messages = Conversation.__dict__["_messages"].__set__
 _set_counts = Conversation.__dict__["_counts"].__set__
 _set_derived = Conversation.__dict__["_derived"].__set__
 _NO_COUNTS: Final[Counts] = MappingProxyType({})
+
+# Counting tokens is the tokens layer's job, one layer up: it provides the function
+# when it is imported (`provide_token_count`), so this module never imports it.
+_count_tokens: Callable[[Conversation, str], int] | None = None
+
+
+def provide_token_count(count: Callable[[Conversation, str], int]) -> None:
+    """Set what `Conversation.token_count` calls; agent_core.tokens does, on import."""
+    global _count_tokens
+    _count_tokens = count
+
+
+# Internal API: snapshots as the cache tiers and the store hand them over, not
+# validated. Callers pass only bytes this library encoded or a store returned.
+
+
+def trusted_message(raw: bytes) -> Message:
+    """Wrap one message's bytes that this library encoded (or its store returned)."""
+    message = object.__new__(Message)
+    _set_raw(message, raw)
+    return message
+
+
+def conversation_from_payloads(
+    thread_id: str, version: int, payloads: tuple[bytes, ...], counts: Counts = _NO_COUNTS
+) -> Conversation:
+    """A snapshot of stored payloads and their token counts (see agent_core._token_counts)."""
+    conversation = object.__new__(Conversation)
+    conversation._set(thread_id, version, payloads, None, counts)
+    return conversation
+
+
+def extend_conversation(
+    conversation: Conversation, version: int, payloads: tuple[bytes, ...], counts: Counts
+) -> Conversation:
+    """``conversation`` plus an append at ``version``; ``counts`` cover all messages.
+
+    `Message` objects already made for ``conversation`` are reused.
+    """
+    extended = conversation_from_payloads(
+        conversation.thread_id, version, conversation.payloads + payloads, counts
+    )
+    if conversation._messages is not None:
+        _set_messages(extended, conversation._messages + messages_from_raw(payloads))
+    return extended
+
+
+def stored_counts(conversation: Conversation) -> Counts:
+    """The token counts the snapshot was made with, per count key."""
+    return conversation._counts
 
 
 def encode_message(item: object, max_bytes: int) -> bytes:

@@ -12,9 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._extras import needs_extra
-
-with needs_extra("agent_core.serverless"):
-    from .server._serverless import ServerlessApp, make_app, serverless_settings
+from .server import ServerlessApp, make_app, serverless_settings
 
 __all__ = ["ServerlessApp", "app", "make_app", "serverless_settings"]
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from .._urls import mask_url
 from ..agent import HistoryTier
-from ..observe._percentile import nearest_rank
+from ..observe import nearest_rank
 from ._workload import MIB, BenchRun
 
 __all__ = ["Row", "report", "rows"]

@@ -26,13 +26,13 @@ from ..messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
     Conversation,
     Message,
+    conversation_from_payloads,
     encode_batch,
     messages_from_raw,
 )
 from ..observe import MemoryMonitor
 from ..store import ThreadPage, ThreadStore, store_from_url
-from ..tokens import TokenCounter, Window
-from ..tokens._window import complete_counts, select_window
+from ..tokens import TokenCounter, Window, complete_counts, select_window
 from ._bus import EVERYTHING, FILL, RESET, InvalidationBus
 from ._freshness import Flight, Flights, Ticks
 from ._l1 import L1Tier
@@ -372,13 +372,13 @@ class ConversationCache(AsyncClosing):
             await self._l2.fill(
                 thread_id, records.version, records.payloads, counts, lease=lease, bogus=bogus
             )
-        return Conversation._from_payloads(thread_id, records.version, records.payloads, counts)
+        return conversation_from_payloads(thread_id, records.version, records.payloads, counts)
 
     def _served_by_l2(self, thread_id: str, entry: L2Entry | None) -> Conversation:
         assert entry is not None
         assert entry.payloads is not None
         self._counters.l2_hits += 1
-        return Conversation._from_payloads(thread_id, entry.version, entry.payloads, entry.counts)
+        return conversation_from_payloads(thread_id, entry.version, entry.payloads, entry.counts)
 
     async def _await_fill(self, thread_id: str, version: int) -> Conversation | None:
         """Another instance holds the load lease: wait to be woken by its fill.
@@ -449,7 +449,7 @@ class ConversationCache(AsyncClosing):
         if base == 0:
             # A brand-new thread: the batch is the whole conversation.
             self._l1.put(
-                Conversation._from_payloads(thread_id, version, added, counts), confirmed=sent
+                conversation_from_payloads(thread_id, version, added, counts), confirmed=sent
             )
         else:
             self._l1.extend(thread_id, base, added, counts, version, confirmed=sent)

@@ -9,7 +9,7 @@ from sys import getsizeof
 from typing import Final, NamedTuple
 
 from .._token_counts import Counts, concat
-from ..messages import Conversation, Message
+from ..messages import Conversation, extend_conversation, stored_counts, trusted_message
 from ..tokens._window import cascade, derived_bytes
 from ._policy import EvictionPolicy
 from ._tinylfu import WTinyLFUPolicy
@@ -17,7 +17,7 @@ from ._tinylfu import WTinyLFUPolicy
 # What one more message costs an entry beyond its payload: the bytes object's header,
 # its Message object (made once the snapshot's messages are read) and its slot in both
 # tuples, payloads and messages (checked by tests with tracemalloc).
-MESSAGE_OVERHEAD: Final = getsizeof(Message._trusted(b"")) + getsizeof(b"") + 2 * 8
+MESSAGE_OVERHEAD: Final = getsizeof(trusted_message(b"")) + getsizeof(b"") + 2 * 8
 # The Conversation, its tuples' and derived dict's headers, the entry tuple with its
 # weight and expiry, a slot in the tier's dict and one in the policy's, and the thread
 # id's string header (also checked).
@@ -130,7 +130,7 @@ class L1Tier:
         if held is not None and held.conversation.version > conversation.version:
             return False
         if weight is None:
-            weight = weigh(conversation.payloads, conversation._counts, thread_id)
+            weight = weigh(conversation.payloads, stored_counts(conversation), thread_id)
         self._entries[thread_id] = _Entry(
             conversation, weight, self._clock() + self._ttl, confirmed
         )
@@ -166,11 +166,11 @@ class L1Tier:
             if old.version < version:
                 self._remove(thread_id, "stale")
             return False
-        joined = concat(old._counts, len(old), counts, len(payloads))
-        conversation = old._extended(version, payloads, joined)
+        joined = concat(stored_counts(old), len(old), counts, len(payloads))
+        conversation = extend_conversation(old, version, payloads, joined)
         cascade(old, conversation, payloads)
         grown = derived_bytes(conversation) - derived_bytes(old)
-        grown += counts_bytes(joined) - counts_bytes(old._counts)
+        grown += counts_bytes(joined) - counts_bytes(stored_counts(old))
         grown += sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
         return self.put(conversation, confirmed=confirmed, weight=held.weight + grown)
 
@@ -178,7 +178,9 @@ class L1Tier:
         """Count what windows built on a held snapshot since it was put."""
         held = self._entries.get(conversation.thread_id)
         if held is not None and held.conversation is conversation:
-            weight = weigh(conversation.payloads, conversation._counts, conversation.thread_id)
+            weight = weigh(
+                conversation.payloads, stored_counts(conversation), conversation.thread_id
+            )
             self.put(
                 conversation,
                 confirmed=held.confirmed,

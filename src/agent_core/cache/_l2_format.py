@@ -34,7 +34,6 @@ import hashlib
 import hmac
 import os
 import struct
-import sys
 import threading
 import zlib
 from array import array
@@ -45,9 +44,8 @@ from typing import Final, TypeVar
 import orjson
 import zstandard
 
-from .._token_counts import UNKNOWN, Counts
+from .._token_counts import UNKNOWN, Counts, check_token_key, column_bytes, column_from_bytes
 from ..errors import InvalidArgument
-from ..store._protocol import check_token_key
 
 HEADER_SIZE: Final = 21
 #: Versions are signed 64-bit integers in both stores.
@@ -162,17 +160,9 @@ def encode_counts(counts: Counts) -> bytes:
     chunks = []
     for key, column in counts.items():
         name = key.encode()
-        data = bytes([len(name)]) + name + _little_endian(column).tobytes()
+        data = bytes([len(name)]) + name + column_bytes(column)
         chunks.append(_CHUNK.pack(_COUNTS, len(data), zlib.crc32(data)) + data)
     return b"".join(chunks)
-
-
-def _little_endian(column: array[int]) -> array[int]:
-    if sys.byteorder == "little":
-        return column
-    swapped = array("i", column)
-    swapped.byteswap()
-    return swapped
 
 
 def _encode_all(groups: list[bytes], kind: int) -> bytes:
@@ -246,10 +236,7 @@ def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None
         key = check_token_key(data[1 : 1 + name_length].decode("ascii"))
     except (UnicodeDecodeError, InvalidArgument):
         raise CorruptEntry("bad count key") from None
-    tail = array("i")
-    tail.frombytes(body)
-    if sys.byteorder != "little":
-        tail.byteswap()
+    tail = column_from_bytes(body)
     if tail and min(tail) < UNKNOWN:
         raise CorruptEntry("a negative token count")
     column = counts.setdefault(key, array("i"))

@@ -3,6 +3,7 @@
 from ._histogram import Histogram
 from ._loop_lag import LoopLagMonitor, LoopLagSnapshot
 from ._memory import MemoryAction, MemoryMonitor, MemorySnapshot, memory_limit, process_rss
+from ._percentile import nearest_rank
 
 __all__ = [
     "Histogram",
@@ -12,5 +13,6 @@ __all__ = [
     "MemoryMonitor",
     "MemorySnapshot",
     "memory_limit",
+    "nearest_rank",
     "process_rss",
 ]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from ..observe._percentile import nearest_rank
+from ..observe import nearest_rank
 
 __all__ = ["READ_TIERS", "RecentActivity", "RecentSamples", "RecentSummary"]
 

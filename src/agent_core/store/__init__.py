@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .._extras import needs_extra
+from .._token_counts import decode_token_counts, encode_token_counts
 from .._urls import show_url
 from ..errors import ConfigurationError
 from ._protocol import (
@@ -13,8 +14,6 @@ from ._protocol import (
     ThreadPage,
     ThreadRecords,
     ThreadStore,
-    decode_token_counts,
-    encode_token_counts,
 )
 from ._sqlite import SQLiteStore
 

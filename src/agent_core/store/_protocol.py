@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, runtime_checkable
-
-import orjson
+from typing import Protocol, runtime_checkable
 
 from .._quote import quote
+from .._token_counts import check_token_key, is_token_counts
 from .._validation import (
     check_count,
     check_idempotency_key,
@@ -22,7 +20,6 @@ from ..errors import InvalidArgument, InvalidBatch
 
 #: ``list_threads`` returns at most this many ids per page.
 MAX_PAGE_SIZE = 1000
-_TOKEN_KEY: Final = re.compile(r"[a-z0-9._-]{1,64}")
 #: Both stores keep seqs and counts as signed 64-bit integers.
 
 
@@ -139,53 +136,9 @@ def batch_digest(payloads: Sequence[bytes]) -> bytes:
     return digest.digest()
 
 
-def encode_token_counts(counts: Mapping[str, int]) -> bytes:
-    """The stored form of one message's token counts: ``{"o200k_base": 12, ...}``."""
-    for key, count in counts.items():
-        check_token_key(key)
-        check_count(f"token count for {quote(key)}", count, minimum=0)
-    return orjson.dumps(counts if isinstance(counts, dict) else dict(counts))
-
-
 def fingerprint_of(identity: str) -> str:
     """A store's fingerprint from the random identity its migration stored."""
     return identity[:16]
-
-
-def decode_token_counts(encoded: bytes | None) -> dict[str, int]:
-    """Token counts from their stored form; {} for None or anything malformed."""
-    if not encoded:
-        return {}
-    try:
-        counts = orjson.loads(encoded)
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(counts, dict):
-        return {}
-    return {k: v for k, v in counts.items() if type(v) is int and v >= 0}
-
-
-def _is_token_counts(encoded: object) -> bool:
-    if not isinstance(encoded, bytes):
-        return False
-    try:
-        counts = orjson.loads(encoded)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(counts, dict) and all(
-        _TOKEN_KEY.fullmatch(key) and type(count) is int and count >= 0
-        for key, count in counts.items()
-    )
-
-
-def check_token_key(key: object) -> str:
-    """A token-count key: an encoding name such as ``o200k_base``."""
-    if not isinstance(key, str) or not _TOKEN_KEY.fullmatch(key):
-        raise InvalidArgument(
-            "a token-count key must be 1-64 characters of a-z, 0-9, '.', '_' or '-', "
-            f"got {quote(key)}"
-        )
-    return key
 
 
 def check_append(
@@ -207,7 +160,7 @@ def check_append(
                 f"got {quote(tokens)}"
             )
         for index, encoded in enumerate(tokens):
-            if encoded is not None and not _is_token_counts(encoded):
+            if encoded is not None and not is_token_counts(encoded):
                 raise InvalidBatch(
                     f"tokens[{index}] must be None or encode_token_counts() output, "
                     f"got {quote(encoded)}"
@@ -270,6 +223,4 @@ __all__ = [
     "ThreadRecords",
     "ThreadStore",
     "batch_digest",
-    "decode_token_counts",
-    "encode_token_counts",
 ]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 import quicktok
 
 from ..errors import ConfigurationError
-from ._uniclass import TABLE_FILES
+from ._uniclass import _UNICODE_17_RANGES, TABLE_FILES
 
 if TYPE_CHECKING:
     import tiktoken
@@ -57,17 +57,6 @@ PATTERNS: Final = {
     ),
 }
 
-# Letters, marks and numbers new in Unicode 17 (research note, section 4C). Ranges may
-# include a few other code points. Qwen's counter sends texts holding any to tiktoken
-# (_open_models); _CLASSES removes them.
-_UNICODE_17_RANGES: Final = (
-    "\u088f\u0c5c\u0cdc\u1acf-\u1add\u1ae0-\u1aeb\ua7ce\ua7cf\ua7d2\ua7d4\ua7f1"
-    "\U00010940-\U00010959\U00010ec5-\U00010ec7\U00010efa\U00010efb\U00011b60-\U00011b67"
-    "\U00011db0-\U00011ddb\U00011de0-\U00011de9\U00016ea0-\U00016eb8\U00016ebb-\U00016ed3"
-    "\U00016ff2-\U00016ff6\U000187f8-\U000187ff\U00018d09-\U00018d1e\U00018d80-\U00018df2"
-    "\U0001e6c0-\U0001e6f5\U0001e6fe\U0001e6ff\U0002b73a-\U0002b73f\U0002cea2-\U0002cead"
-    "\U000323b0-\U00033479"
-)
 _UNICODE_17: Final = re.compile(f"[{_UNICODE_17_RANGES}]")
 # The UTF-8 of those ranges, exactly, to mask the bytes quicktok counts: a search for
 # the code points costs ~28 ns a character over the astral ranges. Each pattern starts
@@ -92,33 +81,6 @@ _UNICODE_17_ASTRAL_UTF8: Final = re.compile(
 # precedes a second byte of its ranges, found as F0 00 once those bytes map to 00 (00
 # never follows F0 in UTF-8).
 _ASTRAL_SECOND_BYTES: Final = bytes.maketrans(b"\x90\x91\x96\x98\x9e\xab\xac\xb2\xb3", bytes(9))
-# Letters, marks and numbers new in Unicode 18, as regex 2026.11.15 has them: unassigned
-# to tiktoken's tables (Unicode 16) and to quicktok's, so to the split here as well.
-_UNICODE_18_RANGES: Final = (
-    "\u0558\u058b-\u058c\u05c8-\u05c9\u0b53-\u0b54\u1ade-\u1adf\u1aec-\u1af0\u208f"
-    "\u209d-\u209f\ua7dd\ua7e2\uab6c-\uab6d\U000107bb-\U000107bf\U00010ecb-\U00010ecf"
-    "\U00010ed9-\U00010eee\U00010ef0-\U00010ef9\U00011b0a\U00011df0-\U00011df1"
-    "\U0001246f\U00012475-\U0001247f\U00012550-\U00012686\U00018cd6-\U00018cda"
-    "\U00018d1f-\U00018d20\U00018e00-\U00019191\U000191a0-\U000191d2"
-    "\U0001b123-\U0001b128\U0001b168\U0001d127-\U0001d128\U0001d250-\U0001d252"
-    "\U0001d25b-\U0001d25c\U0001d25f\U0001d280-\U0001d281\U0001d6a6"
-    "\U0001df1f-\U0001df24\U0001df2b-\U0001df81\U0001df90-\U0001df96"
-    "\U0001dfcd-\U0001dfff\U0002b81e\U0003d000-\U0003fc3f"
-)
-# The classes of tiktoken's patterns in the regex module, narrowed to tiktoken's tables:
-# without the code points assigned since Unicode 16, and U+0295 as Ll (Lo since Unicode
-# 17). They equal the classes of regex 2024.11.6 (Unicode 16); a test pins them.
-_NEW: Final = f"[{_UNICODE_17_RANGES}{_UNICODE_18_RANGES}]"
-_CLASSES: Final = {
-    "L": rf"[\p{{L}}--{_NEW}]",
-    "Lu": rf"[\p{{Lu}}--[\u0295{_NEW}]]",
-    "Lt": rf"[\p{{Lt}}--[\u0295{_NEW}]]",
-    "Lm": rf"[\p{{Lm}}--[\u0295{_NEW}]]",
-    "Lo": rf"[\p{{Lo}}--[\u0295{_NEW}]]",
-    "Ll": rf"[\p{{Ll}}\u0295--{_NEW}]",
-    "M": rf"[\p{{M}}--{_NEW}]",
-    "N": rf"[\p{{N}}--{_NEW}]",
-}
 # A private-use code point: unassigned-like (not a letter, mark, number or space) in
 # every Unicode version. _mask_unicode_17 replaces Unicode-17 letters by it.
 _MASK: Final = "\ue000"

@@ -27,13 +27,20 @@ import orjson
 
 from .._token_counts import UNKNOWN
 from ..errors import TokenBudgetExceeded
-from ..messages import Conversation, Message
+from ..messages import (
+    Conversation,
+    Message,
+    provide_token_count,
+    stored_counts,
+    trusted_message,
+)
 from ._counter import TokenCounter
 
 __all__ = [
     "Window",
     "cascade",
     "complete_counts",
+    "conversation_tokens",
     "derived_bytes",
     "select_window",
     "token_index",
@@ -246,7 +253,7 @@ async def complete_counts(
 
 
 def _stored(conversation: Conversation, counter: TokenCounter) -> array[int]:
-    stored = conversation._counts.get(counter.key)
+    stored = stored_counts(conversation).get(counter.key)
     return stored if stored is not None else array("i", [UNKNOWN]) * len(conversation)
 
 
@@ -256,7 +263,7 @@ def _count_missing(
     counts, counted = array("i", stored), []
     for position, count in enumerate(stored):
         if count == UNKNOWN:
-            counts[position] = counter.count_message(Message._trusted(payloads[position]))
+            counts[position] = counter.count_message(trusted_message(payloads[position]))
             counted.append(position)
     return counts, counted
 
@@ -275,12 +282,21 @@ def cascade(held: Conversation, extended: Conversation, added: Sequence[bytes]) 
     new_shape = extended._derived[_SHAPE] = shape.extended(added)
     start = len(held)
     for key, index in held._derived.items():
-        column = extended._counts.get(key)
+        column = stored_counts(extended).get(key)
         if key == _SHAPE or column is None:
             continue
         tail = column[start:]
         if UNKNOWN not in tail:
             extended._derived[key] = index.extended(tail, new_shape)
+
+
+def conversation_tokens(conversation: Conversation, model: str) -> int:
+    """`Conversation.token_count`: reply priming plus every message's count."""
+    counter = TokenCounter.for_model(model)
+    return counter.reply_priming + token_index(conversation, counter).total
+
+
+provide_token_count(conversation_tokens)
 
 
 def derived_bytes(conversation: Conversation) -> int:

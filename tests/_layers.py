@@ -1,0 +1,439 @@
+"""The import structure of agent_core, checked with `ast`: layers, cycles, private names.
+
+Run as a script for a report: ``python -m tests._layers`` (from the repository root).
+tests/test_layers.py runs the same checks in the suite.
+
+What is checked, over src/agent_core:
+
+- the module import graph, with imports under ``TYPE_CHECKING`` and inside functions,
+  has no cycle;
+- every import points down (or sideways) in `LAYERS`;
+- no module reaches into another package's private parts: no import of a ``_private``
+  module or ``_name`` of another package, and no attribute ``x._name`` (``x`` not
+  ``self``/``cls``) where ``_name`` is not defined in the accessing package.
+
+A *package* is a subpackage directory (``agent_core.cache``) or a top-level module
+(``agent_core.messages``, ``agent_core._quote``). Top-level ``_modules`` are shared,
+library-internal helpers: any package of the library may import them, but not their
+``_names``. Tests and benchmarks are outside the library: for them, any ``_``-named part
+of ``agent_core`` (module, name or attribute) is private; they are reported, and
+benchmarks must have none (`BENCHMARK_ALLOWED` lists the test-facing exceptions).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Final
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+SRC: Final = ROOT / "src"
+LIBRARY: Final = "agent_core"
+
+#: The layers, lowest first: a module may import from its own layer and the ones below.
+#: Keys are packages (subpackage directories or top-level modules, without ``agent_core.``).
+LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
+    # Typed errors and the checks every entry point runs; no agent_core import above.
+    (
+        "base",
+        frozenset({"errors", "_quote", "_validation", "_urls", "_tasks", "_closing", "_extras"}),
+    ),
+    # The Redis client factory: used by the cache tiers and the shared rate limiter.
+    ("redis", frozenset({"_redis"})),
+    # Histograms, loop lag, memory: used by every layer above, so it imports only base.
+    ("observe", frozenset({"observe"})),
+    # Message, Conversation, their shapes, per-message token counts and their codecs.
+    ("messages", frozenset({"messages", "_message_shape", "_token_counts"})),
+    ("tokens", frozenset({"tokens"})),
+    ("store", frozenset({"store"})),
+    ("cache", frozenset({"cache"})),
+    ("ratelimit", frozenset({"ratelimit"})),
+    ("agent", frozenset({"agent"})),
+    ("service", frozenset({"server", "bench", "serverless", "_demo"})),
+    ("cli", frozenset({"cli"})),
+    # agent_core/__init__.py re-exports the public API: nothing inside imports it.
+    ("root", frozenset({""})),
+)
+
+#: PENDING: cross-package private uses in src/ that another branch of issue 12 (``front``,
+#: the thin cache front) removes. Each entry: (importing module, what it uses). The
+#: coordinator empties this at merge; an entry that matches nothing fails the suite.
+PENDING: Final[frozenset[tuple[str, str]]] = frozenset(
+    {
+        # Conversation._derived: derived window data moves to an object the cache owns;
+        # with it go cascade/derived_bytes, which cache/_l1.py takes from tokens._window.
+        ("agent_core.tokens._window", "._derived"),
+        ("agent_core.cache._l1", "agent_core.tokens._window"),
+        # BaseAgent guesses the serving tier from memory._counters; a public read source
+        # replaces it, and with it server/_app.py's import of _tier/_tier_counts.
+        ("agent_core.agent._agent", "._counters"),
+        ("agent_core.server._app", "agent_core.agent._agent"),
+    }
+)
+
+#: Private parts of agent_core that benchmarks use, (benchmark module, what it uses).
+#: Anything else fails the suite. An entry that matches nothing fails too.
+BENCHMARK_ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
+    {
+        # Component benchmarks: they time one private component in isolation, which
+        # no public API exposes; test-facing on purpose.
+        ("benchmarks.eviction_policy", "agent_core.cache._l1"),
+        ("benchmarks.eviction_policy", "agent_core.cache._policy"),
+        ("benchmarks.eviction_policy", "agent_core.cache._tinylfu"),
+        ("benchmarks.message_shape", "agent_core._message_shape"),
+        ("benchmarks.pg_drivers", "agent_core.store._postgres_schema"),
+        ("benchmarks.l2_signing", "agent_core.cache._redis_tier"),
+        ("benchmarks.agent_turn", "agent_core.agent._agent"),
+        ("benchmarks.agent_turn", "agent_core.agent._models"),
+        ("benchmarks.agent_turn", "._body"),
+        # PENDING (front): the cache's tiers and counters; evict_local() and a public
+        # read source replace them.
+        ("benchmarks.agent_turn", "._l1"),
+        ("benchmarks.agent_turn", "._l2"),
+        ("benchmarks.cache_latency", "._counters"),
+        ("benchmarks.cache_latency", "._l1"),
+        ("benchmarks.l1_soak", "._l1"),
+        ("benchmarks.l1_soak", "._redis"),
+        ("benchmarks.l2_signing", "._l2"),
+        ("benchmarks.loop_lag", "._l1"),
+    }
+)
+
+# Public API of the standard library that starts with an underscore.
+_PUBLIC_UNDERSCORE: Final = frozenset({"_replace", "_asdict", "_fields", "_make", "_exit"})
+
+
+@dataclass(frozen=True, order=True)
+class Violation:
+    """One finding: where, which rule, and what was used."""
+
+    path: str
+    line: int
+    rule: str
+    module: str
+    used: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.rule}: {self.used}"
+
+
+@dataclass
+class Module:
+    name: str
+    path: Path
+    tree: ast.Module
+    is_package: bool
+    #: (line, imported module, imported name or None)
+    imports: list[tuple[int, str, str | None]] = field(default_factory=list)
+
+
+def package_of(module: str) -> str:
+    """``agent_core.cache._l1`` -> ``agent_core.cache``; ``agent_core._quote`` -> itself."""
+    parts = module.split(".")
+    if parts[0] != LIBRARY:
+        return parts[0]
+    return ".".join(parts[:2])
+
+
+def layer_of(module: str) -> int:
+    key = module.split(".")[1] if "." in module else ""
+    for rank, (_, members) in enumerate(LAYERS):
+        if key in members:
+            return rank
+    raise LookupError(f"{module} is in no layer: add it to LAYERS in tests/_layers.py")
+
+
+def _module_name(path: Path, base: Path) -> tuple[str, bool]:
+    parts = list(path.relative_to(base).with_suffix("").parts)
+    is_package = parts[-1] == "__init__"
+    if is_package:
+        parts.pop()
+    return ".".join(parts), is_package
+
+
+def _resolve(module: Module, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    parts = module.name.split(".")
+    if not module.is_package:
+        parts.pop()
+    if node.level > 1:
+        parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def parse(paths: Iterable[Path], base: Path) -> dict[str, Module]:
+    """Every module under ``paths`` with its imports, wherever in the file they are."""
+    modules: dict[str, Module] = {}
+    for path in sorted(paths):
+        name, is_package = _module_name(path, base)
+        modules[name] = Module(name, path, ast.parse(path.read_text(), str(path)), is_package)
+    for module in modules.values():
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.Import):
+                module.imports.extend((node.lineno, alias.name, None) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                source = _resolve(module, node)
+                module.imports.extend((node.lineno, source, alias.name) for alias in node.names)
+    return modules
+
+
+def library() -> dict[str, Module]:
+    return parse((SRC / LIBRARY).rglob("*.py"), SRC)
+
+
+def import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """Module -> the library modules that importing it runs.
+
+    Importing ``a.b.c`` from outside ``a.b`` also runs ``a/b/__init__.py``; the root
+    package's own ``__init__`` is left out (it runs first for everyone).
+    """
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for module in modules.values():
+        for _, source, name in module.imports:
+            for target in _targets(source, name, modules):
+                graph[module.name].add(target)
+                package = package_of(target)
+                if (
+                    package in modules
+                    and package != LIBRARY
+                    and package != module.name
+                    and not module.name.startswith(package + ".")
+                ):
+                    graph[module.name].add(package)
+    return graph
+
+
+def _targets(source: str, name: str | None, modules: dict[str, Module]) -> Iterator[str]:
+    if name is not None and f"{source}.{name}" in modules:
+        yield f"{source}.{name}"
+    elif source in modules:
+        yield source
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                found.append(sorted(component))
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * len(graph)))
+    try:
+        for node in sorted(graph):
+            if node not in index:
+                visit(node)
+    finally:
+        sys.setrecursionlimit(limit)
+    return sorted(found)
+
+
+def _where(module: Module) -> str:
+    path = module.path
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def layer_violations(modules: dict[str, Module]) -> list[Violation]:
+    """Imports of a module in a higher layer than the importer's."""
+    found: set[Violation] = set()
+    for module in modules.values():
+        rank = layer_of(module.name)
+        for line, source, name in module.imports:
+            for target in _targets(source, name, modules):
+                if layer_of(target) > rank:
+                    found.add(
+                        Violation(
+                            _where(module),
+                            line,
+                            f"upward import ({LAYERS[rank][0]} -> {LAYERS[layer_of(target)][0]})",
+                            module.name,
+                            target,
+                        )
+                    )
+    return sorted(found)
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def defined_names(modules: dict[str, Module]) -> dict[str, set[str]]:
+    """Package -> the names it defines: defs, classes, class attributes, module-level
+    assignments, ``self._x = ...``, ``__slots__`` entries and imported aliases."""
+    names: dict[str, set[str]] = {}
+    for module in modules.values():
+        defined = names.setdefault(package_of(module.name), set())
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                defined.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                defined.add(node.attr)
+            elif isinstance(node, ast.alias):
+                defined.add(node.asname or node.name.split(".")[0])
+            elif (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.isidentifier()
+            ):
+                # __slots__ and the names given to setattr/object.__setattr__.
+                defined.add(node.value)
+    return names
+
+
+def _is_own(node: ast.expr) -> bool:
+    """``self``, ``cls`` or ``super()``: access to the class's own members."""
+    if isinstance(node, ast.Name):
+        return node.id in ("self", "cls")
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+    )
+
+
+def private_violations(
+    modules: dict[str, Module], library_modules: dict[str, Module], *, outside: bool
+) -> list[Violation]:
+    """Private access across packages by ``modules``.
+
+    ``outside``: the modules are not part of the library (tests, benchmarks), so every
+    ``_``-named part of agent_core is private to them.
+    """
+    defined = defined_names(library_modules)
+    found: set[Violation] = set()
+    for module in modules.values():
+        own = package_of(module.name)
+        own_names = set() if outside else defined.get(own, set())
+        for line, source, name in module.imports:
+            if not source.startswith(LIBRARY):
+                continue
+            if package_of(source) == own:
+                continue
+            # ``from pkg import _module`` imports a module; ``from pkg import _name``, a name.
+            target = next(_targets(source, name, library_modules), source)
+            inner = target.split(".")[1:] if outside else target.split(".")[2:]
+            if any(_private(part) for part in inner):
+                found.add(_violation(module, line, "private module", target))
+            elif name is not None and _private(name):
+                found.add(_violation(module, line, "private name", f"{source}.{name}"))
+        for node in ast.walk(module.tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and _private(node.attr)
+                and node.attr not in own_names
+                and node.attr not in _PUBLIC_UNDERSCORE
+                and not _is_own(node.value)
+                and (not outside or node.attr in _library_names(defined))
+            ):
+                found.add(_violation(module, node.lineno, "private attribute", f".{node.attr}"))
+    return sorted(found)
+
+
+def _library_names(defined: dict[str, set[str]]) -> set[str]:
+    return set().union(*defined.values())
+
+
+def _violation(module: Module, line: int, rule: str, used: str) -> Violation:
+    return Violation(_where(module), line, rule, module.name, used)
+
+
+def key(violation: Violation) -> tuple[str, str]:
+    return violation.module, violation.used
+
+
+@dataclass
+class Findings:
+    """Everything the checks find; `failures` is what the suite fails on."""
+
+    cycles: list[list[str]]
+    upward: list[Violation]
+    private: list[Violation]
+    benchmarks: list[Violation]
+    tests: list[Violation]
+
+    def failures(self) -> list[str]:
+        failed = [f"import cycle: {' -> '.join(c)}" for c in self.cycles]
+        failed += [str(v) for v in self.upward]
+        failed += [str(v) for v in self.private if key(v) not in PENDING]
+        failed += [str(v) for v in self.benchmarks if key(v) not in BENCHMARK_ALLOWED]
+        failed += [f"stale PENDING entry: {e}" for e in sorted(PENDING - self._keys(self.private))]
+        failed += [
+            f"stale BENCHMARK_ALLOWED entry: {e}"
+            for e in sorted(BENCHMARK_ALLOWED - self._keys(self.benchmarks))
+        ]
+        return failed
+
+    @staticmethod
+    def _keys(found: list[Violation]) -> set[tuple[str, str]]:
+        return {key(v) for v in found}
+
+
+@cache
+def check() -> Findings:
+    modules = library()
+    return Findings(
+        cycles(import_graph(modules)),
+        layer_violations(modules),
+        private_violations(modules, modules, outside=False),
+        private_violations(outside_modules("benchmarks"), modules, outside=True),
+        private_violations(outside_modules("tests"), modules, outside=True),
+    )
+
+
+def outside_modules(directory: str) -> dict[str, Module]:
+    return parse((ROOT / directory).rglob("*.py"), ROOT)
+
+
+def report() -> int:
+    """Print every finding, then what the suite fails on; returns how many that is."""
+    findings = check()
+    print(f"import cycles: {len(findings.cycles)}")
+    for component in findings.cycles:
+        print(f"  {len(component)} modules: {', '.join(component)}")
+    sections = (
+        ("upward imports in src/", findings.upward, frozenset[tuple[str, str]]()),
+        ("cross-package private access in src/", findings.private, PENDING),
+        ("private access from benchmarks/", findings.benchmarks, BENCHMARK_ALLOWED),
+        ("private access from tests/ (reported, not enforced)", findings.tests, None),
+    )
+    for title, items, allowed in sections:
+        print(f"\n{title}: {len(items)}")
+        for item in items:
+            mark = "  [allowed]" if allowed is not None and key(item) in allowed else ""
+            print(f"  {item}{mark}")
+    failures = findings.failures()
+    print(f"\nfailing: {len(failures)}")
+    for failure in failures:
+        print(f"  {failure}")
+    return len(failures)
+
+
+if __name__ == "__main__":
+    raise SystemExit(1 if report() else 0)
