@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from agent_core import ConfigurationError, ConversationCache
+from agent_core import CacheClosed, ConfigurationError, ConversationCache, InvalidThreadId
 
 from ._probe import Holds
-from .conftest import CacheFactory, read_until_fresh
+from .conftest import CacheFactory, l2_key, read_until_fresh
 
 
 def user(text: str) -> dict[str, Any]:
@@ -160,7 +160,7 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
 ) -> None:
     async with make_cache() as writer:
         await writer.append("t", [user("a"), user("b")])
-    key = writer._l2.key("t")  # type: ignore[union-attr]
+    key = l2_key(writer, "t")
     client = redis.Redis.from_url(redis_url)
     try:
         good = await client.get(key)
@@ -187,7 +187,7 @@ async def test_large_conversations_are_compressed_in_l2(
     async with make_cache(compress_min_bytes=1024) as writer:
         await writer.append("big", batch)
         await writer.append("big", [user("small")])
-        key = writer._l2.key("big")  # type: ignore[union-attr]
+        key = l2_key(writer, "big")
     client = redis.Redis.from_url(redis_url)
     try:
         stored = await client.strlen(key)
@@ -270,3 +270,32 @@ async def test_bad_options_are_refused(store_url: str) -> None:
         ConversationCache.from_urls(store=store_url, l1_ttl=0)
     with pytest.raises(ConfigurationError, match=r"unknown option.*l1_size.*known: .*l1_max_bytes"):
         ConversationCache.from_urls(store=store_url, l1_size=10)
+
+
+async def test_reads_say_which_tier_served_them(make_cache: CacheFactory) -> None:
+    async with make_cache() as writer:
+        await writer.append("t", [user("a"), user("b")])
+    async with make_cache() as cache:
+        first = await cache.read("t")
+        assert (first.source, first.value.to_list()) == ("l2", [user("a"), user("b")])
+        again = await cache.read("t")
+        assert (again.source, again.value) == ("l1", first.value)
+        assert cache.evict_local("t") is True
+        assert cache.evict_local("t") is False  # no longer held
+        window = await cache.read_window("t", max_tokens=1000, model="gpt-4o")
+        assert (window.source, window.value.to_list()) == ("l2", [user("a"), user("b")])
+        assert (await cache.read_window("t", max_tokens=1000, model="gpt-4o")).source == "l1"
+        await cache.invalidate("t")
+        assert (await cache.read("t")).source == "store"
+        assert (await cache.read("new")).source == "store"
+        cache.clear_local()
+        assert cache.stats().l1_entries == 0
+        assert cache.stats().evictions["evict_local"] == 3
+        with pytest.raises(InvalidThreadId):
+            cache.evict_local("bad id")
+        with pytest.raises(InvalidThreadId):
+            await cache.read(123)  # type: ignore[arg-type]
+    with pytest.raises(CacheClosed):
+        cache.evict_local("t")
+    with pytest.raises(CacheClosed):
+        await cache.read("t")

@@ -2,6 +2,8 @@
 
 from . import errors
 from .agent import (
+    AgentLimiter,
+    AgentMemory,
     AgentReply,
     AgentStream,
     BaseAgent,
@@ -13,7 +15,14 @@ from .agent import (
     StreamEvent,
     Usage,
 )
-from .cache import CacheStats, ConversationCache
+from .cache import (
+    CacheOptions,
+    CacheProbe,
+    CacheStats,
+    ConversationCache,
+    ReadResult,
+    ReadSource,
+)
 from .errors import (
     AgentCoreError,
     CacheClosed,
@@ -44,10 +53,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AgentCoreError",
+    "AgentLimiter",
+    "AgentMemory",
     "AgentReply",
     "AgentStream",
     "BaseAgent",
     "CacheClosed",
+    "CacheOptions",
+    "CacheProbe",
     "CacheStats",
     "ChatModel",
     "ChatStream",
@@ -73,6 +86,8 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStats",
     "RateLimits",
+    "ReadResult",
+    "ReadSource",
     "RequestTooLarge",
     "SQLiteStore",
     "StoreUnavailable",

@@ -1,9 +1,5 @@
-"""`ConversationCache`: the API every caller uses to append and read threads.
-
-A thin front: it validates calls and wires the collaborators that do the work,
-`Loader` (reads past L1), `Fences` (floors and events), `Windows` (token windows)
-and the tiers (`L1Tier`, `RedisTier`, `InvalidationBus`).
-"""
+"""`ConversationCache`: the API every caller uses; a thin front that validates calls
+over `Loader`, `Writes`, `Windows`, `Fences` and the tiers (docs/DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -298,10 +294,15 @@ class ConversationCache:
 
     def evict_local(self, thread_id: str) -> bool:
         """Drop the thread from this instance's L1 only (L2 and other instances keep it);
-        True if it was held. For benchmarks and operators: the next read goes to L2."""
+        True if it was held."""
         self._check_open()
         check_thread_id(thread_id)
         return self._l1.drop(thread_id, "evict_local")
+
+    def clear_local(self) -> None:
+        """Drop every thread from this instance's L1 only (L2 and other instances keep them)."""
+        self._check_open()
+        self._l1.clear("evict_local")
 
     # -- other -----------------------------------------------------------------------
 
