@@ -64,13 +64,15 @@ class Windows:
             0 if tools is None else counter.count_messages([], tools) - counter.reply_priming
         )
         conversation, source = await self._read(thread_id)
-        index, built, counted = await complete_counts(conversation, counter)
+        derived = self._l1.derived(conversation)
+        index, built, counted = await complete_counts(conversation, counter, derived)
         if built:
             self._l1.reweigh(conversation)
         if counted:
             self._counters.late_counts += len(counted)
             self._repair(conversation, counter.key, index.counts, counted)
-        return select_window(conversation, index, counter, max_tokens, tools_tokens), source
+        window = select_window(conversation, derived, index, counter, max_tokens, tools_tokens)
+        return window, source
 
     def _counter(self, model: str) -> TokenCounter:
         counter = self._window_counters.get(model) if type(model) is str else None
