@@ -44,14 +44,13 @@ class Fences:
 
     # -- loads -------------------------------------------------------------------------
 
-    @contextmanager
-    def loading(self, thread_id: str) -> Iterator[None]:
-        """A load of ``thread_id`` in flight (one at a time per thread: `Flights`)."""
+    def load_started(self, thread_id: str) -> None:
+        """A load of ``thread_id`` is in flight (one at a time per thread: `Flights`);
+        `load_ended` must follow, whatever happens (a plain pair: this is the L2 hit path)."""
         self._floors[thread_id] = 0
-        try:
-            yield
-        finally:
-            del self._floors[thread_id]
+
+    def load_ended(self, thread_id: str) -> None:
+        del self._floors[thread_id]
 
     def admits(self, thread_id: str, version: int) -> bool:
         """The load of ``thread_id`` may keep ``version`` in L1: nothing newer was announced."""

@@ -85,7 +85,8 @@ class Loader:
 
         ``version``: the store's version, if asked at ``flight.started``.
         """
-        with self._fences.loading(thread_id):
+        self._fences.load_started(thread_id)
+        try:
             served = await self._fetch(thread_id, version)
             await self._probe.l1_fill(thread_id)
             if self._fences.admits(thread_id, served[0].version):
@@ -93,6 +94,8 @@ class Loader:
             else:
                 self._counters.fills_dropped += 1
             return served
+        finally:
+            self._fences.load_ended(thread_id)
 
     async def _fetch(self, thread_id: str, version: int | None) -> Served:
         """From L2 if it holds the version the store confirms, else from the store."""
