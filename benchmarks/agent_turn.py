@@ -213,7 +213,7 @@ async def reset(cache: ConversationCache, thread_id: str, history: list[dict[str
 
 async def prepare_tier(cache: ConversationCache, thread_id: str, tier: str) -> None:
     if tier == "l2":
-        cache._l1.drop(thread_id, "bench")  # L1 only; there is no public way
+        cache.evict_local(thread_id)
     elif tier == "store":
         await cache.invalidate(thread_id)
 

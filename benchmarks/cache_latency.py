@@ -19,7 +19,7 @@ messages of pseudo-words (zstd shrinks them ~3 times, as it does chat text).
 4. ``get`` served by L1, by L2 and by the store (a miss, after the untimed
    ``invalidate``), beside ``store.read`` alone, at 100 and 1,000 messages.
 
-A cache read that the cache's counters show was served by another tier than its
+A cache read whose `ReadResult` says another tier served it than its
 cell stands for (say, by L2 right after a Redis timeout cleared L1) is left out and
 counted. Caches use the defaults (bounded consistency, W-TinyLFU L1 of 64 MiB, zstd
 for L2 values of 64 KiB and more) and share one ``redis.asyncio`` client, built as
@@ -64,7 +64,14 @@ from _support import (
     temporary_database,
     us,
 )
-from agent_core import ConversationCache, PostgresStore, SQLiteStore, ThreadStore
+from agent_core import (
+    ConversationCache,
+    PostgresStore,
+    ReadResult,
+    ReadSource,
+    SQLiteStore,
+    ThreadStore,
+)
 
 PAYLOAD_BYTES: Final = 200
 BATCH: Final = 1000
@@ -98,14 +105,14 @@ QUICK: Final = Plan((10, 1_000, 10_000), (10, 100, 1_000), (100, 1_000), 2_000, 
 class Cell:
     """One timed call, ``call(arg)``, after an untimed ``prepare`` (if any).
 
-    ``served``, for a cache read, counts the reads of the tier the cell stands for: a
-    sample that did not add one to it took another path and is left out.
+    ``source``, for a cache read (``cache.read``), is the tier the cell stands for: a
+    sample whose `ReadResult` names another took another path and is left out.
     """
 
     call: Callable[[str], Awaitable[object]]
     arg: str
     prepare: Callable[[], Awaitable[object]] | None = None
-    served: Callable[[], int] | None = None
+    source: ReadSource | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +136,13 @@ async def measure(
                 cell = cells[key]
                 if cell.prepare is not None:
                     await cell.prepare()
-                served = cell.served() if cell.served is not None else 0
                 call, arg = cell.call, cell.arg
                 started = clock()
-                await call(arg)
+                result = await call(arg)
                 elapsed = clock() - started
                 if index < warmup:
                     continue
-                if cell.served is not None and cell.served() != served + 1:
+                if cell.source is not None and cast(ReadResult[Any], result).source != cell.source:
                     timings.off_path[key] += 1
                 else:
                     timings.samples[key].append(elapsed)
@@ -190,21 +196,18 @@ async def prefill(
         await store.append(namespace, thread_id, payloads[start : start + BATCH])
 
 
-def served_by(cache: ConversationCache, path: str) -> Callable[[], int]:
-    """The cache's count of reads served by ``path`` (its internal counters: no copy)."""
-    counters = cache._counters
-    name = {"L1 hit": "l1_hits", "L2 hit": "l2_hits", "miss": "misses"}[path]
-    return lambda: int(getattr(counters, name))
+_SOURCES: dict[str, ReadSource] = {"L1 hit": "l1", "L2 hit": "l2", "miss": "store"}
 
 
 def read_cell(cache: ConversationCache, thread_id: str, path: str) -> Cell:
-    """``cache.get(thread_id)``, made to take ``path`` by an untimed step before it."""
+    """``cache.read(thread_id)`` (``get`` that also says which tier served it), made to
+    take ``path`` by an untimed step before it."""
     prepare = {
         "L1 hit": None,
         "L2 hit": functools.partial(_drop_from_l1, cache, thread_id),
         "miss": functools.partial(cache.invalidate, thread_id),
     }[path]
-    return Cell(cache.get, thread_id, prepare, served_by(cache, path))
+    return Cell(cache.read, thread_id, prepare, _SOURCES[path])
 
 
 # -- the four measurements ----------------------------------------------------------
@@ -250,8 +253,8 @@ async def l2_hits(
 
 
 async def _drop_from_l1(cache: ConversationCache, thread_id: str) -> None:
-    """Before an L2-hit sample: forget the thread in L1 only (there is no public way)."""
-    cache._l1.drop(thread_id, "bench")
+    """Before an L2-hit sample: forget the thread in this instance's L1 only."""
+    cache.evict_local(thread_id)
 
 
 async def appends(
@@ -285,8 +288,8 @@ async def appends(
         cache = caches[name]
         final[name, mode, size] = await cache.store.version(cache.namespace, thread_id)
         if mode == "write-through":
-            held = cache._l1.version(thread_id)
-            if held != final[name, mode, size]:
+            held = await cache.read(thread_id)
+            if (held.source, held.value.version) != ("l1", final[name, mode, size]):
                 raise RuntimeError(f"{name}: L1 holds {thread_id} at {held}, not extended")
     return timings, final
 

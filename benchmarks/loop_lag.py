@@ -170,7 +170,7 @@ class AgentCore(Approach):
             await self.cache.invalidate(thread_id)
         else:
             # L1 only, as if evicted or read by a cold instance: the next get reads Redis.
-            self.cache._l1.drop(thread_id, "benchmark")
+            self.cache.evict_local(thread_id)
 
     def counters(self) -> dict[str, int]:
         stats = self.cache.stats()

@@ -171,3 +171,9 @@ async def read_until_fresh(
             return
         assert started - acknowledged <= cache.max_staleness, "stale beyond the bound"
         await asyncio.sleep(0.005)
+
+
+def l2_key(cache: ConversationCache, thread_id: str) -> str:
+    """The Redis key of a thread's L2 value, by the layout docs/DESIGN.md states
+    (``ac:{<fingerprint>/<namespace>/<thread id>}``); the cache must be open."""
+    return f"ac:{{{cache.store.fingerprint}/{cache.namespace}/{thread_id}}}"

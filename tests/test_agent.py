@@ -10,31 +10,37 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent_core import (
+    AgentLimiter,
+    AgentMemory,
     AgentReply,
     BaseAgent,
     ConfigurationError,
     ContextFileError,
+    Conversation,
     ConversationCache,
     EchoModel,
     InvalidMessage,
     InvalidThreadId,
+    Message,
     ModelError,
     OpenAIChatModel,
     RateLimited,
     RateLimiter,
     RateLimits,
+    ReadResult,
     RequestTooLarge,
     TokenBudgetExceeded,
     TokenCounter,
     TurnNotSaved,
     Usage,
+    Window,
 )
 
 from ._chat_server import ChatServer, Reply, Stream, chunk, completion_body, usage_chunk
@@ -424,6 +430,81 @@ async def test_the_rate_limiter_admits_each_turn(
         await BaseAgent(
             model, memory, max_context_tokens=2000, reserve_output_tokens=500, rate_limits=tight
         ).run("other", "first")
+
+
+# Protocols: a wrapper or substitute memory and limiter
+
+
+class LoggingMemory:
+    """A user's wrapper around a cache: records each call, delegates the work."""
+
+    def __init__(self, cache: ConversationCache) -> None:
+        self.cache = cache
+        self.calls: list[str] = []
+        self.max_message_bytes = cache.max_message_bytes
+
+    async def read(self, thread_id: str) -> ReadResult[Conversation]:
+        self.calls.append("read")
+        return await self.cache.read(thread_id)
+
+    async def read_window(
+        self, thread_id: str, *, max_tokens: int, model: str
+    ) -> ReadResult[Window]:
+        self.calls.append("read_window")
+        return await self.cache.read_window(thread_id, max_tokens=max_tokens, model=model)
+
+    async def append(
+        self,
+        thread_id: str,
+        messages: Sequence[dict[str, Any] | Message],
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        self.calls.append("append")
+        return await self.cache.append(
+            thread_id,
+            messages,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
+
+
+class CountingLimiter:
+    """A substitute limiter: admits everything, remembers what was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, int]] = []
+
+    async def acquire(self, model: str, tokens: int) -> float:
+        self.asked.append((model, tokens))
+        return 0.0
+
+
+async def test_a_wrapped_memory_and_a_substitute_limiter_run_turns(
+    server: ChatServer, model: OpenAIChatModel, memory: ConversationCache
+) -> None:
+    wrapped, limiter = LoggingMemory(memory), CountingLimiter()
+    assert isinstance(wrapped, AgentMemory)
+    assert isinstance(limiter, AgentLimiter)
+    agent = BaseAgent(model, wrapped, rate_limits=limiter, reserve_output_tokens=100)
+    server.script(answer("one"), answer("two"))
+    first = await agent.run(THREAD, "first")
+    second = await agent.run(THREAD, "second")
+    assert (first.history_tier, second.history_tier) == ("store", "l1")
+    assert wrapped.calls == ["read_window", "append"] * 2
+    assert limiter.asked == [
+        ("gpt-4o-mini", first.prompt_tokens + 100),
+        ("gpt-4o-mini", second.prompt_tokens + 100),
+    ]
+    assert (await memory.get(THREAD)).to_list()[-1]["content"] == "two"
+
+
+async def test_memory_and_limiter_that_do_not_fit_are_refused(model: OpenAIChatModel) -> None:
+    with pytest.raises(ConfigurationError, match="implement AgentMemory"):
+        BaseAgent(model, object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="implement AgentLimiter"):
+        BaseAgent(model, enable_conversation_memory=False, rate_limits=object())  # type: ignore[arg-type]
 
 
 # EchoModel, validation

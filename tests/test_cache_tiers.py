@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import redis.asyncio as redis
 
-from agent_core import ConfigurationError, ConversationCache
+from agent_core import CacheClosed, ConfigurationError, ConversationCache, InvalidThreadId
 
-from .conftest import CacheFactory, read_until_fresh
+from ._probe import Holds
+from .conftest import CacheFactory, l2_key, read_until_fresh
 
 
 def user(text: str) -> dict[str, Any]:
@@ -159,7 +160,7 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
 ) -> None:
     async with make_cache() as writer:
         await writer.append("t", [user("a"), user("b")])
-    key = writer._l2.key("t")  # type: ignore[union-attr]
+    key = l2_key(writer, "t")
     client = redis.Redis.from_url(redis_url)
     try:
         good = await client.get(key)
@@ -186,7 +187,7 @@ async def test_large_conversations_are_compressed_in_l2(
     async with make_cache(compress_min_bytes=1024) as writer:
         await writer.append("big", batch)
         await writer.append("big", [user("small")])
-        key = writer._l2.key("big")  # type: ignore[union-attr]
+        key = l2_key(writer, "big")
     client = redis.Redis.from_url(redis_url)
     try:
         stored = await client.strlen(key)
@@ -197,26 +198,15 @@ async def test_large_conversations_are_compressed_in_l2(
         assert (await reader.get("big")).to_list() == [*batch, user("small")]
 
 
-# -- races, driven by hooks that hold a load at a chosen point -----------------------------
-
-
-def hold(cache: ConversationCache, point: str) -> tuple[asyncio.Event, asyncio.Event]:
-    """Pause ``cache``'s next load at ``point`` until ``release`` is set."""
-    reached, release = asyncio.Event(), asyncio.Event()
-
-    async def hook(thread_id: str) -> None:
-        reached.set()
-        await release.wait()
-
-    cache._hooks[point] = hook
-    return reached, release
+# -- races, driven by a probe that holds a load at a chosen point -----------------------------
 
 
 async def test_fill_racing_an_append_leaves_no_stale_entry(make_cache: CacheFactory) -> None:
-    async with make_cache() as writer, make_cache() as reader:
+    probe = Holds()
+    async with make_cache() as writer, make_cache(probe=probe) as reader:
         await writer.append("t", [user("a")])
         await writer.invalidate("t")
-        reached, release = hold(reader, "loaded")
+        reached, release = probe.hold("loaded")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()  # the reader has version 1 from the store, not yet cached
         await writer.append("t", [user("b")])
@@ -226,24 +216,25 @@ async def test_fill_racing_an_append_leaves_no_stale_entry(make_cache: CacheFact
         stats = reader.stats()
         assert stats.l2_fills_refused == 1  # L2 already knew version 2
         assert stats.fills_dropped == 1  # and so did L1
-        reader._hooks.clear()
+        probe.clear()
         assert (await reader.get("t")).version == 2
     async with make_cache() as fresh:
         assert (await fresh.get("t")).to_list() == [user("a"), user("b")]
 
 
 async def test_fill_racing_a_delete_cannot_resurrect(make_cache: CacheFactory) -> None:
-    async with make_cache() as writer, make_cache() as reader:
+    probe = Holds()
+    async with make_cache() as writer, make_cache(probe=probe) as reader:
         await writer.append("t", [user("secret")])
         await writer.invalidate("t")
-        reached, release = hold(reader, "loaded")
+        reached, release = probe.hold("loaded")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()
         await writer.delete("t")
         await asyncio.sleep(0.05)
         release.set()
         await load
-        reader._hooks.clear()
+        probe.clear()
         assert (await reader.get("t")).messages == ()
     async with make_cache() as fresh:
         assert (await fresh.get("t")).messages == ()
@@ -251,10 +242,11 @@ async def test_fill_racing_a_delete_cannot_resurrect(make_cache: CacheFactory) -
 
 
 async def test_invalidation_before_the_l1_fill_drops_the_fill(make_cache: CacheFactory) -> None:
-    async with make_cache() as writer, make_cache() as reader:
+    probe = Holds()
+    async with make_cache() as writer, make_cache(probe=probe) as reader:
         await writer.append("t", [user("a")])
         await writer.invalidate("t")
-        reached, release = hold(reader, "l1_fill")
+        reached, release = probe.hold("l1_fill")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()  # loaded and filled L2 at version 1; L1 not yet
         await writer.append("t", [user("b")])
@@ -263,7 +255,7 @@ async def test_invalidation_before_the_l1_fill_drops_the_fill(make_cache: CacheF
         await load
         assert reader.stats().fills_dropped == 1
         assert reader.stats().l1_entries == 0
-        reader._hooks.clear()
+        probe.clear()
         assert (await reader.get("t")).version == 2
 
 
@@ -278,3 +270,32 @@ async def test_bad_options_are_refused(store_url: str) -> None:
         ConversationCache.from_urls(store=store_url, l1_ttl=0)
     with pytest.raises(ConfigurationError, match=r"unknown option.*l1_size.*known: .*l1_max_bytes"):
         ConversationCache.from_urls(store=store_url, l1_size=10)
+
+
+async def test_reads_say_which_tier_served_them(make_cache: CacheFactory) -> None:
+    async with make_cache() as writer:
+        await writer.append("t", [user("a"), user("b")])
+    async with make_cache() as cache:
+        first = await cache.read("t")
+        assert (first.source, first.value.to_list()) == ("l2", [user("a"), user("b")])
+        again = await cache.read("t")
+        assert (again.source, again.value) == ("l1", first.value)
+        assert cache.evict_local("t") is True
+        assert cache.evict_local("t") is False  # no longer held
+        window = await cache.read_window("t", max_tokens=1000, model="gpt-4o")
+        assert (window.source, window.value.to_list()) == ("l2", [user("a"), user("b")])
+        assert (await cache.read_window("t", max_tokens=1000, model="gpt-4o")).source == "l1"
+        await cache.invalidate("t")
+        assert (await cache.read("t")).source == "store"
+        assert (await cache.read("new")).source == "store"
+        cache.clear_local()
+        assert cache.stats().l1_entries == 0
+        assert cache.stats().evictions["evict_local"] == 3
+        with pytest.raises(InvalidThreadId):
+            cache.evict_local("bad id")
+        with pytest.raises(InvalidThreadId):
+            await cache.read(123)  # type: ignore[arg-type]
+    with pytest.raises(CacheClosed):
+        cache.evict_local("t")
+    with pytest.raises(CacheClosed):
+        await cache.read("t")

@@ -44,6 +44,7 @@ from agent_core.server import Settings, create_app
 from agent_core.store import store_from_url
 
 from ._redis_server import RedisServer
+from .conftest import l2_key
 
 KEY = b"a signing key of 32 bytes, test!"
 STORED = [
@@ -210,7 +211,7 @@ async def test_a_hostile_value_is_a_repaired_miss(
 ) -> None:
     async with opened(sqlite_url, redis_url, namespace) as writer:
         version = await writer.append("t", STORED)
-        key = writer._l2.key("t")  # type: ignore[union-attr]
+        key = l2_key(writer, "t")
     await plant(redis_url, key, HOSTILE[kind](version))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     async with opened(sqlite_url, redis_url, namespace) as reader:
@@ -239,7 +240,7 @@ async def test_a_forged_version_ahead_of_the_store_is_replaced(
     # Well-formed and in range, but no writer made it: the store has not reached it.
     async with opened(sqlite_url, redis_url, namespace) as writer:
         version = await writer.append("t", STORED)
-        key = writer._l2.key("t")  # type: ignore[union-attr]
+        key = l2_key(writer, "t")
     await plant(redis_url, key, b"%020d" % (2**63 - 2) + flag + plain(*map(encoded, STORED)))
     async with opened(sqlite_url, redis_url, namespace) as reader:
         assert (await reader.get("t")).version == version
@@ -263,8 +264,8 @@ async def test_http_get_never_splices_a_hostile_value(
         posted = await http.post("/v1/threads/t/messages", json={"messages": STORED})
         version = posted.json()["version"]
         cache = app.state.core.cache
-        await plant(redis_url, cache._l2.key("t"), HOSTILE[kind](version))
-        cache._l1.clear("test")
+        await plant(redis_url, l2_key(cache, "t"), HOSTILE[kind](version))
+        cache.evict_local("t")
         for query in ("", "?max_tokens=10000"):
             response = await http.get(f"/v1/threads/t{query}")
             assert response.status_code == 200
@@ -280,7 +281,7 @@ async def test_a_thread_larger_than_l2_max_value_bytes_stays_out_of_l2(
         await writer.append("grows", small)
         for _ in range(12):  # pushes the value past the cap: the append fences it
             await writer.append("grows", small)
-        keys = [writer._l2.key(t) for t in ("big", "grows")]  # type: ignore[union-attr]
+        keys = [l2_key(writer, t) for t in ("big", "grows")]
     for key in keys:
         assert (await held(redis_url, key) or b"").endswith(b"x")
     async with opened(sqlite_url, redis_url, namespace, l2_max_value_bytes=1024) as reader:
@@ -344,7 +345,7 @@ async def test_with_a_signing_key_a_forgery_is_never_served(
 ) -> None:
     async with opened(sqlite_url, redis_url, namespace, l2_signing_key=KEY) as writer:
         version = await writer.append("t", STORED)
-        key = writer._l2.key("t")  # type: ignore[union-attr]
+        key = l2_key(writer, "t")
     await plant(redis_url, key, FORGERIES[kind](version, key.encode()))
     async with opened(sqlite_url, redis_url, namespace, l2_signing_key=KEY) as reader:
         assert (await reader.get("t")).to_list() == STORED
@@ -433,23 +434,23 @@ async def test_fuzz_hostile_l2_values(
     ):
         cache: ConversationCache = app.state.core.cache
         version = await cache.append("t", STORED)
-        key = cache._l2.key("t")  # type: ignore[union-attr]
+        key = l2_key(cache, "t")
         good = await held(redis_url, key)
         assert good is not None
         loop = asyncio.get_running_loop()
 
         async def check(value: bytes) -> None:
             await plant(redis_url, key, value)
-            cache._l1.clear("test")
+            cache.evict_local("t")
             conversation = await cache.get("t")
             assert (conversation.version, conversation.to_list()) == (version, STORED)
-            cache._l1.clear("test")
+            cache.evict_local("t")
             await plant(redis_url, key, value)
             window = await cache.window("t", max_tokens=10_000, model="gpt-4o")
             assert window.to_list() == STORED
             assert window.token_count > 0
             for query in ("", "?max_tokens=10000"):
-                cache._l1.clear("test")
+                cache.evict_local("t")
                 await plant(redis_url, key, value)
                 response = await http.get(f"/v1/threads/t{query}")
                 assert response.status_code == 200, response.text
@@ -532,7 +533,7 @@ async def test_an_unreachable_redis_is_logged_without_its_password(
         server.start()
         try:
             for _ in range(400):
-                if not cache._l2.degraded:  # type: ignore[union-attr]
+                if not cache.stats().degraded:
                     break
                 await asyncio.sleep(0.05)
             assert any("answers again" in r.getMessage() for r in caplog.records)

@@ -10,6 +10,7 @@ import pytest
 
 from agent_core import ConversationCache
 
+from ._probe import Holds
 from .conftest import CacheFactory
 
 
@@ -22,21 +23,15 @@ async def test_a_read_never_joins_a_load_that_began_before_it(
 ) -> None:
     # The defect: a strong read joined a single-flight load that had read the store
     # before an append was acknowledged, and returned the older version.
+    probe = Holds()
+    loaded, release = probe.hold("loaded")  # the first load; released, later ones pass
     async with (
         ConversationCache.from_urls(store=store_url, namespace=namespace) as writer,
         ConversationCache.from_urls(
-            store=store_url, redis=redis_url, namespace=namespace, consistency="strong"
+            store=store_url, redis=redis_url, namespace=namespace, consistency="strong", probe=probe
         ) as reader,
     ):
         await writer.append("t", [user("a")])
-        loaded, release = asyncio.Event(), asyncio.Event()
-
-        async def hold_first_load(thread_id: str) -> None:
-            if not loaded.is_set():
-                loaded.set()
-                await release.wait()
-
-        reader._hooks["loaded"] = hold_first_load
         early = asyncio.create_task(reader.get("t"))
         await asyncio.wait_for(loaded.wait(), 10)
         await writer.append("t", [user("b")])  # acknowledged while the load is held

@@ -37,7 +37,7 @@ async def test_l1_stays_within_its_budget_by_tracemalloc(sqlite_url: str) -> Non
     ) as cache:
         for index, size in enumerate(sizes):
             await cache.append(f"t{index}", conversation_of(rng, size))
-        cache._l1.clear("test")
+        cache.clear_local()
         gc.collect()
         tracemalloc.start()
         try:
@@ -94,7 +94,7 @@ async def held_by_l1(cache: ConversationCache) -> tuple[int, int]:
     gc.collect()
     full = tracemalloc.get_traced_memory()[0]
     weighed = cache.stats().l1_bytes
-    cache._l1.clear("test")
+    cache.clear_local()
     gc.collect()
     return full - tracemalloc.get_traced_memory()[0], weighed
 

@@ -19,7 +19,7 @@ from agent_core import (
 )
 from agent_core.store import decode_token_counts, store_from_url
 from agent_core.tokens import _encodings, _window
-from agent_core.tokens._window import complete_counts, select_window, token_index
+from agent_core.tokens._window import Derived, complete_counts, select_window, token_index
 
 from .conftest import CacheFactory
 
@@ -347,14 +347,15 @@ def _histories(draw: st.DrawFn) -> list[dict[str, Any]]:
 @given(history=_histories(), budget=st.integers(1, 400))
 def test_window_equals_brute_force(history: list[dict[str, Any]], budget: int) -> None:
     conversation = Conversation("t", len(history), [Message.from_dict(m) for m in history])
-    index = token_index(conversation, GPT4O)
+    derived = Derived()
+    index = token_index(conversation, GPT4O, derived)
     expected = _oracle(history, budget, GPT4O) if history else []
     if expected is None or budget < GPT4O.reply_priming:
         with pytest.raises(TokenBudgetExceeded) as raised:
-            select_window(conversation, index, GPT4O, budget, 0)
+            select_window(conversation, derived, index, GPT4O, budget, 0)
         assert raised.value.needed > budget
         return
-    window = select_window(conversation, index, GPT4O, budget, 0)
+    window = select_window(conversation, derived, index, GPT4O, budget, 0)
     assert window.to_list() == expected
     assert window.token_count == billed(GPT4O, window.to_list()) <= budget
     assert conversation.token_count("gpt-4o") == billed(GPT4O, history)
@@ -392,9 +393,9 @@ async def test_a_large_snapshot_is_read_off_the_loop(monkeypatch: pytest.MonkeyP
     threads: list[str] = []
     shape = _window._shape
 
-    def recording(conversation: Conversation) -> Any:
+    def recording(conversation: Conversation, derived: Derived) -> Any:
         threads.append(threading.current_thread().name)
-        return shape(conversation)
+        return shape(conversation, derived)
 
     monkeypatch.setattr(_window, "_shape", recording)
     big = [Message.from_dict(user("a tool call " * 2_000)) for _ in range(30)]  # 720 KB

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .agent import (
+    AgentLimiter,
+    AgentMemory,
     AgentReply,
     AgentStream,
     BaseAgent,
@@ -19,7 +21,14 @@ from .agent import (
     StreamEvent,
     Usage,
 )
-from .cache import CacheStats, ConversationCache
+from .cache import (
+    CacheOptions,
+    CacheProbe,
+    CacheStats,
+    ConversationCache,
+    ReadResult,
+    ReadSource,
+)
 from .errors import (
     AgentCoreError,
     CacheClosed,
@@ -54,10 +63,14 @@ __version__ = "0.1.0"
 # PostgresStore is public too, but not in __all__: `import *` must work without asyncpg.
 __all__ = [
     "AgentCoreError",
+    "AgentLimiter",
+    "AgentMemory",
     "AgentReply",
     "AgentStream",
     "BaseAgent",
     "CacheClosed",
+    "CacheOptions",
+    "CacheProbe",
     "CacheStats",
     "ChatModel",
     "ChatStream",
@@ -82,6 +95,8 @@ __all__ = [
     "RateLimiter",
     "RateLimiterStats",
     "RateLimits",
+    "ReadResult",
+    "ReadSource",
     "RequestTooLarge",
     "SQLiteStore",
     "StoreUnavailable",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Final, TypeVar
 
 _T = TypeVar("_T")
@@ -87,3 +87,27 @@ class Deadlines:
             if self._pending
             else None
         )
+
+
+class TaskGroup:
+    """Background tasks kept alive until they end, and awaited together at close.
+
+    Unlike `asyncio.TaskGroup` it is not a scope: tasks are added from callbacks,
+    and one task's failure does not cancel the others.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def wait(self) -> None:
+        """Wait for every task started so far (their errors are theirs to handle)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -144,7 +144,7 @@ class Conversation:
     ``messages`` is first read, so serving a snapshot costs nothing per message.
     """
 
-    __slots__ = ("_counts", "_derived", "_messages", "payloads", "thread_id", "version")
+    __slots__ = ("_counts", "_messages", "payloads", "thread_id", "version")
     thread_id: str
     version: int
     #: The messages' encoded JSON, oldest first.
@@ -152,8 +152,6 @@ class Conversation:
     _messages: tuple[Message, ...] | None
     # Stored token counts per key (see agent_core._token_counts).
     _counts: Counts
-    # What token windows build from this snapshot once and reuse (agent_core.tokens).
-    _derived: dict[str, Any]
 
     def __init__(self, thread_id: str, version: int, messages: Iterable[Message] = ()) -> None:
         held = tuple(messages)
@@ -173,13 +171,12 @@ class Conversation:
         _set_payloads(self, payloads)
         _set_messages(self, messages)
         _set_counts(self, counts)
-        _set_derived(self, {})
 
     def token_count(self, model: str) -> int:
         """Prompt tokens these messages cost ``model``, chat overhead and reply priming included.
 
-        Uses the counts stored at append; a message without one is counted once and the
-        count kept with this snapshot. See `agent_core.TokenCounter` for the rules.
+        Uses the counts stored at append; a message without one is counted (on each
+        call: a snapshot keeps nothing). See `agent_core.TokenCounter` for the rules.
         """
         if _count_tokens is None:  # agent_core's root imports tokens, which provides it
             raise RuntimeError("agent_core.tokens is not imported")
@@ -232,7 +229,6 @@ _set_version = Conversation.__dict__["version"].__set__
 _set_payloads = Conversation.__dict__["payloads"].__set__
 _set_messages = Conversation.__dict__["_messages"].__set__
 _set_counts = Conversation.__dict__["_counts"].__set__
-_set_derived = Conversation.__dict__["_derived"].__set__
 _NO_COUNTS: Final[Counts] = MappingProxyType({})
 
 # Counting tokens is the tokens layer's job, one layer up: it provides the function

@@ -40,7 +40,6 @@ from typing import Any, Final, final
 from .._closing import AsyncClosing
 from .._quote import quote
 from .._validation import check_count, check_thread_id
-from ..cache import ConversationCache
 from ..errors import (
     AgentCoreError,
     ConfigurationError,
@@ -52,9 +51,9 @@ from ..errors import (
     VersionConflict,
 )
 from ..messages import DEFAULT_MAX_MESSAGE_BYTES, Message
-from ..ratelimit import RateLimiter
 from ..tokens import TokenCounter
 from ._context_files import ContextFile, ContextFiles
+from ._memory import AgentLimiter, AgentMemory
 from ._models import ChatModel, Completion
 from ._reply import AgentReply, HistoryTier
 
@@ -108,13 +107,15 @@ class _Turn:
 class BaseAgent:
     """Runs turns of a conversation: history from ``memory``, a reply from ``model``.
 
-    ``memory`` is an open `ConversationCache` (the agent neither opens nor closes it);
+    ``memory`` is an open `ConversationCache`, or a wrapper or substitute implementing
+    `AgentMemory` (the agent neither opens nor closes it);
     it is required unless ``enable_conversation_memory=False``. ``context_files`` are
     read on each turn (concurrently, off the loop, cached by path, mtime and size).
     ``token_model`` names the model whose token counts bound the prompt: by default
     ``model.name``, which `TokenCounter` counts exactly for OpenAI, Llama 3 and Qwen
     models and estimates for others (pass e.g. ``token_model="gpt-4o"`` to count an
-    `EchoModel` or a renamed deployment exactly). With ``rate_limits``, each turn
+    `EchoModel` or a renamed deployment exactly). With ``rate_limits`` (a `RateLimiter`
+    or any `AgentLimiter`), each turn
     first acquires ``prompt_tokens + reserve_output_tokens`` for ``model.name``. The
     module's docs give the policies (budget, conflicts, failures). One agent may run
     many turns concurrently.
@@ -123,13 +124,13 @@ class BaseAgent:
     def __init__(
         self,
         model: ChatModel,
-        memory: ConversationCache | None = None,
+        memory: AgentMemory | None = None,
         *,
         system_prompt: str = "",
         context_files: Sequence[str | os.PathLike[str]] = (),
         max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
         reserve_output_tokens: int = DEFAULT_RESERVE_OUTPUT_TOKENS,
-        rate_limits: RateLimiter | None = None,
+        rate_limits: AgentLimiter | None = None,
         enable_conversation_memory: bool = True,
         token_model: str | None = None,
     ) -> None:
@@ -143,18 +144,20 @@ class BaseAgent:
                 f"enable_conversation_memory must be a bool, "
                 f"got {quote(enable_conversation_memory)}"
             )
-        if memory is not None and not isinstance(memory, ConversationCache):
+        if memory is not None and not isinstance(memory, AgentMemory):
             raise ConfigurationError(
-                f"memory must be a ConversationCache or None, got {type(memory).__name__}"
+                "memory must be a ConversationCache (or implement AgentMemory) or None, "
+                f"got {type(memory).__name__}"
             )
         if enable_conversation_memory and memory is None:
             raise ConfigurationError(
                 "memory is None: pass an open ConversationCache as memory, or "
                 "enable_conversation_memory=False for stateless turns"
             )
-        if rate_limits is not None and not isinstance(rate_limits, RateLimiter):
+        if rate_limits is not None and not isinstance(rate_limits, AgentLimiter):
             raise ConfigurationError(
-                f"rate_limits must be a RateLimiter or None, got {type(rate_limits).__name__}"
+                "rate_limits must be a RateLimiter (or implement AgentLimiter) or None, "
+                f"got {type(rate_limits).__name__}"
             )
         if not isinstance(system_prompt, str):
             raise ConfigurationError(f"system_prompt must be a str, got {type(system_prompt)!r}")
@@ -270,9 +273,7 @@ class BaseAgent:
         history_tokens, version, omitted = priming, None, 0
         tier: HistoryTier = "none"
         if self.memory is not None:
-            counts = _tier_counts(self.memory)
-            history, history_tokens, version, omitted = await self._history(thread_id, room)
-            tier = _tier(counts, _tier_counts(self.memory))
+            history, history_tokens, version, omitted, tier = await self._history(thread_id, room)
         timings["history"] = clock() - started
 
         started = clock()
@@ -292,15 +293,17 @@ class BaseAgent:
 
     async def _history(
         self, thread_id: str, room: int
-    ) -> tuple[tuple[Message, ...], int, int, int]:
-        """Messages, their billed tokens (reply priming included), version and omitted count."""
+    ) -> tuple[tuple[Message, ...], int, int, int, HistoryTier]:
+        """Messages, their billed tokens (reply priming included), version, omitted count
+        and the tier that served them."""
         assert self.memory is not None
         try:
-            window = await self.memory.window(thread_id, max_tokens=room, model=self.token_model)
+            read = await self.memory.read_window(thread_id, max_tokens=room, model=self.token_model)
         except TokenBudgetExceeded:
             # The newest message (or tool call and results) can't fit: fall back to the
             # pinned messages rather than fail every later turn of the thread.
-            conversation = await self.memory.get(thread_id)
+            served = await self.memory.read(thread_id)
+            conversation = served.value
             pinned = tuple(m for m in conversation.messages if m.role in _PINNED_ROLES)
             tokens = self._counter.reply_priming + sum(map(self._counter.count_message, pinned))
             if tokens > room:
@@ -312,8 +315,10 @@ class BaseAgent:
                     needed=self._budget - room + tokens,
                     max_tokens=self._budget,
                 ) from None
-            return pinned, tokens, conversation.version, len(conversation) - len(pinned)
-        return window.messages, window.token_count, window.version, window.omitted
+            omitted = len(conversation) - len(pinned)
+            return pinned, tokens, conversation.version, omitted, served.source
+        window = read.value
+        return window.messages, window.token_count, window.version, window.omitted, read.source
 
     def _over_budget(
         self, needed: int, user_tokens: int, files: Sequence[ContextFile]
@@ -459,18 +464,3 @@ def _check_paths(paths: object) -> tuple[str | os.PathLike[str], ...]:
                 f"context_files holds {quote(path)}: each must be a non-empty str or Path"
             )
     return tuple(paths)
-
-
-def _tier_counts(memory: ConversationCache) -> tuple[int, int]:
-    # The counters themselves, not stats(): that also samples memory use, too slow per turn.
-    counters = memory._counters
-    return counters.misses, counters.l2_hits
-
-
-def _tier(before: tuple[int, int], after: tuple[int, int]) -> HistoryTier:
-    """The slowest tier whose counter moved (concurrent reads of the cache may move them too)."""
-    if after[0] > before[0]:
-        return "store"
-    if after[1] > before[1]:
-        return "l2"
-    return "l1"

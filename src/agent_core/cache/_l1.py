@@ -10,7 +10,7 @@ from typing import Final, NamedTuple
 
 from .._token_counts import Counts, concat
 from ..messages import Conversation, extend_conversation, stored_counts, trusted_message
-from ..tokens._window import cascade, derived_bytes
+from ..tokens import Derived
 from ._policy import EvictionPolicy
 from ._tinylfu import WTinyLFUPolicy
 
@@ -18,10 +18,10 @@ from ._tinylfu import WTinyLFUPolicy
 # its Message object (made once the snapshot's messages are read) and its slot in both
 # tuples, payloads and messages (checked by tests with tracemalloc).
 MESSAGE_OVERHEAD: Final = getsizeof(trusted_message(b"")) + getsizeof(b"") + 2 * 8
-# The Conversation, its tuples' and derived dict's headers, the entry tuple with its
-# weight and expiry, a slot in the tier's dict and one in the policy's, and the thread
-# id's string header (also checked).
-ENTRY_OVERHEAD: Final = 528
+# The Conversation, its tuples' headers, the entry tuple with its weight, expiry and
+# derived slot, a slot in the tier's dict and one in the policy's, and the thread id's
+# string header (also checked). What windows derive is weighed apart (`Derived.nbytes`).
+ENTRY_OVERHEAD: Final = 472
 #: The share of the budget that entries' own bytes may fill. Every append to a held
 #: thread replaces its tuples and arrays with slightly larger ones, and glibc's malloc
 #: and Python's small-object allocator keep much of what those leave free: at full
@@ -60,6 +60,9 @@ class _Entry(NamedTuple):
     #: Tick (`_freshness.Ticks`) by which the store had confirmed this version:
     #: every append acknowledged before it is in the snapshot.
     confirmed: int
+    #: What windows built on this snapshot (made at the first window), held and
+    #: weighed here: the snapshot itself is immutable.
+    derived: Derived | None = None
 
 
 class L1Tier:
@@ -122,7 +125,14 @@ class L1Tier:
         entry = self._entries.get(thread_id)
         return None if entry is None else entry.conversation.version
 
-    def put(self, conversation: Conversation, *, confirmed: int, weight: int | None = None) -> bool:
+    def put(
+        self,
+        conversation: Conversation,
+        *,
+        confirmed: int,
+        weight: int | None = None,
+        derived: Derived | None = None,
+    ) -> bool:
         """Keep ``conversation`` (confirmed at tick ``confirmed``) unless a newer version
         is held; True if kept."""
         thread_id = conversation.thread_id
@@ -132,7 +142,7 @@ class L1Tier:
         if weight is None:
             weight = weigh(conversation.payloads, stored_counts(conversation), thread_id)
         self._entries[thread_id] = _Entry(
-            conversation, weight, self._clock() + self._ttl, confirmed
+            conversation, weight, self._clock() + self._ttl, confirmed, derived
         )
         evicted = self._policy.put(thread_id, weight)
         if thread_id in evicted:
@@ -168,11 +178,27 @@ class L1Tier:
             return False
         joined = concat(stored_counts(old), len(old), counts, len(payloads))
         conversation = extend_conversation(old, version, payloads, joined)
-        cascade(old, conversation, payloads)
-        grown = derived_bytes(conversation) - derived_bytes(old)
-        grown += counts_bytes(joined) - counts_bytes(stored_counts(old))
+        grown = counts_bytes(joined) - counts_bytes(stored_counts(old))
         grown += sum(map(len, payloads)) + MESSAGE_OVERHEAD * len(payloads)
-        return self.put(conversation, confirmed=confirmed, weight=held.weight + grown)
+        derived = None
+        if held.derived is not None:
+            derived = held.derived.extended(conversation, payloads)
+            grown += _nbytes(derived) - held.derived.nbytes()
+        return self.put(
+            conversation, confirmed=confirmed, weight=held.weight + grown, derived=derived
+        )
+
+    def derived(self, conversation: Conversation) -> Derived:
+        """Where windows keep what they build on ``conversation``: beside it if it is
+        held (made at first use), else a new one that lives as long as the caller's use."""
+        held = self._entries.get(conversation.thread_id)
+        if held is None or held.conversation is not conversation:
+            return Derived()
+        derived = held.derived
+        if derived is None:
+            derived = Derived()
+            self._entries[conversation.thread_id] = held._replace(derived=derived)
+        return derived
 
     def reweigh(self, conversation: Conversation) -> None:
         """Count what windows built on a held snapshot since it was put."""
@@ -184,7 +210,8 @@ class L1Tier:
             self.put(
                 conversation,
                 confirmed=held.confirmed,
-                weight=weight + derived_bytes(conversation),
+                weight=weight + _nbytes(held.derived),
+                derived=held.derived,
             )
 
     def drop(self, thread_id: str, cause: str) -> bool:
@@ -220,6 +247,10 @@ class L1Tier:
         for key in keys:
             if self._entries.pop(key, None) is not None:  # type: ignore[call-overload]
                 self.evictions[cause] += 1
+
+
+def _nbytes(derived: Derived | None) -> int:
+    return 0 if derived is None else derived.nbytes()
 
 
 def _held(budget: int) -> int:

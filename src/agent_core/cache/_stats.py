@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..observe import MemorySnapshot
+
+if TYPE_CHECKING:
+    from ..observe import MemoryMonitor
+    from ._bus import InvalidationBus
+    from ._l1 import L1Tier
+    from ._redis_tier import RedisTier
 
 
 @dataclass(slots=True)
@@ -98,3 +105,43 @@ class CacheStats:
 
 def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
+
+
+def build_stats(
+    c: Counters,
+    l1: L1Tier,
+    tier: RedisTier | None,
+    bus: InvalidationBus | None,
+    memory: MemoryMonitor,
+    consistency: str,
+) -> CacheStats:
+    """A `CacheStats` snapshot of one cache's counters and tiers."""
+    l2 = tier.counters if tier is not None else None
+    return CacheStats(
+        l1_hits=c.l1_hits,
+        l2_hits=c.l2_hits,
+        misses=c.misses,
+        store_loads=c.store_loads,
+        appends=c.appends,
+        deletes=c.deletes,
+        evictions=dict(l1.evictions),
+        invalidations_received=c.invalidations_received,
+        invalidations_applied=c.invalidations_applied,
+        fills_dropped=c.fills_dropped,
+        external_changes=c.external_changes,
+        l2_fills_refused=l2.fills_refused if l2 else 0,
+        lease_waits=c.lease_waits,
+        redis_errors=l2.errors if l2 else 0,
+        redis_last_error=l2.last_error if l2 else "",
+        bus_subscriptions=bus.subscriptions if bus else 0,
+        bus_corrupt=bus.corrupt if bus else 0,
+        l2_corrupt=l2.corrupt if l2 else 0,
+        degraded=tier is not None and (tier.degraded or not (bus is not None and bus.subscribed)),
+        l1_bytes=l1.used_bytes,
+        l1_max_bytes=l1.max_bytes,
+        l1_entries=len(l1),
+        memory=memory.snapshot(),
+        consistency=consistency,
+        late_counts=c.late_counts,
+        version_checks=c.version_checks,
+    )

@@ -17,7 +17,6 @@ from pydantic import BaseModel, Field, StrictInt, WithJsonSchema
 
 from .._validation import ID_PATTERN, MAX_COUNT, MAX_IDEMPOTENCY_KEY_LENGTH, MAX_THREAD_ID_LENGTH
 from ..agent import AgentReply, BaseAgent
-from ..agent._agent import _tier, _tier_counts
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
 from ..observe import LoopLagMonitor
@@ -259,19 +258,20 @@ async def get_thread(
     cache = core.cache
     if model is not None and max_tokens is None:
         raise InvalidArgument("model only applies to a window: give max_tokens too")
-    before = _tier_counts(cache)
     started = time.perf_counter()
     if max_tokens is None:
-        conversation = await cache.get(thread_id)
+        read = await cache.read(thread_id)
+        conversation, source = read.value, read.source
         version, payloads, tail = conversation.version, conversation.payloads, b""
     else:
-        window = await cache.window(
+        served = await cache.read_window(
             thread_id, max_tokens=max_tokens, model=model or core.token_model
         )
+        window, source = served.value, served.source
         version = window.version
         payloads = tuple(message.raw for message in window.messages)
         tail = b',"token_count":%d,"omitted":%d' % (window.token_count, window.omitted)
-    core.record_get(_tier(before, _tier_counts(cache)), time.perf_counter() - started)
+    core.record_get(source, time.perf_counter() - started)
     # The cached bytes are spliced in as they are: no decoding, no re-encoding.
     body = b"".join(
         (

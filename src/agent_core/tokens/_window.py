@@ -6,9 +6,10 @@ begins at the call instead. Its cost is the billed prompt size: reply priming, t
 tool definitions, and each message's stored count (texts plus chat overhead).
 
 Each snapshot builds, once and per count key, the prefix sums of its unpinned counts
-(``index``) and, once, where windows may start (``shape``); a window is then a binary
-search. When the cache extends a snapshot with an append, both are extended rather
-than rebuilt, so windows stay O(log n) on a growing thread.
+(``index``) and, once, where windows may start (``shape``), into a `Derived` that the
+cache keeps beside the snapshot; a window is then a binary search. When the cache
+extends a snapshot with an append, both are extended rather than rebuilt, so windows
+stay O(log n) on a growing thread.
 """
 
 from __future__ import annotations
@@ -37,17 +38,16 @@ from ..messages import (
 from ._counter import TokenCounter
 
 __all__ = [
+    "Derived",
     "Window",
-    "cascade",
     "complete_counts",
     "conversation_tokens",
-    "derived_bytes",
     "select_window",
     "token_index",
+    "token_total",
 ]
 
 _PINNED_ROLES: Final = frozenset({"system", "developer"})
-_SHAPE: Final = "shape"
 # Above these sizes, counting messages and reading a snapshot's shape (about 1 µs a
 # message, and a few ms a MB, more where many messages must be decoded) move to a worker
 # thread, so the event loop is not held for long.
@@ -206,41 +206,101 @@ class TokenIndex:
 
 _NO_INDEX: Final = TokenIndex(array("i"), array("q", [0]), 0)
 _INDEX_BYTES: Final = getsizeof(_NO_INDEX)
-_EMPTY_DICT_BYTES: Final = getsizeof({})
 
 
-def _shape(conversation: Conversation) -> _Shape:
-    shape: _Shape | None = conversation._derived.get(_SHAPE)
+class Derived:
+    """What windows build once for one snapshot: its shape and, per count key, its index.
+
+    Mutable, so it is not part of the (immutable) `Conversation`: the cache holds it
+    beside the snapshot in L1, weighs it there and extends it with each append.
+    """
+
+    __slots__ = ("indexes", "shape")
+
+    def __init__(
+        self, shape: _Shape | None = None, indexes: dict[str, TokenIndex] | None = None
+    ) -> None:
+        self.shape = shape
+        self.indexes: dict[str, TokenIndex] = {} if indexes is None else indexes
+
+    def extended(self, extended: Conversation, added: Sequence[bytes]) -> Derived | None:
+        """For ``extended`` (this snapshot plus ``added``): what was built, extended, not
+        rebuilt; None if nothing was built."""
+        if self.shape is None:
+            return None
+        shape = self.shape.extended(added)
+        start = len(extended) - len(added)
+        indexes = {}
+        for key, index in self.indexes.items():
+            column = stored_counts(extended).get(key)
+            if column is not None and UNKNOWN not in (tail := column[start:]):
+                indexes[key] = index.extended(tail, shape)
+        return Derived(shape, indexes)
+
+    def nbytes(self) -> int:
+        """Memory it holds: every object, its header and spare capacity included (about
+        700 bytes for a shape and one index on top of the arrays' items)."""
+        total = _DERIVED_BYTES + getsizeof(self.indexes)
+        shape = self.shape
+        if shape is not None:
+            total += (
+                _SHAPE_BYTES
+                + getsizeof(shape.pinned)
+                + getsizeof(shape.blocked)
+                + getsizeof(shape.open_calls)
+                + _OPEN_CALL_BYTES * len(shape.open_calls)
+            )
+        for index in self.indexes.values():
+            total += _INDEX_BYTES + getsizeof(index.counts) + getsizeof(index.free)
+        return total
+
+
+_DERIVED_BYTES: Final = getsizeof(Derived())
+
+
+def _shape(conversation: Conversation, derived: Derived) -> _Shape:
+    shape = derived.shape
     if shape is None:
-        shape = conversation._derived[_SHAPE] = _NO_SHAPE.extended(conversation.payloads)
+        shape = derived.shape = _NO_SHAPE.extended(conversation.payloads)
     return shape
 
 
-def token_index(conversation: Conversation, counter: TokenCounter) -> TokenIndex:
+def token_total(conversation: Conversation, counter: TokenCounter) -> int:
+    """Tokens of all the snapshot's messages for ``counter`` (without reply priming),
+    counting inline what has no stored count."""
+    counts, _ = _count_missing(conversation.payloads, _stored(conversation, counter), counter)
+    return sum(counts)
+
+
+def token_index(
+    conversation: Conversation, counter: TokenCounter, derived: Derived | None = None
+) -> TokenIndex:
     """The snapshot's index for ``counter``, counting (inline) what has no stored count."""
-    index: TokenIndex | None = conversation._derived.get(counter.key)
+    derived = Derived() if derived is None else derived
+    index = derived.indexes.get(counter.key)
     if index is None:
         counts, _ = _count_missing(conversation.payloads, _stored(conversation, counter), counter)
-        index = _index(conversation, counter, counts)
+        index = _index(conversation, derived, counter, counts)
     return index
 
 
 async def complete_counts(
-    conversation: Conversation, counter: TokenCounter
+    conversation: Conversation, counter: TokenCounter, derived: Derived | None = None
 ) -> tuple[TokenIndex, bool, list[int]]:
-    """The snapshot's index for ``counter``, whether it was built now, and the positions
-    that had no stored count and were counted.
+    """The snapshot's index for ``counter`` (kept in ``derived``), whether it was built
+    now, and the positions that had no stored count and were counted.
 
     Large snapshots are read, and large amounts of text counted, in a worker thread.
     """
-    index: TokenIndex | None = conversation._derived.get(counter.key)
+    derived = Derived() if derived is None else derived
+    index = derived.indexes.get(counter.key)
     if index is not None:
         return index, False, []
     payloads = conversation.payloads
-    if _SHAPE not in conversation._derived and (
+    if derived.shape is None and (
         len(payloads) > _INLINE_SHAPE_MESSAGES or sum(map(len, payloads)) > _INLINE_SHAPE_BYTES
     ):
-        await asyncio.to_thread(_shape, conversation)
+        await asyncio.to_thread(_shape, conversation, derived)
     stored = _stored(conversation, counter)
     missing = sum(len(conversation.payloads[i]) for i, c in enumerate(stored) if c == UNKNOWN)
     if missing > _INLINE_COUNT_BYTES:
@@ -249,7 +309,7 @@ async def complete_counts(
         )
     else:
         counts, counted = _count_missing(conversation.payloads, stored, counter)
-    return _index(conversation, counter, counts), True, counted
+    return _index(conversation, derived, counter, counts), True, counted
 
 
 def _stored(conversation: Conversation, counter: TokenCounter) -> array[int]:
@@ -268,61 +328,25 @@ def _count_missing(
     return counts, counted
 
 
-def _index(conversation: Conversation, counter: TokenCounter, counts: array[int]) -> TokenIndex:
-    index = _NO_INDEX.extended(counts, _shape(conversation))
-    conversation._derived[counter.key] = index
+def _index(
+    conversation: Conversation, derived: Derived, counter: TokenCounter, counts: array[int]
+) -> TokenIndex:
+    index = derived.indexes[counter.key] = _NO_INDEX.extended(counts, _shape(conversation, derived))
     return index
-
-
-def cascade(held: Conversation, extended: Conversation, added: Sequence[bytes]) -> None:
-    """Give ``extended`` (``held`` plus ``added``) what ``held`` built, extended, not rebuilt."""
-    shape: _Shape | None = held._derived.get(_SHAPE)
-    if shape is None:
-        return
-    new_shape = extended._derived[_SHAPE] = shape.extended(added)
-    start = len(held)
-    for key, index in held._derived.items():
-        column = stored_counts(extended).get(key)
-        if key == _SHAPE or column is None:
-            continue
-        tail = column[start:]
-        if UNKNOWN not in tail:
-            extended._derived[key] = index.extended(tail, new_shape)
 
 
 def conversation_tokens(conversation: Conversation, model: str) -> int:
     """`Conversation.token_count`: reply priming plus every message's count."""
     counter = TokenCounter.for_model(model)
-    return counter.reply_priming + token_index(conversation, counter).total
+    return counter.reply_priming + token_total(conversation, counter)
 
 
 provide_token_count(conversation_tokens)
 
 
-def derived_bytes(conversation: Conversation) -> int:
-    """Memory that windows built on this snapshot hold: every object, its header and
-    spare capacity included (about 700 bytes for a shape and one index on top of the
-    arrays' items, as much as a small entry itself)."""
-    derived = conversation._derived
-    if not derived:
-        return 0
-    total = getsizeof(derived) - _EMPTY_DICT_BYTES
-    for item in derived.values():
-        if isinstance(item, _Shape):
-            total += (
-                _SHAPE_BYTES
-                + getsizeof(item.pinned)
-                + getsizeof(item.blocked)
-                + getsizeof(item.open_calls)
-                + _OPEN_CALL_BYTES * len(item.open_calls)
-            )
-        else:
-            total += _INDEX_BYTES + getsizeof(item.counts) + getsizeof(item.free)
-    return total
-
-
 def select_window(
     conversation: Conversation,
+    derived: Derived,
     index: TokenIndex,
     counter: TokenCounter,
     max_tokens: int,
@@ -334,7 +358,7 @@ def select_window(
     call, if it is a result) fits beside the pinned ones.
     """
     size = len(conversation)
-    shape = _shape(conversation)
+    shape = _shape(conversation, derived)
     fixed = counter.reply_priming + tools_tokens + index.pinned_total
     if fixed > max_tokens:
         raise TokenBudgetExceeded(

@@ -1,0 +1,115 @@
+"""`Writes`: appends, deletes and invalidations, store first, then both tiers.
+
+The store is the source of truth: a batch goes to the tiers only once the store
+applied it. L1 is extended in place if it holds exactly the batch's base version
+(else dropped), L2 likewise by one Lua script that also announces the new version;
+a brand-new thread is put whole into both tiers so its first read is a hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from .._token_counts import to_stored
+from ..messages import Conversation, Message, conversation_from_payloads, messages_from_raw
+from ..tokens import TokenCounter
+from ._bus import EVERYTHING
+from ._parts import CacheParts
+
+__all__ = ["Writes"]
+
+# Below this much batch, append counts tokens on the loop: a thread hop costs more.
+_INLINE_COUNT_BYTES: Final = 64 << 10
+
+
+class Writes:
+    """The write path of one cache instance (inputs already validated)."""
+
+    def __init__(self, parts: CacheParts, append_counters: Sequence[TokenCounter]) -> None:
+        self._store = parts.store
+        self._namespace = parts.namespace
+        self._l1 = parts.l1
+        self._l2 = parts.l2
+        self._fences = parts.fences
+        self._counters = parts.counters
+        self._ticks = parts.ticks
+        self._append_counters = append_counters
+
+    async def append(
+        self,
+        thread_id: str,
+        messages: Sequence[Mapping[str, Any] | Message],
+        payloads: list[bytes],
+        expected_version: int | None,
+        idempotency_key: str | None,
+    ) -> int:
+        counts = await self._count(messages, payloads)
+        # Every append acknowledged before this tick is committed before ours.
+        sent = self._ticks()
+        result = await self._store.append(
+            self._namespace,
+            thread_id,
+            payloads,
+            tokens=to_stored(counts, len(payloads)),
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
+        self._counters.appends += 1
+        if not result.applied:
+            return result.version
+        version = result.version
+        base = version - len(payloads)
+        added = tuple(payloads)
+        self._fences.raise_floor(thread_id, version)
+        if base == 0:
+            # A brand-new thread: the batch is the whole conversation.
+            self._l1.put(
+                conversation_from_payloads(thread_id, version, added, counts), confirmed=sent
+            )
+        else:
+            self._l1.extend(thread_id, base, added, counts, version, confirmed=sent)
+        if self._l2 is not None:
+            if base == 0:
+                await self._l2.fill(thread_id, version, payloads, counts, written=True)
+            else:
+                await self._l2.append(thread_id, base, version, payloads, counts)
+        return version
+
+    async def _count(
+        self, messages: Sequence[Mapping[str, Any] | Message], payloads: list[bytes]
+    ) -> dict[str, array[int]]:
+        """Each message's tokens under every key counted at append."""
+        if not self._append_counters:
+            return {}
+        if sum(map(len, payloads)) <= _INLINE_COUNT_BYTES:
+            return _count_each(self._append_counters, messages)
+        # Counted from the encoded bytes: the caller may change its dicts meanwhile.
+        wrapped = messages_from_raw(payloads)
+        return await asyncio.to_thread(_count_each, self._append_counters, wrapped)
+
+    async def delete(self, thread_id: str) -> int:
+        sent = self._ticks()
+        version = await self._store.delete(self._namespace, thread_id)
+        self._counters.deletes += 1
+        self._fences.raise_floor(thread_id, version)
+        # An empty snapshot at the delete's version is the tombstone: a racing
+        # fill of older history is refused by both tiers.
+        self._l1.put(Conversation(thread_id, version, ()), confirmed=sent)
+        if self._l2 is not None:
+            await self._l2.fill(thread_id, version, (), {}, written=True)
+        return version
+
+    async def invalidate(self, thread_id: str) -> None:
+        self._fences.raise_floor(thread_id, EVERYTHING)
+        self._l1.drop(thread_id, "invalidation")
+        if self._l2 is not None:
+            await self._l2.fence(thread_id, None, announce=EVERYTHING)
+
+
+def _count_each(
+    counters: Sequence[TokenCounter], messages: Sequence[Mapping[str, Any] | Message]
+) -> dict[str, array[int]]:
+    return {counter.key: array("i", map(counter.count_message, messages)) for counter in counters}
