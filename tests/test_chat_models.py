@@ -431,6 +431,7 @@ async def test_dropped_connection_is_retried(server: ChatServer, model: OpenAICh
     assert len(server.requests) == 2
 
 
+@pytest.mark.integration
 async def test_unreachable_server() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     async with OpenAIChatModel("m", base_url=url, max_retries=1, backoff=0.01) as model:
@@ -706,6 +707,7 @@ def test_models_are_chat_models(server: ChatServer) -> None:
         EchoModel(token_model="")
 
 
+@pytest.mark.integration
 def test_echo_opens_no_socket() -> None:
     script = textwrap.dedent(
         """

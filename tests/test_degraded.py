@@ -7,6 +7,8 @@ import random
 import time
 from typing import Any
 
+import pytest
+
 from agent_core import ConversationCache
 
 from ._poll import eventually
@@ -137,6 +139,7 @@ async def test_stale_l1_is_cleared_when_redis_comes_back(
         assert (await a.get("t")).to_list() == [user("a"), user("b")]
 
 
+@pytest.mark.integration
 async def test_no_redis_at_all_is_degraded_not_an_error(store_url: str, namespace: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     async with ConversationCache.from_urls(

@@ -518,6 +518,7 @@ def test_fuzz_the_parser_of_compressed_values(signer: Signer | None, data: st.Da
 # -- defect 9: an unreachable Redis is logged at open, and its recovery ------------------
 
 
+@pytest.mark.integration
 async def test_an_unreachable_redis_is_logged_without_its_password(
     sqlite_url: str, tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -540,6 +541,7 @@ async def test_an_unreachable_redis_is_logged_without_its_password(
     assert "wrong-s3cret" not in caplog.text
 
 
+@pytest.mark.integration
 async def test_a_wrong_password_is_logged_without_it(
     sqlite_url: str, tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -561,6 +563,7 @@ async def test_a_wrong_password_is_logged_without_it(
         server.kill()
 
 
+@pytest.mark.integration
 async def test_an_untrusted_tls_certificate_is_logged(
     sqlite_url: str, tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:

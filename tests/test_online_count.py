@@ -500,6 +500,7 @@ async def test_a_slow_answer_times_out(server: AnthropicServer) -> None:
     assert len(server.requests) == 1
 
 
+@pytest.mark.integration
 async def test_a_closed_port_is_a_connection_error() -> None:
     with pytest.raises(ProviderError, match=r"could not reach .*ConnectError") as caught:
         await TokenCounter.for_model(MODEL).count_messages_online(
@@ -625,6 +626,7 @@ async def test_other_models_are_counted_offline(
     assert server.requests == []
 
 
+@pytest.mark.integration
 def test_offline_use_does_not_load_the_http_client() -> None:
     script = textwrap.dedent(
         """

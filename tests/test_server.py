@@ -451,6 +451,7 @@ async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -
         assert (await http.get("/v1/dashboard")).json()["redis"] == "ok"
 
 
+@pytest.mark.integration
 async def test_store_unreachable(namespace: str) -> None:
     app = create_app(
         Settings(store_url="postgresql://nobody@127.0.0.1:1/none", namespace=namespace)
