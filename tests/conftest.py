@@ -25,10 +25,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from agent_core import ConversationCache, ThreadStore, store_from_url
 
 from ._redis_server import RedisServer
+
+# No per-example deadline and no "too slow" health check: a loaded machine can take
+# seconds over one example (test_messages once exceeded the default 200 ms at load ~9);
+# the properties are about results, and timing goals belong to benchmarks/.
+settings.register_profile("agent-core", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("agent-core")
 
 # -- unit / integration ---------------------------------------------------------------
 
