@@ -35,12 +35,14 @@ class Recorded:
 
 @dataclass(frozen=True)
 class Reply:
-    """A whole response; ``body`` is sent as JSON unless it is bytes."""
+    """A whole response; ``body`` is sent as JSON unless it is bytes, after ``delay``
+    seconds and, if ``until`` is given, once the test sets it."""
 
     status: int = 200
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    until: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ class ChatServer:
         """Sleep; False if the server is stopping."""
         return not self._stopping.wait(seconds) if seconds > 0 else True
 
+    def _hold(self, until: threading.Event | None) -> bool:
+        """Wait for ``until``; False if the server stops first."""
+        while until is not None and not until.wait(0.02):
+            if self._stopping.is_set():
+                return False
+        return True
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -157,7 +166,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif isinstance(action, Stream):
                 self._stream(action)
-            elif server._wait(action.delay):
+            elif server._wait(action.delay) and server._hold(action.until):
                 self._json(action.status, action.body, action.headers)
 
         def _record(self) -> Recorded:

@@ -2,12 +2,19 @@
 
 PostgreSQL comes from AGENT_CORE_TEST_POSTGRES_URL (default: the local server). If it
 cannot be reached the run fails loudly; nothing is skipped.
+
+Every test is marked ``unit`` or ``integration`` here (see `pytest_collection_modifyitems`):
+``pytest -m unit`` is the fast set, which needs no Redis, PostgreSQL, subprocess or
+network server, and a unit test that reaches for one fails at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing.process
 import os
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,10 +25,95 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, settings
 
 from agent_core import ConversationCache, ThreadStore, store_from_url
 
 from ._redis_server import RedisServer
+
+# No per-example deadline and no "too slow" health check: a loaded machine can take
+# seconds over one example (test_messages once exceeded the default 200 ms at load ~9);
+# the properties are about results, and timing goals belong to benchmarks/.
+settings.register_profile("agent-core", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("agent-core")
+
+# -- unit / integration ---------------------------------------------------------------
+
+#: Fixtures that reach a service outside this process (PostgreSQL, a redis-server) or
+#: listen on the network: ``server`` is what the modules name their local HTTP server
+#: (ChatServer, AnthropicServer, ``agent-core serve``).
+SERVICE_FIXTURES = frozenset(
+    {
+        "postgres_database_factory",
+        "postgres_url",
+        "fresh_postgres_url",
+        "redis_url",
+        "redis_server",
+        "server",
+    }
+)
+#: Fixtures parametrized over STORES: only their PostgreSQL instances need a service.
+STORE_FIXTURES = frozenset({"store_url", "empty_store_url"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test ``integration`` if it uses a service fixture, else ``unit``.
+
+    A test that starts a service itself (a redis-server, a subprocess, a local HTTP
+    server) is marked ``integration`` in its module; an explicit mark wins.
+    """
+    for item in items:
+        if item.get_closest_marker("unit") or item.get_closest_marker("integration"):
+            continue
+        item.add_marker(pytest.mark.integration if _uses_a_service(item) else pytest.mark.unit)
+
+
+def _uses_a_service(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SERVICE_FIXTURES:
+        return True
+    callspec = getattr(item, "callspec", None)
+    params: dict[str, object] = callspec.params if callspec is not None else {}
+    return any(params.get(name) == "postgres" for name in names & STORE_FIXTURES)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_process(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``unit`` test may not open a network connection or server, or start a process:
+    it fails saying so, instead of passing here and failing where the services are down."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(what: str) -> AssertionError:
+        return AssertionError(
+            f"{request.node.nodeid} is a unit test but {what}; "
+            "mark it integration (pytest.mark.integration)"
+        )
+
+    network = (socket.AF_INET, socket.AF_INET6)
+    connect, connect_ex, bind = socket.socket.connect, socket.socket.connect_ex, socket.socket.bind
+
+    def guarded(real: Any, what: str) -> Any:
+        def call(self: socket.socket, address: Any) -> Any:
+            if self.family in network:
+                raise refuse(f"{what} {address!r}")
+            return real(self, address)
+
+        return call
+
+    def no_process(*args: Any, **kwargs: Any) -> None:
+        raise refuse("starts a process")
+
+    monkeypatch.setattr(socket.socket, "connect", guarded(connect, "connects to"))
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded(connect_ex, "connects to"))
+    monkeypatch.setattr(socket.socket, "bind", guarded(bind, "listens on"))
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", no_process)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_process)
+
+
+# -- services ------------------------------------------------------------------------
 
 POSTGRES_URL = os.environ.get(
     "AGENT_CORE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from agent_core import (
 )
 
 from ._chat_server import ChatServer, Reply, Stream, chunk, completion_body, usage_chunk
+from ._poll import eventually
 
 KEY = "sk-test-local-0123456789"
 COUNTER = TokenCounter.for_model("gpt-4o-mini")
@@ -283,8 +285,9 @@ async def test_stateless_turns_read_and_write_nothing(
 async def test_two_agents_on_one_thread_keep_both_turns(
     server: ChatServer, model: OpenAIChatModel, store_url: str, namespace: str
 ) -> None:
-    # A's reply is slow; B's whole turn lands meanwhile, so A's compare-and-append fails.
-    server.script(Reply(body=completion_body("slow A"), delay=0.4), answer("fast B"))
+    # A's reply waits until B's whole turn has landed, so A's compare-and-append fails.
+    b_done = threading.Event()
+    server.script(Reply(body=completion_body("slow A"), until=b_done), answer("fast B"))
     async with (
         ConversationCache.from_urls(
             store=store_url, namespace=namespace, consistency="strong"
@@ -294,9 +297,9 @@ async def test_two_agents_on_one_thread_keep_both_turns(
         ) as cache_b,
     ):
         turn_a = asyncio.create_task(BaseAgent(model, cache_a).run(THREAD, "question A"))
-        while not server.requests:
-            await asyncio.sleep(0.005)
+        await eventually(lambda: server.requests)
         reply_b = await BaseAgent(model, cache_b).run(THREAD, "question B")
+        b_done.set()
         reply_a = await turn_a
         # Each instance reads all four messages, the conflicted one included.
         assert (await cache_a.get(THREAD)).version == (await cache_b.get(THREAD)).version == 4
@@ -340,13 +343,14 @@ async def test_a_malformed_reply_raises_and_stores_nothing(
 async def test_a_reply_that_cannot_be_stored_is_handed_back(
     server: ChatServer, model: OpenAIChatModel, sqlite_url: str, namespace: str
 ) -> None:
-    server.script(Reply(body=completion_body("kept"), delay=0.2))
+    closed = threading.Event()  # the reply comes once the cache is closed
+    server.script(Reply(body=completion_body("kept"), until=closed))
     cache = ConversationCache.from_urls(store=sqlite_url, namespace=namespace)
     await cache.open()
     turn = asyncio.create_task(BaseAgent(model, cache).run(THREAD, "hi"))
-    while not server.requests:
-        await asyncio.sleep(0.005)
+    await eventually(lambda: server.requests)
     await cache.close()
+    closed.set()
     with pytest.raises(TurnNotSaved, match="could not be stored") as caught:
         await turn
     error = caught.value

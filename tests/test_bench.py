@@ -100,6 +100,7 @@ async def assert_cleaned_up(run: BenchRun) -> None:
         assert left == []
 
 
+@pytest.mark.integration
 def test_report_hides_passwords() -> None:
     run = BenchRun(
         BenchConfig(store="postgresql://ana:s3cret@db/x", redis="redis://:hush@r:6379/0"),
@@ -136,6 +137,7 @@ async def test_run_bench_checks_its_config() -> None:
         await run_bench({"threads": 1})  # type: ignore[arg-type]
 
 
+@pytest.mark.integration
 def test_cli_prints_the_table_and_writes_json_and_plots(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     plots = tmp_path / "plots"
@@ -172,6 +174,7 @@ def test_cli_bad_input_is_one_red_line_before_any_run(args: list[str], needle: s
     assert "turns on" not in result.output  # no run, no table
 
 
+@pytest.mark.integration
 def test_main_job_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
     """The README's first command: ``agent-core bench --quick`` (SQLite, no Redis)."""
     env = {k: v for k, v in os.environ.items() if v is not None and k not in CLEAN_ENV}

@@ -21,6 +21,9 @@ import asyncpg
 import pytest
 import redis
 
+# Runs benchmarks in subprocesses, over PostgreSQL and Redis.
+pytestmark = pytest.mark.integration
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 ADMIN_URL = os.environ.get(
     "AGENT_CORE_BENCH_POSTGRES_URL",

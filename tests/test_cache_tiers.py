@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,19 +11,13 @@ import redis.asyncio as redis
 
 from agent_core import CacheClosed, ConfigurationError, ConversationCache, InvalidThreadId
 
+from ._poll import eventually
 from ._probe import Holds
 from .conftest import CacheFactory, l2_key, read_until_fresh
 
 
 def user(text: str) -> dict[str, Any]:
     return {"role": "user", "content": text}
-
-
-async def eventually(check: Callable[[], Any]) -> None:
-    """Wait (at most 2 s) until ``await check()`` is true."""
-    async with asyncio.timeout(2.0):
-        while not await check():
-            await asyncio.sleep(0.005)
 
 
 async def test_cold_starts_hit_l2(make_cache: CacheFactory) -> None:
@@ -209,8 +202,10 @@ async def test_fill_racing_an_append_leaves_no_stale_entry(make_cache: CacheFact
         reached, release = probe.hold("loaded")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()  # the reader has version 1 from the store, not yet cached
+        heard = reader.stats().invalidations_received
         await writer.append("t", [user("b")])
-        await asyncio.sleep(0.05)  # the invalidation reaches the reader meanwhile
+        # the invalidation reaches the reader meanwhile
+        await eventually(lambda: reader.stats().invalidations_received > heard)
         release.set()
         assert (await load).version == 1  # it started before the append returned
         stats = reader.stats()
@@ -230,8 +225,9 @@ async def test_fill_racing_a_delete_cannot_resurrect(make_cache: CacheFactory) -
         reached, release = probe.hold("loaded")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()
+        heard = reader.stats().invalidations_received
         await writer.delete("t")
-        await asyncio.sleep(0.05)
+        await eventually(lambda: reader.stats().invalidations_received > heard)
         release.set()
         await load
         probe.clear()
@@ -249,8 +245,9 @@ async def test_invalidation_before_the_l1_fill_drops_the_fill(make_cache: CacheF
         reached, release = probe.hold("l1_fill")
         load = asyncio.create_task(reader.get("t"))
         await reached.wait()  # loaded and filled L2 at version 1; L1 not yet
+        heard = reader.stats().invalidations_received
         await writer.append("t", [user("b")])
-        await asyncio.sleep(0.05)
+        await eventually(lambda: reader.stats().invalidations_received > heard)
         release.set()
         await load
         assert reader.stats().fills_dropped == 1

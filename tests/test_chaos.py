@@ -19,6 +19,9 @@ import pytest
 
 from .test_benchmarks_smoke import BENCHMARKS, database_exists, run_benchmark
 
+# The harness runs in a subprocess (a module-scoped fixture) over PostgreSQL and redis-servers.
+pytestmark = pytest.mark.integration
+
 Figures = dict[str, Any]
 
 

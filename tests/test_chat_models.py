@@ -6,6 +6,7 @@ agent-core or httpx is mocked, and no test reaches a real provider.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import itertools
 import subprocess
@@ -407,10 +408,9 @@ async def test_other_error_shapes(server: ChatServer, model: OpenAIChatModel) ->
 async def test_timeout_raises(server: ChatServer) -> None:
     server.script(Reply(body=completion_body("late"), delay=5.0))
     async with make_model(server, timeout=0.3, max_retries=0) as model:
-        started = time.monotonic()
+        # A reply after the delay would raise nothing: the error itself shows the cut.
         with pytest.raises(ModelError, match=r"within 0\.3 s") as info:
             await model.complete(MESSAGES)
-    assert time.monotonic() - started < 2.0
     assert (info.value.status, info.value.error_type, info.value.retryable) == (
         None,
         "timeout",
@@ -431,6 +431,7 @@ async def test_dropped_connection_is_retried(server: ChatServer, model: OpenAICh
     assert len(server.requests) == 2
 
 
+@pytest.mark.integration
 async def test_unreachable_server() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     async with OpenAIChatModel("m", base_url=url, max_retries=1, backoff=0.01) as model:
@@ -617,15 +618,14 @@ async def test_leaving_a_stream_early_releases_it(
     server: ChatServer, model: OpenAIChatModel
 ) -> None:
     server.script(
-        Stream([chunk({"content": "a"}), chunk({"content": "b"})], gap=5.0),
+        Stream([chunk({"content": "a"}), chunk({"content": "b"})], gap=3600.0),
         Reply(body=completion_body("next")),
     )
-    started = time.monotonic()
-    async with model.stream(MESSAGES) as events:
+    # Not released, the stream would wait out the hour-long gap: a generous deadline.
+    async with asyncio.timeout(60), model.stream(MESSAGES) as events:
         async for event in events:
             assert event == "a"
             break
-    assert time.monotonic() - started < 2.0
     assert (await model.complete(MESSAGES)).text == "next"
 
 
@@ -707,6 +707,7 @@ def test_models_are_chat_models(server: ChatServer) -> None:
         EchoModel(token_model="")
 
 
+@pytest.mark.integration
 def test_echo_opens_no_socket() -> None:
     script = textwrap.dedent(
         """

@@ -144,6 +144,7 @@ def test_a_store_that_does_not_open_is_one_red_line(command: list[str], store: s
 # -- stats and serve --------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_stats_of_an_unreachable_server_is_a_clean_error() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     result = invoke(["stats", "--url", url, "--timeout", "2"])

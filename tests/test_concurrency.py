@@ -34,6 +34,9 @@ from agent_core import (
 )
 from agent_core.store import AppendResult, ThreadRecords
 
+# OS processes sharing one store.
+pytestmark = pytest.mark.integration
+
 PROCESSES: Final = 4
 APPENDS_PER_PROCESS: Final = 500
 CAS_APPENDS_PER_PROCESS: Final = 50

@@ -7,8 +7,11 @@ import random
 import time
 from typing import Any
 
+import pytest
+
 from agent_core import ConversationCache
 
+from ._poll import eventually
 from ._redis_server import RedisServer, free_port
 from .conftest import read_until_fresh
 
@@ -48,17 +51,13 @@ async def mixed_load(
 
 
 async def recovered(*caches: ConversationCache) -> None:
-    """Wait (at most 5 s) until every cache is back on Redis."""
-    async with asyncio.timeout(5.0):
-        while any(cache.stats().degraded for cache in caches):
-            await asyncio.sleep(0.02)
+    """Wait until every cache is back on Redis."""
+    await eventually(lambda: not any(cache.stats().degraded for cache in caches), within=30)
 
 
 async def degraded(*caches: ConversationCache) -> None:
-    """Wait (at most 5 s) until every cache has noticed that Redis is gone."""
-    async with asyncio.timeout(5.0):
-        while not all(cache.stats().degraded for cache in caches):
-            await asyncio.sleep(0.005)
+    """Wait until every cache has noticed that Redis is gone."""
+    await eventually(lambda: all(cache.stats().degraded for cache in caches), within=30)
 
 
 async def test_kill_restart_and_pause(
@@ -79,15 +78,13 @@ async def test_kill_restart_and_pause(
         ]
         await asyncio.sleep(1.0)
         redis_server.kill()
-        await asyncio.sleep(0.5)
-        assert a.stats().degraded
-        assert b.stats().degraded
-        await asyncio.sleep(0.5)
+        await degraded(a, b)
+        await asyncio.sleep(0.5)  # the load goes on without Redis
         redis_server.start()
         await recovered(a, b)
         redis_server.pause()
-        await asyncio.sleep(2.0)
-        assert a.stats().degraded
+        await degraded(a)
+        await asyncio.sleep(4.0)  # a call without a deadline would wait all this out
         redis_server.resume()
         await recovered(a, b)
         await asyncio.sleep(0.5)
@@ -99,9 +96,10 @@ async def test_kill_restart_and_pause(
         assert a.stats().redis_errors > 0
         assert a.stats().evictions.get("reconnect", 0) > 0
         latencies = [latency for _, lat in results for latency in lat]
-        # No call waited out the 2 s pause: each Redis call has a short deadline. The
-        # longest possible wait is a load lease whose holder lost Redis (lease_ttl, 1 s).
-        assert max(latencies)[0] < 1.5, sorted(latencies)[-3:]
+        # No call waited out the pause (over 4 s): each Redis call has a short deadline.
+        # The longest wait meant is a load lease whose holder lost Redis (lease_ttl, 1 s);
+        # the bound leaves a loaded machine room above that.
+        assert max(latencies)[0] < 3.0, sorted(latencies)[-3:]
 
         # Nothing lost or duplicated, and both instances now serve the store's truth.
         expected: dict[str, list[str]] = {}
@@ -141,6 +139,7 @@ async def test_stale_l1_is_cleared_when_redis_comes_back(
         assert (await a.get("t")).to_list() == [user("a"), user("b")]
 
 
+@pytest.mark.integration
 async def test_no_redis_at_all_is_degraded_not_an_error(store_url: str, namespace: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
     async with ConversationCache.from_urls(

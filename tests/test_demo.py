@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Runs the demo in a subprocess.
+pytestmark = pytest.mark.integration
+
 _RUN_DEMO = "import sys; from agent_core._demo import main; sys.exit(main())"
 
 

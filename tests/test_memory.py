@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import itertools
 import random
@@ -14,6 +13,8 @@ import orjson
 
 from agent_core import ConversationCache, Message
 from agent_core.observe import process_rss
+
+from ._poll import eventually
 
 MIB = 1 << 20
 
@@ -65,11 +66,15 @@ async def test_low_memory_limit_shrinks_the_budget_step_by_step(sqlite_url: str)
         memory_check_interval=0.01,
     ) as cache:
         budgets = [cache.stats().l1_max_bytes]
-        while len(budgets) < 6:
-            await asyncio.sleep(0.01)
+
+        def shrunk_five_times() -> bool:
             budget = cache.stats().l1_max_bytes
             if budget != budgets[-1]:
                 budgets.append(budget)
+            return len(budgets) >= 6
+
+        # Polled more often than the monitor checks, so that no step is missed.
+        await eventually(shrunk_five_times, within=60, interval=0.001, show=lambda: budgets)
         memory = cache.stats().memory
         assert memory is not None
         assert memory.pressure

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -494,15 +493,14 @@ async def test_a_200_without_a_count(server: AnthropicServer, answer: bytes) -> 
 
 
 async def test_a_slow_answer_times_out(server: AnthropicServer) -> None:
-    server.stall = threading.Event()
-    started = time.monotonic()
+    server.stall = threading.Event()  # never set: only the timeout can end the call
     with pytest.raises(ProviderError, match=r"no answer from .* within 0.3 s") as caught:
         await _count(server, [{"role": "user", "content": "hi"}], timeout=0.3)
-    assert time.monotonic() - started < 3
     assert (caught.value.status, caught.value.error_type) == (None, None)
     assert len(server.requests) == 1
 
 
+@pytest.mark.integration
 async def test_a_closed_port_is_a_connection_error() -> None:
     with pytest.raises(ProviderError, match=r"could not reach .*ConnectError") as caught:
         await TokenCounter.for_model(MODEL).count_messages_online(
@@ -628,6 +626,7 @@ async def test_other_models_are_counted_offline(
     assert server.requests == []
 
 
+@pytest.mark.integration
 def test_offline_use_does_not_load_the_http_client() -> None:
     script = textwrap.dedent(
         """

@@ -80,6 +80,7 @@ BAD_URLS = [
 ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("store", "redis"), BAD_URLS)
 async def test_cache_errors_never_show_the_password(
     tmp_path: Path, store: str, redis: str | None
@@ -92,6 +93,7 @@ async def test_cache_errors_never_show_the_password(
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("store", "redis"), BAD_URLS[:6])
 def test_serve_stderr_never_shows_the_password(
     tmp_path: Path, store: str, redis: str | None
@@ -110,6 +112,7 @@ def test_serve_stderr_never_shows_the_password(
     assert SECRET not in done.stdout + done.stderr
 
 
+@pytest.mark.integration
 def test_bench_json_masks_query_passwords() -> None:
     store = "postgresql://ana@db/x?password=s3cret&sslpassword=s3cret"
     run = BenchRun(
@@ -146,6 +149,7 @@ async def test_readyz_and_stats_never_show_the_password(tmp_path: Path) -> None:
             assert SECRET not in (await http.get(path)).text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("url", ["http://u:s3cret@127.0.0.1:1", "http://u:s3cret@[::1"])
 def test_stats_never_shows_the_password(url: str) -> None:
     result = invoke(["stats", "--url", url, "--timeout", "1"])

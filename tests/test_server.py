@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -18,6 +17,8 @@ from agent_core.errors import InvalidThreadId
 from agent_core.messages import KNOWN_ROLES
 from agent_core.server import Settings, create_app
 from agent_core.server._recent import RecentSamples, RecentSummary
+
+from ._poll import eventually
 
 PROBLEM = "application/problem+json"
 
@@ -450,6 +451,7 @@ async def test_redis_reported(sqlite_url: str, redis_url: str, namespace: str) -
         assert (await http.get("/v1/dashboard")).json()["redis"] == "ok"
 
 
+@pytest.mark.integration
 async def test_store_unreachable(namespace: str) -> None:
     app = create_app(
         Settings(store_url="postgresql://nobody@127.0.0.1:1/none", namespace=namespace)
@@ -503,7 +505,11 @@ async def test_dashboard_data(client: httpx.AsyncClient) -> None:
     assert (await client.get("/v1/threads/d")).status_code == 200  # from L1
     assert (await client.get("/v1/threads/never-written")).status_code == 200  # from the store
     assert (await client.post("/v1/threads/d/turns", json={"message": "hi"})).status_code == 200
-    await asyncio.sleep(0.05)  # a few loop-lag samples
+
+    async def lag_sampled() -> bool:
+        return bool((await client.get("/v1/dashboard")).json()["loop_lag"]["count"])
+
+    await eventually(lag_sampled)
 
     response = await client.get("/v1/dashboard")
     assert response.status_code == 200

@@ -46,6 +46,7 @@ def consistency(app: ServerlessApp) -> str:
     return value
 
 
+@pytest.mark.integration
 def test_import_opens_nothing(tmp_path: Path) -> None:
     result = run_offline(
         """
@@ -137,6 +138,7 @@ def test_serverless_settings() -> None:
     assert Settings.from_env({}).consistency == "bounded"
 
 
+@pytest.mark.integration
 async def test_failed_opening_is_503_then_retried(environ: dict[str, str]) -> None:
     variables = {**environ, "AGENT_CORE_STORE_URL": UNREACHABLE_PG}
     app = make_app(environ=variables)

@@ -446,6 +446,7 @@ async def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         await cache.open()
 
 
+@pytest.mark.integration
 async def test_unreachable_postgres_is_store_unavailable() -> None:
     from agent_core import StoreUnavailable
 

@@ -90,14 +90,14 @@ async def test_terminated_backends_surface_only_as_store_unavailable(
         assert not [error for error in errors if error.startswith("untyped")], errors
         # The pool is back: the next calls succeed (a few tries for connections killed
         # while idle, which the pool replaces as it meets them).
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:
             try:
                 await cache.append("after", [{"role": "user", "content": "x"}])
                 await cache.store.read(cache.namespace, "after")
                 break
             except StoreUnavailable:
-                assert time.monotonic() < deadline, "the pool did not recover in 10 s"
+                assert time.monotonic() < deadline, "the pool did not recover in 60 s"
                 await asyncio.sleep(0.05)
 
         # From the store alone: every acknowledged append is in its thread exactly once,

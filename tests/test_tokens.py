@@ -179,6 +179,7 @@ def test_published_counts(model: str, text: str, tokens: int) -> None:
 # (c) offline
 
 
+@pytest.mark.integration
 def test_import_and_first_use_open_no_connection() -> None:
     done = run_offline(
         """
@@ -221,6 +222,7 @@ def test_a_vocabulary_that_is_not_the_pinned_file_is_refused(
         _encodings.BpeCounter("cl100k_base")
 
 
+@pytest.mark.integration
 def test_loading_writes_only_a_temporary_directory_and_removes_it(tmp_path: Path) -> None:
     script = "from agent_core.tokens._encodings import BpeCounter; BpeCounter('o200k_base')"
     done = subprocess.run(
@@ -915,6 +917,7 @@ async def test_open_models_count_long_texts_off_the_event_loop() -> None:
         assert await counter.count_async(text) == counter.count(text)
 
 
+@pytest.mark.integration
 def test_open_models_load_and_count_offline() -> None:
     done = run_offline(
         """
