@@ -19,6 +19,9 @@ import pytest
 
 import agent_core
 
+# Every test runs a fresh interpreter: that is what it checks.
+pytestmark = pytest.mark.integration
+
 #: What the core must not load: the ``server``, ``cli`` and ``postgres`` extras, and the
 #: driver only the benchmarks use.
 SERVICE_STACK = (

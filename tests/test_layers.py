@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from . import _layers
 
 
@@ -71,6 +73,7 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_private_access(tmp_path:
     }
 
 
+@pytest.mark.integration  # a fresh interpreter
 def test_token_count_works_when_only_messages_is_imported() -> None:
     """messages.py leaves counting to tokens/, which agent_core's root must import."""
     code = (
