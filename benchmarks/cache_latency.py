@@ -690,9 +690,9 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
             machine["redis_server"] = redis_server_version()
             machine["redis_py"] = _version("redis")
             machine["hiredis"] = _version("hiredis")
-            machine["redis_read_size"] = read_size(new_client(redis_url))
-            print_machine(machine)
             client = new_client(redis_url)
+            machine["redis_read_size"] = str(read_size(client))
+            print_machine(machine)
             sqlite_url = f"sqlite:///{Path(directory) / 'bench.db'}"
             stores: dict[str, ThreadStore] = {
                 "sqlite": SQLiteStore(Path(directory) / "bench.db"),
