@@ -1,6 +1,6 @@
 """Cache latency: L1 and L2 hits, misses and write-through appends, SQLite beside PostgreSQL.
 
-    python benchmarks/cache_latency.py [--quick] [--json FILE] [--postgres-url URL]
+    python benchmarks/cache_latency.py [--quick] [--l2-only] [--json FILE] [--postgres-url URL]
 
 Four measurements, each timing one awaited call with ``time.perf_counter_ns``; each
 round visits every cell of a measurement once, in a shuffled order, so drift and
@@ -681,7 +681,7 @@ def report_reads(
     }
 
 
-async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
+async def run(plan: Plan, admin_url: str, mode: str, l2_only: bool = False) -> dict[str, Any]:
     rng = random.Random(5)
     pool = chat_payloads(rng, max(plan.l1_sizes + plan.l2_sizes + plan.sizes))
     with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
@@ -707,10 +707,11 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
                     await cache.open()
                 started = time.perf_counter()
                 overhead = timer_overhead_ns()
-                l1 = await l1_hits(caches["sqlite"], pool, plan, rng)
+                l1 = None if l2_only else await l1_hits(caches["sqlite"], pool, plan, rng)
                 l2 = await l2_hits(caches["sqlite"], client, (sqlite_url, redis_url), plan, rng)
-                append_timings, final = await appends(caches, pool, plan, rng)
-                reads = await read_paths(caches, pool, plan, rng)
+                if not l2_only:
+                    append_timings, final = await appends(caches, pool, plan, rng)
+                    reads = await read_paths(caches, pool, plan, rng)
                 elapsed = time.perf_counter() - started
                 errors = {name: cache.stats().redis_errors for name, cache in caches.items()}
             finally:
@@ -724,23 +725,29 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
         "mode": mode,
         "machine": machine,
         "plan": {**asdict(plan), "payload_bytes": PAYLOAD_BYTES, "prefill_batch": BATCH},
-        "l1_hit": report_l1(l1, plan, overhead),
-        "l2_hit": report_l2(*l2, plan),
-        "append": report_appends(append_timings, final, names, plan),
-        "get_paths": report_reads(reads, names, plan),
         "redis_errors": errors,
         "elapsed_s": round(elapsed, 2),
     }
+    if l1 is not None:
+        document["l1_hit"] = report_l1(l1, plan, overhead)
+    document["l2_hit"] = report_l2(*l2, plan)
+    if not l2_only:
+        document["append"] = report_appends(append_timings, final, names, plan)
+        document["get_paths"] = report_reads(reads, names, plan)
     counts = ", ".join(f"{name} {count}" for name, count in errors.items())
     print(f"measured in {elapsed:.1f} s; Redis errors (failed, or over redis_timeout): {counts}")
     return document
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = benchmark_parser(__doc__, "few samples; a smoke run").parse_args(argv)
+    parser = benchmark_parser(__doc__, "few samples; a smoke run")
+    parser.add_argument("--l2-only", action="store_true", help="measure the L2 hits alone")
+    args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = QUICK if args.quick else FULL
-    document = run_benchmark("cache_latency", run(plan, args.postgres_url, mode), args.json)
+    document = run_benchmark(
+        "cache_latency", run(plan, args.postgres_url, mode, args.l2_only), args.json
+    )
     if document is None:
         return EXIT_NO_POSTGRES
     return 0
