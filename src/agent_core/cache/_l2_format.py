@@ -253,20 +253,39 @@ def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None
         raise CorruptEntry("bad count chunk")
     if len(body) // 4 > size:
         raise CorruptEntry("a count chunk counts more messages than precede it")
-    try:
-        key = check_token_key(data[1 : 1 + name_length].decode("ascii"))
-    except (UnicodeDecodeError, InvalidArgument):
-        raise CorruptEntry("bad count key") from None
+    key = _count_key(data[1 : 1 + name_length])
     tail = array("i")
     tail.frombytes(body)
     if sys.byteorder != "little":
         tail.byteswap()
     if tail and min(tail) < UNKNOWN:
         raise CorruptEntry("a negative token count")
-    column = counts.setdefault(key, array("i"))
+    column = counts.get(key)
+    if column is None and len(tail) == size:  # a fill's chunk: counts of every message
+        counts[key] = tail
+        return
+    if column is None:
+        column = counts[key] = array("i")
     if len(column) < size:
         column.extend(array("i", [UNKNOWN]) * (size - len(column)))
     column[size - len(tail) : size] = tail
+
+
+# Count keys already found valid: a handful in practice; bounded, as values are untrusted.
+_KNOWN_KEYS: dict[bytes, str] = {}
+_MAX_KNOWN_KEYS: Final = 64
+
+
+def _count_key(name: bytes) -> str:
+    key = _KNOWN_KEYS.get(name)
+    if key is None:
+        try:
+            key = check_token_key(name.decode("ascii"))
+        except (UnicodeDecodeError, InvalidArgument):
+            raise CorruptEntry("bad count key") from None
+        if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
+            _KNOWN_KEYS[name] = key
+    return key
 
 
 class _Checker:
@@ -289,10 +308,8 @@ class _Checker:
         self._budget = max_bytes
         self._signer = signer
         self._key_name = key_name
-        self._chunks = _walk(value)
-        self.hashes_or_inflates = signer is not None or any(
-            kind == _ZSTD for kind, _, _ in self._chunks
-        )
+        self._chunks, compressed = _walk(value)
+        self.hashes_or_inflates = signer is not None or compressed
 
     def run(self) -> list[tuple[int, bytes]]:
         """``(kind, data)`` of the message and count chunks, data inflated."""
@@ -361,10 +378,11 @@ class _Checker:
         return out
 
 
-def _walk(value: bytes) -> list[tuple[int, int, int]]:
-    """``(kind, start, end)`` of each chunk's data; raises `CorruptEntry` unless the
-    chunks are of known kinds and tile the value exactly."""
+def _walk(value: bytes) -> tuple[list[tuple[int, int, int]], bool]:
+    """``(kind, start, end)`` of each chunk's data, and whether one is compressed;
+    raises `CorruptEntry` unless the chunks are of known kinds and tile the value."""
     chunks = []
+    compressed = False
     offset = HEADER_SIZE
     while offset < len(value):
         if offset + _CHUNK.size > len(value):
@@ -375,7 +393,8 @@ def _walk(value: bytes) -> list[tuple[int, int, int]]:
         if kind not in _KINDS or offset > len(value):
             raise CorruptEntry("bad chunk header")
         chunks.append((kind, start, offset))
-    return chunks
+        compressed |= kind == _ZSTD
+    return chunks, compressed
 
 
 _T = TypeVar("_T")
