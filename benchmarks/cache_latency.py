@@ -76,8 +76,6 @@ from agent_core._redis import redis_client
 PAYLOAD_BYTES: Final = 200
 #: Message sizes of the L2 measurement: short chat turns and long ones.
 L2_PAYLOAD_BYTES: Final = (200, 840)
-#: redis-py's default socket read size, for the "naive 64K" cell.
-DEFAULT_READ_SIZE: Final = 64 << 10
 BATCH: Final = 1000
 L1_GOAL_P50_US: Final = 5.0
 L1_GOAL_P99_US: Final = 20.0
@@ -235,7 +233,7 @@ async def l1_hits(
 
 
 L2Cell = tuple[str, int, int]  # (case, message bytes, messages)
-WARM_CASES: Final = ("tier", "cache", "version", "naive", "tightest", "naive 64K")
+WARM_CASES: Final = ("tier", "cache", "version", "naive", "tightest")
 COLD_CASES: Final = ("cold tier", "cold cache", "cold naive")
 
 
@@ -308,11 +306,6 @@ async def l2_hits(
     async def tightest(key: str) -> None:
         cast(bytes, await client.get(key)).split(b"\n")
 
-    default_reads = new_client(urls[1], DEFAULT_READ_SIZE)
-
-    async def naive_64k(key: str) -> None:
-        decode(cast(bytes, await default_reads.get(key)))
-
     async def version(thread_id: str) -> None:
         await cache.store.version(cache.namespace, thread_id)
 
@@ -353,7 +346,6 @@ async def l2_hits(
             warm["cache", message_bytes, size] = read_cell(cache, thread_id, "L2 hit")
             warm["naive", message_bytes, size] = Cell(naive, naive_key)
             warm["tightest", message_bytes, size] = Cell(tightest, tightest_key)
-            warm["naive 64K", message_bytes, size] = Cell(naive_64k, naive_key)
             warm["version", message_bytes, size] = Cell(version, thread_id)
             cold["cold tier", message_bytes, size] = Cell(
                 cold_tier, thread_id, fresh.open_cache, fresh.served
@@ -369,7 +361,6 @@ async def l2_hits(
         cold_timings = await measure(cold, plan.l2_cold_samples, 1, rng)
     finally:
         await fresh.close()
-        await default_reads.aclose()
     return warm_timings, cold_timings
 
 
@@ -512,7 +503,6 @@ def report_l2(warm: Timings[L2Cell], cold: Timings[L2Cell], plan: Plan) -> dict[
                 "tier/naive": figure["tier"] / figure["naive"],
                 "cache/naive": figure["cache"] / figure["naive"],
                 "tightest/naive": figure["tightest"] / figure["naive"],
-                "naive/naive 64K": figure["naive"] / figure["naive 64K"],
                 "cold tier/cold naive": figure["cold tier"] / figure["cold naive"],
                 "cold cache/cold naive": figure["cold cache"] / figure["cold naive"],
             }
@@ -539,7 +529,6 @@ def report_l2(warm: Timings[L2Cell], cold: Timings[L2Cell], plan: Plan) -> dict[
             "tier/naive",
             "cache/naive",
             "tightest/naive",
-            "naive/naive 64K",
             "cold tier/naive",
             "cold cache/naive",
         ],
@@ -551,8 +540,7 @@ def report_l2(warm: Timings[L2Cell], cold: Timings[L2Cell], plan: Plan) -> dict[
         "after dropping the thread from L1 (the L2 read beside store.version(), L1 fill); "
         "version: store.version() alone (SQLite)\n"
         "naive: GET of one JSON array + msgspec.json.decode; tightest: GET of "
-        "newline-joined messages + split; same client; naive 64K: naive on a "
-        "client with redis-py's default 64 KB reads\ncold: a fresh instance (or client) "
+        "newline-joined messages + split; same client\ncold: a fresh instance (or client) "
         "per sample with its connections up, its first read"
     )
     verdict = "met" if met else "NOT met"

@@ -42,7 +42,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
+from operator import itemgetter
 from typing import Final, TypeVar
 
 import orjson
@@ -234,15 +234,21 @@ async def decode_value(
 def _check_payloads(payloads: list[bytes]) -> None:
     """Each payload exactly one JSON object, as the store hands out: they may be
     spliced into responses. (The loops run in C: ``map`` over C functions.)"""
-    if not all(map(bytes.startswith, payloads, repeat(b"{"))) or not all(
-        map(bytes.endswith, payloads, repeat(b"}"))
-    ):
+    try:
+        braces = bytes(map(_FIRST, payloads)), bytes(map(_LAST, payloads))
+    except IndexError:  # an empty payload
+        raise CorruptEntry("a payload is not a JSON object") from None
+    if braces != (b"{" * len(payloads), b"}" * len(payloads)):
         raise CorruptEntry("a payload is not a JSON object")
     try:
         # orjson rejects trailing data: each payload is exactly one value.
         deque(map(orjson.loads, payloads), maxlen=0)
     except orjson.JSONDecodeError:
         raise CorruptEntry("a payload is not valid JSON") from None
+
+
+_FIRST: Final = itemgetter(0)
+_LAST: Final = itemgetter(-1)
 
 
 def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None:
