@@ -73,9 +73,10 @@ _KINDS: Final = (_PLAIN, _ZSTD, _COUNTS, _SEALED)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
 _COMPRESS_LEVEL: Final = 1
-# Seals of less data than this are checked, and frames inflated, on the loop: a
-# thread hop costs more. Plain unsigned values never leave the loop (nothing to hash).
-_INLINE_BYTES: Final = 64 << 10
+# Seals of less data than this are made and checked on the loop: below it a thread hop costs more than it saves (1.3-1.9x slower reads of
+# signed 84-840 KB values, docs/BENCHMARKS.md, "L2 hot path"), and hashing 1 MiB
+# holds the loop well under a millisecond. Plain unsigned values never leave it.
+_INLINE_BYTES: Final = 1 << 20
 #: Payloads are joined into chunks of about this size, each its own unit of work.
 CHUNK_BYTES: Final = 256 << 10
 # JSON is checked on the loop a chunk at a time, with a yield once this much is checked.
@@ -205,7 +206,8 @@ async def decode_value(
     if len(value) > max_bytes + HEADER_SIZE:
         raise CorruptEntry("value larger than l2_max_value_bytes")
     check = _Checker(value, version, max_bytes, signer, key_name)
-    if check.hashes_or_inflates and len(value) > _INLINE_BYTES:
+    # Inflation runs in a thread whatever the size: compressed values are large ones.
+    if check.compressed or (signer is not None and len(value) > _INLINE_BYTES):
         inflated = await _off_loop(check.run)
     else:
         inflated = check.run()
@@ -298,7 +300,7 @@ class _Checker:
     """Checks a value's chunks and seals and inflates them, within ``max_bytes``.
 
     Built with one walk over the chunk headers (no data touched), which also tells
-    whether `run` has work worth a thread: seals to verify or frames to inflate.
+    whether the value holds frames to inflate.
     """
 
     def __init__(
@@ -314,8 +316,7 @@ class _Checker:
         self._budget = max_bytes
         self._signer = signer
         self._key_name = key_name
-        self._chunks, compressed = _walk(value)
-        self.hashes_or_inflates = signer is not None or compressed
+        self._chunks, self.compressed = _walk(value)
 
     def run(self) -> list[tuple[int, bytes]]:
         """``(kind, data)`` of the message and count chunks, data inflated."""
