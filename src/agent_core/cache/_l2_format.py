@@ -73,9 +73,10 @@ _KINDS: Final = (_PLAIN, _ZSTD, _COUNTS, _SEALED)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
 _COMPRESS_LEVEL: Final = 1
-# Seals of less data than this are made and checked on the loop: below it a thread hop costs more than it saves (1.3-1.9x slower reads of
-# signed 84-840 KB values, docs/BENCHMARKS.md, "L2 hot path"), and hashing 1 MiB
-# holds the loop well under a millisecond. Plain unsigned values never leave it.
+# Seals of less data than this are made and checked on the loop: below it a thread
+# hop costs more than it saves (1.3-1.9x slower reads of signed 84-840 KB values,
+# docs/BENCHMARKS.md, "L2 hot path"), and hashing 1 MiB holds the loop well under a
+# millisecond. Plain unsigned values never leave it.
 _INLINE_BYTES: Final = 1 << 20
 #: Payloads are joined into chunks of about this size, each its own unit of work.
 CHUNK_BYTES: Final = 256 << 10
