@@ -1,6 +1,6 @@
 """Cache latency: L1 and L2 hits, misses and write-through appends, SQLite beside PostgreSQL.
 
-    python benchmarks/cache_latency.py [--quick] [--json FILE] [--postgres-url URL]
+    python benchmarks/cache_latency.py [--quick] [--l2-only] [--json FILE] [--postgres-url URL]
 
 Four measurements, each timing one awaited call with ``time.perf_counter_ns``; each
 round visits every cell of a measurement once, in a shuffled order, so drift and
@@ -9,11 +9,17 @@ messages of pseudo-words (zstd shrinks them ~3 times, as it does chat text).
 
 1. L1 hit: ``get`` of a thread of 10, 1,000 and 10,000 messages held in L1.
    Goal: p50 <= 5 µs, p99 <= 20 µs, flat in length.
-2. L2 hit: ``get`` right after the thread was dropped from L1 (the untimed
-   ``_l1.drop``), beside a raw ``GET`` (same client) of the conversation stored as one
-   JSON array + ``msgspec.json.decode`` (the naive baseline), and a raw ``GET`` of the
-   messages joined by newlines + ``split`` (the tightest baseline). Goal: cache /
-   naive <= 1.3 at 10, 100 and 1,000 messages.
+2. L2 hit, at 10, 100 and 1,000 messages of ~200 and ~840 bytes, two ways: the L2
+   read path alone (``RedisTier.get``: ``GETEX``, checks, split) and ``cache.get``
+   right after the thread was dropped from L1 (the untimed ``_l1.drop``), which also
+   asks ``store.version()`` beside the L2 read and fills L1. Beside them a raw
+   ``GET`` (same client) of the conversation stored as one JSON array +
+   ``msgspec.json.decode`` (the naive baseline, the floor of the goal), and a raw
+   ``GET`` of the messages joined by newlines + ``split`` (the tightest). Each also
+   cold: a fresh instance per sample (opened, one untimed ``get`` of another thread
+   so its connections are up), its first read: the serverless cold start; the cold
+   naive baseline is a fresh client after one ``PING``. Goal: L2 read path / naive
+   <= 1.3 at every size, warm and cold.
 3. Append of one message: ``cache.append`` (store, then L1, L2 and the bus) beside
    ``store.append`` alone, on threads that start at 100 and 1,000 messages.
 4. ``get`` served by L1, by L2 and by the store (a miss, after the untimed
@@ -72,8 +78,11 @@ from agent_core import (
     SQLiteStore,
     ThreadStore,
 )
+from agent_core._redis import redis_client
 
 PAYLOAD_BYTES: Final = 200
+#: Message sizes of the L2 measurement: short chat turns and long ones.
+L2_PAYLOAD_BYTES: Final = (200, 840)
 BATCH: Final = 1000
 L1_GOAL_P50_US: Final = 5.0
 L1_GOAL_P99_US: Final = 20.0
@@ -92,13 +101,16 @@ class Plan:
     sizes: tuple[int, ...]
     l1_samples: int
     l2_samples: int
+    l2_cold_samples: int
     append_samples: int
     read_samples: int
     warmup: int
 
 
-FULL: Final = Plan((10, 1_000, 10_000), (10, 100, 1_000), (100, 1_000), 20_000, 3_000, 400, 500, 20)
-QUICK: Final = Plan((10, 1_000, 10_000), (10, 100, 1_000), (100, 1_000), 2_000, 100, 20, 20, 3)
+FULL: Final = Plan(
+    (10, 1_000, 10_000), (10, 100, 1_000), (100, 1_000), 20_000, 3_000, 150, 400, 500, 20
+)
+QUICK: Final = Plan((10, 1_000, 10_000), (10, 100, 1_000), (100, 1_000), 2_000, 100, 4, 20, 20, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +118,16 @@ class Cell:
     """One timed call, ``call(arg)``, after an untimed ``prepare`` (if any).
 
     ``source``, for a cache read (``cache.read``), is the tier the cell stands for: a
-    sample whose `ReadResult` names another took another path and is left out.
+    sample whose `ReadResult` names another took another path and is left out. ``served``,
+    for a read below the cache (the L2 tier's own), counts that tier's reads: a sample that
+    did not add one to it is left out too.
     """
 
     call: Callable[[str], Awaitable[object]]
     arg: str
     prepare: Callable[[], Awaitable[object]] | None = None
     source: ReadSource | None = None
+    served: Callable[[], int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +151,16 @@ async def measure(
                 cell = cells[key]
                 if cell.prepare is not None:
                     await cell.prepare()
+                served = cell.served() if cell.served is not None else 0
                 call, arg = cell.call, cell.arg
                 started = clock()
                 result = await call(arg)
                 elapsed = clock() - started
                 if index < warmup:
                     continue
-                if cell.source is not None and cast(ReadResult[Any], result).source != cell.source:
+                if (
+                    cell.source is not None and cast(ReadResult[Any], result).source != cell.source
+                ) or (cell.served is not None and cell.served() != served + 1):
                     timings.off_path[key] += 1
                 else:
                     timings.samples[key].append(elapsed)
@@ -170,7 +188,7 @@ def tail(samples_ns: list[int]) -> dict[str, float]:
     return result
 
 
-def chat_payloads(rng: random.Random, count: int) -> list[bytes]:
+def chat_payloads(rng: random.Random, count: int, size: int = PAYLOAD_BYTES) -> list[bytes]:
     """``count`` distinct user messages of pseudo-words, zstd ratio ~3 like chat text.
 
     (``message_payload`` repeats one sentence, which zstd shrinks ~2,000 times: L2
@@ -179,7 +197,7 @@ def chat_payloads(rng: random.Random, count: int) -> list[bytes]:
     vocabulary = [
         "".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 9))) for _ in range(2000)
     ]
-    room = PAYLOAD_BYTES - len(orjson.dumps({"role": "user", "content": ""}))
+    room = size - len(orjson.dumps({"role": "user", "content": ""}))
     payloads = []
     for _ in range(count):
         words: list[str] = []
@@ -223,15 +241,73 @@ async def l1_hits(
     return await measure(cells, plan.l1_samples, plan.warmup, rng)
 
 
+L2Cell = tuple[str, int, int]  # (case, message bytes, messages)
+WARM_CASES: Final = ("tier", "cache", "version", "naive", "tightest")
+COLD_CASES: Final = ("cold tier", "cold cache", "cold naive")
+
+
+def new_client(url: str, read_size: int | None = None) -> redis.Redis:
+    """A client as ``ConversationCache.from_urls`` builds it, or with ``read_size``."""
+    if read_size is None:
+        return redis_client(url)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0), socket_read_size=read_size
+    )
+
+
+def read_size(client: redis.Redis) -> int:
+    return int(client.connection_pool.connection_kwargs.get("socket_read_size", 65536))
+
+
+class Fresh:
+    """A fresh instance per cold sample: opened (with connections up) in an untimed
+    step, closed in the next one. ``hits`` counts the timed reads L2 served."""
+
+    def __init__(self, store_url: str, redis_url: str, namespace: str) -> None:
+        self._store_url, self._redis_url, self._namespace = store_url, redis_url, namespace
+        self.cache: ConversationCache | None = None
+        self.client: redis.Redis | None = None
+        self.hits = 0
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.close()
+        if self.client is not None:
+            await self.client.aclose()
+        self.cache = self.client = None
+
+    async def open_cache(self) -> None:
+        await self.close()
+        self.cache = ConversationCache.from_urls(
+            self._store_url, self._redis_url, self._namespace, watch_external=False
+        )
+        await self.cache.open()
+        await self.cache.get("primer")  # connections up, the way a served request leaves them
+
+    async def open_client(self) -> None:
+        await self.close()
+        self.client = new_client(self._redis_url)
+        await self.client.ping()
+
+    def served(self) -> int:
+        return self.hits
+
+
 async def l2_hits(
     cache: ConversationCache,
     client: redis.Redis,
-    pool: list[bytes],
+    urls: tuple[str, str],
     plan: Plan,
     rng: random.Random,
-) -> Timings[tuple[str, int]]:
-    """The cache's L2 hit beside the naive and the tightest raw-Redis baselines."""
+) -> tuple[Timings[L2Cell], Timings[L2Cell]]:
+    """The L2 read path and the cache's L2 hit beside the raw-Redis baselines,
+    warm and cold: ``(warm, cold)``."""
     decode = msgspec.json.decode
+    tier = cache._l2
+    assert tier is not None
+    fresh = Fresh(urls[0], urls[1], cache.namespace)
+    await prefill(cache.store, cache.namespace, "primer", [b'{"role":"user","content":"hi"}'])
+    await cache.get("primer")
 
     async def naive(key: str) -> None:
         decode(cast(bytes, await client.get(key)))
@@ -239,17 +315,62 @@ async def l2_hits(
     async def tightest(key: str) -> None:
         cast(bytes, await client.get(key)).split(b"\n")
 
-    cells: dict[tuple[str, int], Cell] = {}
-    for size in plan.l2_sizes:
-        thread_id = f"l2-{size}"
-        await prefill(cache.store, cache.namespace, thread_id, pool[:size])
-        await cache.get(thread_id)
-        await client.set(f"naive-{size}", b"[" + b",".join(pool[:size]) + b"]")
-        await client.set(f"tightest-{size}", b"\n".join(pool[:size]))
-        cells["cache", size] = read_cell(cache, thread_id, "L2 hit")
-        cells["naive", size] = Cell(naive, f"naive-{size}")
-        cells["tightest", size] = Cell(tightest, f"tightest-{size}")
-    return await measure(cells, plan.l2_samples, plan.warmup, rng)
+    async def version(thread_id: str) -> None:
+        await cache.store.version(cache.namespace, thread_id)
+
+    tier_hits = [0]
+
+    async def tier_get(thread_id: str) -> None:
+        tier_hits[0] += (await tier.get(thread_id)) is not None
+
+    async def cold_tier(thread_id: str) -> None:
+        assert fresh.cache is not None
+        assert fresh.cache._l2 is not None
+        fresh.hits += (await fresh.cache._l2.get(thread_id)) is not None
+
+    async def cold_cache(thread_id: str) -> None:
+        assert fresh.cache is not None
+        before = fresh.cache.stats().l2_hits
+        await fresh.cache.get(thread_id)
+        fresh.hits += fresh.cache.stats().l2_hits - before
+
+    async def cold_naive(key: str) -> None:
+        assert fresh.client is not None
+        decode(cast(bytes, await fresh.client.get(key)))
+        fresh.hits += 1
+
+    warm: dict[L2Cell, Cell] = {}
+    cold: dict[L2Cell, Cell] = {}
+    for message_bytes in L2_PAYLOAD_BYTES:
+        pool = chat_payloads(rng, max(plan.l2_sizes), message_bytes)
+        for size in plan.l2_sizes:
+            thread_id = f"l2-{message_bytes}-{size}"
+            naive_key, tightest_key = f"naive-{thread_id}", f"tightest-{thread_id}"
+            await prefill(cache.store, cache.namespace, thread_id, pool[:size])
+            await cache.get(thread_id)
+            await client.set(naive_key, b"[" + b",".join(pool[:size]) + b"]")
+            await client.set(tightest_key, b"\n".join(pool[:size]))
+            cell: L2Cell = ("tier", message_bytes, size)
+            warm[cell] = Cell(tier_get, thread_id, served=lambda: tier_hits[0])
+            warm["cache", message_bytes, size] = read_cell(cache, thread_id, "L2 hit")
+            warm["naive", message_bytes, size] = Cell(naive, naive_key)
+            warm["tightest", message_bytes, size] = Cell(tightest, tightest_key)
+            warm["version", message_bytes, size] = Cell(version, thread_id)
+            cold["cold tier", message_bytes, size] = Cell(
+                cold_tier, thread_id, fresh.open_cache, served=fresh.served
+            )
+            cold["cold cache", message_bytes, size] = Cell(
+                cold_cache, thread_id, fresh.open_cache, served=fresh.served
+            )
+            cold["cold naive", message_bytes, size] = Cell(
+                cold_naive, naive_key, fresh.open_client, served=fresh.served
+            )
+    try:
+        warm_timings = await measure(warm, plan.l2_samples, plan.warmup, rng)
+        cold_timings = await measure(cold, plan.l2_cold_samples, 1, rng)
+    finally:
+        await fresh.close()
+    return warm_timings, cold_timings
 
 
 async def _drop_from_l1(cache: ConversationCache, thread_id: str) -> None:
@@ -374,67 +495,76 @@ def report_l1(timings: Timings[int], plan: Plan, overhead_ns: float) -> dict[str
     }
 
 
-def report_l2(timings: Timings[tuple[str, int]], plan: Plan) -> dict[str, Any]:
-    summaries = {cell: summarize(values) for cell, values in timings.samples.items()}
-    cases = ("cache", "naive", "tightest")
+def report_l2(warm: Timings[L2Cell], cold: Timings[L2Cell], plan: Plan) -> dict[str, Any]:
+    summaries = {
+        cell: summarize(values)
+        for timings in (warm, cold)
+        for cell, values in timings.samples.items()
+    }
+    p50 = {cell: summary.p50_us for cell, summary in summaries.items()}
     rows = []
-    for size in plan.l2_sizes:
-        cache, naive, tightest = (summaries[case, size] for case in cases)
-        rows.append(
-            [
-                f"{size:,}",
-                *(us(value) for s in (cache, naive, tightest) for value in (s.p50_us, s.p95_us)),
-                ratio(cache.p50_us, naive.p50_us),
-                ratio(cache.p50_us, tightest.p50_us),
-            ]
-        )
+    ratios: dict[str, dict[str, float]] = {}
+    met = True
+    for message_bytes in L2_PAYLOAD_BYTES:
+        for size in plan.l2_sizes:
+            figure = {case: p50[case, message_bytes, size] for case in WARM_CASES + COLD_CASES}
+            cell_ratios = {
+                "tier/naive": figure["tier"] / figure["naive"],
+                "cache/naive": figure["cache"] / figure["naive"],
+                "tightest/naive": figure["tightest"] / figure["naive"],
+                "cold tier/cold naive": figure["cold tier"] / figure["cold naive"],
+                "cold cache/cold naive": figure["cold cache"] / figure["cold naive"],
+            }
+            ratios[f"{message_bytes}B x {size}"] = {k: round(v, 3) for k, v in cell_ratios.items()}
+            met &= max(cell_ratios["tier/naive"], cell_ratios["cold tier/cold naive"]) <= (
+                L2_RATIO_GOAL
+            )
+            rows.append(
+                [
+                    f"{message_bytes}",
+                    f"{size:,}",
+                    *(us(figure[case]) for case in WARM_CASES + COLD_CASES),
+                    *(f"{value:.2f}" for value in cell_ratios.values()),
+                ]
+            )
     print_table(
-        f"L2 hit vs raw Redis, µs ({plan.l2_samples:,} samples per cell, interleaved)",
+        f"L2 hit vs raw Redis, µs p50 ({plan.l2_samples:,} warm and "
+        f"{plan.l2_cold_samples:,} cold samples per cell, interleaved)",
         [
-            "thread messages",
-            "cache p50",
-            "cache p95",
-            "naive p50",
-            "naive p95",
-            "tightest p50",
-            "tightest p95",
+            "msg B",
+            "msgs",
+            *WARM_CASES,
+            *COLD_CASES,
+            "tier/naive",
             "cache/naive",
-            "cache/tightest",
+            "tightest/naive",
+            "cold tier/naive",
+            "cold cache/naive",
         ],
         rows,
+        left=2,
     )
     print(
-        "cache: get() right after dropping the thread from L1 (L2 read, checks, split into "
-        "messages, L1 fill)\nnaive: GET of one JSON array + msgspec.json.decode; "
-        "tightest: GET of newline-joined messages + split; same client"
+        "tier: RedisTier.get (GETEX, checks, split): the L2 read path; cache: get() right "
+        "after dropping the thread from L1 (the L2 read beside store.version(), L1 fill); "
+        "version: store.version() alone (SQLite)\n"
+        "naive: GET of one JSON array + msgspec.json.decode; tightest: GET of "
+        "newline-joined messages + split; same client\ncold: a fresh instance (or client) "
+        "per sample with its connections up, its first read"
     )
-    met = {
-        size: summaries["cache", size].p50_us / summaries["naive", size].p50_us <= L2_RATIO_GOAL
-        for size in plan.l2_sizes
-    }
-    for size, ok in met.items():
-        verdict = "met" if ok else "NOT met"
-        print(f"  {size:>6,} messages: cache/naive p50 <= {L2_RATIO_GOAL}  {verdict}")
-    off_path = left_out(timings)
+    verdict = "met" if met else "NOT met"
+    print(
+        f"goal: L2 read path / naive p50 <= {L2_RATIO_GOAL}, warm and cold, every size: {verdict}"
+    )
+    off_path = {**left_out(warm), **left_out(cold)}
     print()
     return {
         "samples_per_cell": plan.l2_samples,
+        "cold_samples_per_cell": plan.l2_cold_samples,
         "left_out": off_path,
-        "us": {
-            case: {str(size): asdict(summaries[case, size]) for size in plan.l2_sizes}
-            for case in cases
-        },
-        "ratio_p50_cache_over_naive": {
-            str(size): round(summaries["cache", size].p50_us / summaries["naive", size].p50_us, 3)
-            for size in plan.l2_sizes
-        },
-        "ratio_p50_cache_over_tightest": {
-            str(size): round(
-                summaries["cache", size].p50_us / summaries["tightest", size].p50_us, 3
-            )
-            for size in plan.l2_sizes
-        },
-        "goal_met": all(met.values()),
+        "us": {" ".join(map(str, cell)): asdict(summary) for cell, summary in summaries.items()},
+        "ratios_p50": ratios,
+        "goal_met": met,
     }
 
 
@@ -548,7 +678,7 @@ def report_reads(
     }
 
 
-async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
+async def run(plan: Plan, admin_url: str, mode: str, l2_only: bool = False) -> dict[str, Any]:
     rng = random.Random(5)
     pool = chat_payloads(rng, max(plan.l1_sizes + plan.l2_sizes + plan.sizes))
     with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
@@ -557,11 +687,10 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
             machine["redis_server"] = redis_server_version()
             machine["redis_py"] = _version("redis")
             machine["hiredis"] = _version("hiredis")
+            client = new_client(redis_url)
+            machine["redis_read_size"] = str(read_size(client))
             print_machine(machine)
-            # As ConversationCache.from_urls builds its client.
-            client = redis.Redis.from_url(
-                redis_url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0)
-            )
+            sqlite_url = f"sqlite:///{Path(directory) / 'bench.db'}"
             stores: dict[str, ThreadStore] = {
                 "sqlite": SQLiteStore(Path(directory) / "bench.db"),
                 "postgres": PostgresStore(postgres_url),
@@ -575,10 +704,11 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
                     await cache.open()
                 started = time.perf_counter()
                 overhead = timer_overhead_ns()
-                l1 = await l1_hits(caches["sqlite"], pool, plan, rng)
-                l2 = await l2_hits(caches["sqlite"], client, pool, plan, rng)
-                append_timings, final = await appends(caches, pool, plan, rng)
-                reads = await read_paths(caches, pool, plan, rng)
+                l1 = None if l2_only else await l1_hits(caches["sqlite"], pool, plan, rng)
+                l2 = await l2_hits(caches["sqlite"], client, (sqlite_url, redis_url), plan, rng)
+                if not l2_only:
+                    append_timings, final = await appends(caches, pool, plan, rng)
+                    reads = await read_paths(caches, pool, plan, rng)
                 elapsed = time.perf_counter() - started
                 errors = {name: cache.stats().redis_errors for name, cache in caches.items()}
             finally:
@@ -592,23 +722,29 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
         "mode": mode,
         "machine": machine,
         "plan": {**asdict(plan), "payload_bytes": PAYLOAD_BYTES, "prefill_batch": BATCH},
-        "l1_hit": report_l1(l1, plan, overhead),
-        "l2_hit": report_l2(l2, plan),
-        "append": report_appends(append_timings, final, names, plan),
-        "get_paths": report_reads(reads, names, plan),
         "redis_errors": errors,
         "elapsed_s": round(elapsed, 2),
     }
+    if l1 is not None:
+        document["l1_hit"] = report_l1(l1, plan, overhead)
+    document["l2_hit"] = report_l2(*l2, plan)
+    if not l2_only:
+        document["append"] = report_appends(append_timings, final, names, plan)
+        document["get_paths"] = report_reads(reads, names, plan)
     counts = ", ".join(f"{name} {count}" for name, count in errors.items())
     print(f"measured in {elapsed:.1f} s; Redis errors (failed, or over redis_timeout): {counts}")
     return document
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = benchmark_parser(__doc__, "few samples; a smoke run").parse_args(argv)
+    parser = benchmark_parser(__doc__, "few samples; a smoke run")
+    parser.add_argument("--l2-only", action="store_true", help="measure the L2 hits alone")
+    args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full"
     plan = QUICK if args.quick else FULL
-    document = run_benchmark("cache_latency", run(plan, args.postgres_url, mode), args.json)
+    document = run_benchmark(
+        "cache_latency", run(plan, args.postgres_url, mode, args.l2_only), args.json
+    )
     if document is None:
         return EXIT_NO_POSTGRES
     return 0

@@ -10,7 +10,7 @@ per round:
 
 - fill: write the whole thread to L2 (encode, seal, Lua ``SET``);
 - append: add one message to that value (encode, seal, Lua ``APPEND``);
-- get: read it back (``GETEX``, then every check: header, chunks, CRC, seals,
+- get: read it back (``GETEX``, then every check: header, chunks, seals,
   inflation within ``l2_max_value_bytes``, each payload one JSON object).
 
 The figure is p50 µs per call, the signed / unsigned ratio, and the longest gap the

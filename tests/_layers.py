@@ -80,6 +80,14 @@ BENCHMARK_ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
         ("benchmarks.l1_soak", "._redis"),
         ("benchmarks.agent_turn", "._l2"),
         ("benchmarks.l2_signing", "._l2"),
+        # The L2 read path measured step by step against a raw GET (issue 12): the tier's
+        # own get, its format module and its inline threshold, and the client factory.
+        ("benchmarks.cache_latency", "agent_core._redis"),
+        ("benchmarks.cache_latency", "._l2"),
+        ("benchmarks.l2_hot_path", "agent_core.cache._l2_format"),
+        ("benchmarks.l2_hot_path", "agent_core.cache._redis_tier"),
+        ("benchmarks.l2_hot_path", "._l2"),
+        ("benchmarks.l2_hot_path", "._INLINE_BYTES"),
     }
 )
 

@@ -169,6 +169,13 @@ def test_fails_loudly_without_postgres() -> None:
             ("calls",),
             id="l2_signing",
         ),
+        pytest.param(
+            "l2_hot_path.py",
+            (),
+            ("redis_server", "L2 read path steps, p50 µs"),
+            ("us_p50",),
+            id="l2_hot_path",
+        ),
     ],
 )
 def test_cache_benchmark_quick_run(

@@ -158,8 +158,10 @@ async def test_corrupt_l2_bytes_are_a_miss_and_a_metric(
     try:
         good = await client.get(key)
         assert isinstance(good, bytes)
-        flipped = good[:-1] + bytes([good[-1] ^ 1])  # fails the chunk's CRC
-        for garbage in (b"garbage", good[:21] + b"\x00\x05\x00\x00\x00hello", flipped):
+        # The first message's "{" (after the header and a 5-byte chunk header) made "z":
+        # not a JSON object.
+        flipped = good[:26] + b"z" + good[27:]
+        for garbage in (b"garbage", good[:21] + b"\x10\x05\x00\x00\x00hello", flipped):
             await client.set(key, garbage)
             async with make_cache() as reader:
                 conversation = await reader.get("t")

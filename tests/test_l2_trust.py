@@ -55,17 +55,23 @@ STORED = [
 ]
 
 
+# The chunk kinds of the L2 format (2): messages, zstd-compressed messages, counts.
+PLAIN, ZSTD, COUNTS = 0x10, 0x11, 0x12
+
+
 def chunk(kind: int, data: bytes) -> bytes:
-    """A chunk as the L2 format lays it out: kind, length, CRC-32, data."""
-    return struct.pack("<BII", kind, len(data), zlib.crc32(data)) + data
+    """A chunk as the L2 format lays it out: kind, length, data."""
+    return struct.pack("<BI", kind, len(data)) + data
 
 
 def plain(*payloads: bytes) -> bytes:
-    return chunk(0, b"\n".join(payloads))
+    return chunk(PLAIN, b"\n".join(payloads))
 
 
 def counts_chunk(key: str, *counts: int) -> bytes:
-    return chunk(2, bytes([len(key)]) + key.encode() + struct.pack(f"<{len(counts)}i", *counts))
+    return chunk(
+        COUNTS, bytes([len(key)]) + key.encode() + struct.pack(f"<{len(counts)}i", *counts)
+    )
 
 
 def encoded(message: dict[str, Any]) -> bytes:
@@ -186,11 +192,17 @@ def _trailing_garbage(version: int) -> bytes:
 
 
 def _bomb(version: int) -> bytes:
-    return header(version) + chunk(1, BOMB)
+    return header(version) + chunk(ZSTD, BOMB)
 
 
 def _undeclared_bomb(version: int) -> bytes:
-    return header(version) + chunk(1, UNDECLARED_BOMB)
+    return header(version) + chunk(ZSTD, UNDECLARED_BOMB)
+
+
+def _format_1(version: int) -> bytes:
+    """A well-formed value of the format before issue 12 (kinds 0-3, a CRC-32 per chunk)."""
+    data = b"\n".join(map(encoded, STORED))
+    return header(version) + struct.pack("<BII", 0, len(data), zlib.crc32(data)) + data
 
 
 BOMB = zstd_bomb(1 << 30, declared=True)
@@ -203,6 +215,7 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
     "trailing-garbage": _trailing_garbage,
     "zstd-bomb-1GiB": _bomb,
     "zstd-bomb-undeclared-size": _undeclared_bomb,
+    "format-1": _format_1,
 }
 
 

@@ -9,6 +9,11 @@ from redis.backoff import NoBackoff
 from ._urls import redact, show_url
 from .errors import ConfigurationError
 
+#: Bytes asked of the socket per read (redis-py's default: 64 KB). A large L2 value
+#: then takes a few reads instead of one per 64 KB, each a trip through the event
+#: loop and a feed of the hiredis reader (docs/BENCHMARKS.md, "L2 hot path").
+READ_SIZE = 1 << 20
+
 
 def redis_client(url: object) -> redis.Redis:
     """A client for ``url`` with no retries: every caller has its own short deadline.
@@ -23,7 +28,11 @@ def redis_client(url: object) -> redis.Redis:
         )
     try:
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=None, retry=Retry(NoBackoff(), 0)
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            socket_read_size=READ_SIZE,
         )
         # An unknown query option is a TypeError of the first connection: make one (it does
         # not connect) so that it is a ConfigurationError now, not a failure at first use.

@@ -4,8 +4,10 @@
 which version the value holds (``c``) or that only the version is known (``x``, a
 fence). A fill writes chunks of at most about 256 KB and an append adds chunks, so
 an append is a Redis ``APPEND`` and never rewrites what is there. A chunk is a
-header (kind, length, CRC-32 of the data) and the data: the messages' JSON joined by
-newlines, zstd-compressed for conversations of ``compress_min_bytes`` and more.
+header (kind, length) and the data: the messages' JSON joined by newlines,
+zstd-compressed for conversations of ``compress_min_bytes`` and more. This is
+format 2: its chunk kinds start at 0x10, so a value of format 1 (kinds 0-3, each
+chunk with a CRC-32) is refused as corrupt, and the load's fill replaces it.
 A *count* chunk holds the token counts of one key for the last messages before it
 (``[key length][key][int32 counts]``): an append adds one per key after its messages,
 and counting a conversation later adds one for all of them. orjson never writes
@@ -21,7 +23,7 @@ header's version, each sealed.
 
 Anyone who can write to Redis can write any bytes, so a value is untrusted input:
 `decode_value` checks every byte (header, version range, chunk kinds, lengths,
-checksums, seals, count chunks, each payload is exactly one JSON object) and
+seals, count chunks, each payload is exactly one JSON object) and
 inflates at most ``max_bytes``, before anything is served; anything else is
 `CorruptEntry`.
 """
@@ -35,10 +37,11 @@ import hmac
 import os
 import struct
 import threading
-import zlib
 from array import array
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from operator import itemgetter
 from typing import Final, TypeVar
 
 import orjson
@@ -53,24 +56,30 @@ MAX_VERSION: Final = 2**63 - 1
 #: The base of a fill's seal: the group starts from an empty value.
 FROM_EMPTY: Final = 2**64 - 1
 _MAX_DIGITS: Final = b"%020d" % MAX_VERSION
-_CHUNK: Final = struct.Struct("<BII")
+# A chunk's header: kind, length. No checksum: anyone who can write a value can
+# compute one, and the strict parse (or the seals) already rejects what it would.
+_CHUNK: Final = struct.Struct("<BI")
 _SEAL: Final = struct.Struct("<QQ")
 _MAC_SIZE: Final = hashlib.sha256().digest_size
 _SEAL_SIZE: Final = _SEAL.size + _MAC_SIZE
-_PLAIN: Final = 0
-_ZSTD: Final = 1
-_COUNTS: Final = 2
-_SEALED: Final = 3
+# Format 2's kinds; format 1 used 0-3.
+_PLAIN: Final = 0x10
+_ZSTD: Final = 0x11
+_COUNTS: Final = 0x12
+_SEALED: Final = 0x13
 _KINDS: Final = (_PLAIN, _ZSTD, _COUNTS, _SEALED)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
 _COMPRESS_LEVEL: Final = 1
-# Less data than this is checked and inflated on the loop: a thread hop costs more.
-_INLINE_BYTES: Final = 64 << 10
+# Seals of less data than this are made and checked on the loop: below it a thread
+# hop costs more than it saves (1.3-1.9x slower reads of signed 84-840 KB values,
+# docs/BENCHMARKS.md, "L2 hot path"), and hashing 1 MiB holds the loop well under a
+# millisecond. Plain unsigned values never leave it.
+_INLINE_BYTES: Final = 1 << 20
 #: Payloads are joined into chunks of about this size, each its own unit of work.
 CHUNK_BYTES: Final = 256 << 10
-# JSON is checked on the loop in slices of about this many bytes, with a yield between.
-_CHECK_SLICE_BYTES: Final = 128 << 10
+# JSON is checked on the loop a chunk at a time, with a yield once this much is checked.
+_CHECK_SLICE_BYTES: Final = 1 << 20
 
 
 class CorruptEntry(Exception):
@@ -106,7 +115,7 @@ class Signer:
         mac = hmac.new(self._key, key_name + versions, hashlib.sha256)
         mac.update(group)
         data = versions + mac.digest()
-        return _CHUNK.pack(_SEALED, len(data), zlib.crc32(data)) + data
+        return _CHUNK.pack(_SEALED, len(data)) + data
 
     def check(
         self, key_name: bytes, base: int, new: int, group: memoryview, data: memoryview
@@ -161,7 +170,7 @@ def encode_counts(counts: Counts) -> bytes:
     for key, column in counts.items():
         name = key.encode()
         data = bytes([len(name)]) + name + column_bytes(column)
-        chunks.append(_CHUNK.pack(_COUNTS, len(data), zlib.crc32(data)) + data)
+        chunks.append(_CHUNK.pack(_COUNTS, len(data)) + data)
     return b"".join(chunks)
 
 
@@ -169,7 +178,7 @@ def _encode_all(groups: list[bytes], kind: int) -> bytes:
     if kind == _ZSTD:
         compressor = zstandard.ZstdCompressor(level=_COMPRESS_LEVEL)
         groups = [compressor.compress(group) for group in groups]
-    return b"".join(_CHUNK.pack(kind, len(data), zlib.crc32(data)) + data for data in groups)
+    return b"".join(_CHUNK.pack(kind, len(data)) + data for data in groups)
 
 
 async def decode_value(
@@ -178,9 +187,9 @@ async def decode_value(
     """The version, message payloads and token counts of a complete value; raises
     `CorruptEntry` unless every byte checks out.
 
-    Checksums, seals and inflation of large values run in a thread; splitting and
-    the JSON check of each payload (not needed once seals are verified) yield to the
-    loop between slices.
+    Seals and inflation of large values run in a thread; each message chunk is split
+    once, and unless seals proved it, checked as JSON, yielding to the loop between
+    megabytes.
     """
     version, complete = parse_header(value)
     if not complete:
@@ -188,7 +197,8 @@ async def decode_value(
     if len(value) > max_bytes + HEADER_SIZE:
         raise CorruptEntry("value larger than l2_max_value_bytes")
     check = _Checker(value, version, max_bytes, signer, key_name)
-    if len(value) > _INLINE_BYTES:
+    # Inflation runs in a thread whatever the size: compressed values are large ones.
+    if check.compressed or (signer is not None and len(value) > _INLINE_BYTES):
         inflated = await _off_loop(check.run)
     else:
         inflated = check.run()
@@ -199,14 +209,14 @@ async def decode_value(
         if kind == _COUNTS:
             _place_counts(counts, data, len(payloads))
             continue
-        for payload in data.split(b"\n"):
-            if signer is None:  # a sealed value was written by a holder of the key
-                _check_payload(payload)
-            payloads.append(payload)
-            checked += len(payload)
+        split = data.split(b"\n")
+        if signer is None:  # a sealed value was written by a holder of the key
+            _check_payloads(split)
+            checked += len(data)
             if checked >= _CHECK_SLICE_BYTES:
                 checked = 0
                 await asyncio.sleep(0)
+        payloads += split
     size = len(payloads)
     for column in counts.values():
         if len(column) < size:
@@ -214,14 +224,24 @@ async def decode_value(
     return version, tuple(payloads), counts
 
 
-def _check_payload(payload: bytes) -> None:
-    """Exactly one JSON object, as the store hands out: it may be spliced into responses."""
-    if payload[:1] != b"{" or payload[-1:] != b"}":
+def _check_payloads(payloads: list[bytes]) -> None:
+    """Each payload exactly one JSON object, as the store hands out: they may be
+    spliced into responses. (The loops run in C: ``map`` over C functions.)"""
+    try:
+        braces = bytes(map(_FIRST, payloads)), bytes(map(_LAST, payloads))
+    except IndexError:  # an empty payload
+        raise CorruptEntry("a payload is not a JSON object") from None
+    if braces != (b"{" * len(payloads), b"}" * len(payloads)):
         raise CorruptEntry("a payload is not a JSON object")
     try:
-        orjson.loads(payload)
+        # orjson rejects trailing data: each payload is exactly one value.
+        deque(map(orjson.loads, payloads), maxlen=0)
     except orjson.JSONDecodeError:
         raise CorruptEntry("a payload is not valid JSON") from None
+
+
+_FIRST: Final = itemgetter(0)
+_LAST: Final = itemgetter(-1)
 
 
 def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None:
@@ -232,21 +252,44 @@ def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None
         raise CorruptEntry("bad count chunk")
     if len(body) // 4 > size:
         raise CorruptEntry("a count chunk counts more messages than precede it")
-    try:
-        key = check_token_key(data[1 : 1 + name_length].decode("ascii"))
-    except (UnicodeDecodeError, InvalidArgument):
-        raise CorruptEntry("bad count key") from None
+    key = _count_key(data[1 : 1 + name_length])
     tail = column_from_bytes(body)
     if tail and min(tail) < UNKNOWN:
         raise CorruptEntry("a negative token count")
-    column = counts.setdefault(key, array("i"))
+    column = counts.get(key)
+    if column is None and len(tail) == size:  # a fill's chunk: counts of every message
+        counts[key] = tail
+        return
+    if column is None:
+        column = counts[key] = array("i")
     if len(column) < size:
         column.extend(array("i", [UNKNOWN]) * (size - len(column)))
     column[size - len(tail) : size] = tail
 
 
+# Count keys already found valid: a handful in practice; bounded, as values are untrusted.
+_KNOWN_KEYS: dict[bytes, str] = {}
+_MAX_KNOWN_KEYS: Final = 64
+
+
+def _count_key(name: bytes) -> str:
+    key = _KNOWN_KEYS.get(name)
+    if key is None:
+        try:
+            key = check_token_key(name.decode("ascii"))
+        except (UnicodeDecodeError, InvalidArgument):
+            raise CorruptEntry("bad count key") from None
+        if len(_KNOWN_KEYS) < _MAX_KNOWN_KEYS:
+            _KNOWN_KEYS[name] = key
+    return key
+
+
 class _Checker:
-    """Checks a value's chunks and seals and inflates them, within ``max_bytes``."""
+    """Checks a value's chunks and seals and inflates them, within ``max_bytes``.
+
+    Built with one walk over the chunk headers (no data touched), which also tells
+    whether the value holds frames to inflate.
+    """
 
     def __init__(
         self,
@@ -261,41 +304,34 @@ class _Checker:
         self._budget = max_bytes
         self._signer = signer
         self._key_name = key_name
+        self._chunks, self.compressed = _walk(value)
 
     def run(self) -> list[tuple[int, bytes]]:
         """``(kind, data)`` of the message and count chunks, data inflated."""
-        view = memoryview(self._value)
+        value = self._value
+        view = memoryview(value)
         inflated: list[tuple[int, bytes]] = []
         running: int | None = None  # the version the sealed groups reached so far
-        group_start = offset = HEADER_SIZE
-        while offset < len(view):
-            if offset + _CHUNK.size > len(view):
-                raise CorruptEntry("truncated chunk header")
-            kind, length, crc = _CHUNK.unpack_from(view, offset)
-            start = offset + _CHUNK.size
-            end = start + length
-            if kind not in _KINDS or end > len(view):
-                raise CorruptEntry("bad chunk header")
-            data = view[start:end]
-            if zlib.crc32(data) != crc:
-                raise CorruptEntry("chunk checksum mismatch")
+        group_start = HEADER_SIZE
+        for kind, start, end in self._chunks:
             if kind == _SEALED:
-                if length != _SEAL_SIZE:
+                if end - start != _SEAL_SIZE:
                     raise CorruptEntry("bad seal length")
                 if self._signer is not None:
-                    running = self._check_seal(view[group_start:offset], data, running)
+                    running = self._check_seal(
+                        view[group_start : start - _CHUNK.size], view[start:end], running
+                    )
                 group_start = end
             elif kind == _ZSTD:
-                inflated.append((_PLAIN, self._inflate(data)))
+                inflated.append((_PLAIN, self._inflate(view[start:end])))
             else:
                 if kind == _PLAIN:
-                    if not length:
+                    if start == end:
                         raise CorruptEntry("an empty message chunk")
-                    self._spend(length)
-                inflated.append((kind, bytes(data)))
-            offset = end
+                    self._spend(end - start)
+                inflated.append((kind, value[start:end]))
         if self._signer is not None:
-            if group_start != len(view):
+            if group_start != len(value):
                 raise CorruptEntry("chunks after the last seal")
             if running != self._version:
                 raise CorruptEntry("the seals do not end at the header's version")
@@ -335,6 +371,25 @@ class _Checker:
         except zstandard.ZstdError as exc:
             raise CorruptEntry(f"bad zstd chunk: {exc}") from None
         return out
+
+
+def _walk(value: bytes) -> tuple[list[tuple[int, int, int]], bool]:
+    """``(kind, start, end)`` of each chunk's data, and whether one is compressed;
+    raises `CorruptEntry` unless the chunks are of known kinds and tile the value."""
+    chunks = []
+    compressed = False
+    offset = HEADER_SIZE
+    while offset < len(value):
+        if offset + _CHUNK.size > len(value):
+            raise CorruptEntry("truncated chunk header")
+        kind, length = _CHUNK.unpack_from(value, offset)
+        start = offset + _CHUNK.size
+        offset = start + length
+        if kind not in _KINDS or offset > len(value):
+            raise CorruptEntry("bad chunk header")
+        chunks.append((kind, start, offset))
+        compressed |= kind == _ZSTD
+    return chunks, compressed
 
 
 _T = TypeVar("_T")
