@@ -13,10 +13,8 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
-import redis.asyncio as redis
-
 from .._quote import quote
-from .._redis import redis_client
+from .._redis import RedisClient, redis_client
 from .._tasks import raise_if_cancelling
 from .._token_counts import from_stored, to_stored
 from .._validation import check_count, check_namespace, check_thread_id
@@ -69,7 +67,7 @@ class ConversationCache:
         self,
         store: ThreadStore,
         *,
-        redis_client: redis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         namespace: str = "default",
         consistency: Consistency = "bounded",
         max_staleness: float = 1.0,

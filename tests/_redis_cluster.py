@@ -1,0 +1,160 @@
+"""A private 6-node Redis Cluster (3 primaries, 3 replicas) on free loopback ports.
+
+Each node keeps its ``nodes.conf`` in a directory of its own, so a killed node can be
+started again and rejoin (as a replica of whoever took over its slots).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from ._redis_server import free_port
+
+#: Short enough for a quick failover, long enough not to fail nodes over on a busy machine.
+NODE_TIMEOUT_MS = 1500
+_START_WITHIN = 30.0
+
+
+def wait_for(condition: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {within} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class ClusterNode:
+    """One ``redis-server --cluster-enabled yes``, keeping nothing but nodes.conf on disk."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.bus_port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def info(self, command: str) -> dict[str, str]:
+        """``CLUSTER INFO`` or ``INFO replication`` as a dict ({} if the node is down)."""
+        try:
+            with self.client() as client:
+                text = client.execute_command(*command.split())
+        except (redis.RedisError, OSError):
+            return {}
+        if isinstance(text, dict):
+            return {str(key): str(value) for key, value in text.items()}
+        lines = (text.decode() if isinstance(text, bytes) else str(text)).splitlines()
+        return dict(line.split(":", 1) for line in lines if ":" in line)
+
+    def start(self) -> None:
+        try:
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--cluster-enabled", "yes", "--cluster-port", str(self.bus_port)),
+                    *("--cluster-config-file", "nodes.conf"),
+                    *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
+                    *("--save", "", "--appendonly", "no", "--dir", str(self.directory)),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
+        except FileNotFoundError as exc:
+            raise RuntimeError(
+                "the tests need redis-server on PATH (Debian package redis-server)"
+            ) from exc
+        wait_for(self._answers, within=10, what=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        try:
+            with self.client() as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: the node vanishes without a word, as a crashed host would."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+class RedisCluster:
+    """Six nodes joined by ``redis-cli --cluster create --cluster-replicas 1``."""
+
+    def __init__(self, directory: Path, *, size: int = 6) -> None:
+        self.nodes = [ClusterNode(directory / f"node-{index}") for index in range(size)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(node.address for node in self.nodes[:3])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(node.address for node in self.nodes),
+                *("--cluster-replicas", "1", "--cluster-yes"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=_START_WITHIN,
+        )
+        self.wait_healthy()
+
+    def wait_healthy(self, within: float = _START_WITHIN) -> None:
+        """Wait until every running node says cluster_state:ok and sees all slots served,
+        and every replica is in sync with its primary."""
+
+        def healthy(node: ClusterNode) -> bool:
+            info = node.info("CLUSTER INFO")
+            if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
+                return False
+            replication = node.info("INFO replication")
+            return replication.get("role") == "master" or (
+                replication.get("master_link_status") == "up"
+            )
+
+        wait_for(
+            lambda: all(healthy(node) for node in self.nodes if node.process is not None),
+            within=within,
+            what="cluster_state:ok on every node",
+        )
+
+    def primary_of(self, key: str) -> ClusterNode:
+        """The node that serves ``key``'s slot, as a running node sees it."""
+        node = next(node for node in self.nodes if node.process is not None)
+        with node.client() as client:
+            slot = client.execute_command("CLUSTER KEYSLOT", key)
+            for start, end, primary, *_replicas in client.execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return self._by_port(int(primary[1]))
+        raise RuntimeError(f"no primary serves {key!r}")
+
+    def _by_port(self, port: int) -> ClusterNode:
+        return next(node for node in self.nodes if node.port == port)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
