@@ -149,10 +149,10 @@ class RedisCluster:
             slot = client.execute_command("CLUSTER KEYSLOT", key)
             for start, end, primary, *_replicas in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
-                    return self._by_port(int(primary[1]))
+                    return self.node_at(int(primary[1]))
         raise RuntimeError(f"no primary serves {key!r}")
 
-    def _by_port(self, port: int) -> ClusterNode:
+    def node_at(self, port: int) -> ClusterNode:
         return next(node for node in self.nodes if node.port == port)
 
     def stop(self) -> None:
