@@ -16,7 +16,7 @@ import redis
 from ._redis_server import free_port
 
 #: Short enough for a quick failover, long enough not to fail nodes over on a busy machine.
-NODE_TIMEOUT_MS = 1500
+NODE_TIMEOUT_MS = 2500
 _START_WITHIN = 30.0
 
 

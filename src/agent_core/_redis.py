@@ -13,7 +13,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from ._urls import redact, show_url
 from .errors import ConfigurationError
 
-__all__ = ["REDIS_FAILURES", "RedisClient", "describe", "is_cluster", "redis_client"]
+__all__ = ["REDIS_FAILURES", "RedisClient", "describe", "is_cluster", "ping", "redis_client"]
 
 #: A client of one Redis server or of a Redis Cluster.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -28,6 +28,19 @@ _SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "redi
 
 def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
+
+
+async def ping(client: RedisClient) -> None:
+    """Raise unless Redis answers; on a cluster, unless every primary answers.
+
+    A primary that died fails this until its replica is promoted and the client's slot
+    map (refreshed after the failed call) names the new one: the cache leaves degraded
+    mode once every slot can be served again, not when one node happens to answer.
+    """
+    if isinstance(client, RedisCluster):
+        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await client.ping()
 
 
 def redis_client(url: object) -> RedisClient:

@@ -28,7 +28,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from redis.commands.core import AsyncScript
 
-from .._redis import REDIS_FAILURES, RedisClient, describe, is_cluster
+from .._redis import REDIS_FAILURES, RedisClient, describe, is_cluster, ping
 from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
 from .._token_counts import Counts
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
@@ -241,7 +241,7 @@ class RedisTier:
         """
         try:
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                await self.client.ping()
+                await ping(self.client)
                 for script in (
                     self._fill_script,
                     self._append_script,
@@ -282,7 +282,7 @@ class RedisTier:
         while True:
             try:
                 async with asyncio.timeout(max(self._timeout, 0.25)):
-                    await self.client.ping()
+                    await ping(self.client)
                     await self._repair_dirty()
             except REDIS_FAILURES:
                 raise_if_cancelling()
