@@ -51,7 +51,8 @@ DEFAULT_MAX_VALUE_BYTES: Final = 32 << 20
 log = logging.getLogger("agent_core.cache")
 
 # Every script that records a write also announces it on the bus (ARGV[1] channel,
-# ARGV[2] event; an empty event announces nothing): one round trip for both. ``held``
+# ARGV[2] event; an empty event announces nothing): one round trip for both. On a
+# cluster the event is empty and `_announcing` publishes it after the script. ``held``
 # is the held version as 20 digits, or nil when the value is missing or its header is
 # malformed or out of range (anyone may write to Redis): such a value is overwritten.
 # Versions are compared as zero-padded strings: exact beyond 2^53, unlike Lua numbers.
