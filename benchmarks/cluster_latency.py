@@ -50,7 +50,7 @@ from agent_core import ConversationCache
 from agent_core._redis import redis_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests._redis_cluster import RedisCluster
+from tests._redis_cluster import LocalRedisCluster
 
 PAYLOAD_BYTES: Final = 200
 SIZES: Final = (10, 100)
@@ -223,7 +223,7 @@ async def run(plan: Plan, mode: str) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="ac-bench-cluster-") as directory,
         private_redis() as single_url,
     ):
-        cluster = RedisCluster(Path(directory) / "cluster")
+        cluster = LocalRedisCluster(Path(directory) / "cluster")
         try:
             try:
                 cluster.start()

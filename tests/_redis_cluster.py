@@ -29,7 +29,7 @@ def wait_for(condition: Callable[[], bool], *, within: float, what: str) -> None
         time.sleep(0.05)
 
 
-class ClusterNode:
+class NodeProcess:
     """One ``redis-server --cluster-enabled yes``, keeping nothing but nodes.conf on disk."""
 
     def __init__(self, directory: Path) -> None:
@@ -96,11 +96,11 @@ class ClusterNode:
             self.process = None
 
 
-class RedisCluster:
+class LocalRedisCluster:
     """Six nodes joined by ``redis-cli --cluster create --cluster-replicas 1``."""
 
     def __init__(self, directory: Path, *, size: int = 6) -> None:
-        self.nodes = [ClusterNode(directory / f"node-{index}") for index in range(size)]
+        self.nodes = [NodeProcess(directory / f"node-{index}") for index in range(size)]
 
     @property
     def url(self) -> str:
@@ -127,7 +127,7 @@ class RedisCluster:
         """Wait until every running node says cluster_state:ok and sees all slots served,
         and every replica is in sync with its primary."""
 
-        def healthy(node: ClusterNode) -> bool:
+        def healthy(node: NodeProcess) -> bool:
             info = node.info("CLUSTER INFO")
             if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
                 return False
@@ -142,7 +142,7 @@ class RedisCluster:
             what="cluster_state:ok on every node",
         )
 
-    def primary_of(self, key: str) -> ClusterNode:
+    def primary_of(self, key: str) -> NodeProcess:
         """The node that serves ``key``'s slot, as a running node sees it."""
         node = next(node for node in self.nodes if node.process is not None)
         with node.client() as client:
@@ -152,7 +152,7 @@ class RedisCluster:
                     return self.node_at(int(primary[1]))
         raise RuntimeError(f"no primary serves {key!r}")
 
-    def node_at(self, port: int) -> ClusterNode:
+    def node_at(self, port: int) -> NodeProcess:
         return next(node for node in self.nodes if node.port == port)
 
     def stop(self) -> None:

@@ -14,11 +14,14 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection
 
 from agent_core import AgentCoreError, ConversationCache, RateLimiter, RateLimits
 from agent_core._redis import redis_client
 
-from ._redis_cluster import RedisCluster
+from ._redis_cluster import LocalRedisCluster
+from ._redis_server import free_port
 from .conftest import CacheFactory
 from .test_cache_tiers import (
     test_cold_starts_hit_l2,
@@ -67,8 +70,8 @@ FAILOVER_WITHIN = 30.0
 
 
 @pytest.fixture(scope="module")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("cluster"))
     try:
         cluster.start()
         yield cluster
@@ -77,7 +80,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 @pytest.fixture(scope="module")
-def redis_url(redis_cluster: RedisCluster) -> str:
+def redis_url(redis_cluster: LocalRedisCluster) -> str:
     return redis_cluster.url
 
 
@@ -91,7 +94,7 @@ def user(text: str) -> dict[str, str]:
 
 
 async def test_the_bus_is_a_sharded_channel(
-    make_cache: CacheFactory, redis_cluster: RedisCluster, namespace: str
+    make_cache: CacheFactory, redis_cluster: LocalRedisCluster, namespace: str
 ) -> None:
     async with make_cache() as cache:
         assert not cache.stats().degraded
@@ -131,7 +134,7 @@ async def test_purge_and_windows_work_across_slots(make_cache: CacheFactory) -> 
         assert cache.stats().redis_errors == 0
 
 
-def key_holder(cluster: RedisCluster, pattern: str) -> int:
+def key_holder(cluster: LocalRedisCluster, pattern: str) -> int:
     """The port of the primary that holds a key matching ``pattern``."""
     for node in cluster.nodes:
         if node.process is None or node.info("INFO replication").get("role") != "master":
@@ -143,7 +146,7 @@ def key_holder(cluster: RedisCluster, pattern: str) -> int:
 
 
 async def test_a_primary_failover_keeps_the_cache_correct(
-    redis_cluster: RedisCluster, sqlite_url: str, namespace: str
+    redis_cluster: LocalRedisCluster, sqlite_url: str, namespace: str
 ) -> None:
     """SIGKILL the primary of a thread's slot while two strong caches append and read.
 
@@ -219,7 +222,7 @@ async def test_a_primary_failover_keeps_the_cache_correct(
     redis_cluster.wait_healthy()
 
 
-async def test_a_cluster_url_reaches_every_node(redis_cluster: RedisCluster) -> None:
+async def test_a_cluster_url_reaches_every_node(redis_cluster: LocalRedisCluster) -> None:
     client = redis_client(redis_cluster.url)
     try:
         assert await client.ping()
@@ -228,3 +231,32 @@ async def test_a_cluster_url_reaches_every_node(redis_cluster: RedisCluster) -> 
         assert await client.get(key) == b"v"
     finally:
         await client.aclose()
+
+
+def test_cluster_urls_name_every_listed_node() -> None:
+    """Parsed, not connected: the scheme picks TLS, the list gives the startup nodes."""
+    client = redis_client(
+        "rediss+cluster://ann:s3cret@10.0.0.1:7000,[::1]:7001/0?ssl_cert_reqs=none"
+    )
+    assert isinstance(client, RedisCluster)
+    nodes = {(node.host, node.port) for node in client.startup_nodes}
+    assert nodes == {("10.0.0.1", 7000), ("::1", 7001)}
+    assert client.connection_kwargs["connection_class"] is SSLConnection
+    assert client.connection_kwargs["password"] == "s3cret"
+    plain = redis_client("redis+cluster://127.0.0.1:7000")
+    assert isinstance(plain, RedisCluster)
+    assert plain.connection_kwargs["connection_class"] is not SSLConnection
+
+
+async def test_an_unreachable_cluster_is_degraded_mode_not_an_error(
+    sqlite_url: str, namespace: str
+) -> None:
+    dead = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    async with ConversationCache.from_urls(sqlite_url, redis=dead, namespace=namespace) as cache:
+        await cache.append("t", [user("hello")])
+        assert len(await cache.get("t")) == 1
+        assert cache.stats().degraded
+    limits = RateLimits(requests_per_minute=10, max_wait=0)
+    async with RateLimiter(limits, redis=dead, namespace=namespace) as limiter:
+        await limiter.acquire("gpt-4o", 1)
+        assert limiter.stats().degraded
