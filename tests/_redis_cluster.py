@@ -58,6 +58,11 @@ class NodeProcess:
         lines = (text.decode() if isinstance(text, bytes) else str(text)).splitlines()
         return dict(line.split(":", 1) for line in lines if ":" in line)
 
+    def info_list(self, *command: str) -> list[bytes]:
+        with self.client() as client:
+            found: list[bytes] = client.execute_command(*command)
+            return found
+
     def start(self) -> None:
         try:
             self.process = subprocess.Popen(
@@ -142,15 +147,46 @@ class LocalRedisCluster:
             what="cluster_state:ok on every node",
         )
 
-    def primary_of(self, key: str) -> NodeProcess:
-        """The node that serves ``key``'s slot, as a running node sees it."""
+    def slot_of(self, key: str) -> int:
         node = next(node for node in self.nodes if node.process is not None)
         with node.client() as client:
-            slot = client.execute_command("CLUSTER KEYSLOT", key)
+            slot: int = client.execute_command("CLUSTER KEYSLOT", key)
+            return slot
+
+    def move_slot(self, slot: int, target: NodeProcess) -> None:
+        """Reshard one slot to ``target`` (a primary), keys and all, as
+        ``redis-cli --cluster reshard`` does."""
+        source = self.owner_of(slot)
+        with source.client() as source_client, target.client() as target_client:
+            source_id = source_client.execute_command("CLUSTER MYID")
+            target_id = target_client.execute_command("CLUSTER MYID")
+            target_client.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            source_client.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            while keys := source_client.execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+                source_client.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+                )
+            for client in (target_client, source_client):
+                client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        for node in self.primaries():  # replicas learn it from their primaries
+            if node not in (source, target):
+                with node.client() as client:
+                    client.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+
+    def owner_of(self, slot: int) -> NodeProcess:
+        node = next(node for node in self.nodes if node.process is not None)
+        with node.client() as client:
             for start, end, primary, *_replicas in client.execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
                     return self.node_at(int(primary[1]))
-        raise RuntimeError(f"no primary serves {key!r}")
+        raise RuntimeError(f"no primary serves slot {slot}")
+
+    def primaries(self) -> list[NodeProcess]:
+        return [
+            node
+            for node in self.nodes
+            if node.process is not None and node.info("INFO replication").get("role") == "master"
+        ]
 
     def node_at(self, port: int) -> NodeProcess:
         return next(node for node in self.nodes if node.port == port)

@@ -34,6 +34,7 @@ from .test_cache_tiers import (
     test_other_instances_see_appends_and_deletes,
     test_own_appends_extend_both_tiers_without_reloading,
     test_strong_mode_reads_your_writes_across_instances,
+    user,
 )
 from .test_linearizable import (
     test_a_read_never_joins_a_load_that_began_before_it,
@@ -89,8 +90,11 @@ def store_url(sqlite_url: str) -> str:
     return sqlite_url
 
 
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def test_the_bus_is_a_sharded_channel(
@@ -100,11 +104,12 @@ async def test_the_bus_is_a_sharded_channel(
         assert not cache.stats().degraded
 
         def channels() -> list[bytes]:
-            found = []
-            for node in redis_cluster.nodes:
-                with node.client() as client:
-                    found += client.execute_command("PUBSUB SHARDCHANNELS", f"ac:bus:*/{namespace}")
-            return found
+            pattern = f"ac:bus:*/{namespace}"
+            return [
+                name
+                for node in redis_cluster.nodes
+                for name in node.info_list("PUBSUB SHARDCHANNELS", pattern)
+            ]
 
         assert len(channels()) == 1  # one shard holds it (the primary; replicas don't count)
 
@@ -260,3 +265,27 @@ async def test_an_unreachable_cluster_is_degraded_mode_not_an_error(
     async with RateLimiter(limits, redis=dead, namespace=namespace) as limiter:
         await limiter.acquire("gpt-4o", 1)
         assert limiter.stats().degraded
+
+
+async def test_the_bus_follows_its_channel_to_another_node(
+    make_cache: CacheFactory, redis_cluster: LocalRedisCluster, namespace: str
+) -> None:
+    """Resharding the channel's slot unsubscribes the bus (SUNSUBSCRIBE from the server):
+    it resubscribes on the new owner, and events flow again."""
+    async with make_cache() as reader, make_cache() as writer:
+        await writer.append("t", [user("one")])
+        await reader.get("t")
+        (channel,) = [
+            name
+            for node in redis_cluster.nodes
+            for name in node.info_list("PUBSUB SHARDCHANNELS", f"ac:bus:*/{namespace}")
+        ]
+        slot = redis_cluster.slot_of(channel.decode())
+        owner = redis_cluster.owner_of(slot)
+        target = next(node for node in redis_cluster.primaries() if node is not owner)
+        redis_cluster.move_slot(slot, target)
+        await until(lambda: reader.stats().bus_subscriptions == 2)
+        await until(lambda: not reader.stats().degraded)
+        received = reader.stats().invalidations_received
+        await writer.append("t", [user("two")])
+        await until(lambda: reader.stats().invalidations_received > received)

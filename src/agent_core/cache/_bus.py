@@ -150,6 +150,9 @@ class InvalidationBus:
                 last_heard = now
                 if message["type"] == channel.message:
                     self._dispatch(message["data"])
+                elif message["type"] == channel.unsubscribed:
+                    # Only the server unsubscribes us: a cluster moved the channel's slot.
+                    raise ConnectionError("the channel's slot moved to another node")
             if now >= next_ping:
                 async with asyncio.timeout(self._timeout):
                     await channel.ping()
@@ -170,6 +173,7 @@ class _Classic:
     """A PUBLISH channel of one Redis server."""
 
     subscribed: ClassVar[str] = "subscribe"
+    unsubscribed: ClassVar[str] = "unsubscribe"
     message: ClassVar[str] = "message"
 
     def __init__(self, pubsub: Any) -> None:
@@ -188,10 +192,12 @@ class _Classic:
 
 class _Sharded(_Classic):
     """A sharded (SPUBLISH) channel of a Redis Cluster: it lives on its slot's primary
-    only, so events cost no cluster-bus broadcast, and a failover of that primary ends
-    the subscription (the bus then resubscribes on the promoted replica)."""
+    only, so events cost no cluster-bus broadcast. A failover of that primary, or the
+    slot moving to another node (the server then sends SUNSUBSCRIBE), ends the
+    subscription; the bus then resubscribes wherever the slot is now served."""
 
     subscribed: ClassVar[str] = "ssubscribe"
+    unsubscribed: ClassVar[str] = "sunsubscribe"
     message: ClassVar[str] = "smessage"
 
     async def subscribe(self, channel: str) -> None:
