@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final, TypeAlias
 
 import redis.asyncio as redis
@@ -13,7 +14,15 @@ from redis.exceptions import RedisClusterException, RedisError
 from ._urls import redact, show_url
 from .errors import ConfigurationError
 
-__all__ = ["REDIS_FAILURES", "RedisClient", "describe", "is_cluster", "ping", "redis_client"]
+__all__ = [
+    "REDIS_FAILURES",
+    "RedisClient",
+    "describe",
+    "is_cluster",
+    "ping",
+    "redis_client",
+    "refresh_slots",
+]
 
 #: A client of one Redis server or of a Redis Cluster.
 RedisClient: TypeAlias = redis.Redis | RedisCluster
@@ -23,6 +32,8 @@ RedisClient: TypeAlias = redis.Redis | RedisCluster
 REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 #: ``redis+cluster://`` is a cluster over plain TCP, ``rediss+cluster://`` over TLS.
 _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: Budget of a slot map refresh: a few dead nodes' connect timeouts, then a live one.
+_REFRESH_WITHIN: Final = 5.0
 _SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
@@ -30,17 +41,27 @@ def is_cluster(client: RedisClient) -> bool:
     return isinstance(client, RedisCluster)
 
 
-async def ping(client: RedisClient) -> None:
-    """Raise unless Redis answers; on a cluster, unless every primary answers.
+async def ping(client: RedisClient, deadline: float) -> None:
+    """Raise unless Redis answers within ``deadline`` s; on a cluster, every primary.
 
-    A primary that died fails this until its replica is promoted and the client's slot
-    map (refreshed after the failed call) names the new one: the cache leaves degraded
-    mode once every slot can be served again, not when one node happens to answer.
+    On a cluster the slot map is read again first: after a failover it must name the
+    promoted replica, and the cache should leave degraded mode once every slot can be
+    served again, not when one node happens to answer. Reading the map may first have
+    to give up on a dead node (the 1 s connect timeout), so it has a budget of its own.
     """
     if isinstance(client, RedisCluster):
-        await client.ping(target_nodes=RedisCluster.PRIMARIES)
+        await refresh_slots(client)
+        async with asyncio.timeout(deadline):
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
     else:
-        await client.ping()
+        async with asyncio.timeout(deadline):
+            await client.ping()
+
+
+async def refresh_slots(client: RedisCluster) -> None:
+    """Ask the cluster which node serves which slot (after a failover or resharding)."""
+    async with asyncio.timeout(_REFRESH_WITHIN):
+        await client.nodes_manager.initialize()
 
 
 def redis_client(url: object) -> RedisClient:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Final
 import msgspec
 from redis.asyncio.cluster import RedisCluster
 
-from .._redis import REDIS_FAILURES, RedisClient
+from .._redis import REDIS_FAILURES, RedisClient, refresh_slots
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 
 WRITE: Final = "w"
@@ -128,12 +128,13 @@ class InvalidationBus:
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _listen(self, pubsub: Any) -> None:
-        sharded = isinstance(self._client, RedisCluster)
-        channel = _Sharded(pubsub) if sharded else _Classic(pubsub)
-        async with asyncio.timeout(1.0):
-            if isinstance(self._client, RedisCluster) and self.subscriptions:
+        channel = _Classic(pubsub)
+        if isinstance(self._client, RedisCluster):
+            channel = _Sharded(pubsub)
+            if self.subscriptions:
                 # A resubscription may follow a failover: find the slot's new primary.
-                await self._client.nodes_manager.initialize()
+                await refresh_slots(self._client)
+        async with asyncio.timeout(1.0):
             await channel.subscribe(self.channel)
             while True:
                 message = await channel.get_message(wait=1.0)

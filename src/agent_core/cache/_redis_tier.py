@@ -241,8 +241,8 @@ class RedisTier:
         A Redis that can't be reached leaves the tier degraded, not the caller failing.
         """
         try:
+            await ping(self.client, max(self._timeout, 1.0))
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                await ping(self.client)
                 for script in (
                     self._fill_script,
                     self._append_script,
@@ -282,8 +282,8 @@ class RedisTier:
         delay = 0.05
         while True:
             try:
+                await ping(self.client, max(self._timeout, 0.25))
                 async with asyncio.timeout(max(self._timeout, 0.25)):
-                    await ping(self.client)
                     await self._repair_dirty()
             except REDIS_FAILURES:
                 raise_if_cancelling()
