@@ -42,6 +42,7 @@ from .test_linearizable import (
     test_a_writer_that_bypasses_redis_is_seen,
     test_concurrent_bounded_reads_share_a_version_check,
 )
+from .test_multiprocess_cache import test_freshness_across_processes
 from .test_ratelimit import (
     test_a_cancelled_shared_waiter_gives_its_reservation_back,
     test_namespace_and_model_never_share_a_budget_through_a_colon,
@@ -58,6 +59,7 @@ __all__ = [
     "test_fill_racing_a_delete_cannot_resurrect",
     "test_fill_racing_an_append_leaves_no_stale_entry",
     "test_first_read_of_an_uncached_thread_fills_both_tiers",
+    "test_freshness_across_processes",
     "test_invalidate_drops_every_tier",
     "test_invalidation_before_the_l1_fill_drops_the_fill",
     "test_namespace_and_model_never_share_a_budget_through_a_colon",
@@ -118,8 +120,9 @@ async def test_limiters_share_one_budget_on_a_cluster(redis_url: str) -> None:
     limits = RateLimits(requests_per_minute=2, max_wait=0)
     namespace = f"rl-{uuid.uuid4().hex[:8]}"
     async with (
-        RateLimiter(limits, redis=redis_url, namespace=namespace) as first,
-        RateLimiter(limits, redis=redis_url, namespace=namespace) as second,
+        # A generous deadline: a starved machine must not make these decisions local.
+        RateLimiter(limits, redis=redis_url, namespace=namespace, redis_timeout=2.0) as first,
+        RateLimiter(limits, redis=redis_url, namespace=namespace, redis_timeout=2.0) as second,
     ):
         await first.acquire("gpt-4o", 1)
         await second.acquire("gpt-4o", 1)
