@@ -249,7 +249,7 @@ COLD_CASES: Final = ("cold tier", "cold cache", "cold naive")
 def new_client(url: str, read_size: int | None = None) -> redis.Redis:
     """A client as ``ConversationCache.from_urls`` builds it, or with ``read_size``."""
     if read_size is None:
-        return redis_client(url)
+        return cast(redis.Redis, redis_client(url))
     return redis.Redis.from_url(
         url, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0), socket_read_size=read_size
     )

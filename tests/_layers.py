@@ -83,6 +83,7 @@ BENCHMARK_ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
         # The L2 read path measured step by step against a raw GET (issue 12): the tier's
         # own get, its format module and its inline threshold, and the client factory.
         ("benchmarks.cache_latency", "agent_core._redis"),
+        ("benchmarks.cluster_latency", "agent_core._redis"),
         ("benchmarks.cache_latency", "._l2"),
         ("benchmarks.l2_hot_path", "agent_core.cache._l2_format"),
         ("benchmarks.l2_hot_path", "agent_core.cache._redis_tier"),

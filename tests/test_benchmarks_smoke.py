@@ -382,3 +382,12 @@ def test_l1_soak_quick_run(tmp_path: Path, redis_url: str) -> None:
         assert client.keys(f"*{document['namespace']}*") == []
     finally:
         client.close()
+
+
+def test_cluster_latency_quick_run(tmp_path: Path) -> None:
+    """benchmarks/cluster_latency.py --quick: a private redis-server beside a private
+    6-node cluster, SQLite, about 15 s (mostly the cluster's start)."""
+    headings = ("Machine", "Cluster beside one Redis, µs", "read after invalidation")
+    document = quick_run("cluster_latency.py", tmp_path, headings)
+    assert document["redis_errors"] == {"single": 0, "cluster": 0}
+    assert document["latency"]["L2 hit"]["100"]["cluster"]["samples"] > 0

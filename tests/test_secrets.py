@@ -33,6 +33,14 @@ SECRET = "s3cret"
         ("redis://:s3cret@127.0.0.1:63a79/0", "redis://:***@127.0.0.1:63a79/0"),
         ("rediss://ann:s3cret@h/0?ssl_cert_reqs=none", "rediss://ann:***@h/0?ssl_cert_reqs=none"),
         ("redis://h:6379/0?password=s3cret&db=1", "redis://h:6379/0?password=***&db=1"),
+        (
+            "redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7000",
+            "redis+cluster://:***@10.0.0.1:7000,10.0.0.2:7000",
+        ),
+        (
+            "rediss+cluster://ann:s3/c@ret@h1:7000,h2:7000?ssl_cert_reqs=none&password=s3cret",
+            "rediss+cluster://ann:***@h1:7000,h2:7000?ssl_cert_reqs=none&password=***",
+        ),
         ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
         ("postgresql://u@h/db?password=s3cret", "postgresql://u@h/db?password=***"),
         (
@@ -77,6 +85,10 @@ BAD_URLS = [
     ("postgresql://postgres@127.0.0.1:1/test?password=s3cret", None),
     ("postgresql://postgres@127.0.0.1:5432/test?password=s3cret&pool_max_size=x", None),
     ("sqlite://u:s3cret@host/x.db", None),
+    ("sqlite:///{tmp}/a.db", "redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:70a1"),
+    ("sqlite:///{tmp}/a.db", "redis+cluster://:s3cret@127.0.0.1:7000,:7001"),
+    ("sqlite:///{tmp}/a.db", "rediss+cluster://:s3cret@127.0.0.1:7000/1"),
+    ("sqlite:///{tmp}/a.db", "redis+cluster://127.0.0.1:7000?password=s3cret&nosuchoption=1"),
 ]
 
 

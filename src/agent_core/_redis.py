@@ -1,45 +1,141 @@
-"""The Redis clients agent-core makes from URLs."""
+"""The Redis clients agent-core makes from URLs: one server, or a Redis Cluster."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, Final, TypeAlias
+
 import redis.asyncio as redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 
 from ._urls import redact, show_url
 from .errors import ConfigurationError
 
+__all__ = [
+    "REDIS_FAILURES",
+    "RedisClient",
+    "describe",
+    "is_cluster",
+    "ping",
+    "redis_client",
+    "refresh_slots",
+]
+
 #: Bytes asked of the socket per read (redis-py's default: 64 KB). A large L2 value
 #: then takes a few reads instead of one per 64 KB, each a trip through the event
 #: loop and a feed of the hiredis reader (docs/BENCHMARKS.md, "L2 hot path").
-READ_SIZE = 1 << 20
+READ_SIZE: Final = 1 << 20
+
+#: A client of one Redis server or of a Redis Cluster.
+RedisClient: TypeAlias = redis.Redis | RedisCluster
+#: What a Redis call may raise when Redis or a cluster node is unreachable, slow or
+#: failing over (ConnectionError, TimeoutError, MOVED/ASK beyond the redirect limit,
+#: CLUSTERDOWN, TRYAGAIN, an uncovered slot): each turns into the caller's fallback.
+REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
+#: ``redis+cluster://`` is a cluster over plain TCP, ``rediss+cluster://`` over TLS.
+_CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+#: Budget of a slot map refresh: a few dead nodes' connect timeouts, then a live one.
+_REFRESH_WITHIN: Final = 5.0
+_SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 
 
-def redis_client(url: object) -> redis.Redis:
+def is_cluster(client: RedisClient) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+async def ping(client: RedisClient, deadline: float) -> None:
+    """Raise unless Redis answers within ``deadline`` s; on a cluster, every primary.
+
+    On a cluster the slot map is read again first: after a failover it must name the
+    promoted replica, and the cache should leave degraded mode once every slot can be
+    served again, not when one node happens to answer. Reading the map may first have
+    to give up on a dead node (the 1 s connect timeout), so it has a budget of its own.
+    """
+    if isinstance(client, RedisCluster):
+        await refresh_slots(client)
+        async with asyncio.timeout(deadline):
+            await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        async with asyncio.timeout(deadline):
+            await client.ping()
+
+
+async def refresh_slots(client: RedisCluster) -> None:
+    """Ask the cluster which node serves which slot (after a failover or resharding)."""
+    async with asyncio.timeout(_REFRESH_WITHIN):
+        await client.nodes_manager.initialize()
+
+
+def redis_client(url: object) -> RedisClient:
     """A client for ``url`` with no retries: every caller has its own short deadline.
 
     A failure must surface at once so the caller can switch to its fallback (the
     cache's degraded mode, the rate limiter's local decisions); a socket timeout would
-    wrap each read in one more task.
+    wrap each read in one more task. A cluster client still follows MOVED and ASK
+    redirects itself, and refreshes its slot map after a failed call.
     """
-    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+    if not isinstance(url, str) or not url.startswith(_SCHEMES):
         raise ConfigurationError(
-            f"not a Redis URL: {show_url(url)}; use redis://host:6379/0 or None"
+            f"not a Redis URL: {show_url(url)}; use redis://host:6379/0, "
+            "redis+cluster://host:7000[,host:7001...] or None"
         )
+    options: dict[str, Any] = {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": None,
+        "socket_read_size": READ_SIZE,
+    }
     try:
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=1.0,
-            socket_timeout=None,
-            retry=Retry(NoBackoff(), 0),
-            socket_read_size=READ_SIZE,
-        )
+        scheme, _, rest = url.partition("://")
+        if scheme in _CLUSTER_SCHEMES:
+            return _cluster_client(_CLUSTER_SCHEMES[scheme], rest, options)
+        client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
         # An unknown query option is a TypeError of the first connection: make one (it does
         # not connect) so that it is a ConfigurationError now, not a failure at first use.
         pool = client.connection_pool
         pool.connection_class(**pool.connection_kwargs)
-    except (ValueError, TypeError) as exc:  # a bad port, host or query option
+    except (ValueError, TypeError, RedisClusterException) as exc:  # bad port, host, option
         raise ConfigurationError(
             f"bad Redis URL {show_url(url)}: {redact(str(exc), url)}"
         ) from None
     return client
+
+
+def _cluster_client(scheme: str, rest: str, options: dict[str, Any]) -> RedisCluster:
+    """``rest`` is ``[user:password@]host:port[,host:port...][/0][?options]``."""
+    location, question, query = rest.partition("?")
+    # The userinfo ends at the last '@' (a password may hold an unencoded '/').
+    at = location.rfind("@") + 1
+    hosts, slash, path = location[at:].partition("/")
+    first, *others = [_host_port(node) for node in hosts.split(",")]
+    single = f"{scheme}://{location[:at]}{first[0]}:{first[1]}{slash}{path}{question}{query}"
+    return RedisCluster.from_url(
+        single,
+        startup_nodes=[ClusterNode(host, port) for host, port in others],
+        retry=Retry(NoBackoff(), 0),
+        **options,
+    )
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    host, colon, port = node.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not colon or not host:
+        raise ValueError(f"a cluster node must be host:port, got {node!r}")
+    number = int(port)
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} is out of range")
+    return host, number
+
+
+def describe(client: RedisClient) -> str:
+    """Where ``client`` connects, without its credentials."""
+    if isinstance(client, RedisCluster):
+        nodes = ",".join(f"{node.host}:{node.port}" for node in client.startup_nodes)
+        return f"cluster {nodes}"
+    options = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix:{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

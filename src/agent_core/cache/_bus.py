@@ -4,7 +4,9 @@ The channel is ``ac:bus:<store fingerprint>/<namespace>``. Events are
 ``(kind, thread_id, version, origin)`` encoded with msgpack: ``"w"`` for
 a write (append, delete, invalidation), ``"f"`` for a fill (wakes instances waiting
 on another's load lease) and ``"r"`` for a reset (clear all of L1). Write events are
-published by the same Lua script that updates L2, in one round trip. A subscriber pings its own
+published by the same Lua script that updates L2, in one round trip (on a Redis Cluster the
+channel is sharded, SSUBSCRIBE/SPUBLISH, and the event follows the script: see
+`RedisTier._announcing`). A subscriber pings its own
 connection, so a Redis that hangs (SIGSTOP) is noticed as surely as one that
 closes the socket; each (re)subscription tells the owner, who must then assume it
 missed events.
@@ -16,12 +18,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
+from .._redis import REDIS_FAILURES, RedisClient, refresh_slots
 from .._tasks import MAX_BACKOFF, cancel_and_wait, cancelling, raise_if_cancelling
 
 WRITE: Final = "w"
@@ -51,7 +53,7 @@ class InvalidationBus:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         namespace: str,
         *,
         origin: str,
@@ -105,7 +107,7 @@ class InvalidationBus:
             reason: BaseException = ConnectionError("subscription ended")
             try:
                 await self._listen(pubsub)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 raise_if_cancelling()
                 reason = exc
             finally:
@@ -114,33 +116,42 @@ class InvalidationBus:
                     if not cancelling():
                         self._on_lost(reason)
                     delay = 0.05
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                with contextlib.suppress(*REDIS_FAILURES):
                     async with asyncio.timeout(self._timeout):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _listen(self, pubsub: Any) -> None:
+        channel = _Classic(pubsub)
+        if isinstance(self._client, RedisCluster):
+            channel = _Sharded(pubsub)
+            if self.subscriptions:
+                # A resubscription may follow a failover: find the slot's new primary.
+                await refresh_slots(self._client)
         async with asyncio.timeout(1.0):
-            await pubsub.subscribe(self.channel)
+            await channel.subscribe(self.channel)
             while True:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
+                message = await channel.get_message(wait=1.0)
+                if message is not None and message["type"] == channel.subscribed:
                     break
         self.subscriptions += 1
         self._ready.set()
         self._on_subscribed()
         last_heard = next_ping = time.monotonic()
         while True:
-            message = await pubsub.get_message(timeout=_PING_EVERY)
+            message = await channel.get_message(wait=_PING_EVERY)
             now = time.monotonic()
             if message is not None:
                 last_heard = now
-                if message["type"] == "message":
+                if message["type"] == channel.message:
                     self._dispatch(message["data"])
+                elif message["type"] == channel.unsubscribed:
+                    # Only the server unsubscribes us: a cluster moved the channel's slot.
+                    raise ConnectionError("the channel's slot moved to another node")
             if now >= next_ping:
                 async with asyncio.timeout(self._timeout):
-                    await pubsub.ping()
+                    await channel.ping()
                 next_ping = now + _PING_EVERY
             if now - last_heard > _DEAD_AFTER:
                 raise TimeoutError("the Redis subscription stopped answering pings")
@@ -152,3 +163,47 @@ class InvalidationBus:
             self.corrupt += 1
             return
         self._on_event(kind, thread_id, version, origin)
+
+
+class _Classic:
+    """A PUBLISH channel of one Redis server."""
+
+    subscribed: ClassVar[str] = "subscribe"
+    unsubscribed: ClassVar[str] = "unsubscribe"
+    message: ClassVar[str] = "message"
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+
+    async def subscribe(self, channel: str) -> None:
+        await self._pubsub.subscribe(channel)
+
+    async def get_message(self, wait: float) -> dict[str, Any] | None:
+        message: dict[str, Any] | None = await self._pubsub.get_message(timeout=wait)
+        return message
+
+    async def ping(self) -> None:
+        await self._pubsub.ping()
+
+
+class _Sharded(_Classic):
+    """A sharded (SPUBLISH) channel of a Redis Cluster: it lives on its slot's primary
+    only, so events cost no cluster-bus broadcast. A failover of that primary, or the
+    slot moving to another node (the server then sends SUNSUBSCRIBE), ends the
+    subscription; the bus then resubscribes wherever the slot is now served."""
+
+    subscribed: ClassVar[str] = "ssubscribe"
+    unsubscribed: ClassVar[str] = "sunsubscribe"
+    message: ClassVar[str] = "smessage"
+
+    async def subscribe(self, channel: str) -> None:
+        await self._pubsub.ssubscribe(channel)
+
+    async def get_message(self, wait: float) -> dict[str, Any] | None:
+        message: dict[str, Any] | None = await self._pubsub.get_sharded_message(timeout=wait)
+        return message
+
+    async def ping(self) -> None:
+        # The node's own subscribed connection answers: a hung node stops the pongs.
+        for node_pubsub in list(self._pubsub.node_pubsub_mapping.values()):
+            await node_pubsub.ping()

@@ -9,11 +9,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import redis.asyncio as redis
-
 from .._closing import AsyncClosing
 from .._quote import quote
-from .._redis import redis_client
+from .._redis import RedisClient, redis_client
 from .._tasks import TaskGroup
 from .._validation import check_namespace, check_thread_id
 from ..errors import CacheClosed, ConfigurationError
@@ -54,7 +52,7 @@ class ConversationCache(AsyncClosing):
         self,
         store: ThreadStore,
         *,
-        redis_client: redis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         namespace: str = "default",
         **options: Any,
     ) -> None:

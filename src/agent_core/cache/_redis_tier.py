@@ -24,11 +24,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Final, NamedTuple, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
 
+from .._redis import REDIS_FAILURES, RedisClient, describe, is_cluster, ping
 from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
 from .._token_counts import Counts
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
@@ -51,7 +51,8 @@ DEFAULT_MAX_VALUE_BYTES: Final = 32 << 20
 log = logging.getLogger("agent_core.cache")
 
 # Every script that records a write also announces it on the bus (ARGV[1] channel,
-# ARGV[2] event; an empty event announces nothing): one round trip for both. ``held``
+# ARGV[2] event; an empty event announces nothing): one round trip for both. On a
+# cluster the event is empty and `_announcing` publishes it after the script. ``held``
 # is the held version as 20 digits, or nil when the value is missing or its header is
 # malformed or out of range (anyone may write to Redis): such a value is overwritten.
 # Versions are compared as zero-padded strings: exact beyond 2^53, unlike Lua numbers.
@@ -163,7 +164,7 @@ class RedisTier:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         namespace: str,
         *,
         ttl: float,
@@ -178,6 +179,7 @@ class RedisTier:
         self.client = client
         self._namespace = namespace
         self._channel = ""
+        self._sharded = is_cluster(client)
         self._origin = origin
         self._prefix = ""
         self._max_value_bytes = max_value_bytes
@@ -227,7 +229,7 @@ class RedisTier:
         for deadline in (self._timeout, self._timeout * 4) if write else (self._timeout,):
             try:
                 return True, await self._deadlines.run(operation, deadline)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 raise_if_cancelling()
                 self._count_error(exc)
         self._fail()
@@ -239,8 +241,8 @@ class RedisTier:
         A Redis that can't be reached leaves the tier degraded, not the caller failing.
         """
         try:
+            await ping(self.client, max(self._timeout, 1.0))
             async with asyncio.timeout(max(self._timeout, 1.0)):
-                await self.client.ping()
                 for script in (
                     self._fill_script,
                     self._append_script,
@@ -249,7 +251,7 @@ class RedisTier:
                     self._annotate_script,
                 ):
                     await self.client.script_load(script.script)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAILURES as exc:
             raise_if_cancelling()
             self._count_error(exc)
             self._fail("at open")
@@ -280,10 +282,10 @@ class RedisTier:
         delay = 0.05
         while True:
             try:
+                await ping(self.client, max(self._timeout, 0.25))
                 async with asyncio.timeout(max(self._timeout, 0.25)):
-                    await self.client.ping()
                     await self._repair_dirty()
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_FAILURES:
                 raise_if_cancelling()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
@@ -299,18 +301,16 @@ class RedisTier:
         if self._dirty_overflow:
             # Too many to list: drop the namespace's entries and tell everyone to clear L1.
             await self._unlink_all()
-            await self.client.publish(self._channel, self._event(RESET, "", 0))
+            await self._publish(self._event(RESET, "", 0))
         else:
             for thread_id, version in list(self._dirty.items()):
                 announced = version if version >= 0 else EVERYTHING
-                await self._fence_script(
-                    keys=self._keys(thread_id),
-                    args=[
-                        self._channel,
-                        self._event(WRITE, thread_id, announced),
-                        "-1" if version < 0 else f"{version:020d}",
-                        self._ttl_ms,
-                    ],
+                await self._announcing(
+                    self._fence_script,
+                    thread_id,
+                    self._event(WRITE, thread_id, announced),
+                    "-1" if version < 0 else f"{version:020d}",
+                    self._ttl_ms,
                 )
                 del self._dirty[thread_id]
         self._dirty.clear()
@@ -327,6 +327,29 @@ class RedisTier:
         could not be reached (the keys then expire with their TTL)."""
         ok, _ = await self._call(self._unlink_all, write=True)
         return ok
+
+    async def _announcing(
+        self, script: AsyncScript, thread_id: str, event: bytes, *args: str | bytes | int
+    ) -> Any:
+        """Run a write script and announce ``event`` (if any) on the bus.
+
+        On one server the script publishes it, in the same round trip. On a cluster the
+        bus is a sharded channel, in another slot than the thread's keys, which a script
+        may not touch: the event is published after the script, by a second call (a
+        failure of either fails the write, which is then retried or fenced later).
+        """
+        if not self._sharded:
+            return await script(keys=self._keys(thread_id), args=[self._channel, event, *args])
+        result = await script(keys=self._keys(thread_id), args=["", b"", *args])
+        if event:
+            await self._publish(event)
+        return result
+
+    async def _publish(self, event: bytes) -> None:
+        if self._sharded:
+            await self.client.spublish(self._channel, event)
+        else:
+            await self.client.publish(self._channel, event)
 
     def _event(self, kind: str, thread_id: str, version: int) -> bytes:
         return encode_event(kind, thread_id, version, self._origin)
@@ -431,17 +454,15 @@ class RedisTier:
         else:
             event = self._event(FILL, thread_id, version) if lease else b""
         ok, stored = await self._call(
-            lambda: self._fill_script(
-                keys=self._keys(thread_id),
-                args=[
-                    self._channel,
-                    event,
-                    f"{version:020d}",
-                    value,
-                    self._ttl_ms,
-                    lease,
-                    "" if bogus is None else f"{bogus:020d}",
-                ],
+            lambda: self._announcing(
+                self._fill_script,
+                thread_id,
+                event,
+                f"{version:020d}",
+                value,
+                self._ttl_ms,
+                lease,
+                "" if bogus is None else f"{bogus:020d}",
             ),
             write=True,
         )
@@ -468,17 +489,15 @@ class RedisTier:
         )
         event = self._event(WRITE, thread_id, version)
         ok, _ = await self._call(
-            lambda: self._append_script(
-                keys=self._keys(thread_id),
-                args=[
-                    self._channel,
-                    event,
-                    header(base_version),
-                    f"{version:020d}",
-                    chunk,
-                    self._ttl_ms,
-                    self._max_value_bytes,
-                ],
+            lambda: self._announcing(
+                self._append_script,
+                thread_id,
+                event,
+                header(base_version),
+                f"{version:020d}",
+                chunk,
+                self._ttl_ms,
+                self._max_value_bytes,
             ),
             write=True,
         )
@@ -494,14 +513,12 @@ class RedisTier:
         """
         event = b"" if announce is None else self._event(WRITE, thread_id, announce)
         ok, _ = await self._call(
-            lambda: self._fence_script(
-                keys=self._keys(thread_id),
-                args=[
-                    self._channel,
-                    event,
-                    "-1" if version is None else f"{version:020d}",
-                    self._ttl_ms,
-                ],
+            lambda: self._announcing(
+                self._fence_script,
+                thread_id,
+                event,
+                "-1" if version is None else f"{version:020d}",
+                self._ttl_ms,
             ),
             write=True,
         )
@@ -525,11 +542,3 @@ class RedisTier:
 
     async def _seal(self, thread_id: str, base: int, new: int, chunks: bytes) -> bytes:
         return await seal(self._signer, self.key(thread_id).encode(), base, new, chunks)
-
-
-def describe(client: redis.Redis) -> str:
-    """Where ``client`` connects, without its credentials."""
-    options = client.connection_pool.connection_kwargs
-    if "path" in options:
-        return f"unix:{options['path']}"
-    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

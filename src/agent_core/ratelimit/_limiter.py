@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Final
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis, RedisCluster
 
 from .._closing import AsyncClosing
 from .._quote import quote
-from .._redis import redis_client
+from .._redis import REDIS_FAILURES, RedisClient, redis_client
 from .._tasks import MAX_BACKOFF, raise_if_cancelling
 from .._validation import check_count, check_namespace, check_seconds
 from ..errors import (
@@ -55,7 +54,7 @@ class RateLimiter(AsyncClosing):
         self,
         limits: Mapping[str, RateLimits] | RateLimits,
         *,
-        redis: Redis | str | None = None,
+        redis: RedisClient | str | None = None,
         namespace: str = "default",
         redis_timeout: float = 0.25,
     ) -> None:
@@ -70,9 +69,10 @@ class RateLimiter(AsyncClosing):
         self._counters = Counters()
         self._owns_client = isinstance(redis, str)
         client = redis_client(redis) if isinstance(redis, str) else redis
-        if client is not None and not isinstance(client, Redis):
+        if client is not None and not isinstance(client, (Redis, RedisCluster)):
             raise ConfigurationError(
-                f"redis must be a redis.asyncio.Redis client, a redis:// URL or None, "
+                f"redis must be a redis.asyncio.Redis or RedisCluster client, a redis:// or "
+                f"redis+cluster:// URL or None, "
                 f"got {quote(client)}"
             )
         self._shared = None if client is None else SharedGcra(client, namespace, self._instance)
@@ -159,7 +159,7 @@ class RateLimiter(AsyncClosing):
             try:
                 async with asyncio.timeout(self._redis_timeout):
                     decision = await self._shared.reserve(model, limits, tokens, max_wait, ticket)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 raise_if_cancelling()
                 self._redis_failed(exc)
             else:
@@ -190,7 +190,7 @@ class RateLimiter(AsyncClosing):
                 # reservation not given back only leaves that budget unused).
                 async with asyncio.timeout(self._redis_timeout):
                     given = await self._shared.cancel(model, decision.ticket)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except REDIS_FAILURES as exc:
                 self._count_error(exc)
                 return
         self._counters.given_back += given

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from redis.asyncio import Redis
-
+from .._redis import RedisClient
 from ._gcra import LIMITS, Decision
 from ._limits import RateLimits
 
@@ -85,7 +84,7 @@ return 1
 class SharedGcra:
     """Reservations of one namespace's budgets in Redis."""
 
-    def __init__(self, client: Redis, namespace: str, instance: str) -> None:
+    def __init__(self, client: RedisClient, namespace: str, instance: str) -> None:
         self.client = client
         self._namespace = namespace
         self._instance = instance
