@@ -29,6 +29,8 @@ def conversation_of(rng: random.Random, size: int) -> list[dict[str, Any]]:
     return messages
 
 
+# A soak of the whole tier under tracemalloc (minutes on a loaded machine): not in the fast set.
+@pytest.mark.integration
 async def test_l1_stays_within_its_budget_by_tracemalloc(sqlite_url: str) -> None:
     budget = 24 * MIB
     rng = random.Random(7)

@@ -29,6 +29,10 @@ schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 schema.config.generation.update(modes=[POSITIVE, schemathesis.GenerationMode.NEGATIVE])
 
 
+# Drives the whole service (app, cache, store) with generated requests: an integration test.
+pytestmark = pytest.mark.integration
+
+
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[FastAPI]:
     app = create_app(
