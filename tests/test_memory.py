@@ -10,6 +10,7 @@ import tracemalloc
 from typing import Any
 
 import orjson
+import pytest
 
 from agent_core import ConversationCache, Message
 from agent_core.observe import process_rss
