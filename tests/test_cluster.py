@@ -48,6 +48,9 @@ from .test_ratelimit import (
     test_namespace_and_model_never_share_a_budget_through_a_colon,
 )
 
+# A 6-node cluster of redis-servers is this module's subject.
+pytestmark = pytest.mark.integration
+
 __all__ = [
     "test_a_cancelled_shared_waiter_gives_its_reservation_back",
     "test_a_read_never_joins_a_load_that_began_before_it",
