@@ -16,18 +16,45 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
-from _support import BenchmarkError, percentile, ratio_interval
+from _redis import private_redis, redis_server_version
+from _support import (
+    BenchmarkError,
+    _source_state,
+    _version,
+    machine_info,
+    percentile,
+    print_machine,
+    ratio_interval,
+    temporary_database,
+)
 
 TREES: Final = ("old", "new")
 STREAM_LIMIT: Final = 64 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    #: Pairs of child processes, one per tree, each pair started afresh.
+    generations: int
+    #: Rounds each child runs.
+    rounds: int
+    samples_per_round: int
+    warmup: int
+
+    @property
+    def samples(self) -> int:
+        return self.generations * self.rounds * self.samples_per_round
 
 
 @dataclass(slots=True)
@@ -229,6 +256,50 @@ async def run_generation(
     finally:
         for child_process in children.values():
             await child_process.stop()
+
+
+async def measure_trees(
+    script: Path, postgres_url: str, plan: Plan, sources: dict[str, Path]
+) -> tuple[Results, dict[str, str], float]:
+    """Every generation of ``script``'s children, one per tree: their results, the machine
+    and the seconds it took. Each tree has its own SQLite file and throwaway PostgreSQL
+    database, and all share one private redis-server; a child's config names them
+    (``stores``, ``redis``) and its ``generation`` (for namespaces of its own)."""
+    trees = list(sources)
+    results = Results()
+    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as tmp:
+        async with AsyncExitStack() as stack:
+            databases = {
+                tree: await stack.enter_async_context(temporary_database(postgres_url))
+                for tree in trees
+            }
+            machine = await machine_info(databases[trees[-1]], temp_dir=tmp)
+            machine["temp_databases"] = " ".join(
+                url.rsplit("/", 1)[1] for url in databases.values()
+            )
+            machine["redis_server"] = redis_server_version()
+            machine["redis_py"] = _version("redis")
+            for tree, src in sources.items():
+                machine[f"{tree}_tree"] = f"{src} ({_source_state(src.parent)})"
+            print_machine(machine)
+            configs = {
+                tree: {
+                    "tree": tree,
+                    "src": str(src),
+                    "redis": redis_url,
+                    "stores": {"sqlite": f"sqlite:///{tmp}/{tree}.db", "postgres": databases[tree]},
+                    "warmup": plan.warmup,
+                }
+                for tree, src in sources.items()
+            }
+            started = time.perf_counter()
+            for generation in range(plan.generations):
+                await run_generation(
+                    script, generation, configs, plan.rounds, plan.samples_per_round, results
+                )
+            elapsed = time.perf_counter() - started
+    machine["loadavg_at_end"] = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    return results, machine, elapsed
 
 
 def add_tree_arguments(

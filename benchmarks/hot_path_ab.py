@@ -27,15 +27,14 @@ A read served by another tier than its cell's is left out and counted.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,27 +42,23 @@ import orjson
 
 from _ab import (
     TREES,
+    Plan,
     Record,
     Results,
     add_tree_arguments,
     imported_from,
+    measure_trees,
     ratio_cell,
-    run_generation,
     serve_child,
     tree_sources,
 )
-from _redis import private_redis, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
-    _source_state,
     benchmark_parser,
     gc_paused,
-    machine_info,
     message_payload,
-    print_machine,
     print_table,
     run_benchmark,
-    temporary_database,
     us,
 )
 from agent_core import BaseAgent, ConversationCache, EchoModel
@@ -83,21 +78,14 @@ WINDOW_TOKENS: Final = 2_000
 MODEL: Final = "gpt-4o"
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
-    generations: int
-    rounds: int
-    samples_per_round: int
-    warmup: int
-
-    @property
-    def samples(self) -> int:
-        return self.generations * self.rounds * self.samples_per_round
-
-
 FULL: Final = Plan(generations=5, rounds=2, samples_per_round=40, warmup=5)
 QUICK: Final = Plan(generations=1, rounds=2, samples_per_round=3, warmup=1)
 CELLS: Final = tuple(f"{store}/{path}" for store in STORES for path in PATHS)
+
+
+def namespace(config: dict[str, Any]) -> str:
+    """The child's own namespace: its tree and generation."""
+    return f"ab-{config['tree']}-{config['generation']}"
 
 
 def tier_counts(cache: ConversationCache) -> tuple[int, int, int]:
@@ -122,6 +110,7 @@ class HotPaths:
             for store, cache in caches.items()
         }
         self._round = 0
+        self._namespace = namespace(config)
 
     async def setup(self) -> None:
         for cache in self._caches.values():
@@ -187,7 +176,7 @@ class HotPaths:
             fresh = ConversationCache.from_urls(
                 store=self._config["stores"][store],
                 redis=self._config["redis"],
-                namespace=self._config["namespace"],
+                namespace=self._namespace,
                 watch_external=False,
             )
             async with fresh:
@@ -219,7 +208,7 @@ async def opened_caches(config: dict[str, Any]) -> AsyncIterator[dict[str, Conve
         caches = {}
         for store, url in config["stores"].items():
             cache = ConversationCache.from_urls(
-                store=url, redis=config["redis"], namespace=config["namespace"]
+                store=url, redis=config["redis"], namespace=namespace(config)
             )
             caches[store] = await stack.enter_async_context(cache)
         yield caches
@@ -232,56 +221,21 @@ async def child(config: dict[str, Any]) -> None:
 
 
 async def run(
-    args: Any, plan: Plan, sources: dict[str, Path], skipped: str | None
+    args: argparse.Namespace, plan: Plan, sources: dict[str, Path], skipped: str | None
 ) -> dict[str, Any]:
     if skipped:
         print(skipped)
     trees = list(sources)
-    results = Results()
-    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as tmp:
-        async with AsyncExitStack() as stack:
-            databases = {
-                tree: await stack.enter_async_context(temporary_database(args.postgres_url))
-                for tree in trees
-            }
-            machine = await machine_info(databases[trees[-1]], temp_dir=tmp)
-            machine["temp_databases"] = " ".join(
-                url.rsplit("/", 1)[1] for url in databases.values()
-            )
-            machine["redis_server"] = redis_server_version()
-            for tree, src in sources.items():
-                machine[f"{tree}_tree"] = f"{src} ({_source_state(src.parent)})"
-            print_machine(machine)
-            started = time.perf_counter()
-            for generation in range(plan.generations):
-                configs = {
-                    tree: {
-                        "tree": tree,
-                        "src": str(src),
-                        "redis": redis_url,
-                        "namespace": f"ab-{tree}-{generation}",
-                        "stores": {
-                            "sqlite": f"sqlite:///{tmp}/{tree}-{generation}.db",
-                            "postgres": databases[tree],
-                        },
-                        "warmup": plan.warmup,
-                    }
-                    for tree, src in sources.items()
-                }
-                await run_generation(
-                    HERE, generation, configs, plan.rounds, plan.samples_per_round, results
-                )
-            elapsed = time.perf_counter() - started
-    load_at_end = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    results, machine, elapsed = await measure_trees(HERE, args.postgres_url, plan, sources)
     document = report(results, trees, plan, skipped)
     document.update(
         benchmark="hot_path_ab",
         mode="quick" if args.quick else "full",
-        machine={**machine, "loadavg_at_end": load_at_end},
+        machine=machine,
         plan={**asdict(plan), "thread_messages": THREAD_MESSAGES, "payload_bytes": 200},
         elapsed_s=round(elapsed, 1),
     )
-    print(f"measured in {elapsed:.1f} s; load average at the end: {load_at_end}")
+    print(f"measured in {elapsed:.1f} s; load average at the end: {machine['loadavg_at_end']}")
     return document
 
 

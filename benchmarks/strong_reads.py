@@ -48,10 +48,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -63,28 +61,23 @@ import orjson
 
 from _ab import (
     TREES,
+    Plan,
     Record,
     Results,
     add_tree_arguments,
     imported_from,
+    measure_trees,
     ratio_cell,
-    run_generation,
     serve_child,
     tree_sources,
 )
-from _redis import private_redis, redis_server_version
 from _support import (
     EXIT_NO_POSTGRES,
-    _source_state,
-    _version,
     benchmark_parser,
     gc_paused,
-    machine_info,
     message_payload,
-    print_machine,
     print_table,
     run_benchmark,
-    temporary_database,
     us,
 )
 from agent_core import ConversationCache
@@ -106,20 +99,6 @@ THREAD_MESSAGES: Final = 100
 #: The candidate's default ``max_staleness``; the probe reads this much later, plus a margin.
 MAX_STALENESS: Final = 1.0
 PROBE_MARGIN: Final = 0.1
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    #: Pairs of child processes, one per tree, each pair started afresh.
-    generations: int
-    #: Rounds each child runs.
-    rounds: int
-    samples_per_round: int
-    warmup: int
-
-    @property
-    def samples(self) -> int:
-        return self.generations * self.rounds * self.samples_per_round
 
 
 FULL: Final = Plan(generations=5, rounds=2, samples_per_round=30, warmup=3)
@@ -365,48 +344,16 @@ async def run(
     if skipped:
         print(skipped)
     trees = list(sources)
-    results = Results()
-    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as tmp:
-        async with AsyncExitStack() as stack:
-            databases = {
-                tree: await stack.enter_async_context(temporary_database(args.postgres_url))
-                for tree in trees
-            }
-            machine = await machine_info(databases[trees[-1]], temp_dir=tmp)
-            machine["temp_databases"] = " ".join(
-                url.rsplit("/", 1)[1] for url in databases.values()
-            )
-            machine["redis_server"] = redis_server_version()
-            machine["redis_py"] = _version("redis")
-            for tree, src in sources.items():
-                machine[f"{tree}_tree"] = f"{src} ({_source_state(src.parent)})"
-            print_machine(machine)
-            configs = {
-                tree: {
-                    "tree": tree,
-                    "src": str(src),
-                    "redis": redis_url,
-                    "stores": {"sqlite": f"sqlite:///{tmp}/{tree}.db", "postgres": databases[tree]},
-                    "warmup": plan.warmup,
-                }
-                for tree, src in sources.items()
-            }
-            started = time.perf_counter()
-            for generation in range(plan.generations):
-                await run_generation(
-                    HERE, generation, configs, plan.rounds, plan.samples_per_round, results
-                )
-            elapsed = time.perf_counter() - started
-    load_at_end = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    results, machine, elapsed = await measure_trees(HERE, args.postgres_url, plan, sources)
     document = report(results, trees, plan, skipped)
     document.update(
         benchmark="strong_reads",
         mode="quick" if args.quick else "full",
-        machine={**machine, "loadavg_at_end": load_at_end},
+        machine=machine,
         plan={**asdict(plan), "thread_messages": THREAD_MESSAGES, "payload_bytes": 200},
         elapsed_s=round(elapsed, 1),
     )
-    print(f"measured in {elapsed:.1f} s; load average at the end: {load_at_end}")
+    print(f"measured in {elapsed:.1f} s; load average at the end: {machine['loadavg_at_end']}")
     return document
 
 
