@@ -7,26 +7,16 @@ started again and rejoin (as a replica of whoever took over its slots).
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
+from ._poll import eventually_sync
 from ._redis_server import free_port
 
 #: Short enough for a quick failover, long enough not to fail nodes over on a busy machine.
 NODE_TIMEOUT_MS = 2500
 _START_WITHIN = 30.0
-
-
-def wait_for(condition: Callable[[], bool], *, within: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {within} s waiting for {what}")
-        time.sleep(0.05)
 
 
 class NodeProcess:
@@ -81,7 +71,7 @@ class NodeProcess:
             raise RuntimeError(
                 "the tests need redis-server on PATH (Debian package redis-server)"
             ) from exc
-        wait_for(self._answers, within=10, what=f"redis-server on port {self.port}")
+        eventually_sync(self._answers, within=10)
 
     def _answers(self) -> bool:
         assert self.process is not None
@@ -141,10 +131,9 @@ class LocalRedisCluster:
                 replication.get("master_link_status") == "up"
             )
 
-        wait_for(
+        eventually_sync(
             lambda: all(healthy(node) for node in self.nodes if node.process is not None),
             within=within,
-            what="cluster_state:ok on every node",
         )
 
     def slot_of(self, key: str) -> int:

@@ -20,6 +20,7 @@ from redis.asyncio.connection import SSLConnection
 from agent_core import AgentCoreError, ConversationCache, RateLimiter, RateLimits
 from agent_core._redis import redis_client
 
+from ._poll import eventually
 from ._redis_cluster import LocalRedisCluster
 from ._redis_server import free_port
 from .conftest import CacheFactory
@@ -93,13 +94,6 @@ def redis_url(redis_cluster: LocalRedisCluster) -> str:
 @pytest.fixture
 def store_url(sqlite_url: str) -> str:
     return sqlite_url
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``within`` seconds."""
-    async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def test_the_bus_is_a_sharded_channel(
@@ -290,8 +284,8 @@ async def test_the_bus_follows_its_channel_to_another_node(
         owner = redis_cluster.owner_of(slot)
         target = next(node for node in redis_cluster.primaries() if node is not owner)
         redis_cluster.move_slot(slot, target)
-        await until(lambda: reader.stats().bus_subscriptions == 2)
-        await until(lambda: not reader.stats().degraded)
+        await eventually(lambda: reader.stats().bus_subscriptions == 2)
+        await eventually(lambda: not reader.stats().degraded)
         received = reader.stats().invalidations_received
         await writer.append("t", [user("two")])
-        await until(lambda: reader.stats().invalidations_received > received)
+        await eventually(lambda: reader.stats().invalidations_received > received)
