@@ -55,8 +55,8 @@ STORED = [
 ]
 
 
-# The chunk kinds of the L2 format (2): messages, zstd-compressed messages, counts.
-PLAIN, ZSTD, COUNTS = 0x10, 0x11, 0x12
+# The chunk kinds of the L2 format (3): messages, zstd-compressed messages, counts.
+PLAIN, ZSTD, COUNTS = 0x20, 0x21, 0x22
 
 
 def chunk(kind: int, data: bytes) -> bytes:
@@ -64,8 +64,14 @@ def chunk(kind: int, data: bytes) -> bytes:
     return struct.pack("<BI", kind, len(data)) + data
 
 
+def sized(*payloads: bytes) -> bytes:
+    """A message chunk's data: count, each length, the payloads back to back."""
+    lengths = struct.pack(f"<{len(payloads)}I", *map(len, payloads))
+    return struct.pack("<I", len(payloads)) + lengths + b"".join(payloads)
+
+
 def plain(*payloads: bytes) -> bytes:
-    return chunk(PLAIN, b"\n".join(payloads))
+    return chunk(PLAIN, sized(*payloads))
 
 
 def counts_chunk(key: str, *counts: int) -> bytes:
@@ -205,6 +211,29 @@ def _format_1(version: int) -> bytes:
     return header(version) + struct.pack("<BII", 0, len(data), zlib.crc32(data)) + data
 
 
+def _format_2(version: int) -> bytes:
+    """A well-formed value of format 2 (kinds 0x10-0x13, newline-joined payloads)."""
+    return header(version) + chunk(0x10, b"\n".join(map(encoded, STORED)))
+
+
+def _lengths_overrun(version: int) -> bytes:
+    data = bytearray(sized(*map(encoded, STORED)))
+    data[4] += 1  # the first length one byte longer: the lengths no longer add up
+    return header(version) + chunk(PLAIN, bytes(data))
+
+
+def _count_overrun(version: int) -> bytes:
+    data = sized(*map(encoded, STORED))
+    return header(version) + chunk(PLAIN, struct.pack("<I", 2**32 - 1) + data[4:])
+
+
+def _payloads_run_together(version: int) -> bytes:
+    """Lengths that add up but cut the JSON in the wrong places."""
+    first, second, third = map(encoded, STORED)
+    data = sized(first + second[:3], second[3:], third)
+    return header(version) + chunk(PLAIN, data)
+
+
 BOMB = zstd_bomb(1 << 30, declared=True)
 UNDECLARED_BOMB = zstd_bomb(256 << 20, declared=False)
 HOSTILE: dict[str, Callable[[int], bytes]] = {
@@ -216,6 +245,10 @@ HOSTILE: dict[str, Callable[[int], bytes]] = {
     "zstd-bomb-1GiB": _bomb,
     "zstd-bomb-undeclared-size": _undeclared_bomb,
     "format-1": _format_1,
+    "format-2": _format_2,
+    "lengths-overrun": _lengths_overrun,
+    "count-overrun": _count_overrun,
+    "payloads-run-together": _payloads_run_together,
 }
 
 

@@ -4,16 +4,16 @@
 which version the value holds (``c``) or that only the version is known (``x``, a
 fence). A fill writes chunks of at most about 256 KB and an append adds chunks, so
 an append is a Redis ``APPEND`` and never rewrites what is there. A chunk is a
-header (kind, length) and the data: the messages' JSON joined by newlines,
-zstd-compressed for conversations of ``compress_min_bytes`` and more. This is
-format 2: its chunk kinds start at 0x10, so a value of format 1 (kinds 0-3, each
-chunk with a CRC-32) is refused as corrupt, and the load's fill replaces it.
+header (kind, length) and the data. A *message* chunk is
+``[n: u32][n lengths: u32][the n payloads, back to back]``, zstd-compressed for
+conversations of ``compress_min_bytes`` and more: the lengths let a read cut the
+payloads out of the value it received, with no scan for separators and no copy of
+the chunk. This is format 3: its chunk kinds start at 0x20, so a value of an older
+format (1: kinds 0-3 with a CRC-32 each; 2: kinds 0x10-0x13, newline-joined
+payloads) is refused as corrupt, and the load's fill replaces it.
 A *count* chunk holds the token counts of one key for the last messages before it
 (``[key length][key][int32 counts]``): an append adds one per key after its messages,
-and counting a conversation later adds one for all of them. orjson never writes
-a raw newline, so the newline is a safe separator; a payload
-that has one (pretty JSON written into the database by another program) is
-compacted first.
+and counting a conversation later adds one for all of them.
 
 With a signing key every write's group of chunks ends in a *seal* chunk:
 ``[base version u64][new version u64][HMAC-SHA256]`` over the Redis key's name, both
@@ -36,15 +36,17 @@ import hashlib
 import hmac
 import os
 import struct
+import sys
 import threading
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate, filterfalse, pairwise
 from operator import itemgetter
 from typing import Final, TypeVar
 
-import orjson
+import msgspec
 import zstandard
 
 from .._token_counts import UNKNOWN, Counts, check_token_key, column_bytes, column_from_bytes
@@ -59,14 +61,17 @@ _MAX_DIGITS: Final = b"%020d" % MAX_VERSION
 # A chunk's header: kind, length. No checksum: anyone who can write a value can
 # compute one, and the strict parse (or the seals) already rejects what it would.
 _CHUNK: Final = struct.Struct("<BI")
+# A message chunk's payload count, and then each payload's length.
+_COUNT: Final = struct.Struct("<I")
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
 _SEAL: Final = struct.Struct("<QQ")
 _MAC_SIZE: Final = hashlib.sha256().digest_size
 _SEAL_SIZE: Final = _SEAL.size + _MAC_SIZE
-# Format 2's kinds; format 1 used 0-3.
-_PLAIN: Final = 0x10
-_ZSTD: Final = 0x11
-_COUNTS: Final = 0x12
-_SEALED: Final = 0x13
+# Format 3's kinds; format 1 used 0-3, format 2 0x10-0x13.
+_PLAIN: Final = 0x20
+_ZSTD: Final = 0x21
+_COUNTS: Final = 0x22
+_SEALED: Final = 0x23
 _KINDS: Final = (_PLAIN, _ZSTD, _COUNTS, _SEALED)
 # zstd's fastest positive level: large conversations are compressed on every fill,
 # and on 2 cores the compressing thread competes with the event loop for a CPU.
@@ -156,12 +161,10 @@ async def encode_chunks(payloads: Sequence[bytes], *, compress_min_bytes: int) -
 
 
 def _join(payloads: Sequence[bytes]) -> bytes:
-    joined = b"\n".join(payloads)
-    if joined.count(b"\n") != len(payloads) - 1:
-        joined = b"\n".join(
-            p if b"\n" not in p else orjson.dumps(orjson.loads(p)) for p in payloads
-        )
-    return joined
+    lengths = array("I", map(len, payloads))
+    if not _LITTLE_ENDIAN:
+        lengths.byteswap()
+    return _COUNT.pack(len(payloads)) + lengths.tobytes() + b"".join(payloads)
 
 
 def encode_counts(counts: Counts) -> bytes:
@@ -187,9 +190,9 @@ async def decode_value(
     """The version, message payloads and token counts of a complete value; raises
     `CorruptEntry` unless every byte checks out.
 
-    Seals and inflation of large values run in a thread; each message chunk is split
-    once, and unless seals proved it, checked as JSON, yielding to the loop between
-    megabytes.
+    Seals and inflation of large values run in a thread; each message chunk's
+    payloads are cut out by its lengths and, unless seals proved them, checked as
+    JSON, yielding to the loop between megabytes.
     """
     version, complete = parse_header(value)
     if not complete:
@@ -205,18 +208,18 @@ async def decode_value(
     payloads: list[bytes] = []
     counts: dict[str, array[int]] = {}
     checked = 0
-    for kind, data in inflated:
+    for kind, data, start, end in inflated:
         if kind == _COUNTS:
-            _place_counts(counts, data, len(payloads))
+            _place_counts(counts, data[start:end], len(payloads))
             continue
-        split = data.split(b"\n")
+        cut = _cut(data, start, end)
         if signer is None:  # a sealed value was written by a holder of the key
-            _check_payloads(split)
-            checked += len(data)
+            _check_payloads(cut)
+            checked += end - start
             if checked >= _CHECK_SLICE_BYTES:
                 checked = 0
                 await asyncio.sleep(0)
-        payloads += split
+        payloads += cut
     size = len(payloads)
     for column in counts.values():
         if len(column) < size:
@@ -224,24 +227,44 @@ async def decode_value(
     return version, tuple(payloads), counts
 
 
+def _cut(data: bytes, start: int, end: int) -> list[bytes]:
+    """The payloads of the message chunk ``data[start:end]``, cut by its lengths."""
+    if end - start < _COUNT.size:
+        raise CorruptEntry("a message chunk without its count")
+    (count,) = _COUNT.unpack_from(data, start)
+    first = start + _COUNT.size + 4 * count
+    if not count or first > end:
+        raise CorruptEntry("a message chunk's count does not fit it")
+    lengths = array("I", data[start + _COUNT.size : first])
+    if not _LITTLE_ENDIAN:
+        lengths.byteswap()
+    if sum(lengths) != end - first:
+        raise CorruptEntry("a message chunk's lengths do not add up to it")
+    return [data[start:end] for start, end in pairwise(accumulate(lengths, initial=first))]
+
+
 def _check_payloads(payloads: list[bytes]) -> None:
-    """Each payload exactly one JSON object, as the store hands out: they may be
-    spliced into responses. (The loops run in C: ``map`` over C functions.)"""
+    """Each payload exactly one JSON object in valid UTF-8: they may be spliced into
+    responses. The grammar is RFC 8259's, checked by msgspec's skip-parse, which
+    builds no objects: numbers beyond a double's range pass, as PostgreSQL's jsonb
+    takes them. (The loops run in C: ``map`` over C functions.)"""
     try:
-        braces = bytes(map(_FIRST, payloads)), bytes(map(_LAST, payloads))
+        firsts = bytes(map(_FIRST, payloads))
     except IndexError:  # an empty payload
         raise CorruptEntry("a payload is not a JSON object") from None
-    if braces != (b"{" * len(payloads), b"}" * len(payloads)):
+    if firsts != b"{" * len(payloads):
         raise CorruptEntry("a payload is not a JSON object")
     try:
-        # orjson rejects trailing data: each payload is exactly one value.
-        deque(map(orjson.loads, payloads), maxlen=0)
-    except orjson.JSONDecodeError:
+        # The skip-parse rejects trailing data (each payload is one value) but not
+        # invalid UTF-8 inside strings, which Python's strict codec checks.
+        deque(map(_skip_parse, payloads), maxlen=0)
+        deque(map(bytes.decode, filterfalse(bytes.isascii, payloads)), maxlen=0)
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise CorruptEntry("a payload is not valid JSON") from None
 
 
 _FIRST: Final = itemgetter(0)
-_LAST: Final = itemgetter(-1)
+_skip_parse: Final = msgspec.json.Decoder(msgspec.Raw).decode
 
 
 def _place_counts(counts: dict[str, array[int]], data: bytes, size: int) -> None:
@@ -306,11 +329,12 @@ class _Checker:
         self._key_name = key_name
         self._chunks, self.compressed = _walk(value)
 
-    def run(self) -> list[tuple[int, bytes]]:
-        """``(kind, data)`` of the message and count chunks, data inflated."""
+    def run(self) -> list[tuple[int, bytes, int, int]]:
+        """``(kind, buffer, start, end)`` of the message and count chunks, messages
+        inflated: the plain ones stay where they are in the value."""
         value = self._value
         view = memoryview(value)
-        inflated: list[tuple[int, bytes]] = []
+        chunks: list[tuple[int, bytes, int, int]] = []
         running: int | None = None  # the version the sealed groups reached so far
         group_start = HEADER_SIZE
         for kind, start, end in self._chunks:
@@ -323,19 +347,18 @@ class _Checker:
                     )
                 group_start = end
             elif kind == _ZSTD:
-                inflated.append((_PLAIN, self._inflate(view[start:end])))
+                inflated = self._inflate(view[start:end])
+                chunks.append((_PLAIN, inflated, 0, len(inflated)))
             else:
                 if kind == _PLAIN:
-                    if start == end:
-                        raise CorruptEntry("an empty message chunk")
                     self._spend(end - start)
-                inflated.append((kind, value[start:end]))
+                chunks.append((kind, value, start, end))
         if self._signer is not None:
             if group_start != len(value):
                 raise CorruptEntry("chunks after the last seal")
             if running != self._version:
                 raise CorruptEntry("the seals do not end at the header's version")
-        return inflated
+        return chunks
 
     def _check_seal(self, group: memoryview, data: memoryview, running: int | None) -> int:
         assert self._signer is not None
