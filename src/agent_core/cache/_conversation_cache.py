@@ -191,16 +191,10 @@ class ConversationCache(AsyncClosing):
         before the call began. Bounded mode: every append acknowledged more than
         ``max_staleness`` seconds before it began.
         """
-        if not self._open:
-            self._check_open()
-        # Appends acknowledged before this tick must be seen.
-        since = self._ticks() - self._staleness_ticks
-        # Only valid ids enter L1, so a hit needs no validation: the hot path stays short.
-        held = self._l1.get(thread_id) if type(thread_id) is str else None
-        if held is not None and held[1] > since:
-            self._counters.l1_hits += 1
-            return held[0]
-        return (await self._loader.read(thread_id, since, held))[0]
+        hit = self._fresh_l1_hit(thread_id) if self._open else None
+        if hit is not None:
+            return hit
+        return (await self._load(thread_id))[0]
 
     get_or_load = get
 
@@ -210,10 +204,25 @@ class ConversationCache(AsyncClosing):
         return ReadResult(conversation, source)
 
     async def _read(self, thread_id: str) -> Served:
-        self._check_open()
-        since = self._ticks() - self._staleness_ticks
+        hit = self._fresh_l1_hit(thread_id) if self._open else None
+        if hit is not None:
+            return hit, "l1"
+        return await self._load(thread_id)
+
+    def _fresh_l1_hit(self, thread_id: str) -> Conversation | None:
+        """The hot path, awaiting nothing: L1's snapshot if confirmed recently enough
+        (only valid ids enter L1, so a hit needs no validation)."""
         held = self._l1.get(thread_id) if type(thread_id) is str else None
-        return await self._loader.read(thread_id, since, held)
+        # Appends acknowledged before this tick must be seen.
+        if held is not None and held[1] > self._ticks() - self._staleness_ticks:
+            self._counters.l1_hits += 1
+            return held[0]
+        return None
+
+    async def _load(self, thread_id: str) -> Served:
+        self._check_open()  # past L1: confirm its snapshot, or load through L2 and the store
+        held = self._l1.get(thread_id) if type(thread_id) is str else None
+        return await self._loader.read(thread_id, self._ticks() - self._staleness_ticks, held)
 
     async def window(
         self,

@@ -64,12 +64,13 @@ class Windows:
         )
         conversation, source = await self._read(thread_id)
         derived = self._l1.derived(conversation)
-        index, built, counted = await complete_counts(conversation, counter, derived)
-        if built:
+        index = derived.indexes.get(counter.key)
+        if index is None:  # else the hot path: a held snapshot windowed before
+            index, _, counted = await complete_counts(conversation, counter, derived)
             self._l1.reweigh(conversation)
-        if counted:
-            self._counters.late_counts += len(counted)
-            self._repair(conversation, counter.key, index.counts, counted)
+            if counted:
+                self._counters.late_counts += len(counted)
+                self._repair(conversation, counter.key, index.counts, counted)
         window = select_window(conversation, derived, index, counter, max_tokens, tools_tokens)
         return window, source
 
