@@ -4,7 +4,8 @@ Not a benchmark itself; ``strong_reads.py`` and ``hot_path_ab.py`` import it. A
 benchmark script runs itself as a child (``--child CONFIG``) once per tree, with
 ``PYTHONPATH`` set to that tree's src, so each child imports its own ``agent_core``.
 The parent starts a fresh pair of children per *generation* and asks them for rounds
-in the order old, new, new, old: drift on the machine, and whatever makes one process
+in the order old, new, new, old (new, old, old, new in every other generation, which also
+starts the new child first): drift on the machine, and whatever makes one process
 faster than another (an A/A run put one of two long-lived processes 5-15 % ahead in
 every cell), spreads over both trees. Ratios come with a 95 % bootstrap interval and
 the range of the per-pair ratios.
@@ -240,10 +241,12 @@ async def run_generation(
     samples_per_round: int,
     results: Results,
 ) -> None:
-    """One child per tree, started together (untimed); then they take turns, round by round."""
+    """One child per tree, started together (untimed); then they take turns, round by
+    round. Every other generation starts (and runs first) the trees in reverse order."""
     children: dict[str, Child] = {}
+    order = list(configs.items())
     try:
-        for tree, config in configs.items():
+        for tree, config in order if generation % 2 == 0 else order[::-1]:
             config = {**config, "generation": generation, "seed": 1000 * generation + len(children)}
             children[tree] = await Child.start(script, tree, config)
         for child_process in children.values():

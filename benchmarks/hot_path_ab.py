@@ -5,7 +5,7 @@
 
 Two trees are measured in one run (``benchmarks/_ab.py``): the baseline
 (``--baseline-src``, default /work/wt-base/src) and the candidate (``--candidate-src``,
-default this checkout's src), each in its own child processes, 5 fresh pairs in the full
+default this checkout's src), each in its own child processes, 10 fresh pairs in the full
 run, each pair running rounds in the order old, new, new, old; inside a round every cell
 takes its samples in a shuffled order. The children use the public API that both trees
 have (``ConversationCache.from_urls``, ``get``, ``append``, ``window``, ``stats``;
@@ -78,7 +78,7 @@ WINDOW_TOKENS: Final = 2_000
 MODEL: Final = "gpt-4o"
 
 
-FULL: Final = Plan(generations=5, rounds=2, samples_per_round=40, warmup=5)
+FULL: Final = Plan(generations=10, rounds=2, samples_per_round=20, warmup=5)
 QUICK: Final = Plan(generations=1, rounds=2, samples_per_round=3, warmup=1)
 CELLS: Final = tuple(f"{store}/{path}" for store in STORES for path in PATHS)
 

@@ -110,7 +110,7 @@ class ConversationCache(AsyncClosing):
         )
         self._loader = Loader(parts, lease_ttl=settings.lease_ttl, probe=settings.probe)
         self._writes = Writes(parts, settings.append_counters)
-        self._windows = Windows(parts, self._read, self._background)
+        self._windows = Windows(parts, self._fresh_l1_hit, self._load, self._background)
         self._open = False
         # Above 80 % of the memory limit (cgroup, or ``memory_limit``) the L1 budget
         # shrinks a step per check; below 60 % it grows back to ``l1_max_bytes``.
@@ -191,7 +191,7 @@ class ConversationCache(AsyncClosing):
         before the call began. Bounded mode: every append acknowledged more than
         ``max_staleness`` seconds before it began.
         """
-        hit = self._fresh_l1_hit(thread_id) if self._open else None
+        hit = self._fresh_l1_hit(thread_id)
         if hit is not None:
             return hit
         return (await self._load(thread_id))[0]
@@ -204,7 +204,7 @@ class ConversationCache(AsyncClosing):
         return ReadResult(conversation, source)
 
     async def _read(self, thread_id: str) -> Served:
-        hit = self._fresh_l1_hit(thread_id) if self._open else None
+        hit = self._fresh_l1_hit(thread_id)
         if hit is not None:
             return hit, "l1"
         return await self._load(thread_id)
@@ -212,7 +212,7 @@ class ConversationCache(AsyncClosing):
     def _fresh_l1_hit(self, thread_id: str) -> Conversation | None:
         """The hot path, awaiting nothing: L1's snapshot if confirmed recently enough
         (only valid ids enter L1, so a hit needs no validation)."""
-        held = self._l1.get(thread_id) if type(thread_id) is str else None
+        held = self._l1.get(thread_id) if self._open and type(thread_id) is str else None
         # Appends acknowledged before this tick must be seen.
         if held is not None and held[1] > self._ticks() - self._staleness_ticks:
             self._counters.l1_hits += 1

@@ -37,7 +37,8 @@ class Windows:
     def __init__(
         self,
         parts: CacheParts,
-        read: Callable[[str], Awaitable[Served]],
+        fresh: Callable[[str], Conversation | None],
+        load: Callable[[str], Awaitable[Served]],
         background: TaskGroup,
     ) -> None:
         self._store = parts.store
@@ -45,7 +46,9 @@ class Windows:
         self._l1 = parts.l1
         self._l2 = parts.l2
         self._counters = parts.counters
-        self._read = read
+        # The cache's read, in two parts, so that a window of a held snapshot awaits nothing.
+        self._fresh = fresh
+        self._load = load
         self._background = background
         self._window_counters: dict[str, TokenCounter] = {}
         self._repairing: set[tuple[str, int, str]] = set()
@@ -62,7 +65,10 @@ class Windows:
         tools_tokens = (
             0 if tools is None else counter.count_messages([], tools) - counter.reply_priming
         )
-        conversation, source = await self._read(thread_id)
+        conversation = self._fresh(thread_id)
+        source: ReadSource = "l1"
+        if conversation is None:
+            conversation, source = await self._load(thread_id)
         derived = self._l1.derived(conversation)
         index = derived.indexes.get(counter.key)
         if index is None:  # else the hot path: a held snapshot windowed before
