@@ -105,7 +105,8 @@ class ChatServer:
     ) -> None:
         self.stop()
 
-    def _log(self, request: Recorded) -> None:
+    def log(self, request: Recorded) -> None:
+        """Keep ``request`` in `requests` (called by the handler's thread)."""
         with self._lock:
             self.requests.append(request)
 
@@ -174,7 +175,7 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             headers = {name.lower(): value for name, value in self.headers.items()}
             request = Recorded(self.command, self.path, headers, body, time.monotonic())
-            server._log(request)
+            server.log(request)
             return request
 
         def _json(self, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
