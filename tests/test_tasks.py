@@ -30,7 +30,7 @@ async def test_a_fast_call_returns_its_result() -> None:
 
     assert [await deadlines.run(answer, 0.05) for _ in range(100)] == [42] * 100
     await asyncio.sleep(0.05)  # the timer stopped with nothing in flight: nothing fires
-    assert not deadlines._pending
+    assert deadlines.pending == 0
 
 
 async def test_an_outside_cancellation_stays_a_cancellation() -> None:

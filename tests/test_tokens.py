@@ -209,7 +209,7 @@ def test_vocabulary_sha256_is_tiktokens_expected_hash(oracle: Oracle, name: str)
     vocab = Path(quicktok.__file__).parent / "data" / _DATA_FILES[name]
     digest = hashlib.sha256(vocab.read_bytes()).hexdigest()
     assert _QUICKTOK_FILES[name][_DATA_FILES[name]] == digest
-    engine, tokens = bpe_counter(name)._encoding, _quicktok_ranks(name)
+    engine, tokens = bpe_counter(name).engine, _quicktok_ranks(name)
     assert [engine.decode_single_token_bytes(rank) for rank in range(len(tokens))] == tokens
 
 
@@ -217,7 +217,7 @@ def test_a_vocabulary_that_is_not_the_pinned_file_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = {"cl100k.vocab": "0" * 64, "cl100k.special": ""}
-    monkeypatch.setitem(_encodings._QUICKTOK_FILES, "cl100k_base", files)
+    monkeypatch.setitem(_QUICKTOK_FILES, "cl100k_base", files)
     with pytest.raises(ConfigurationError, match="not the vocabulary file agent-core verified"):
         _encodings.BpeCounter("cl100k_base")
 
@@ -290,7 +290,7 @@ def test_counts_equal_tiktoken_on_mixed_corpus(oracle: Oracle, name: str) -> Non
         ids = reference.encode_ordinary(text)
         assert counter.count(text) == len(ids), text[:80]
         # Not only the count: the engine's ids are tiktoken's.
-        assert counter._encoding.encode_ordinary(text) == ids, text[:80]
+        assert counter.engine.encode_ordinary(text) == ids, text[:80]
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
@@ -397,7 +397,7 @@ def test_long_s_after_an_apostrophe_counts_like_tiktoken(oracle: Oracle, name: s
     # tiktoken's o200k pattern takes '\u017f as the suffix 's (case-insensitively), quicktok not.
     if name == "o200k_base":
         assert len(reference.encode_ordinary("e'\u017f'LLa")) == 5
-        assert counter._encoding.count("e'\u017f'LLa") == 6
+        assert counter.engine.count("e'\u017f'LLa") == 6
     rng = random.Random(383)
     words = ["state", "s", "the", "x", "tion", " ", "'", "ll", "LL", "re", "'s", "'ll", "'RE"]
     words += ["\u017f", "1", ".", "A", "Ab", "\u00e9", "\u017ft", "\u088f", "\n"]

@@ -56,6 +56,11 @@ class Deadlines:
         self._expired: set[asyncio.Task[object]] = set()
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def pending(self) -> int:
+        """How many calls are in flight, each with its deadline."""
+        return len(self._pending)
+
     async def run(self, operation: Callable[[], Awaitable[_T]], limit: float) -> _T:
         task = asyncio.current_task()
         if task is None:

@@ -168,6 +168,24 @@ class WTinyLFUPolicy:
         self._protected.clear()
         self.total = self._window_total = self._protected_total = 0
 
+    def invariant_violations(self) -> list[str]:
+        """What is wrong with the segments' bookkeeping; empty when it is sound.
+
+        Each segment's running total is the sum of its weights, protected stays within
+        its share, and no key is in two segments. For tests; it reads, changes nothing.
+        """
+        found = []
+        segments = (self._window, self._probation, self._protected)
+        if self._window_total != sum(self._window.values()):
+            found.append(f"window total {self._window_total} is not its weights' sum")
+        if self._protected_total != sum(self._protected.values()):
+            found.append(f"protected total {self._protected_total} is not its weights' sum")
+        if self._protected_total > self._protected_max:
+            found.append(f"protected holds {self._protected_total} > {self._protected_max}")
+        if sum(len(segment) for segment in segments) != len(set().union(*segments)):
+            found.append("a key is in two segments")
+        return found
+
     def _set_shares(self) -> None:
         self._window_max = int(self.capacity * WINDOW_SHARE)
         self._protected_max = int((self.capacity - self._window_max) * PROTECTED_SHARE)

@@ -115,6 +115,11 @@ class BpeCounter:
         self._reference: tiktoken.Encoding | None = None
         self._lock = threading.Lock()
 
+    @property
+    def engine(self) -> Any:
+        """The quicktok engine that counts (its ids and vocabulary are tiktoken's)."""
+        return self._encoding
+
     def count(self, text: str) -> int:
         """BPE tokens of ``text``; special-token-looking text counts as ordinary text."""
         if text.isascii():
