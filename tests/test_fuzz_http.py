@@ -24,12 +24,16 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent_core.server import Settings, create_app
-from agent_core.server._message_schema import MESSAGE_SCHEMA
 
 from ._fuzz import FUZZ, RSS_GROWTH_LIMIT, rss
 
 PROBLEM = "application/problem+json"
-MESSAGES = jsonschema_rs.Draft202012Validator(MESSAGE_SCHEMA)
+# One message as the OpenAPI spec states it to clients: every stored item must match it.
+MESSAGES = jsonschema_rs.Draft202012Validator(
+    create_app(Settings()).openapi()["components"]["schemas"]["AppendRequest"]["properties"][
+        "messages"
+    ]["items"]
+)
 MAX_BODY = 1 << 20
 
 

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from agent_core import ConversationCache
+from agent_core.cache import CacheOptions
 from agent_core.cache._l2_format import (
     FROM_EMPTY,
     CorruptEntry,
@@ -39,7 +40,6 @@ from agent_core.cache._l2_format import (
     header,
     seal,
 )
-from agent_core.cache._redis_tier import DEFAULT_MAX_VALUE_BYTES
 from agent_core.server import Settings, create_app
 from agent_core.store import store_from_url
 
@@ -451,7 +451,7 @@ async def well_formed(value: bytes, key: str) -> bool:
     """Whether an unsigned cache would accept ``value`` (a structurally valid forgery)."""
     try:
         await decode_value(
-            value, max_bytes=DEFAULT_MAX_VALUE_BYTES, signer=None, key_name=key.encode()
+            value, max_bytes=CacheOptions().l2_max_value_bytes, signer=None, key_name=key.encode()
         )
     except CorruptEntry:
         return False

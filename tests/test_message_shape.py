@@ -20,7 +20,6 @@ from agent_core import ConversationCache, Message
 from agent_core.errors import InvalidMessage
 from agent_core.messages import trusted_message
 from agent_core.server import Settings, create_app
-from agent_core.server._message_schema import MESSAGE_SCHEMA
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
@@ -166,7 +165,9 @@ async def test_http_refuses_the_issues_examples(client: httpx.AsyncClient, item:
 
 
 def test_the_openapi_schema_states_the_same_rules() -> None:
-    validator = jsonschema_rs.Draft202012Validator(MESSAGE_SCHEMA)
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    message = schemas["AppendRequest"]["properties"]["messages"]["items"]
+    validator = jsonschema_rs.Draft202012Validator(message)
     for item in VALID:
         assert validator.is_valid(item), item
     for item, _ in INVALID:

@@ -101,10 +101,13 @@ def test_to_dict_returns_a_fresh_copy() -> None:
 
 def test_message_is_immutable_and_hashable() -> None:
     message = Message.from_dict({"role": "user", "content": "a"})
-    with pytest.raises(AttributeError):
-        message._raw = b"{}"
+    # Every slot is read-only too, not only the public names.
+    for name in (*Message.__slots__, "raw"):
+        with pytest.raises(AttributeError):
+            setattr(message, name, b"{}")
     with pytest.raises(AttributeError):
         message.anything = 1
+    assert message.raw == b'{"role":"user","content":"a"}'
     assert copy.deepcopy(message) is message
     assert {message, Message({"role": "user", "content": "a"})} == {message}
 

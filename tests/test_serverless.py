@@ -6,16 +6,18 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 import pytest
 
-from agent_core.server._serverless import ServerlessApp, make_app, serverless_settings
-from agent_core.server._settings import Settings
+from agent_core.server import ServerlessApp, Settings, make_app, serverless_settings
 
 from ._offline import run_offline
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 PROBLEM = "application/problem+json"
 USER = {"role": "user", "content": "hi"}
@@ -89,16 +91,16 @@ async def test_first_request_opens_and_later_ones_reuse(app: ServerlessApp) -> N
 async def test_concurrent_first_requests_open_once(
     app: ServerlessApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every request that finds nothing opened takes the lock: count them.
+    # Every request that finds nothing opened waits to open it: count them.
     waiters = 0
-    lock_for = app._lock_for
+    open_app = app.open
 
-    def counting_lock_for(loop: asyncio.AbstractEventLoop) -> asyncio.Lock:
+    async def counting_open() -> FastAPI:
         nonlocal waiters
-        waiters += 1
-        return lock_for(loop)
+        waiters += app.inner is None
+        return await open_app()
 
-    monkeypatch.setattr(app, "_lock_for", counting_lock_for)
+    monkeypatch.setattr(app, "open", counting_open)
     async with client(app) as http:
         responses = await asyncio.gather(
             *(

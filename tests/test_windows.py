@@ -18,8 +18,8 @@ from agent_core import (
     TokenCounter,
 )
 from agent_core.store import decode_token_counts, store_from_url
-from agent_core.tokens import _encodings, _window
-from agent_core.tokens._window import Derived, complete_counts, select_window, token_index
+from agent_core.tokens import Derived, _encodings, _window, complete_counts, select_window
+from agent_core.tokens._window import _MAY_MATTER, _may_matter, _shape, token_index
 
 from .conftest import CacheFactory
 
@@ -384,14 +384,14 @@ def test_payloads_to_decode_are_found_as_one_search_per_payload_would(
     payloads: list[bytes],
 ) -> None:
     # Joined, a word must never be found across two payloads, nor one missed.
-    expected = [i for i, raw in enumerate(payloads) if any(w in raw for w in _window._MAY_MATTER)]
-    assert _window._may_matter(payloads) == expected
+    expected = [i for i, raw in enumerate(payloads) if any(w in raw for w in _MAY_MATTER)]
+    assert _may_matter(payloads) == expected
 
 
 async def test_a_large_snapshot_is_read_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     """Few messages but many bytes: the shape is read in a worker thread, not on the loop."""
     threads: list[str] = []
-    shape = _window._shape
+    shape = _shape
 
     def recording(conversation: Conversation, derived: Derived) -> Any:
         threads.append(threading.current_thread().name)
