@@ -1,13 +1,15 @@
 """The import structure: one-way layers, no cycle, no private access across packages.
 
 The checks and the layer map are in tests/_layers.py (``python -m tests._layers`` prints
-the full report, tests and benchmarks included).
+the full report, tests and benchmarks included). Tests and benchmarks use no private part
+of agent_core but the exceptions listed in `TEST_ALLOWED` and `BENCHMARK_ALLOWED`.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,47 @@ def test_the_checker_finds_a_cycle_an_upward_import_and_private_access(tmp_path:
         ("agent_core.cli", "private module", "agent_core.cache._l1"),
         ("agent_core.bench", "private module", "agent_core.cache._l1"),
     }
+
+
+def test_a_private_use_by_a_test_fails_unless_listed(tmp_path: Path) -> None:
+    library = {
+        "__init__.py": "",
+        "cache/__init__.py": "from ._l1 import L1\n",
+        "cache/_l1.py": "class L1:\n    _raw = b''\n    def get(self):\n        return self._raw\n",
+    }
+    tests = {
+        "tests/__init__.py": "",
+        "tests/test_l1.py": (
+            "from agent_core.cache import L1\n"
+            "from agent_core.cache._l1 import L1 as Inner\n"
+            "def test_l1(m):\n    return L1()._raw, m._elsewhere\n"
+        ),
+    }
+    for name, text in {**{f"agent_core/{k}": v for k, v in library.items()}, **tests}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    modules = _layers.parse((tmp_path / "agent_core").rglob("*.py"), tmp_path)
+    found = _layers.private_violations(
+        _layers.parse((tmp_path / "tests").rglob("*.py"), tmp_path), modules, outside=True
+    )
+    # ``_elsewhere`` is no name of the library: not agent_core's to guard.
+    assert {(v.module, v.rule, v.used) for v in found} == {
+        ("tests.test_l1", "private module", "agent_core.cache._l1"),
+        ("tests.test_l1", "private attribute", "._raw"),
+    }
+
+    failures = _layers.Findings([], [], [], [], found).failures()
+    assert sorted(f for f in failures if not f.startswith("stale ")) == sorted(map(str, found))
+    # With no use left, every entry of both lists is stale, and fails.
+    stale = {f for f in failures if f.startswith("stale ")}
+    assert stale == {
+        *(f"stale TEST_ALLOWED entry: {e}" for e in _layers.TEST_ALLOWED),
+        *(f"stale BENCHMARK_ALLOWED entry: {e}" for e in _layers.BENCHMARK_ALLOWED),
+    }
+    # A listed use passes: the same finding, made by a test module and use an entry names.
+    module, used = min(_layers.TEST_ALLOWED)
+    listed = replace(found[0], module=module, used=used)
+    assert str(listed) not in _layers.Findings([], [], [], [], [listed]).failures()
 
 
 @pytest.mark.integration  # a fresh interpreter
