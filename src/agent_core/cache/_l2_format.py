@@ -186,9 +186,9 @@ def _encode_all(groups: list[bytes], kind: int) -> bytes:
 
 async def decode_value(
     value: bytes, *, max_bytes: int, signer: Signer | None, key_name: bytes
-) -> tuple[int, tuple[bytes, ...], dict[str, array[int]]]:
-    """The version, message payloads and token counts of a complete value; raises
-    `CorruptEntry` unless every byte checks out.
+) -> tuple[int, tuple[bytes, ...] | None, dict[str, array[int]]]:
+    """The version, message payloads and token counts of a value (a fence: no
+    payloads); raises `CorruptEntry` unless every byte checks out.
 
     Seals and inflation of large values run in a thread; each message chunk's
     payloads are cut out by its lengths and, unless seals proved them, checked as
@@ -196,7 +196,7 @@ async def decode_value(
     """
     version, complete = parse_header(value)
     if not complete:
-        raise CorruptEntry("a fence holds no messages")
+        return version, None, {}
     if len(value) > max_bytes + HEADER_SIZE:
         raise CorruptEntry("value larger than l2_max_value_bytes")
     check = _Checker(value, version, max_bytes, signer, key_name)

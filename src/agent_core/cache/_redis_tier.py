@@ -41,7 +41,6 @@ from ._l2_format import (
     encode_chunks,
     encode_counts,
     header,
-    parse_header,
     seal,
 )
 
@@ -385,15 +384,13 @@ class RedisTier:
         return await self._entry(thread_id, value)
 
     async def _entry(self, thread_id: str, value: bytes) -> L2Entry | None:
+        signer = self._signer
         try:
-            version, complete = parse_header(value)
-            if not complete:
-                return L2Entry(version, None)
             version, payloads, counts = await decode_value(
                 value,
                 max_bytes=self._max_value_bytes,
-                signer=self._signer,
-                key_name=self.key(thread_id).encode(),
+                signer=signer,
+                key_name=b"" if signer is None else self.key(thread_id).encode(),
             )
             return L2Entry(version, payloads, counts)
         except CorruptEntry as exc:
