@@ -199,18 +199,22 @@ async def decode_value(
         return version, None, {}
     if len(value) > max_bytes + HEADER_SIZE:
         raise CorruptEntry("value larger than l2_max_value_bytes")
-    check = _Checker(value, version, max_bytes, signer, key_name)
-    # Inflation runs in a thread whatever the size: compressed values are large ones.
-    if check.compressed or (signer is not None and len(value) > _INLINE_BYTES):
-        inflated = await _off_loop(check.run)
-    else:
-        inflated = check.run()
+    chunks, compressed = _walk(value)
+    if compressed or signer is not None:  # else the value is all there is to check
+        check = _Checker(value, chunks, version, max_bytes, signer, key_name)
+        # Inflation runs in a thread whatever the size: compressed values are large ones.
+        if compressed or len(value) > _INLINE_BYTES:
+            chunks = await _off_loop(check.run)
+        else:
+            chunks = check.run()
     payloads: list[bytes] = []
     counts: dict[str, array[int]] = {}
     checked = 0
-    for kind, data, start, end in inflated:
+    for kind, data, start, end in chunks:
         if kind == _COUNTS:
             _place_counts(counts, data[start:end], len(payloads))
+            continue
+        if kind == _SEALED:  # only an unsigned reader sees them: it can't check them
             continue
         cut = _cut(data, start, end)
         if signer is None:  # a sealed value was written by a holder of the key
@@ -310,37 +314,36 @@ def _count_key(name: bytes) -> str:
 class _Checker:
     """Checks a value's chunks and seals and inflates them, within ``max_bytes``.
 
-    Built with one walk over the chunk headers (no data touched), which also tells
-    whether the value holds frames to inflate.
+    Needed for a value with frames to inflate or seals to check; a plain unsigned
+    value is all in the chunks `_walk` found, within ``max_bytes`` by its length.
     """
 
     def __init__(
         self,
         value: bytes,
+        chunks: list[_Chunk],
         version: int,
         max_bytes: int,
         signer: Signer | None,
         key_name: bytes,
     ) -> None:
         self._value = value
+        self._chunks = chunks
         self._version = version
         self._budget = max_bytes
         self._signer = signer
         self._key_name = key_name
-        self._chunks, self.compressed = _walk(value)
 
-    def run(self) -> list[tuple[int, bytes, int, int]]:
-        """``(kind, buffer, start, end)`` of the message and count chunks, messages
-        inflated: the plain ones stay where they are in the value."""
+    def run(self) -> list[_Chunk]:
+        """The message and count chunks, messages inflated: the plain ones stay
+        where they are in the value."""
         value = self._value
         view = memoryview(value)
-        chunks: list[tuple[int, bytes, int, int]] = []
+        chunks: list[_Chunk] = []
         running: int | None = None  # the version the sealed groups reached so far
         group_start = HEADER_SIZE
-        for kind, start, end in self._chunks:
+        for kind, _, start, end in self._chunks:
             if kind == _SEALED:
-                if end - start != _SEAL_SIZE:
-                    raise CorruptEntry("bad seal length")
                 if self._signer is not None:
                     running = self._check_seal(
                         view[group_start : start - _CHUNK.size], view[start:end], running
@@ -396,9 +399,13 @@ class _Checker:
         return out
 
 
-def _walk(value: bytes) -> tuple[list[tuple[int, int, int]], bool]:
-    """``(kind, start, end)`` of each chunk's data, and whether one is compressed;
-    raises `CorruptEntry` unless the chunks are of known kinds and tile the value."""
+#: ``(kind, buffer, start, end)``: a chunk's data is ``buffer[start:end]``.
+_Chunk = tuple[int, bytes, int, int]
+
+
+def _walk(value: bytes) -> tuple[list[_Chunk], bool]:
+    """Each chunk of the value, and whether one is compressed; raises `CorruptEntry`
+    unless the chunks are of known kinds, tile the value and seals have their size."""
     chunks = []
     compressed = False
     offset = HEADER_SIZE
@@ -410,7 +417,9 @@ def _walk(value: bytes) -> tuple[list[tuple[int, int, int]], bool]:
         offset = start + length
         if kind not in _KINDS or offset > len(value):
             raise CorruptEntry("bad chunk header")
-        chunks.append((kind, start, offset))
+        if kind == _SEALED and length != _SEAL_SIZE:
+            raise CorruptEntry("bad seal length")
+        chunks.append((kind, value, start, offset))
         compressed |= kind == _ZSTD
     return chunks, compressed
 
