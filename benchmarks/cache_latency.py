@@ -10,8 +10,9 @@ messages of pseudo-words (zstd shrinks them ~3 times, as it does chat text).
 1. L1 hit: ``get`` of a thread of 10, 1,000 and 10,000 messages held in L1.
    Goal: p50 <= 5 µs, p99 <= 20 µs, flat in length.
 2. L2 hit, at 10, 100 and 1,000 messages of ~200 and ~840 bytes, two ways: the L2
-   read path alone (``RedisTier.get``: ``GETEX``, checks, split) and ``cache.get``
-   right after the thread was dropped from L1 (the untimed ``_l1.drop``), which also
+   read path alone (``RedisTier.get``: ``GETEX``, the checks, the payloads cut out at
+   their lengths) and ``cache.get`` right after the thread was dropped from L1 (the
+   untimed ``evict_local``), which also
    asks ``store.version()`` beside the L2 read and fills L1. Beside them a raw
    ``GET`` (same client) of the conversation stored as one JSON array +
    ``msgspec.json.decode`` (the naive baseline, the floor of the goal), and a raw
@@ -545,7 +546,7 @@ def report_l2(warm: Timings[L2Cell], cold: Timings[L2Cell], plan: Plan) -> dict[
         left=2,
     )
     print(
-        "tier: RedisTier.get (GETEX, checks, split): the L2 read path; cache: get() right "
+        "tier: RedisTier.get (GETEX, checks, payloads cut): the L2 read path; cache: get() right "
         "after dropping the thread from L1 (the L2 read beside store.version(), L1 fill); "
         "version: store.version() alone (SQLite)\n"
         "naive: GET of one JSON array + msgspec.json.decode; tightest: GET of "
