@@ -542,6 +542,41 @@ SIGNER = Signer(KEY)
 COMPRESSED = {None: _compressed_value(None), SIGNER: _compressed_value(SIGNER)}
 
 
+NOT_ONE_JSON_OBJECT: dict[str, bytes] = {
+    "invalid-utf8": b'{"content":"\xff"}',
+    "utf8-encoded-surrogate": b'{"content":"\xed\xa0\x80"}',
+    "lone-surrogate-escape": b'{"content":"\\ud800"}',
+    "control-character": b'{"content":"\x01"}',
+    "bad-escape": b'{"content":"\\q"}',
+    "trailing-data": b'{"a":1} x',
+    "two-objects": b'{"a":1}{"b":2}',
+    "leading-space": b' {"a":1}',
+    "array": b'[{"a":1}]',
+    "nan": b'{"a":NaN}',
+    "nesting-2000": b'{"a":' + b"[" * 2000 + b"]" * 2000 + b"}",
+    "empty": b"",
+}
+
+
+@pytest.mark.parametrize(
+    "payload", list(NOT_ONE_JSON_OBJECT.values()), ids=list(NOT_ONE_JSON_OBJECT)
+)
+async def test_a_payload_that_is_not_one_json_object_is_refused(payload: bytes) -> None:
+    value = header(3) + plain(encoded(STORED[0]), payload, encoded(STORED[2]))
+    with pytest.raises(CorruptEntry):
+        await decode_value(value, max_bytes=1 << 20, signer=None, key_name=b"key")
+
+
+async def test_a_number_beyond_a_double_is_served_as_stored() -> None:
+    """The check is RFC 8259's grammar: a number orjson can't hold is still valid JSON
+    (PostgreSQL's jsonb stores it too), so it passes, byte for byte."""
+    huge = b'{"role":"user","content":"x","n":1e400}'
+    _, payloads, _ = await decode_value(
+        header(1) + plain(huge), max_bytes=1 << 20, signer=None, key_name=b"key"
+    )
+    assert payloads == (huge,)
+
+
 @pytest.mark.parametrize("signer", [None, SIGNER], ids=["unsigned", "signed"])
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(data=st.data())

@@ -263,7 +263,8 @@ def _check_payloads(payloads: list[bytes]) -> None:
         # invalid UTF-8 inside strings, which Python's strict codec checks.
         deque(map(_skip_parse, payloads), maxlen=0)
         deque(map(bytes.decode, filterfalse(bytes.isascii, payloads)), maxlen=0)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec refuses nesting beyond its depth limit with a RecursionError.
         raise CorruptEntry("a payload is not valid JSON") from None
 
 
