@@ -205,7 +205,11 @@ async def test_interrupted_run_deletes_what_it_wrote(fresh_postgres_url: str) ->
         *(str(script), "bench", "--store", fresh_postgres_url, "--threads", "400"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env={k: v for k, v in os.environ.items() if k not in CLEAN_ENV},
+        # SIGABRT then prints every thread's stack: what a run that does not stop is doing.
+        env={
+            **{k: v for k, v in os.environ.items() if k not in CLEAN_ENV},
+            "PYTHONFAULTHANDLER": "1",
+        },
     )
     connection = await asyncpg.connect(fresh_postgres_url)
     try:
@@ -216,7 +220,15 @@ async def test_interrupted_run_deletes_what_it_wrote(fresh_postgres_url: str) ->
         else:
             pytest.fail("the bench wrote nothing in 60 s")
         process.send_signal(signal.SIGINT)
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        communicating = asyncio.ensure_future(process.communicate())
+        done, _ = await asyncio.wait([communicating], timeout=60)
+        if not done:
+            process.send_signal(signal.SIGABRT)
+            _, stderr = await communicating
+            pytest.fail(
+                "no exit 60 s after SIGINT; its stacks:\n" + stderr.decode(errors="replace")
+            )
+        _, stderr = communicating.result()
         assert process.returncode == 130, stderr
         assert b"interrupted" in stderr
         assert await _bench_messages(connection) == 0

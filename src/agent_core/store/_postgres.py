@@ -10,6 +10,7 @@ re-encoded or decoded in Python.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -50,6 +51,8 @@ from ._protocol import (
 __all__ = ["PostgresStore"]
 
 _Connection = asyncpg.Connection | PoolConnectionProxy
+log = logging.getLogger("agent_core.store")
+
 _OPTIONS: Final = {"pool_min_size": 1, "pool_max_size": 10, "command_timeout": 30.0}
 #: Failures of the connection or of the driver itself, not answers of the server: the
 #: network, timeouts, a closed pool or connection, and asyncpg's protocol errors
@@ -152,7 +155,7 @@ class PostgresStore:
                 await _migrate(connection)
                 self._fingerprint = fingerprint_of(await connection.fetchval(sql.IDENTITY))
         except BaseException:
-            await pool.close()
+            await _close_pool(pool)
             raise
         self._pool = pool
 
@@ -162,7 +165,7 @@ class PostgresStore:
         self._listeners.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            await _close_pool(pool)
 
     @asynccontextmanager
     async def _connection(self, *, write: bool = False) -> AsyncIterator[_Connection]:
@@ -378,6 +381,25 @@ class _Change(msgspec.Struct):
 
 
 _decode_change = msgspec.json.Decoder(_Change).decode
+#: How long close() waits for pooled connections to come back before it closes them by force.
+_CLOSE_SECONDS: Final = 5.0
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully, within `_CLOSE_SECONDS`, else by force. A connection that a
+    cancelled call never gave back would hold ``pool.close()`` forever, and with it
+    any transaction it left open (and the rows another writer then waits for)."""
+    try:
+        async with asyncio.timeout(_CLOSE_SECONDS):
+            await pool.close()
+    except TimeoutError:
+        log.warning("PostgreSQL connections not released in %s s: closed by force", _CLOSE_SECONDS)
+        pool.terminate()
+    except BaseException:  # cancelled while closing: leave nothing open behind
+        pool.terminate()
+        raise
+
+
 _WATCH_HEALTH_INTERVAL: Final = 1.0
 
 
