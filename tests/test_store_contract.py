@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from agent_core.store import (
     decode_token_counts,
     encode_token_counts,
 )
+
+from ._poll import eventually
 
 
 def user(text: str) -> dict[str, Any]:
@@ -101,6 +104,76 @@ async def test_idempotency_key(cache: ConversationCache) -> None:
     assert (await cache.get("t")).version == 3
     # Keys belong to a thread.
     assert await cache.append("u", batch, idempotency_key="k1") == 2
+
+
+def with_option(url: str, option: str) -> str:
+    return url + ("&" if "?" in url else "?") + option
+
+
+@pytest.fixture
+async def short_lived_keys(empty_store_url: str) -> AsyncIterator[ThreadStore]:
+    """A store (of a database of its own) whose idempotency keys live 0.3 s."""
+    store = store_from_url(with_option(empty_store_url, "idempotency_ttl=0.3"))
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_an_idempotency_key_is_free_again_after_its_ttl(
+    short_lived_keys: ThreadStore, namespace: str
+) -> None:
+    store = short_lived_keys
+    first, other = [b'{"role":"user","content":"a"}'], [b'{"role":"user","content":"b"}']
+    assert await store.append(namespace, "t", first, idempotency_key="k") == AppendResult(1, True)
+
+    async def other_batch_applies() -> bool:
+        try:
+            return (await store.append(namespace, "t", other, idempotency_key="k")).applied
+        except IdempotencyKeyReused:  # the key still remembers the first batch
+            return False
+
+    await eventually(other_batch_applies)
+    # The key now stands for the second use, remembered afresh.
+    assert await store.append(namespace, "t", other, idempotency_key="k") == AppendResult(2, False)
+    assert (await store.read(namespace, "t")).payloads == (first[0], other[0])
+
+
+async def test_expired_idempotency_keys_are_swept_in_batches(
+    short_lived_keys: ThreadStore, empty_store_url: str, namespace: str
+) -> None:
+    for key in ("k1", "k2", "k3"):
+        await short_lived_keys.append(
+            namespace, "t", [b'{"role":"user","content":"x"}'], idempotency_key=key
+        )
+    # A store that keeps keys for an hour finds nothing to sweep: the TTL is the sweeper's.
+    long_lived = store_from_url(empty_store_url)
+    await long_lived.open()
+    try:
+        assert await long_lived.expire_idempotency_keys() == 0
+    finally:
+        await long_lived.close()
+    swept: list[int] = []
+
+    async def all_swept() -> bool:
+        swept.append(await short_lived_keys.expire_idempotency_keys(limit=2))
+        return sum(swept) == 3
+
+    await eventually(all_swept)
+    assert max(swept) <= 2  # bounded batches
+    assert await short_lived_keys.expire_idempotency_keys() == 0
+    # Gone, so a retry is a new append.
+    result = await short_lived_keys.append(
+        namespace, "t", [b'{"role":"user","content":"x"}'], idempotency_key="k1"
+    )
+    assert result == AppendResult(4, True)
+
+
+@pytest.mark.parametrize("ttl", ["0", "-1", "nan", "inf", "soon"])
+def test_a_bad_idempotency_ttl_is_a_configuration_error(store_url: str, ttl: str) -> None:
+    with pytest.raises(ConfigurationError, match="idempotency_ttl"):
+        store_from_url(with_option(store_url, f"idempotency_ttl={ttl}"))
 
 
 async def test_delete(cache: ConversationCache) -> None:

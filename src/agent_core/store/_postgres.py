@@ -23,7 +23,7 @@ from asyncpg.pool import PoolConnectionProxy
 from .._quote import quote
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 from .._urls import mask_url, redact, show_url
-from .._validation import check_namespace
+from .._validation import check_count, check_namespace, check_seconds
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -33,6 +33,8 @@ from ..errors import (
 )
 from . import _postgres_schema as sql
 from ._protocol import (
+    DEFAULT_EXPIRE_BATCH,
+    DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
     ThreadPage,
@@ -53,7 +55,12 @@ __all__ = ["PostgresStore"]
 _Connection = asyncpg.Connection | PoolConnectionProxy
 log = logging.getLogger("agent_core.store")
 
-_OPTIONS: Final = {"pool_min_size": 1, "pool_max_size": 10, "command_timeout": 30.0}
+_OPTIONS: Final = {
+    "pool_min_size": 1,
+    "pool_max_size": 10,
+    "command_timeout": 30.0,
+    "idempotency_ttl": DEFAULT_IDEMPOTENCY_TTL,
+}
 #: Failures of the connection or of the driver itself, not answers of the server: the
 #: network, timeouts, a closed pool or connection, and asyncpg's protocol errors
 #: (InternalClientError) that a terminated backend can leave behind.
@@ -73,8 +80,9 @@ _LOST_STATES: Final = ("08", "57")
 class PostgresStore:
     """A `ThreadStore` in PostgreSQL (``postgresql://user@host:5432/db``).
 
-    Tables live in the ``agent_core`` schema. Pool size and timeout come from the
-    URL's ``pool_min_size``, ``pool_max_size`` and ``command_timeout`` (seconds).
+    Tables live in the ``agent_core`` schema. Pool size and timeouts come from the
+    URL's ``pool_min_size``, ``pool_max_size``, ``command_timeout`` and
+    ``idempotency_ttl`` (seconds).
     """
 
     def __init__(
@@ -84,6 +92,7 @@ class PostgresStore:
         pool_min_size: int = 1,
         pool_max_size: int = 10,
         command_timeout: float = 30.0,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         if not 0 <= pool_min_size <= pool_max_size or pool_max_size < 1:
             raise ConfigurationError(
@@ -92,6 +101,9 @@ class PostgresStore:
             )
         if command_timeout <= 0:
             raise ConfigurationError(f"command_timeout must be > 0, got {command_timeout}")
+        self.idempotency_ttl = check_seconds(
+            "idempotency_ttl", idempotency_ttl, error=ConfigurationError
+        )
         self._dsn = dsn
         self._pool_min_size = pool_min_size
         self._pool_max_size = pool_max_size
@@ -112,12 +124,16 @@ class PostgresStore:
                 f"not a PostgreSQL URL: {show_url(url)}; use postgresql://user@host:5432/database"
             )
         query = parse_qsl(parts.query)
-        ours = {k: v for k, v in query if k in _OPTIONS}
         theirs = [(k, v) for k, v in query if k not in _OPTIONS]
-        try:
-            options: dict[str, Any] = {k: type(_OPTIONS[k])(v) for k, v in ours.items()}
-        except ValueError as exc:
-            raise ConfigurationError(f"bad option in PostgreSQL URL: {exc}") from None
+        options: dict[str, Any] = {}
+        for name, text in query:
+            if name in _OPTIONS:
+                try:
+                    options[name] = type(_OPTIONS[name])(text)
+                except ValueError as exc:
+                    raise ConfigurationError(
+                        f"bad option {name}={quote(text)} in PostgreSQL URL: {exc}"
+                    ) from None
         dsn = urlunsplit(parts._replace(query=urlencode(theirs)))
         return cls(dsn, **options)
 
@@ -242,6 +258,7 @@ class PostgresStore:
                     expected_version,
                     idempotency_key,
                     digest,
+                    self.idempotency_ttl,
                 )
         except asyncpg.PostgresError as exc:
             actual = int(exc.args[0]) if exc.args else -1
@@ -314,6 +331,14 @@ class PostgresStore:
         check_list(namespace, limit, after)
         rows = await self._query("fetch", sql.LIST, namespace, after or "", limit + 1)
         return page_of([row[0] for row in rows], limit)
+
+    async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
+        check_count("limit", limit, minimum=1)
+        # Deleting what has expired is safe to repeat, so a lost connection is retried.
+        status: str = await self._query(
+            "execute", sql.EXPIRE_IDEMPOTENCY_KEYS, self.idempotency_ttl, limit
+        )
+        return int(status.rpartition(" ")[2])
 
     # -- external changes ------------------------------------------------------------
 

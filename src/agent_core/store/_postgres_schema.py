@@ -249,6 +249,69 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TABLE {SCHEMA}.identity (id text NOT NULL);
     INSERT INTO {SCHEMA}.identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''));
     """,
+    # Idempotency keys expire: append takes the TTL (seconds) and treats an older key
+    # as absent (its row is replaced); the sweep finds the oldest keys by the index.
+    f"""
+    CREATE INDEX idempotency_keys_created ON {SCHEMA}.idempotency_keys (created_at);
+    DROP FUNCTION {SCHEMA}.append(text, text, json[], jsonb[], bigint, text, bytea);
+    CREATE FUNCTION {SCHEMA}.append(
+        p_namespace text, p_thread_id text, p_payloads json[], p_tokens jsonb[],
+        p_expected bigint, p_key text, p_digest bytea, p_key_ttl double precision
+    ) RETURNS TABLE (version bigint, applied boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        prior_version bigint;
+        prior_digest bytea;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        -- The no-op update takes the row lock, for new and existing threads alike.
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_thread_id)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version INTO current_version;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO prior_version, prior_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key
+                AND k.created_at > now() - make_interval(secs => p_key_ttl);
+            IF FOUND THEN
+                IF prior_digest <> p_digest THEN
+                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
+                        MESSAGE = prior_version::text;
+                END IF;
+                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+                RETURN QUERY SELECT prior_version, false;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
+            -- Raising rolls back the thread row a new thread's insert created.
+            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
+                MESSAGE = current_version::text;
+        END IF;
+        -- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload, tokens)
+        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload, u.tokens
+        FROM unnest(p_payloads, p_tokens) WITH ORDINALITY AS u(payload, tokens, ordinality);
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + cardinality(p_payloads), updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        IF p_key IS NOT NULL THEN
+            -- An expired key's row may still be there: this use replaces it.
+            INSERT INTO {SCHEMA}.idempotency_keys AS k
+                (namespace, thread_id, key, version, digest, created_at)
+            VALUES (p_namespace, p_thread_id, p_key,
+                    current_version + cardinality(p_payloads), p_digest, now())
+            ON CONFLICT (namespace, thread_id, key) DO UPDATE
+            SET version = excluded.version, digest = excluded.digest,
+                created_at = excluded.created_at;
+        END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
+    END
+    $$;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -262,7 +325,14 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
 CURRENT_VERSION: Final = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations"
 RECORD_VERSION: Final = f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)"
 
-APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7)"
+APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7, $8)"
+EXPIRE_IDEMPOTENCY_KEYS: Final = f"""
+DELETE FROM {SCHEMA}.idempotency_keys WHERE (namespace, thread_id, key) IN (
+    SELECT namespace, thread_id, key FROM {SCHEMA}.idempotency_keys
+    WHERE created_at <= now() - make_interval(secs => $1)
+    ORDER BY created_at LIMIT $2
+)
+"""
 SET_TOKENS: Final = f"SELECT {SCHEMA}.set_tokens($1, $2, $3, $4, $5)"
 DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
 IDENTITY: Final = f"SELECT id FROM {SCHEMA}.identity"

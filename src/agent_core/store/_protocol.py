@@ -20,6 +20,11 @@ from ..errors import InvalidArgument, InvalidBatch
 
 #: ``list_threads`` returns at most this many ids per page.
 MAX_PAGE_SIZE = 1000
+#: How long an idempotency key is remembered (seconds) unless a store is told otherwise:
+#: a retry within it writes nothing; after it the key is free again.
+DEFAULT_IDEMPOTENCY_TTL = 86_400.0
+#: `expire_idempotency_keys` removes at most this many keys per call by default.
+DEFAULT_EXPIRE_BATCH = 1000
 #: Both stores keep seqs and counts as signed 64-bit integers.
 
 
@@ -95,7 +100,10 @@ class ThreadStore(Protocol):
     ) -> AppendResult:
         """Append encoded messages as one contiguous batch, atomically.
 
-        ``tokens``, if given, holds each message's encoded token counts (or None).
+        ``tokens``, if given, holds each message's encoded token counts (or None). An
+        ``idempotency_key`` is remembered for the store's ``idempotency_ttl``: a retry
+        within it writes nothing and returns the first use's version; after it the key
+        is free again (and may carry another batch).
         """
 
     async def read(
@@ -122,6 +130,11 @@ class ThreadStore(Protocol):
         self, namespace: str, *, limit: int = 100, after: str | None = None
     ) -> ThreadPage:
         """Non-empty threads of a namespace, in id order, ``limit`` at a time."""
+
+    async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
+        """Remove at most ``limit`` idempotency keys older than the store's
+        ``idempotency_ttl`` (every namespace); returns how many. Expired keys already
+        count as absent: this only reclaims their rows."""
 
     async def watch(self, listener: ChangeListener) -> None:
         """Tell ``listener`` of external changes until the store closes."""

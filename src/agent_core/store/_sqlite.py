@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .._quote import quote
 from .._tasks import cancel_and_wait
 from .._urls import show_url
-from .._validation import check_namespace
+from .._validation import check_count, check_namespace, check_seconds
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -31,6 +31,8 @@ from ..errors import (
     VersionConflict,
 )
 from ._protocol import (
+    DEFAULT_EXPIRE_BATCH,
+    DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
     ThreadPage,
@@ -130,6 +132,8 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE TABLE identity (id TEXT NOT NULL)",
         "INSERT INTO identity (id) VALUES (lower(hex(randomblob(16))))",
     ),
+    # Idempotency keys expire (idempotency_ttl): the sweep finds the oldest first.
+    ("CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)",),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SYNCHRONOUS: Final = ("full", "normal")
@@ -147,6 +151,7 @@ class SQLiteStore:
         synchronous: str = "full",
         busy_timeout_ms: int = 30_000,
         readers: int = 2,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     ) -> None:
         if str(path) in ("", ":memory:") or str(path).startswith("file:"):
             raise ConfigurationError(
@@ -163,6 +168,9 @@ class SQLiteStore:
             )
         if not isinstance(readers, int) or not 1 <= readers <= 64:
             raise ConfigurationError(f"readers must be an int from 1 to 64, got {quote(readers)}")
+        self.idempotency_ttl = check_seconds(
+            "idempotency_ttl", idempotency_ttl, error=ConfigurationError
+        )
         self.path = Path(path)
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
@@ -188,11 +196,11 @@ class SQLiteStore:
                 "or sqlite:////absolute/path.db"
             )
         options = dict(parse_qsl(parts.query, strict_parsing=False))
-        unknown = set(options) - {"synchronous", "busy_timeout_ms", "readers"}
+        unknown = set(options) - {"synchronous", "busy_timeout_ms", "readers", "idempotency_ttl"}
         if unknown:
             raise ConfigurationError(
                 f"unknown SQLite URL option(s) {sorted(unknown)}; "
-                "known: synchronous, busy_timeout_ms, readers"
+                "known: synchronous, busy_timeout_ms, readers, idempotency_ttl"
             )
         try:
             return cls(
@@ -200,6 +208,7 @@ class SQLiteStore:
                 synchronous=options.get("synchronous", "full"),
                 busy_timeout_ms=int(options.get("busy_timeout_ms", 30_000)),
                 readers=int(options.get("readers", 2)),
+                idempotency_ttl=float(options.get("idempotency_ttl", DEFAULT_IDEMPOTENCY_TTL)),
             )
         except ValueError as exc:
             if isinstance(exc, ConfigurationError):
@@ -361,11 +370,12 @@ class SQLiteStore:
                 (namespace, thread_id),
             ).fetchone()
             current: int = row[0] if row else 0
+            now = time.time()
             if idempotency_key is not None:
                 prior = connection.execute(
                     "SELECT version, digest FROM idempotency_keys"
-                    " WHERE namespace = ? AND thread_id = ? AND key = ?",
-                    (namespace, thread_id, idempotency_key),
+                    " WHERE namespace = ? AND thread_id = ? AND key = ? AND created_at > ?",
+                    (namespace, thread_id, idempotency_key, now - self.idempotency_ttl),
                 ).fetchone()
                 if prior is not None:
                     if prior[1] != digest:
@@ -373,7 +383,6 @@ class SQLiteStore:
                     return AppendResult(prior[0], applied=False)
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(thread_id, expected=expected_version, actual=current)
-            now = time.time()
             version = current + len(payloads)
             # The thread row moves first, so the external-change trigger sees these
             # rows as already accounted for.
@@ -394,8 +403,9 @@ class SQLiteStore:
                 ],
             )
             if idempotency_key is not None:
+                # An expired key's row may still be there: this use replaces it.
                 connection.execute(
-                    "INSERT INTO idempotency_keys"
+                    "INSERT OR REPLACE INTO idempotency_keys"
                     " (namespace, thread_id, key, version, digest, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (namespace, thread_id, idempotency_key, version, digest, now),
@@ -531,6 +541,23 @@ class SQLiteStore:
             connection.execute("DELETE FROM idempotency_keys WHERE namespace = ?", key)
             connection.execute("DELETE FROM changes WHERE namespace = ?", key)
             return connection.execute("DELETE FROM threads WHERE namespace = ?", key).rowcount
+
+    async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
+        check_count("limit", limit, minimum=1)
+        return await self._on_writer(
+            self._expire_idempotency_keys, time.time() - self.idempotency_ttl, limit
+        )
+
+    def _expire_idempotency_keys(self, before: float, limit: int) -> int:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            return connection.execute(
+                "DELETE FROM idempotency_keys WHERE (namespace, thread_id, key) IN"
+                " (SELECT namespace, thread_id, key FROM idempotency_keys"
+                "  WHERE created_at <= ? ORDER BY created_at LIMIT ?)",
+                (before, limit),
+            ).rowcount
 
     async def list_threads(
         self, namespace: str, *, limit: int = 100, after: str | None = None
