@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +170,35 @@ async def test_expired_idempotency_keys_are_swept_in_batches(
         namespace, "t", [b'{"role":"user","content":"x"}'], idempotency_key="k1"
     )
     assert result == AppendResult(4, True)
+
+
+async def test_sqlite_keeps_no_plaintext_of_a_deleted_thread(tmp_path: Path) -> None:
+    """secure_delete: once deleted and checkpointed, the file holds none of the text."""
+    path = tmp_path / "erased.db"
+    marker = f"marker-{uuid.uuid4().hex}"
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        payload = orjson.dumps(user(marker * 20))
+        await store.append("ns", "t", [payload], idempotency_key=marker)
+        await store.append("ns", "other", [b'{"role":"user","content":"kept"}'])
+        assert _holds(path, marker)
+        await store.delete("ns", "t")
+        assert not _holds(path, marker)
+    finally:
+        await store.close()
+
+
+def _holds(path: Path, text: str) -> bool:
+    """Whether the database file or its WAL holds ``text``, after a full checkpoint."""
+    connection = sqlite3.connect(path)
+    try:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0, "a reader kept the checkpoint from finishing"
+    finally:
+        connection.close()
+    wal = Path(f"{path}-wal")
+    return any(text.encode() in file.read_bytes() for file in (path, wal) if file.exists())
 
 
 @pytest.mark.parametrize("ttl", ["0", "-1", "nan", "inf", "soon"])

@@ -265,6 +265,9 @@ class SQLiteStore:
         )
         connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Deleted content is overwritten with zeros, not left in free space: a deleted
+        # thread's text leaves the file (and, once checkpointed, the WAL).
+        connection.execute("PRAGMA secure_delete = ON")
         with self._connections_lock:
             self._connections.append(connection)
         return connection
