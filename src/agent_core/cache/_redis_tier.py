@@ -377,7 +377,8 @@ class RedisTier:
     async def get(self, thread_id: str) -> L2Entry | None:
         """The entry, or None on a miss, a corrupt value or an unreachable Redis."""
         ok, value = await self._call(
-            lambda: self.client.getex(self.key(thread_id), px=self._ttl_ms)
+            # GETEX without redis-py's option checks: the hot path's one command.
+            lambda: self.client.execute_command("GETEX", self.key(thread_id), "PX", self._ttl_ms)
         )
         if not ok or not isinstance(value, bytes):
             return None
