@@ -19,6 +19,93 @@ INTERNAL_FLAG: Final = "agent_core.internal"
 VERSION_CONFLICT_STATE: Final = "AC001"
 KEY_REUSED_STATE: Final = "AC002"
 
+
+def _append_function(*, tokens: bool, key_ttl: bool) -> str:
+    """``agent_core.append``: as first made (migration 1), with token counts beside the
+    payloads (migration 2), and with the TTL of idempotency keys as an eighth argument
+    (migration 4), after which an older key counts as absent."""
+    tokens_argument = " p_tokens jsonb[]," if tokens else ""
+    insert_messages = (
+        f"""-- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload, tokens)
+        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload, u.tokens
+        FROM unnest(p_payloads, p_tokens) WITH ORDINALITY AS u(payload, tokens, ordinality);"""
+        if tokens
+        else f"""INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload)
+        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload
+        FROM unnest(p_payloads) WITH ORDINALITY AS u(payload, ordinality);"""
+    )
+    ttl_argument = ", p_key_ttl double precision" if key_ttl else ""
+    ttl_condition = (
+        "\n                AND k.created_at > now() - make_interval(secs => p_key_ttl)"
+        if key_ttl
+        else ""
+    )
+    # An expired key's row may still be there: this use replaces it.
+    key_insert = (
+        f"""INSERT INTO {SCHEMA}.idempotency_keys AS k
+                (namespace, thread_id, key, version, digest, created_at)
+            VALUES (p_namespace, p_thread_id, p_key,
+                    current_version + cardinality(p_payloads), p_digest, now())
+            ON CONFLICT (namespace, thread_id, key) DO UPDATE
+            SET version = excluded.version, digest = excluded.digest,
+                created_at = excluded.created_at;"""
+        if key_ttl
+        else f"""INSERT INTO {SCHEMA}.idempotency_keys (namespace, thread_id, key, version, digest)
+            VALUES (p_namespace, p_thread_id, p_key,
+                    current_version + cardinality(p_payloads), p_digest);"""
+    )
+    return f"""
+    CREATE FUNCTION {SCHEMA}.append(
+        p_namespace text, p_thread_id text, p_payloads json[],{tokens_argument}
+        p_expected bigint, p_key text, p_digest bytea{ttl_argument}
+    ) RETURNS TABLE (version bigint, applied boolean)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        prior_version bigint;
+        prior_digest bytea;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        -- The no-op update takes the row lock, for new and existing threads alike.
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_thread_id)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version INTO current_version;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO prior_version, prior_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id
+                AND k.key = p_key{ttl_condition};
+            IF FOUND THEN
+                IF prior_digest <> p_digest THEN
+                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
+                        MESSAGE = prior_version::text;
+                END IF;
+                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+                RETURN QUERY SELECT prior_version, false;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
+            -- Raising rolls back the thread row a new thread's insert created.
+            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
+                MESSAGE = current_version::text;
+        END IF;
+        {insert_messages}
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + cardinality(p_payloads), updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        IF p_key IS NOT NULL THEN
+            {key_insert}
+        END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
+    END
+    $$;
+"""
+
+
 MIGRATIONS: Final[tuple[str, ...]] = (
     f"""
     CREATE TABLE {SCHEMA}.threads (
@@ -48,57 +135,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (namespace, thread_id, key)
     );
 
-    CREATE FUNCTION {SCHEMA}.append(
-        p_namespace text, p_thread_id text, p_payloads json[],
-        p_expected bigint, p_key text, p_digest bytea
-    ) RETURNS TABLE (version bigint, applied boolean)
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        current_version bigint;
-        prior_version bigint;
-        prior_digest bytea;
-    BEGIN
-        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        -- The no-op update takes the row lock, for new and existing threads alike.
-        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
-        VALUES (p_namespace, p_thread_id)
-        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
-        RETURNING t.version INTO current_version;
-        IF p_key IS NOT NULL THEN
-            SELECT k.version, k.digest INTO prior_version, prior_digest
-            FROM {SCHEMA}.idempotency_keys k
-            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key;
-            IF FOUND THEN
-                IF prior_digest <> p_digest THEN
-                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
-                        MESSAGE = prior_version::text;
-                END IF;
-                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-                RETURN QUERY SELECT prior_version, false;
-                RETURN;
-            END IF;
-        END IF;
-        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
-            -- Raising rolls back the thread row a new thread's insert created.
-            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
-                MESSAGE = current_version::text;
-        END IF;
-        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload)
-        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload
-        FROM unnest(p_payloads) WITH ORDINALITY AS u(payload, ordinality);
-        UPDATE {SCHEMA}.threads t
-        SET version = current_version + cardinality(p_payloads), updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-        IF p_key IS NOT NULL THEN
-            INSERT INTO {SCHEMA}.idempotency_keys (namespace, thread_id, key, version, digest)
-            VALUES (p_namespace, p_thread_id, p_key,
-                    current_version + cardinality(p_payloads), p_digest);
-        END IF;
-        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
-    END
-    $$;
-
+    """
+    + _append_function(tokens=False, key_ttl=False)
+    + f"""
     CREATE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
     RETURNS bigint LANGUAGE plpgsql AS $$
     DECLARE
@@ -169,58 +208,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     f"""
     ALTER TABLE {SCHEMA}.messages ADD COLUMN tokens jsonb;
 
-    CREATE FUNCTION {SCHEMA}.append(
-        p_namespace text, p_thread_id text, p_payloads json[], p_tokens jsonb[],
-        p_expected bigint, p_key text, p_digest bytea
-    ) RETURNS TABLE (version bigint, applied boolean)
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        current_version bigint;
-        prior_version bigint;
-        prior_digest bytea;
-    BEGIN
-        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        -- The no-op update takes the row lock, for new and existing threads alike.
-        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
-        VALUES (p_namespace, p_thread_id)
-        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
-        RETURNING t.version INTO current_version;
-        IF p_key IS NOT NULL THEN
-            SELECT k.version, k.digest INTO prior_version, prior_digest
-            FROM {SCHEMA}.idempotency_keys k
-            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key;
-            IF FOUND THEN
-                IF prior_digest <> p_digest THEN
-                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
-                        MESSAGE = prior_version::text;
-                END IF;
-                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-                RETURN QUERY SELECT prior_version, false;
-                RETURN;
-            END IF;
-        END IF;
-        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
-            -- Raising rolls back the thread row a new thread's insert created.
-            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
-                MESSAGE = current_version::text;
-        END IF;
-        -- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
-        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload, tokens)
-        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload, u.tokens
-        FROM unnest(p_payloads, p_tokens) WITH ORDINALITY AS u(payload, tokens, ordinality);
-        UPDATE {SCHEMA}.threads t
-        SET version = current_version + cardinality(p_payloads), updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-        IF p_key IS NOT NULL THEN
-            INSERT INTO {SCHEMA}.idempotency_keys (namespace, thread_id, key, version, digest)
-            VALUES (p_namespace, p_thread_id, p_key,
-                    current_version + cardinality(p_payloads), p_digest);
-        END IF;
-        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
-    END
-    $$;
-
+    """
+    + _append_function(tokens=True, key_ttl=False)
+    + f"""
     CREATE FUNCTION {SCHEMA}.set_tokens(
         p_namespace text, p_thread_id text, p_key text, p_seqs bigint[], p_counts bigint[]
     ) RETURNS bigint LANGUAGE plpgsql AS $$
@@ -250,68 +240,13 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     INSERT INTO {SCHEMA}.identity (id) VALUES (replace(gen_random_uuid()::text, '-', ''));
     """,
     # Idempotency keys expire: append takes the TTL (seconds) and treats an older key
-    # as absent (its row is replaced); the sweep finds the oldest keys by the index.
+    # as absent (its row is replaced); the sweep finds the oldest keys by the index. The
+    # 7-argument append stays for processes of the previous release (keys never expire
+    # for them) during a rolling upgrade.
     f"""
     CREATE INDEX idempotency_keys_created ON {SCHEMA}.idempotency_keys (created_at);
-    DROP FUNCTION {SCHEMA}.append(text, text, json[], jsonb[], bigint, text, bytea);
-    CREATE FUNCTION {SCHEMA}.append(
-        p_namespace text, p_thread_id text, p_payloads json[], p_tokens jsonb[],
-        p_expected bigint, p_key text, p_digest bytea, p_key_ttl double precision
-    ) RETURNS TABLE (version bigint, applied boolean)
-    LANGUAGE plpgsql AS $$
-    DECLARE
-        current_version bigint;
-        prior_version bigint;
-        prior_digest bytea;
-    BEGIN
-        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        -- The no-op update takes the row lock, for new and existing threads alike.
-        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
-        VALUES (p_namespace, p_thread_id)
-        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
-        RETURNING t.version INTO current_version;
-        IF p_key IS NOT NULL THEN
-            SELECT k.version, k.digest INTO prior_version, prior_digest
-            FROM {SCHEMA}.idempotency_keys k
-            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id AND k.key = p_key
-                AND k.created_at > now() - make_interval(secs => p_key_ttl);
-            IF FOUND THEN
-                IF prior_digest <> p_digest THEN
-                    RAISE EXCEPTION USING ERRCODE = '{KEY_REUSED_STATE}',
-                        MESSAGE = prior_version::text;
-                END IF;
-                PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-                RETURN QUERY SELECT prior_version, false;
-                RETURN;
-            END IF;
-        END IF;
-        IF p_expected IS NOT NULL AND p_expected <> current_version THEN
-            -- Raising rolls back the thread row a new thread's insert created.
-            RAISE EXCEPTION USING ERRCODE = '{VERSION_CONFLICT_STATE}',
-                MESSAGE = current_version::text;
-        END IF;
-        -- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
-        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, payload, tokens)
-        SELECT p_namespace, p_thread_id, current_version + u.ordinality, u.payload, u.tokens
-        FROM unnest(p_payloads, p_tokens) WITH ORDINALITY AS u(payload, tokens, ordinality);
-        UPDATE {SCHEMA}.threads t
-        SET version = current_version + cardinality(p_payloads), updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-        IF p_key IS NOT NULL THEN
-            -- An expired key's row may still be there: this use replaces it.
-            INSERT INTO {SCHEMA}.idempotency_keys AS k
-                (namespace, thread_id, key, version, digest, created_at)
-            VALUES (p_namespace, p_thread_id, p_key,
-                    current_version + cardinality(p_payloads), p_digest, now())
-            ON CONFLICT (namespace, thread_id, key) DO UPDATE
-            SET version = excluded.version, digest = excluded.digest,
-                created_at = excluded.created_at;
-        END IF;
-        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
-    END
-    $$;
-    """,
+    """
+    + _append_function(tokens=True, key_ttl=True),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
