@@ -108,6 +108,102 @@ async def test_idempotency_key(cache: ConversationCache) -> None:
     assert await cache.append("u", batch, idempotency_key="k1") == 2
 
 
+async def test_thread_info(cache: ConversationCache) -> None:
+    empty = await cache.thread_info("never")
+    assert (empty.version, empty.message_count, empty.created_at, empty.metadata) == (
+        0,
+        0,
+        None,
+        {},
+    )
+    await cache.append("t", [user("a"), user("b")])
+    info = await cache.thread_info("t")
+    assert (info.version, info.message_count, dict(info.metadata)) == (2, 2, {})
+    assert info.created_at is not None
+    assert info.updated_at is not None
+    assert info.created_at.tzinfo is not None
+    assert info.updated_at >= info.created_at
+    await cache.delete("t")
+    assert (await cache.thread_info("t")).message_count == 0
+
+
+async def test_update_thread_merges_metadata(cache: ConversationCache) -> None:
+    # Metadata can come before the first message: the thread then exists at version 0.
+    info = await cache.update_thread("t", metadata={"user": "u1", "topic": "cats"})
+    assert (info.version, info.message_count, dict(info.metadata)) == (
+        0,
+        0,
+        {"topic": "cats", "user": "u1"},
+    )
+    await cache.append("t", [user("a")])
+    info = await cache.update_thread("t", metadata={"topic": None, "lang": "fr"})
+    assert (info.version, dict(info.metadata)) == (1, {"lang": "fr", "user": "u1"})
+    assert (await cache.update_thread("t")).metadata == info.metadata  # None: no change
+    assert (await cache.thread_info("t")).metadata == info.metadata
+    with pytest.raises(TypeError):
+        info.metadata["user"] = "u2"  # type: ignore[index]
+    # A delete takes the metadata with the messages.
+    await cache.delete("t")
+    assert (await cache.thread_info("t")).metadata == {}
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"": "x"},
+        {"bad key": "x"},
+        {"k" * 65: "x"},
+        {"k": 1},
+        {"k": "x" * 513},
+        {"k": "nul\x00"},
+        {f"k{i}": "x" for i in range(17)},
+        ["k", "x"],
+    ],
+    ids=["empty-key", "space", "long-key", "int", "long-value", "nul", "17-keys", "list"],
+)
+async def test_bad_metadata_is_refused_and_writes_nothing(
+    cache: ConversationCache, metadata: Any
+) -> None:
+    await cache.update_thread("t", metadata={"user": "u1"})
+    with pytest.raises(InvalidArgument):
+        await cache.update_thread("t", metadata=metadata)
+    assert dict((await cache.thread_info("t")).metadata) == {"user": "u1"}
+
+
+async def test_more_than_16_keys_in_all_is_refused_and_writes_nothing(
+    cache: ConversationCache,
+) -> None:
+    await cache.update_thread("t", metadata={f"k{i}": "x" for i in range(16)})
+    with pytest.raises(InvalidArgument, match="17 metadata keys"):
+        await cache.update_thread("t", metadata={"k0": "changed", "one-more": "x"})
+    metadata = (await cache.thread_info("t")).metadata
+    assert len(metadata) == 16
+    assert metadata["k0"] == "x"
+    # Removing one makes room, in the same call.
+    info = await cache.update_thread("t", metadata={"k0": None, "one-more": "x"})
+    assert len(info.metadata) == 16
+    assert "k0" not in info.metadata
+
+
+async def test_list_threads_by_metadata(cache: ConversationCache) -> None:
+    for thread_id, owner, lang in [("a", "u1", "fr"), ("b", "u2", "fr"), ("c", "u1", "en")]:
+        await cache.append(thread_id, [user("hi")])
+        await cache.update_thread(thread_id, metadata={"user": owner, "lang": lang})
+    await cache.update_thread("d", metadata={"user": "u1"})  # metadata, no messages yet
+    await cache.append("e", [user("no metadata")])
+    assert (await cache.list_threads()).thread_ids == ("a", "b", "c", "d", "e")
+    assert (await cache.list_threads(metadata={"user": "u1"})).thread_ids == ("a", "c", "d")
+    both = await cache.list_threads(metadata={"user": "u1", "lang": "fr"})
+    assert both.thread_ids == ("a",)
+    assert (await cache.list_threads(metadata={"user": "nobody"})).thread_ids == ()
+    first = await cache.list_threads(limit=2, metadata={"user": "u1"})
+    assert (first.thread_ids, first.next_cursor) == (("a", "c"), "c")
+    rest = await cache.list_threads(limit=2, after=first.next_cursor, metadata={"user": "u1"})
+    assert (rest.thread_ids, rest.next_cursor) == (("d",), None)
+    with pytest.raises(InvalidArgument):
+        await cache.list_threads(metadata={"user": None})  # type: ignore[dict-item]
+
+
 def with_option(url: str, option: str) -> str:
     return url + ("&" if "?" in url else "?") + option
 

@@ -52,7 +52,7 @@ from .errors import (
 )
 from .messages import Conversation, Message
 from .ratelimit import RateLimiter, RateLimiterStats, RateLimits
-from .store import SQLiteStore, ThreadPage, ThreadStore, store_from_url
+from .store import SQLiteStore, ThreadInfo, ThreadPage, ThreadStore, store_from_url
 from .tokens import TokenCounter, Window
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ __all__ = [
     "SQLiteStore",
     "StoreUnavailable",
     "StreamEvent",
+    "ThreadInfo",
     "ThreadPage",
     "ThreadStore",
     "TokenBudgetExceeded",

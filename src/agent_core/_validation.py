@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final
 
 from ._quote import quote
@@ -36,6 +36,41 @@ def check_thread_id(thread_id: object) -> str:
 
 def check_namespace(namespace: object) -> str:
     return _check_id(namespace, "namespace", MAX_NAMESPACE_LENGTH, InvalidNamespace)
+
+
+#: A thread's metadata: at most this many keys, each a short name, each value a short string.
+MAX_METADATA_KEYS: Final = 16
+MAX_METADATA_VALUE_LENGTH: Final = 512
+_METADATA_KEY = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def check_metadata(metadata: object, *, removals: bool) -> dict[str, str | None]:
+    """A copy of ``metadata``: keys of 1-64 characters of A-Z a-z 0-9 . _ : -, values
+    strings of at most 512 characters without NUL (None too, with ``removals``: remove
+    the key), at most `MAX_METADATA_KEYS` of them."""
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgument(f"metadata must be a mapping of str to str, got {quote(metadata)}")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise InvalidArgument(
+            f"metadata has {len(metadata)} keys; a thread holds at most {MAX_METADATA_KEYS}"
+        )
+    checked: dict[str, str | None] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or _METADATA_KEY.fullmatch(key) is None:
+            raise InvalidArgument(
+                f"invalid metadata key {quote(key)}: use 1-64 characters of A-Z a-z 0-9 . _ : -"
+            )
+        if value is None and removals:
+            checked[key] = None
+            continue
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LENGTH or "\x00" in value:
+            allowed = " (or None to remove the key)" if removals else ""
+            raise InvalidArgument(
+                f"invalid value of metadata key {key!r}: {quote(value)}; use a string of at most "
+                f"{MAX_METADATA_VALUE_LENGTH} characters without NUL{allowed}"
+            )
+        checked[key] = value
+    return checked
 
 
 def check_idempotency_key(key: object) -> str | None:

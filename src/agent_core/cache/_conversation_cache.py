@@ -4,20 +4,18 @@ over `Loader`, `Writes`, `Windows`, `Fences` and the tiers (docs/DESIGN.md)."""
 from __future__ import annotations
 
 import contextlib
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._closing import AsyncClosing
-from .._quote import quote
 from .._redis import RedisClient, redis_client
 from .._tasks import TaskGroup
 from .._validation import check_namespace, check_thread_id
 from ..errors import CacheClosed, ConfigurationError
 from ..messages import Conversation, Message, encode_batch
 from ..observe import MemoryMonitor
-from ..store import ThreadPage, ThreadStore, store_from_url
+from ..store import ThreadInfo, ThreadPage, ThreadStore, store_from_url
 from ..tokens import Window
 from ._bus import InvalidationBus
 from ._fences import Fences
@@ -25,7 +23,7 @@ from ._freshness import Ticks
 from ._l1 import L1Tier
 from ._loader import Loader, Served
 from ._options import POLICIES, CacheOptions
-from ._parts import CacheParts
+from ._parts import CacheParts, store_fingerprint
 from ._read_result import ReadResult
 from ._redis_tier import RedisTier
 from ._stats import CacheStats, Counters, build_stats
@@ -35,7 +33,6 @@ from ._writes import Writes
 __all__ = ["ConversationCache"]
 
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
-_FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 class ConversationCache(AsyncClosing):
@@ -145,7 +142,7 @@ class ConversationCache(AsyncClosing):
     async def open(self) -> None:
         await self.store.open()
         if self._l2 is not None:
-            fingerprint = _fingerprint(self.store)
+            fingerprint = store_fingerprint(self.store)
             self._l2.bind(fingerprint)
             if self._bus is not None:
                 self._bus.bind(fingerprint)
@@ -308,43 +305,45 @@ class ConversationCache(AsyncClosing):
 
     # -- other -----------------------------------------------------------------------
 
-    async def list_threads(self, *, limit: int = 100, after: str | None = None) -> ThreadPage:
-        """Non-empty threads of this namespace in id order; page with ``next_cursor``."""
+    async def list_threads(
+        self,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ThreadPage:
+        """Threads of this namespace holding messages or metadata, in id order (page with
+        ``next_cursor``); ``metadata``: only those with every one of these pairs."""
         self._check_open()
-        return await self.store.list_threads(self.namespace, limit=limit, after=after)
+        return await self.store.list_threads(
+            self.namespace, limit=limit, after=after, metadata=metadata
+        )
+
+    async def thread_info(self, thread_id: str) -> ThreadInfo:
+        """The thread's version, message count, times and metadata, from the store."""
+        self._check_open()
+        return await self.store.thread_info(self.namespace, thread_id)
+
+    async def update_thread(
+        self, thread_id: str, *, metadata: Mapping[str, str | None] | None = None
+    ) -> ThreadInfo:
+        """Merge ``metadata`` into the thread's (a None value removes its key; at most 16
+        keys); the version does not move. ``metadata=None`` changes nothing."""
+        self._check_open()
+        if metadata is None:
+            return await self.thread_info(thread_id)
+        return await self.store.update_thread(self.namespace, thread_id, metadata=metadata)
 
     async def purge_namespace(self) -> int:
-        """Remove every thread of this namespace from the store and L2, keeping nothing.
+        """Remove every thread of this namespace from the store and L2; returns how many.
 
-        IRREVERSIBLE, and only for a namespace that will never be used again (a
-        benchmark's or a test's own): unlike `delete` it keeps no versions, so other
-        instances still holding the namespace's threads would not see them change.
-        Returns the number of threads removed from the store.
-        """
+        IRREVERSIBLE, for a namespace never used again (a benchmark's or a test's own):
+        it keeps no versions, so other instances holding its threads would not see them
+        change."""
         self._check_open()
-        purge = getattr(self.store, "purge_namespace", None)
-        if purge is None:
-            raise ConfigurationError(
-                f"{type(self.store).__name__} has no purge_namespace(); "
-                "agent-core's SQLite and PostgreSQL stores do"
-            )
-        removed: int = await purge(self.namespace)
-        self._l1.clear("purge")
-        if self._l2 is not None:
-            await self._l2.drop_all()
-        return removed
+        return await self._writes.purge_namespace()
 
     def stats(self) -> CacheStats:
         return build_stats(
             self._counters, self._l1, self._l2, self._bus, self._memory, self.consistency
         )
-
-
-def _fingerprint(store: ThreadStore) -> str:
-    fingerprint = store.fingerprint
-    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
-        raise ConfigurationError(
-            f"{type(store).__name__}.fingerprint must be 1-64 characters of A-Z a-z 0-9 "
-            f"once the store is open, got {quote(fingerprint)}"
-        )
-    return fingerprint

@@ -1,9 +1,14 @@
-"""`CacheParts`: what the collaborators of one `ConversationCache` share."""
+"""`CacheParts`: what the collaborators of one `ConversationCache` share; and the
+store's fingerprint, which keys what they share in Redis."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Final
 
+from .._quote import quote
+from ..errors import ConfigurationError
 from ..store import ThreadStore
 from ._fences import Fences
 from ._freshness import Ticks
@@ -11,7 +16,9 @@ from ._l1 import L1Tier
 from ._redis_tier import RedisTier
 from ._stats import Counters
 
-__all__ = ["CacheParts"]
+__all__ = ["CacheParts", "store_fingerprint"]
+
+_FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,3 +32,14 @@ class CacheParts:
     fences: Fences
     counters: Counters
     ticks: Ticks
+
+
+def store_fingerprint(store: ThreadStore) -> str:
+    """The open store's fingerprint, checked: it goes into every Redis key and channel."""
+    fingerprint = store.fingerprint
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise ConfigurationError(
+            f"{type(store).__name__}.fingerprint must be 1-64 characters of A-Z a-z 0-9 "
+            f"once the store is open, got {quote(fingerprint)}"
+        )
+    return fingerprint

@@ -1,4 +1,5 @@
-"""`Writes`: appends, deletes and invalidations, store first, then both tiers.
+"""`Writes`: appends, deletes, invalidations and namespace purges, store first, then
+both tiers.
 
 The store is the source of truth: a batch goes to the tiers only once the store
 applied it. L1 is extended in place if it holds exactly the batch's base version
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from .._token_counts import to_stored
+from ..errors import ConfigurationError
 from ..messages import Conversation, Message, conversation_from_payloads, messages_from_raw
 from ..tokens import TokenCounter
 from ._bus import EVERYTHING
@@ -101,6 +103,19 @@ class Writes:
         if self._l2 is not None:
             await self._l2.fill(thread_id, version, (), {}, written=True)
         return version
+
+    async def purge_namespace(self) -> int:
+        purge = getattr(self._store, "purge_namespace", None)
+        if purge is None:
+            raise ConfigurationError(
+                f"{type(self._store).__name__} has no purge_namespace(); "
+                "agent-core's SQLite and PostgreSQL stores do"
+            )
+        removed: int = await purge(self._namespace)
+        self._l1.clear("purge")
+        if self._l2 is not None:
+            await self._l2.drop_all()
+        return removed
 
     async def invalidate(self, thread_id: str) -> None:
         self._fences.raise_floor(thread_id, EVERYTHING)

@@ -11,6 +11,7 @@ from ..errors import ConfigurationError
 from ._protocol import (
     MAX_PAGE_SIZE,
     AppendResult,
+    ThreadInfo,
     ThreadPage,
     ThreadRecords,
     ThreadStore,
@@ -25,6 +26,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
     "SQLiteStore",
+    "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -23,7 +24,13 @@ from asyncpg.pool import PoolConnectionProxy
 from .._quote import quote
 from .._tasks import MAX_BACKOFF, cancel_and_wait, raise_if_cancelling
 from .._urls import mask_url, redact, show_url
-from .._validation import check_count, check_namespace, check_seconds
+from .._validation import (
+    MAX_METADATA_KEYS,
+    check_count,
+    check_metadata,
+    check_namespace,
+    check_seconds,
+)
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -37,6 +44,7 @@ from ._protocol import (
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
@@ -48,6 +56,7 @@ from ._protocol import (
     fingerprint_of,
     page_of,
     records_from_rows,
+    too_many_keys,
 )
 
 __all__ = ["PostgresStore"]
@@ -304,8 +313,9 @@ class PostgresStore:
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
-        async with self._connection(write=True) as connection:
+        async with self._connection(write=True) as connection, connection.transaction():
             version: int = await connection.fetchval(sql.DELETE, namespace, thread_id)
+            await connection.execute(sql.DELETE_METADATA, namespace, thread_id)
         return version
 
     async def purge_namespace(self, namespace: str) -> int:
@@ -326,11 +336,44 @@ class PostgresStore:
         return int(purged.rpartition(" ")[2])
 
     async def list_threads(
-        self, namespace: str, *, limit: int = 100, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ThreadPage:
-        check_list(namespace, limit, after)
-        rows = await self._query("fetch", sql.LIST, namespace, after or "", limit + 1)
+        pairs = check_list(namespace, limit, after, metadata)
+        query = sql.LIST
+        arguments: list[object] = [namespace, after or ""]
+        for key, value in pairs.items():
+            query += sql.LIST_FILTER.format(key=len(arguments) + 1, value=len(arguments) + 2)
+            arguments += [key, value]
+        query += f" ORDER BY t.thread_id LIMIT ${len(arguments) + 1}"
+        rows = await self._query("fetch", query, *arguments, limit + 1)
         return page_of([row[0] for row in rows], limit)
+
+    async def thread_info(self, namespace: str, thread_id: str) -> ThreadInfo:
+        check_thread(namespace, thread_id)
+        return _thread_info(await self._query("fetchrow", sql.THREAD_INFO, namespace, thread_id))
+
+    async def update_thread(
+        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+    ) -> ThreadInfo:
+        check_thread(namespace, thread_id)
+        changes = check_metadata(metadata, removals=True)
+        removed = [key for key, value in changes.items() if value is None]
+        kept = {key: value for key, value in changes.items() if value is not None}
+        async with self._connection(write=True) as connection, connection.transaction():
+            await connection.execute(sql.LOCK_THREAD, namespace, thread_id)
+            await connection.execute(sql.REMOVE_METADATA, namespace, thread_id, removed)
+            await connection.execute(
+                sql.SET_METADATA, namespace, thread_id, list(kept), list(kept.values())
+            )
+            info = _thread_info(await connection.fetchrow(sql.THREAD_INFO, namespace, thread_id))
+            if len(info.metadata) > MAX_METADATA_KEYS:
+                raise too_many_keys(thread_id, len(info.metadata))  # rolls back
+        return info
 
     async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
         check_count("limit", limit, minimum=1)
@@ -406,6 +449,16 @@ class _Change(msgspec.Struct):
 
 
 _decode_change = msgspec.json.Decoder(_Change).decode
+
+
+def _thread_info(row: asyncpg.Record | None) -> ThreadInfo:
+    if row is None:
+        return ThreadInfo(0, 0, None, None, {})
+    version, created_at, updated_at, count, keys, values = row
+    metadata = MappingProxyType(dict(zip(keys, values, strict=True)))
+    return ThreadInfo(version, count, created_at, updated_at, metadata)
+
+
 #: How long close() waits for pooled connections to come back before it closes them by force.
 _CLOSE_SECONDS: Final = 5.0
 

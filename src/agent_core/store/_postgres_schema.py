@@ -247,6 +247,18 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX idempotency_keys_created ON {SCHEMA}.idempotency_keys (created_at);
     """
     + _append_function(tokens=True, key_ttl=True),
+    # Thread metadata, a small string map per thread; the index serves list filters.
+    f"""
+    CREATE TABLE {SCHEMA}.thread_metadata (
+        namespace text COLLATE "C" NOT NULL,
+        thread_id text COLLATE "C" NOT NULL,
+        key text COLLATE "C" NOT NULL,
+        value text COLLATE "C" NOT NULL,
+        PRIMARY KEY (namespace, thread_id, key)
+    );
+    CREATE INDEX thread_metadata_lookup
+        ON {SCHEMA}.thread_metadata (namespace, key, value, thread_id);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -298,10 +310,47 @@ INTERNAL_ON: Final = f"SELECT set_config('{INTERNAL_FLAG}', 'on', true)"
 PURGE_ROWS: Final = (
     f"DELETE FROM {SCHEMA}.messages WHERE namespace = $1",
     f"DELETE FROM {SCHEMA}.idempotency_keys WHERE namespace = $1",
+    f"DELETE FROM {SCHEMA}.thread_metadata WHERE namespace = $1",
 )
+DELETE_METADATA: Final = (
+    f"DELETE FROM {SCHEMA}.thread_metadata WHERE namespace = $1 AND thread_id = $2"
+)
+# One statement: the version, the count and the metadata come from one snapshot.
+THREAD_INFO: Final = f"""
+SELECT t.version, t.created_at, t.updated_at,
+    (SELECT count(*) FROM {SCHEMA}.messages m
+     WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id),
+    ARRAY(SELECT md.key FROM {SCHEMA}.thread_metadata md
+          WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key),
+    ARRAY(SELECT md.value FROM {SCHEMA}.thread_metadata md
+          WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key)
+FROM {SCHEMA}.threads t
+WHERE t.namespace = $1 AND t.thread_id = $2
+"""
+# update_thread: the thread row (made if new) is locked first, as every writer does.
+LOCK_THREAD: Final = f"""
+INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id) VALUES ($1, $2)
+ON CONFLICT (namespace, thread_id) DO UPDATE SET updated_at = now()
+"""
+REMOVE_METADATA: Final = f"""
+DELETE FROM {SCHEMA}.thread_metadata
+WHERE namespace = $1 AND thread_id = $2 AND key = ANY($3::text[])
+"""
+SET_METADATA: Final = f"""
+INSERT INTO {SCHEMA}.thread_metadata (namespace, thread_id, key, value)
+SELECT $1, $2, u.key, u.value FROM unnest($3::text[], $4::text[]) AS u(key, value)
+ON CONFLICT (namespace, thread_id, key) DO UPDATE SET value = excluded.value
+"""
 PURGE_THREADS: Final = f"DELETE FROM {SCHEMA}.threads WHERE namespace = $1"
 LIST: Final = f"""
-SELECT thread_id FROM {SCHEMA}.threads
-WHERE namespace = $1 AND thread_id > $2 AND version > cleared_through
-ORDER BY thread_id LIMIT $3
+SELECT t.thread_id FROM {SCHEMA}.threads t
+WHERE t.namespace = $1 AND t.thread_id > $2
+    AND (t.version > t.cleared_through OR EXISTS (
+        SELECT FROM {SCHEMA}.thread_metadata m
+        WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))
+"""
+#: One more condition of LIST per metadata pair (``{key}``, ``{value}``: parameter numbers).
+LIST_FILTER: Final = f"""
+    AND t.thread_id IN (SELECT m.thread_id FROM {SCHEMA}.thread_metadata m
+        WHERE m.namespace = $1 AND m.key = ${{key}} AND m.value = ${{value}})
 """

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from .._quote import quote
 from .._token_counts import check_token_key, is_token_counts
 from .._validation import (
+    MAX_METADATA_KEYS,
     check_count,
     check_idempotency_key,
+    check_metadata,
     check_namespace,
     check_optional_count,
     check_thread_id,
@@ -46,6 +49,19 @@ class ThreadRecords:
     payloads: tuple[bytes, ...]
     #: Per message, its stored token counts (see `encode_token_counts`), None if none.
     tokens: tuple[bytes | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    """What the store knows of a thread besides its messages."""
+
+    version: int
+    message_count: int
+    #: When the thread's row was made and last written; None for a thread never written.
+    created_at: datetime | None
+    updated_at: datetime | None
+    #: Small string map set with ``update_thread``; filter ``list_threads`` by it.
+    metadata: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,9 +143,25 @@ class ThreadStore(Protocol):
         """Remove the thread's messages and idempotency keys; returns the new version."""
 
     async def list_threads(
-        self, namespace: str, *, limit: int = 100, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ThreadPage:
-        """Non-empty threads of a namespace, in id order, ``limit`` at a time."""
+        """Threads of a namespace that hold messages or metadata, in id order, ``limit``
+        at a time; with ``metadata``, only those whose metadata has every pair."""
+
+    async def thread_info(self, namespace: str, thread_id: str) -> ThreadInfo:
+        """The thread's version, message count, times and metadata, from one snapshot."""
+
+    async def update_thread(
+        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+    ) -> ThreadInfo:
+        """Merge ``metadata`` into the thread's (None removes a key), creating the thread
+        (version 0) if needed; the version does not move. More than
+        `MAX_METADATA_KEYS` keys afterwards is `InvalidArgument`, and nothing is written."""
 
     async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
         """Remove at most ``limit`` idempotency keys older than the store's
@@ -200,11 +232,24 @@ def check_read(namespace: str, thread_id: str, after: int, last: int | None) -> 
     check_optional_count("last", last, minimum=0)
 
 
-def check_list(namespace: str, limit: int, after: str | None) -> None:
+def check_list(
+    namespace: str, limit: int, after: str | None, metadata: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Checks ``list_threads``' arguments; returns the metadata filter (maybe empty)."""
     check_namespace(namespace)
     check_count("limit", limit, minimum=1, maximum=MAX_PAGE_SIZE)
     if after is not None:
         check_thread_id(after)
+    if metadata is None:
+        return {}
+    return {k: v for k, v in check_metadata(metadata, removals=False).items() if v is not None}
+
+
+def too_many_keys(thread_id: str, count: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"thread {quote(thread_id)} would hold {count} metadata keys; at most "
+        f"{MAX_METADATA_KEYS}: remove some (a None value removes a key)"
+    )
 
 
 def check_thread(namespace: str, thread_id: str) -> None:
@@ -232,6 +277,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
     "ChangeListener",
+    "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",

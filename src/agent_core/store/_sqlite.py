@@ -15,14 +15,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Final, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .._quote import quote
 from .._tasks import cancel_and_wait
 from .._urls import show_url
-from .._validation import check_count, check_namespace, check_seconds
+from .._validation import (
+    MAX_METADATA_KEYS,
+    check_count,
+    check_metadata,
+    check_namespace,
+    check_seconds,
+)
 from ..errors import (
     CacheClosed,
     ConfigurationError,
@@ -35,6 +43,7 @@ from ._protocol import (
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
@@ -46,6 +55,7 @@ from ._protocol import (
     fingerprint_of,
     page_of,
     records_from_rows,
+    too_many_keys,
 )
 
 __all__ = ["SQLiteStore"]
@@ -134,6 +144,17 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     ),
     # Idempotency keys expire (idempotency_ttl): the sweep finds the oldest first.
     ("CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at)",),
+    # Thread metadata, a small string map per thread; the index serves list filters.
+    (
+        """CREATE TABLE thread_metadata (
+            namespace TEXT NOT NULL,
+            thread_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (namespace, thread_id, key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX thread_metadata_lookup ON thread_metadata (namespace, key, value, thread_id)",
+    ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 _SYNCHRONOUS: Final = ("full", "normal")
@@ -513,10 +534,11 @@ class SQLiteStore:
                 " WHERE namespace = ? AND thread_id = ?",
                 (version + 1, version + 1, time.time(), namespace, thread_id),
             )
-            connection.execute("DELETE FROM messages WHERE namespace = ? AND thread_id = ?", key)
-            connection.execute(
-                "DELETE FROM idempotency_keys WHERE namespace = ? AND thread_id = ?", key
-            )
+            for table in ("messages", "idempotency_keys", "thread_metadata"):
+                connection.execute(
+                    f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?",
+                    key,
+                )
         return int(version) + 1
 
     async def purge_namespace(self, namespace: str) -> int:
@@ -542,6 +564,7 @@ class SQLiteStore:
             )
             connection.execute("DELETE FROM messages WHERE namespace = ?", key)
             connection.execute("DELETE FROM idempotency_keys WHERE namespace = ?", key)
+            connection.execute("DELETE FROM thread_metadata WHERE namespace = ?", key)
             connection.execute("DELETE FROM changes WHERE namespace = ?", key)
             return connection.execute("DELETE FROM threads WHERE namespace = ?", key).rowcount
 
@@ -563,25 +586,86 @@ class SQLiteStore:
             ).rowcount
 
     async def list_threads(
-        self, namespace: str, *, limit: int = 100, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int = 100,
+        after: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> ThreadPage:
-        check_list(namespace, limit, after)
-        rows = await self._on_reader(self._list_threads, namespace, limit, after)
+        pairs = check_list(namespace, limit, after, metadata)
+        rows = await self._on_reader(self._list_threads, namespace, limit, after, pairs)
         return page_of(rows, limit)
 
-    def _list_threads(self, namespace: str, limit: int, after: str | None) -> list[str]:
+    def _list_threads(
+        self, namespace: str, limit: int, after: str | None, pairs: dict[str, str]
+    ) -> list[str]:
+        query = (
+            "SELECT t.thread_id FROM threads t WHERE t.namespace = ? AND t.thread_id > ?"
+            " AND (t.version > t.cleared_through OR EXISTS (SELECT 1 FROM thread_metadata m"
+            " WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))"
+        )
+        arguments: list[object] = [namespace, after or ""]
+        for key, value in pairs.items():
+            query += (
+                " AND t.thread_id IN (SELECT m.thread_id FROM thread_metadata m"
+                " WHERE m.namespace = ? AND m.key = ? AND m.value = ?)"
+            )
+            arguments += [namespace, key, value]
         rows = (
             self._reader()
-            .execute(
-                "SELECT thread_id FROM threads WHERE namespace = ? AND thread_id > ?"
-                " AND version > cleared_through ORDER BY thread_id LIMIT ?",
-                (namespace, after or "", limit + 1),
-            )
+            .execute(query + " ORDER BY t.thread_id LIMIT ?", [*arguments, limit + 1])
             .fetchall()
         )
         return [row[0] for row in rows]
 
-    # -- external changes ------------------------------------------------------------
+    async def thread_info(self, namespace: str, thread_id: str) -> ThreadInfo:
+        check_thread(namespace, thread_id)
+        return await self._on_reader(self._thread_info_snapshot, namespace, thread_id)
+
+    def _thread_info_snapshot(self, namespace: str, thread_id: str) -> ThreadInfo:
+        connection = self._reader()
+        connection.execute("BEGIN")
+        try:
+            return _thread_info(connection, namespace, thread_id)
+        finally:
+            connection.execute("COMMIT")
+
+    async def update_thread(
+        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+    ) -> ThreadInfo:
+        check_thread(namespace, thread_id)
+        changes = check_metadata(metadata, removals=True)
+        return await self._on_writer(self._update_thread, namespace, thread_id, changes)
+
+    def _update_thread(
+        self, namespace: str, thread_id: str, changes: dict[str, str | None]
+    ) -> ThreadInfo:
+        connection = self._writer
+        assert connection is not None
+        key = (namespace, thread_id)
+        now = time.time()
+        with _immediate_transaction(connection):
+            connection.execute(
+                "INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)"
+                " VALUES (?, ?, 0, ?, ?) ON CONFLICT (namespace, thread_id)"
+                " DO UPDATE SET updated_at = excluded.updated_at",
+                (*key, now, now),
+            )
+            connection.executemany(
+                "DELETE FROM thread_metadata WHERE namespace = ? AND thread_id = ? AND key = ?",
+                [(*key, name) for name, value in changes.items() if value is None],
+            )
+            connection.executemany(
+                "INSERT INTO thread_metadata (namespace, thread_id, key, value)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (namespace, thread_id, key)"
+                " DO UPDATE SET value = excluded.value",
+                [(*key, name, value) for name, value in changes.items() if value is not None],
+            )
+            info = _thread_info(connection, namespace, thread_id)
+            if len(info.metadata) > MAX_METADATA_KEYS:
+                raise too_many_keys(thread_id, len(info.metadata))  # rolls back
+        return info
 
     async def watch(self, listener: ChangeListener) -> None:
         """Report commits that other programs make straight into ``messages``."""
@@ -617,6 +701,31 @@ class SQLiteStore:
 
 
 _ChangePoll = tuple[int, int, list[tuple[str, str, int]]]
+
+
+def _thread_info(connection: sqlite3.Connection, namespace: str, thread_id: str) -> ThreadInfo:
+    key = (namespace, thread_id)
+    row = connection.execute(
+        "SELECT version, created_at, updated_at FROM threads WHERE namespace = ? AND thread_id = ?",
+        key,
+    ).fetchone()
+    if row is None:
+        return ThreadInfo(0, 0, None, None, {})
+    (count,) = connection.execute(
+        "SELECT count(*) FROM messages WHERE namespace = ? AND thread_id = ?", key
+    ).fetchone()
+    metadata = dict(
+        connection.execute(
+            "SELECT key, value FROM thread_metadata WHERE namespace = ? AND thread_id = ?"
+            " ORDER BY key",
+            key,
+        ).fetchall()
+    )
+    return ThreadInfo(row[0], count, _utc(row[1]), _utc(row[2]), MappingProxyType(metadata))
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
 
 
 def _data_version(connection: sqlite3.Connection) -> int:
