@@ -147,7 +147,7 @@ class AsyncpgDriver:
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow(
-                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None, None
+                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL
             )
         assert row is not None
         return row[0], row[1]
@@ -216,8 +216,10 @@ def to_pyformat(statement: str) -> tuple[str, tuple[int, ...]]:
 
 
 APPEND_PY, APPEND_ORDER = to_pyformat(sql.APPEND)
+#: append's last argument, the idempotency keys' TTL (no key is sent here).
+KEY_TTL: Final = 86_400.0
 READ_PY, READ_ORDER = to_pyformat(sql.READ)
-assert APPEND_ORDER == (0, 1, 2, 3, 4, 5, 6), APPEND_ORDER
+assert APPEND_ORDER == (0, 1, 2, 3, 4, 5, 6, 7), APPEND_ORDER
 
 
 class PsycopgDriver:
@@ -241,7 +243,9 @@ class PsycopgDriver:
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
-                APPEND_PY, (NAMESPACE, thread_id, payloads, None, None, None, None), binary=True
+                APPEND_PY,
+                (NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL),
+                binary=True,
             )
             row = await cursor.fetchone()
         assert row is not None
