@@ -21,9 +21,14 @@ def user(text: str) -> dict[str, Any]:
 
 
 async def mixed_load(
-    caches: list[ConversationCache], threads: int, stop: asyncio.Event, seed: int
+    caches: list[ConversationCache],
+    threads: int,
+    stop: asyncio.Event,
+    seed: int,
+    calls: list[int],
 ) -> tuple[dict[str, list[str]], list[tuple[float, str]]]:
-    """Appends and reads until ``stop``; returns what was appended and every call's latency."""
+    """Appends and reads until ``stop``, counting each call in ``calls[0]``; returns what
+    was appended and every call's latency."""
     rng = random.Random(seed)
     written: dict[str, list[str]] = {f"t{i}": [] for i in range(threads)}
     latencies: list[tuple[float, str]] = []
@@ -46,6 +51,7 @@ async def mixed_load(
             # Whatever it serves, it never serves one of our writes twice or out of order.
             assert mine == sorted(set(mine), key=lambda c: int(c.split("-")[1]))
         latencies.append((time.perf_counter() - started, f"{operation} {thread_id}"))
+        calls[0] += 1
         await asyncio.sleep(0.002)
     return written, latencies
 
@@ -53,6 +59,12 @@ async def mixed_load(
 async def recovered(*caches: ConversationCache) -> None:
     """Wait until every cache is back on Redis."""
     await eventually(lambda: not any(cache.stats().degraded for cache in caches), within=30)
+
+
+async def more_calls(calls: list[int], count: int = 50) -> None:
+    """Wait until the load has made ``count`` more calls: each phase is exercised."""
+    target = calls[0] + count
+    await eventually(lambda: calls[0] >= target, within=60)
 
 
 async def degraded(*caches: ConversationCache) -> None:
@@ -72,22 +84,26 @@ async def test_kill_restart_and_pause(
         ) as b,
     ):
         stop = asyncio.Event()
+        calls = [0]
         workers = [
-            asyncio.create_task(mixed_load([a, b], threads=8, stop=stop, seed=seed))
+            asyncio.create_task(mixed_load([a, b], threads=8, stop=stop, seed=seed, calls=calls))
             for seed in range(3)
         ]
-        await asyncio.sleep(1.0)
+        await more_calls(calls)
         redis_server.kill()
         await degraded(a, b)
-        await asyncio.sleep(0.5)  # the load goes on without Redis
+        await more_calls(calls)  # the load goes on without Redis
         redis_server.start()
         await recovered(a, b)
         redis_server.pause()
         await degraded(a)
-        await asyncio.sleep(4.0)  # a call without a deadline would wait all this out
+        paused = time.monotonic()
+        await more_calls(calls)
+        # The pause must outlast every deadline: a call without one would wait all this out.
+        await eventually(lambda: time.monotonic() - paused >= 4.0, within=60)
         redis_server.resume()
         await recovered(a, b)
-        await asyncio.sleep(0.5)
+        await more_calls(calls)
         stop.set()
         results = await asyncio.gather(*workers)  # a caller error would raise here
 
