@@ -366,10 +366,12 @@ class PostgresStore:
         kept = {key: value for key, value in changes.items() if value is not None}
         async with self._connection(write=True) as connection, connection.transaction():
             await connection.execute(sql.LOCK_THREAD, namespace, thread_id)
-            await connection.execute(sql.REMOVE_METADATA, namespace, thread_id, removed)
-            await connection.execute(
-                sql.SET_METADATA, namespace, thread_id, list(kept), list(kept.values())
-            )
+            if removed:  # each statement is a round trip: none for nothing to do
+                await connection.execute(sql.REMOVE_METADATA, namespace, thread_id, removed)
+            if kept:
+                await connection.execute(
+                    sql.SET_METADATA, namespace, thread_id, list(kept), list(kept.values())
+                )
             info = _thread_info(await connection.fetchrow(sql.THREAD_INFO, namespace, thread_id))
             if len(info.metadata) > MAX_METADATA_KEYS:
                 raise too_many_keys(thread_id, len(info.metadata))  # rolls back

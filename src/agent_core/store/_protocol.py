@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from .._quote import quote
 from .._token_counts import check_token_key, is_token_counts
@@ -242,7 +242,8 @@ def check_list(
         check_thread_id(after)
     if metadata is None:
         return {}
-    return {k: v for k, v in check_metadata(metadata, removals=False).items() if v is not None}
+    # Without removals every value is a str.
+    return cast(dict[str, str], check_metadata(metadata, removals=False))
 
 
 def too_many_keys(thread_id: str, count: int) -> InvalidArgument:
