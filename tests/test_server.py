@@ -18,9 +18,8 @@ from agent_core.messages import KNOWN_ROLES
 from agent_core.server import Settings, create_app
 from agent_core.server._recent import RecentSamples, RecentSummary
 
+from ._http import assert_problem, running, user
 from ._poll import eventually
-
-PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
@@ -35,29 +34,8 @@ def app(settings: Settings) -> FastAPI:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as http,
-    ):
+    async with running(app) as http:
         yield http
-
-
-def user(text: str) -> dict[str, Any]:
-    return {"role": "user", "content": text}
-
-
-def assert_problem(response: httpx.Response, status: int, error: str | None = None) -> Any:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == PROBLEM
-    body = response.json()
-    assert body["status"] == status
-    assert body["title"]
-    assert body["type"].startswith("urn:agent-core:problem:")
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
-    if error is not None:
-        assert body["error"] == error, body
-    return body
 
 
 async def test_append_get_delete(client: httpx.AsyncClient) -> None:
@@ -375,7 +353,7 @@ async def test_openapi(client: httpx.AsyncClient) -> None:
         "/v1/dashboard",
     }
     assert "/" not in paths  # the dashboard page is for people; its data is /v1/dashboard
-    assert set(paths["/v1/threads/{thread_id}"]) == {"get", "delete"}
+    assert set(paths["/v1/threads/{thread_id}"]) == {"get", "patch", "delete"}
     append = paths["/v1/threads/{thread_id}/messages"]["post"]
     assert "requestBody" in append
     assert "201" in append["responses"]

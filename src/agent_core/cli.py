@@ -1,4 +1,5 @@
-"""The ``agent-core`` console script: ``serve``, ``bench``, ``stats`` and ``chat``.
+"""The ``agent-core`` console script: ``serve``, ``bench``, ``stats``, ``chat``, ``threads``
+and ``gc``.
 
 Every option also reads an ``AGENT_CORE_*`` variable, the same ones `Settings.from_env`
 reads, so a flag, the environment and the server's defaults give one configuration.
@@ -13,9 +14,10 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 
 import httpx
 import orjson
@@ -27,6 +29,7 @@ from .agent import BaseAgent
 from .cache import ConversationCache
 from .errors import AgentCoreError, ConfigurationError
 from .server import Settings
+from .store import MAX_PAGE_SIZE, ThreadInfo
 
 # The ``cli`` extra; `serve` also needs the ``server`` extra, which it imports when it runs.
 with needs_extra("The agent-core command"):
@@ -49,8 +52,12 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main"]
 
+T = TypeVar("T")
+
 #: What ``chat`` reads as the end of the session, besides end of input.
 QUIT_COMMANDS: Final = frozenset({"/quit", "/exit"})
+#: Rows ``gc`` removes per transaction unless told otherwise.
+DEFAULT_GC_BATCH: Final = 1000
 
 app = typer.Typer(
     name="agent-core",
@@ -203,7 +210,7 @@ def stats(
         # Plain print: rich would re-wrap or colour the JSON that scripts parse.
         print(response.text)
         return
-    _out.print(_stats_table(data, title="agent-core stats", caption=mask_url(url)))
+    _out.print(_fields_table(data, title="agent-core stats", caption=mask_url(url)))
 
 
 @app.command()
@@ -360,13 +367,7 @@ def chat(
 async def _chat(settings: Settings, thread: str, system: str) -> None:
     chat_model = settings.chat_model()
     try:
-        async with ConversationCache.from_urls(
-            store=settings.store_url,
-            redis=settings.redis_url,
-            namespace=settings.namespace,
-            consistency=settings.consistency,
-            max_staleness=settings.max_staleness,
-        ) as memory:
+        async with _cache(settings) as memory:
             agent = BaseAgent(
                 chat_model,
                 memory,
@@ -390,6 +391,30 @@ async def _chat(settings: Settings, thread: str, system: str) -> None:
                 await _turn(agent, thread, line.rstrip("\n"))
     finally:
         await chat_model.aclose()
+
+
+def _cache(settings: Settings) -> ConversationCache:
+    """A cache on the settings' store, Redis and namespace; not opened yet."""
+    return ConversationCache.from_urls(
+        store=settings.store_url,
+        redis=settings.redis_url,
+        namespace=settings.namespace,
+        consistency=settings.consistency,
+        max_staleness=settings.max_staleness,
+    )
+
+
+def _with_cache(settings: Settings, work: Callable[[ConversationCache], Awaitable[T]]) -> T:
+    """``work`` on an opened cache; a typed error is one red line, exit code 1."""
+
+    async def run() -> T:
+        async with _cache(settings) as cache:
+            return await work(cache)
+
+    try:
+        return asyncio.run(run())
+    except AgentCoreError as exc:
+        _fail(str(exc), settings.store_url, settings.redis_url)
 
 
 async def _turn(agent: BaseAgent, thread: str, text: str) -> None:
@@ -426,6 +451,143 @@ def _stdin_lines() -> asyncio.Queue[str | None]:
     return queue
 
 
+# -- threads and gc ----------------------------------------------------------------------
+
+threads_app = typer.Typer(
+    name="threads",
+    help="List, inspect and purge the threads of a store (no server needed).",
+    no_args_is_help=True,
+)
+app.add_typer(threads_app)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the HTTP API's shape).")]
+
+
+@threads_app.command("list")
+def threads_list(
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    namespace: NamespaceOption = None,
+    limit: Annotated[
+        int, typer.Option(min=1, max=MAX_PAGE_SIZE, help="Thread ids on this page.")
+    ] = 100,
+    after: Annotated[
+        str | None,
+        typer.Option(help="Only ids after this one: the previous page's next cursor."),
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--metadata",
+            metavar="KEY=VALUE",
+            help="Only threads whose metadata has KEY=VALUE; repeat it: all must hold.",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List thread ids in id order, a page at a time; the next page's cursor goes to stderr."""
+    filters = _pairs(metadata or [])
+    settings = _settings(store_url=store, redis_url=redis, namespace=namespace)
+    page = _with_cache(
+        settings,
+        lambda cache: cache.list_threads(limit=limit, after=after, metadata=filters or None),
+    )
+    if as_json:
+        print(
+            orjson.dumps({"thread_ids": page.thread_ids, "next_cursor": page.next_cursor}).decode()
+        )
+        return
+    for thread_id in page.thread_ids:
+        print(thread_id)
+    if page.next_cursor is not None:
+        _err.print(f"[dim]more: --after {escape(page.next_cursor)}[/]")
+    elif not page.thread_ids:
+        _err.print("[dim]no threads[/]")
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` options as a dict (the value may hold ``=``); a key given twice is an error."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metadata")
+        if key in pairs:
+            raise typer.BadParameter(f"key {key!r} is given twice", param_hint="--metadata")
+        pairs[key] = value
+    return pairs
+
+
+@threads_app.command("info")
+def threads_info(
+    thread: Annotated[str, typer.Argument(help="Thread id.")],
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    namespace: NamespaceOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a thread's version, message count, times and metadata."""
+    settings = _settings(store_url=store, redis_url=redis, namespace=namespace)
+    data = _info_json(thread, _with_cache(settings, lambda cache: cache.thread_info(thread)))
+    if as_json:
+        print(orjson.dumps(data).decode())
+        return
+    caption = f"namespace {settings.namespace} of {mask_url(settings.store_url)}"
+    shown = {**data, "metadata": data["metadata"] or None}  # "-" rather than no row
+    _out.print(_fields_table(shown, title=f"thread {thread}", caption=caption, column="field"))
+
+
+def _info_json(thread: str, info: ThreadInfo) -> dict[str, Any]:
+    """A thread's info as GET /v1/threads/{id}/info answers it: times in ISO 8601, UTC."""
+    return {
+        "thread_id": thread,
+        "version": info.version,
+        "message_count": info.message_count,
+        "created_at": _iso(info.created_at),
+        "updated_at": _iso(info.updated_at),
+        "metadata": dict(info.metadata),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+@app.command("gc")
+def collect_garbage(
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Rows removed per transaction.")
+    ] = DEFAULT_GC_BATCH,
+) -> None:
+    """Remove what has expired: idempotency keys older than the store's idempotency_ttl.
+
+    Runs batch after batch until one comes back short; safe beside running servers.
+    """
+    settings = _settings(store_url=store, redis_url=redis)
+    removed = _with_cache(settings, lambda cache: _collect(cache, batch))
+    for what, count in removed.items():
+        _out.print(f"removed {count:,} {what}")
+
+
+async def _collect(cache: ConversationCache, batch: int) -> dict[str, int]:
+    """Each sweep run to its end: how many of what each removed."""
+    sweeps: dict[str, Callable[[int], Awaitable[int]]] = {
+        "expired idempotency keys": lambda n: cache.store.expire_idempotency_keys(limit=n),
+    }
+    return {what: await _sweep(sweep, batch) for what, sweep in sweeps.items()}
+
+
+async def _sweep(sweep: Callable[[int], Awaitable[int]], batch: int) -> int:
+    total = 0
+    while True:
+        removed = await sweep(batch)
+        total += removed
+        if removed < batch:
+            return total
+
+
 @contextlib.contextmanager
 def _signals_end_quietly() -> Iterator[None]:
     """SIGINT and SIGTERM stop ``serve`` with exit code 0.
@@ -454,14 +616,17 @@ def _problem(response: httpx.Response) -> str:
     return response.text[:200]
 
 
-def _stats_table(data: Mapping[str, Any], *, title: str, caption: str) -> Table:
-    """Every field of the stats JSON: hit rates first, then one section per nested object.
+def _fields_table(
+    data: Mapping[str, Any], *, title: str, caption: str, column: str = "stat"
+) -> Table:
+    """Every field of a JSON object (the stats, a thread's info): hit rates first, then
+    one section per nested object.
 
     Fields are shown as the server names them, so a field added later shows up too;
     known sizes and durations get units.
     """
     table = Table(title=title, caption=escape(caption), header_style="bold")
-    table.add_column("stat")
+    table.add_column(column)
     table.add_column("value", justify="right")
     fields = list(_flatten(data))
     rates = [(key, value) for key, value in fields if key.endswith("hit_rate")]

@@ -7,19 +7,38 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
 import orjson
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictInt, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
-from .._validation import ID_PATTERN, MAX_COUNT, MAX_IDEMPOTENCY_KEY_LENGTH, MAX_THREAD_ID_LENGTH
+from .._quote import quote
+from .._validation import (
+    ID_PATTERN,
+    MAX_COUNT,
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_METADATA_KEYS,
+    MAX_METADATA_VALUE_LENGTH,
+    MAX_THREAD_ID_LENGTH,
+)
 from ..agent import AgentReply, BaseAgent
 from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument
 from ..observe import LoopLagMonitor
+from ..store import MAX_PAGE_SIZE, ThreadInfo
 from ._core import Core, core_of
 from ._dashboard import dashboard_router
 from ._message_schema import MESSAGE_SCHEMA, USER_MESSAGE_SCHEMA
@@ -35,7 +54,6 @@ __all__ = ["create_app"]
 _LAG_INTERVAL: Final = 0.01
 _READY_TIMEOUT: Final = 2.0
 _JSON: Final = "application/json"
-# Versions are BIGINTs in the stores.
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,17 +67,13 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 # The spec states the rules the cache and the agent check, but FastAPI does not enforce
 # them: the checks' own typed errors (400 InvalidThreadId, InvalidMessage) say more than a
 # generic 422 would.
-ThreadId = Annotated[
-    str,
-    Path(
-        description=f"1-{MAX_THREAD_ID_LENGTH} characters of A-Z a-z 0-9 . _ : @ -",
-        json_schema_extra={
-            "pattern": f"^{ID_PATTERN}$",
-            "minLength": 1,
-            "maxLength": MAX_THREAD_ID_LENGTH,
-        },
-    ),
-]
+_ID_RULE: Final = f"1-{MAX_THREAD_ID_LENGTH} characters of A-Z a-z 0-9 . _ : @ -"
+_ID_SCHEMA: Final[dict[str, Any]] = {
+    "pattern": f"^{ID_PATTERN}$",
+    "minLength": 1,
+    "maxLength": MAX_THREAD_ID_LENGTH,
+}
+ThreadId = Annotated[str, Path(description=_ID_RULE, json_schema_extra=_ID_SCHEMA)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -73,14 +87,16 @@ MessageObject = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
 UserMessage = Annotated[str | dict[str, Any], WithJsonSchema(USER_MESSAGE_SCHEMA)]
 
 
+_MESSAGES: Final = "Chat Completions messages or Responses API items (JSON objects)."
+# Versions are BIGINTs in the stores.
+Version = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
+
+
 class AppendRequest(BaseModel):
     """Messages to append, in order; with ``expected_version``, compare-and-append."""
 
-    messages: list[MessageObject] = Field(
-        description="Chat Completions messages or Responses API items (JSON objects).",
-        json_schema_extra={"minItems": 1},
-    )
-    expected_version: Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)] | None = Field(
+    messages: list[MessageObject] = Field(description=_MESSAGES, json_schema_extra={"minItems": 1})
+    expected_version: Version | None = Field(
         default=None, description="Append only if the thread is at this version (else 409)."
     )
 
@@ -102,6 +118,89 @@ class ThreadResponse(BaseModel):
     )
     omitted: int | None = Field(
         default=None, description="Messages left out of the window (windows only)."
+    )
+
+
+_METADATA_KEY_PATTERN: Final = "^[A-Za-z0-9._:-]{1,64}$"
+
+
+def _encodable(text: str) -> str:
+    # json.loads accepts lone surrogate escapes ("\\ud800"), which no store can keep.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError("not Unicode text: it holds a lone surrogate") from None
+    return text
+
+
+Metadata = Annotated[
+    dict[str, Annotated[StrictStr, AfterValidator(_encodable)] | None],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": f"At most {MAX_METADATA_KEYS} keys of 1-64 characters of "
+            f"A-Z a-z 0-9 . _ : -; values strings of at most {MAX_METADATA_VALUE_LENGTH} "
+            "characters without NUL, or null to remove the key.",
+            "maxProperties": MAX_METADATA_KEYS,
+            "propertyNames": {"pattern": _METADATA_KEY_PATTERN},
+            "additionalProperties": {
+                "anyOf": [
+                    {
+                        "type": "string",
+                        "maxLength": MAX_METADATA_VALUE_LENGTH,
+                        "pattern": "^[^\\u0000]*$",
+                    },
+                    {"type": "null"},
+                ]
+            },
+        }
+    ),
+]
+
+
+class ThreadUpdate(BaseModel):
+    """What to change of a thread besides its messages; a field left out is left as it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: Metadata | None = Field(
+        default=None,
+        description="Merged into the thread's metadata: a string sets its key, null removes it.",
+    )
+
+
+class ThreadInfoResponse(BaseModel):
+    """A thread's version, size, times and metadata (not its messages)."""
+
+    thread_id: str
+    version: int
+    message_count: int
+    created_at: datetime | None = Field(
+        description="When the thread was first written (ISO 8601, UTC); null if never."
+    )
+    updated_at: datetime | None = Field(
+        description="When the thread was last written (ISO 8601, UTC); null if never."
+    )
+    metadata: dict[str, str]
+
+    @classmethod
+    def of(cls, thread_id: str, info: ThreadInfo) -> ThreadInfoResponse:
+        return cls(
+            thread_id=thread_id,
+            version=info.version,
+            message_count=info.message_count,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            metadata=dict(info.metadata),
+        )
+
+
+class ThreadListResponse(BaseModel):
+    """One page of thread ids, in id order."""
+
+    thread_ids: list[str]
+    next_cursor: str | None = Field(
+        description="Pass it as `after` for the next page; null on the last page."
     )
 
 
@@ -297,6 +396,105 @@ async def delete_thread(request: Request, thread_id: ThreadId) -> Response:
     """Delete the thread's messages; returns its new version (versions never go back)."""
     version = await core_of(request).cache.delete(thread_id)
     return Response(b'{"version":%d}' % version, media_type=_JSON)
+
+
+#: The query parameters of GET /v1/threads besides ``metadata.<key>``.
+_LIST_PARAMETERS: Final = frozenset({"limit", "after"})
+_METADATA_PARAMETER: Final = "metadata."
+#: Problems name at most this many bad query parameters.
+_MAX_REPORTED: Final = 5
+
+
+@_router.get(
+    "/v1/threads",
+    response_model=ThreadListResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+    description="Threads of the namespace that hold messages or metadata, in id order, "
+    "`limit` at a time: pass `next_cursor` as `after` for the next page. Each "
+    "`metadata.<key>=<value>` query parameter is an exact-match filter (all must hold; "
+    f"at most {MAX_METADATA_KEYS}, keys and values as in `PATCH`). Any other query "
+    "parameter, or one given twice, is a 422.",
+)
+async def list_threads(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Thread ids per page.")] = 100,
+    after: Annotated[
+        str | None,
+        Query(
+            description="Only ids after this one: the previous page's `next_cursor`.",
+            json_schema_extra=_ID_SCHEMA,
+        ),
+    ] = None,
+) -> Response:
+    """List thread ids, filtered by metadata."""
+    metadata = _metadata_filter(request)
+    page = await core_of(request).cache.list_threads(
+        limit=limit, after=after, metadata=metadata or None
+    )
+    return Response(
+        orjson.dumps({"thread_ids": page.thread_ids, "next_cursor": page.next_cursor}),
+        media_type=_JSON,
+    )
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """The ``metadata.<key>=<value>`` query parameters; an unknown or repeated one is a 422
+    (a misspelt filter must not list every thread)."""
+    metadata: dict[str, str] = {}
+    seen: set[str] = set()
+    errors: list[dict[str, Any]] = []
+    for name, value in request.query_params.multi_items():
+        if name in seen:
+            errors.append({"loc": ("query", name), "msg": "given twice", "type": "repeated"})
+        elif name.startswith(_METADATA_PARAMETER):
+            metadata[name.removeprefix(_METADATA_PARAMETER)] = value
+        elif name not in _LIST_PARAMETERS:
+            errors.append(
+                {
+                    "loc": ("query", quote(name)),
+                    "msg": "unknown query parameter: use limit, after or metadata.<key>",
+                    "type": "extra_forbidden",
+                }
+            )
+        seen.add(name)
+    if errors:
+        raise RequestValidationError(errors[:_MAX_REPORTED])
+    return metadata
+
+
+@_router.get(
+    "/v1/threads/{thread_id}/info",
+    response_model=ThreadInfoResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def thread_info(request: Request, thread_id: ThreadId) -> Response:
+    """The thread's version, message count, times and metadata; not its messages."""
+    info = await core_of(request).cache.thread_info(thread_id)
+    return _info_response(thread_id, info)
+
+
+@_router.patch(
+    "/v1/threads/{thread_id}",
+    response_model=ThreadInfoResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def update_thread(request: Request, thread_id: ThreadId, body: ThreadUpdate) -> Response:
+    """Merge metadata into the thread's (null removes a key); the version does not move.
+
+    A thread never written is created (version 0). A refused update writes nothing.
+    """
+    # Only the fields the client sent: a field left out is left as it is.
+    info = await core_of(request).cache.update_thread(
+        thread_id, **body.model_dump(exclude_unset=True)
+    )
+    return _info_response(thread_id, info)
+
+
+def _info_response(thread_id: str, info: ThreadInfo) -> Response:
+    return Response(ThreadInfoResponse.of(thread_id, info).model_dump_json(), media_type=_JSON)
 
 
 @_router.post(

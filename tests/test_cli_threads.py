@@ -1,0 +1,173 @@
+"""``agent-core threads list|info`` and ``agent-core gc`` on a real SQLite store (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent_core import ConversationCache
+
+from .test_cli import invoke
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'threads.db'}"
+
+
+def seed(
+    store_url: str,
+    threads: Mapping[str, Mapping[str, str]],
+    *,
+    namespace: str = "default",
+    keys: Sequence[str] = (),
+) -> None:
+    """Each thread gets a message and its metadata; ``keys``, one append each with that
+    idempotency key, on thread ``keyed``."""
+
+    async def write() -> None:
+        async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
+            for thread_id, metadata in threads.items():
+                await cache.append(thread_id, [{"role": "user", "content": "hi"}])
+                await cache.update_thread(thread_id, metadata=dict(metadata))
+            for key in keys:
+                await cache.append("keyed", [{"role": "user", "content": key}], idempotency_key=key)
+
+    asyncio.run(write())
+
+
+def test_help() -> None:
+    result = invoke(["threads", "--help"])
+    assert result.exit_code == 0, result.output
+    for command in ("list", "info", "purge"):
+        assert command in result.output
+    listing = invoke(["threads", "list", "--help"]).output
+    for text in ("--store", "--redis", "--namespace", "--limit", "--after", "--metadata", "--json"):
+        assert text in listing
+    assert "--batch" in invoke(["gc", "--help"]).output
+    assert "gc" in invoke([]).output
+
+
+def test_list_pages_filters_and_json(store_url: str) -> None:
+    ids = [f"t{i}" for i in range(5)]
+    seed(store_url, {thread_id: {"user": f"u{i % 2}"} for i, thread_id in enumerate(ids)})
+    seed(store_url, {"elsewhere": {"user": "u0"}}, namespace="other")
+
+    first = invoke(["threads", "list", "--store", store_url, "--limit", "2"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines() == ["t0", "t1"]
+    assert "--after t1" in first.stderr
+    last = invoke(["threads", "list", "--store", store_url, "--limit", "2", "--after", "t3"])
+    assert last.stdout.splitlines() == ["t4"]
+    assert "--after" not in last.stderr
+
+    raw = invoke(["threads", "list", "--store", store_url, "--metadata", "user=u0", "--json"])
+    assert raw.exit_code == 0, raw.output
+    assert json.loads(raw.stdout) == {"thread_ids": ["t0", "t2", "t4"], "next_cursor": None}
+    paged = invoke(["threads", "list", "--store", store_url, "--limit", "1", "--json"])
+    assert json.loads(paged.stdout) == {"thread_ids": ["t0"], "next_cursor": "t0"}
+
+    both = ["--metadata", "user=u1", "--metadata", "user=u1"]
+    assert invoke(["threads", "list", "--store", store_url, *both]).exit_code == 2
+    none = invoke(["threads", "list", "--store", store_url, "--metadata", "user=u9"])
+    assert (none.exit_code, none.stdout) == (0, "")
+    assert "no threads" in none.stderr
+    # A value may hold "=": only the first one splits.
+    assert invoke(["threads", "list", "--store", store_url, "--metadata", "k=a=b"]).exit_code == 0
+
+    other = invoke(["threads", "list", "--store", store_url, "--namespace", "other"])
+    assert other.stdout.splitlines() == ["elsewhere"]
+    env = {"AGENT_CORE_STORE_URL": store_url, "AGENT_CORE_NAMESPACE": "other"}
+    assert invoke(["threads", "list"], env=env).stdout.splitlines() == ["elsewhere"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--metadata", "user"], 2),  # not KEY=VALUE
+        (["--limit", "0"], 2),
+        (["--limit", "1001"], 2),
+        (["--after", "bad id"], 1),
+        (["--metadata", "bad key=v"], 1),
+    ],
+)
+def test_list_bad_arguments(store_url: str, args: list[str], code: int) -> None:
+    result = invoke(["threads", "list", "--store", store_url, *args])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    if code == 1:
+        assert result.stderr.startswith("error: ")
+        assert result.stderr.count("\n") == 1
+
+
+def test_info(store_url: str) -> None:
+    before = datetime.now(UTC)
+    seed(store_url, {"t": {"user": "u1", "topic": "billing"}})
+    raw = invoke(["threads", "info", "t", "--store", store_url, "--json"])
+    assert raw.exit_code == 0, raw.output
+    data = json.loads(raw.stdout)
+    created = datetime.fromisoformat(data.pop("created_at"))
+    updated = datetime.fromisoformat(data.pop("updated_at"))
+    assert data == {
+        "thread_id": "t",
+        "version": 1,
+        "message_count": 1,
+        "metadata": {"user": "u1", "topic": "billing"},
+    }
+    assert created.utcoffset() == updated.utcoffset() == UTC.utcoffset(None)
+    assert before.timestamp() - 5 <= created.timestamp() <= updated.timestamp()
+
+    table = invoke(["threads", "info", "t", "--store", store_url])
+    assert table.exit_code == 0, table.output
+    for text in ("message_count", "metadata.user", "billing", created.isoformat()[:19]):
+        assert text in table.stdout
+
+    never = invoke(["threads", "info", "never", "--store", store_url, "--json"])
+    assert json.loads(never.stdout) == {
+        "thread_id": "never",
+        "version": 0,
+        "message_count": 0,
+        "created_at": None,
+        "updated_at": None,
+        "metadata": {},
+    }
+    assert "metadata" in invoke(["threads", "info", "never", "--store", store_url]).stdout
+
+
+@pytest.mark.parametrize("command", [["threads", "info", "t"], ["threads", "list"], ["gc"]])
+@pytest.mark.parametrize("store", ["mysql://nowhere/db", "sqlite:////no/such/dir/x.db"])
+def test_a_store_that_does_not_open_is_one_red_line(command: list[str], store: str) -> None:
+    result = invoke([*command, "--store", store])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ")
+    assert result.stderr.count("\n") == 1
+
+
+def test_bad_thread_id_is_one_red_line(store_url: str) -> None:
+    result = invoke(["threads", "info", "bad id!", "--store", store_url])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid thread id")
+
+
+def test_gc_removes_expired_idempotency_keys_in_batches(tmp_path: Path) -> None:
+    path = tmp_path / "gc.db"
+    # Keys expire a microsecond after they are written: all five have when gc runs.
+    expiring = f"sqlite:///{path}?idempotency_ttl=0.000001"
+    seed(expiring, {}, keys=[f"k{i}" for i in range(5)])
+    # Opened with the default TTL (a day), the same keys are not expired.
+    kept = invoke(["gc", "--store", f"sqlite:///{path}", "--batch", "2"])
+    assert kept.exit_code == 0, kept.output
+    assert kept.stdout == "removed 0 expired idempotency keys\n"
+
+    # Batches of 2: three of them (2, 2, 1), the last short.
+    result = invoke(["gc", "--store", expiring, "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "removed 5 expired idempotency keys\n"
+    again = invoke(["gc", "--store", expiring])
+    assert again.stdout == "removed 0 expired idempotency keys\n"
+    assert invoke(["gc", "--store", expiring, "--batch", "0"]).exit_code == 2

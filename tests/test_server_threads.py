@@ -1,0 +1,315 @@
+"""Thread lifecycle over HTTP (issue 13): list with metadata filters, info and metadata
+updates, on both stores; every refusal is a problem and writes nothing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from agent_core.server import Settings, create_app
+
+from ._http import assert_problem, running, user
+
+
+@pytest.fixture
+async def client(store_url: str, namespace: str) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(Settings(store_url=store_url, namespace=namespace, max_body_bytes=64 << 10))
+    async with running(app) as http:
+        yield http
+
+
+async def info(http: httpx.AsyncClient, thread_id: str) -> dict[str, Any]:
+    response = await http.get(f"/v1/threads/{thread_id}/info")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def patch(http: httpx.AsyncClient, thread_id: str, metadata: Any) -> httpx.Response:
+    return await http.patch(f"/v1/threads/{thread_id}", json={"metadata": metadata})
+
+
+async def all_pages(http: httpx.AsyncClient, params: dict[str, Any]) -> list[list[str]]:
+    """Every page of GET /v1/threads with ``params``, following ``next_cursor``."""
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        query = {**params, **({"after": after} if after is not None else {})}
+        response = await http.get("/v1/threads", params=query)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"thread_ids", "next_cursor"}
+        pages.append(body["thread_ids"])
+        after = body["next_cursor"]
+        if after is None:
+            return pages
+        assert len(pages) < 50, "next_cursor never ends"
+
+
+# -- listing ----------------------------------------------------------------------------
+
+
+async def test_list_pages_and_filters(client: httpx.AsyncClient) -> None:
+    ids = [f"t{i:02d}" for i in range(10)]
+    for index, thread_id in enumerate(reversed(ids)):  # written out of id order
+        if index % 3 == 0:  # some hold only metadata, no message
+            assert (await patch(client, thread_id, {"n": str(index)})).status_code == 200
+        else:
+            posted = await client.post(
+                f"/v1/threads/{thread_id}/messages", json={"messages": [user("hi")]}
+            )
+            assert posted.status_code == 201
+    for number, thread_id in enumerate(ids):
+        metadata = {"user": "u1" if number % 2 == 0 else "u2", "team": "a" if number < 5 else "b"}
+        assert (await patch(client, thread_id, metadata)).status_code == 200
+
+    # Pages of 3: 4 pages, in id order, nothing twice or left out.
+    pages = await all_pages(client, {"limit": 3})
+    assert [len(page) for page in pages] == [3, 3, 3, 1]
+    assert [thread_id for page in pages for thread_id in page] == ids
+    # Stable: the same walk gives the same pages.
+    assert await all_pages(client, {"limit": 3}) == pages
+    # The default page holds them all.
+    assert (await client.get("/v1/threads")).json() == {"thread_ids": ids, "next_cursor": None}
+
+    evens = ids[0::2]
+    pages = await all_pages(client, {"limit": 2, "metadata.user": "u1"})
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [thread_id for page in pages for thread_id in page] == evens
+    both = await all_pages(client, {"metadata.user": "u1", "metadata.team": "b"})
+    assert both == [[thread_id for thread_id in evens if thread_id >= "t05"]]
+    assert await all_pages(client, {"metadata.user": "nobody"}) == [[]]
+    # A value is matched exactly, not as a prefix or case-insensitively.
+    assert await all_pages(client, {"metadata.user": "U1"}) == [[]]
+    assert await all_pages(client, {"metadata.user": "u"}) == [[]]
+
+    # Deleting a thread removes its messages and metadata: it is no longer listed. Nor is
+    # a thread only read.
+    assert (await client.delete("/v1/threads/t01")).status_code == 200
+    assert (await info(client, "t01"))["metadata"] == {}
+    assert (await client.get("/v1/threads/t99/info")).status_code == 200
+    rest = [thread_id for thread_id in ids if thread_id != "t01"]
+    assert (await client.get("/v1/threads")).json()["thread_ids"] == rest
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error"),
+    [
+        ("user=u1", 422, "ValidationError"),  # not metadata.user: must not list every thread
+        ("metdata.user=u1", 422, "ValidationError"),
+        ("metadata.user=a&metadata.user=b", 422, "ValidationError"),
+        ("limit=2&limit=3", 422, "ValidationError"),
+        ("limit=0", 422, "ValidationError"),
+        ("limit=1001", 422, "ValidationError"),
+        ("limit=two", 422, "ValidationError"),
+        ("limit=" + "9" * 5000, 422, "ValidationError"),
+        ("after=a%20b", 400, "InvalidThreadId"),
+        ("after=" + "x" * 201, 400, "InvalidThreadId"),
+        ("metadata.=x", 400, "InvalidArgument"),
+        ("metadata.a%20b=x", 400, "InvalidArgument"),
+        ("metadata.k=" + "v" * 513, 400, "InvalidArgument"),
+        ("metadata.k=a%00b", 400, "InvalidArgument"),
+        ("&".join(f"metadata.k{i}=v" for i in range(17)), 400, "InvalidArgument"),
+    ],
+)
+async def test_list_bad_query(
+    client: httpx.AsyncClient, query: str, status: int, error: str
+) -> None:
+    assert_problem(await client.get(f"/v1/threads?{query}"), status, error)
+
+
+async def test_list_names_at_most_five_bad_parameters(client: httpx.AsyncClient) -> None:
+    query = "&".join(f"x{i}{'y' * 300}=1" for i in range(50))
+    problem = assert_problem(await client.get(f"/v1/threads?{query}"), 422, "ValidationError")
+    assert len(problem["errors"]) == 5
+    assert len(str(problem)) < 2_000
+
+
+# -- info and metadata ------------------------------------------------------------------
+
+
+async def test_info(client: httpx.AsyncClient) -> None:
+    assert await info(client, "new") == {
+        "thread_id": "new",
+        "version": 0,
+        "message_count": 0,
+        "created_at": None,
+        "updated_at": None,
+        "metadata": {},
+    }
+    before = datetime.now(UTC)
+    body = {"messages": [user("a"), user("b"), user("c")]}
+    assert (await client.post("/v1/threads/i/messages", json=body)).json() == {"version": 3}
+    first = await info(client, "i")
+    assert (first["version"], first["message_count"], first["metadata"]) == (3, 3, {})
+    # ISO 8601 in UTC.
+    created = datetime.fromisoformat(first["created_at"])
+    updated = datetime.fromisoformat(first["updated_at"])
+    assert created.utcoffset() == updated.utcoffset() == UTC.utcoffset(None)
+    assert before.timestamp() - 5 <= created.timestamp() <= updated.timestamp()
+
+    await client.post("/v1/threads/i/messages", json={"messages": [user("d")]})
+    second = await info(client, "i")
+    assert (second["version"], second["message_count"]) == (4, 4)
+    assert second["created_at"] == first["created_at"]
+    assert datetime.fromisoformat(second["updated_at"]) >= updated
+
+    assert (await client.delete("/v1/threads/i")).json() == {"version": 5}
+    deleted = await info(client, "i")
+    assert (deleted["version"], deleted["message_count"]) == (5, 0)
+
+
+async def test_patch_merges_metadata_and_keeps_the_version(client: httpx.AsyncClient) -> None:
+    await client.post("/v1/threads/p/messages", json={"messages": [user("a")]})
+    response = await patch(client, "p", {"user": "u1", "topic": "billing"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == await info(client, "p")
+    assert response.json()["metadata"] == {"user": "u1", "topic": "billing"}
+    assert response.json()["version"] == 1
+
+    # Merged: a string sets its key, null removes it, a key left out stays.
+    merged = (await patch(client, "p", {"topic": None, "lang": "fr", "absent": None})).json()
+    assert merged["metadata"] == {"user": "u1", "lang": "fr"}
+    assert merged["version"] == 1
+    assert (await client.get("/v1/threads/p")).json()["version"] == 1
+
+    # A body without metadata, or with null or no keys, changes nothing (an empty merge
+    # may count as a write of the thread's row: updated_at).
+    bodies: list[dict[str, Any]] = [{}, {"metadata": None}, {"metadata": {}}]
+    for body in bodies:
+        response = await client.patch("/v1/threads/p", json=body)
+        assert response.status_code == 200, response.text
+        assert {**response.json(), "updated_at": None} == {**merged, "updated_at": None}
+
+    # A thread never written is made (version 0), and listed for its metadata.
+    made = (await patch(client, "fresh", {"user": "u1"})).json()
+    assert (made["version"], made["message_count"], made["metadata"]) == (0, 0, {"user": "u1"})
+    listed = await client.get("/v1/threads", params={"metadata.user": "u1"})
+    assert listed.json()["thread_ids"] == ["fresh", "p"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        # Over 16 keys: in the request itself, or with those the thread holds (10).
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, 400, "InvalidArgument"),
+        ({"metadata": {f"new{i}": "v" for i in range(7)}}, 400, "InvalidArgument"),
+        ({"metadata": {"a b": "v"}}, 400, "InvalidArgument"),
+        ({"metadata": {"": "v"}}, 400, "InvalidArgument"),
+        ({"metadata": {"k" * 65: "v"}}, 400, "InvalidArgument"),
+        ({"metadata": {"k": "v" * 513}}, 400, "InvalidArgument"),
+        ({"metadata": {"k": "a\x00b"}}, 400, "InvalidArgument"),
+        ({"metadata": {"k": 1}}, 422, "ValidationError"),
+        ({"metadata": {"k": ["v"]}}, 422, "ValidationError"),
+        ({"metadata": {"k": True}}, 422, "ValidationError"),
+        ({"metadata": ["k", "v"]}, 422, "ValidationError"),
+        ({"metadata": "k=v"}, 422, "ValidationError"),
+        ({"metdata": {"k": "v"}}, 422, "ValidationError"),  # a typo is not a silent no-op
+        ({"metadata": {"k": "v"}, "version": 3}, 422, "ValidationError"),
+        ([], 422, "ValidationError"),
+    ],
+)
+async def test_patch_refused_writes_nothing(
+    client: httpx.AsyncClient, body: Any, status: int, error: str
+) -> None:
+    await client.post("/v1/threads/m/messages", json={"messages": [user("a")]})
+    held = {f"k{i}": "v" for i in range(10)}
+    assert (await patch(client, "m", held)).status_code == 200
+    before = await info(client, "m")
+    assert_problem(await client.patch("/v1/threads/m", json=body), status, error)
+    assert await info(client, "m") == before
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "error"),
+    [
+        (b'{"metadata": {"k": "\\ud800"}}', 422, "ValidationError"),  # a lone surrogate
+        (b'{"metadata": {"k": "v"}', 400, "MalformedJSON"),
+        (b'{"metadata": {"k": NaN}}', 422, "ValidationError"),
+        (b"", 422, "ValidationError"),
+    ],
+)
+async def test_patch_raw_bodies(
+    client: httpx.AsyncClient, raw: bytes, status: int, error: str
+) -> None:
+    response = await client.patch(
+        "/v1/threads/r", content=raw, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, status, error)
+    nothing = await info(client, "r")
+    assert (nothing["created_at"], nothing["metadata"]) == (None, {})
+
+
+async def test_patch_body_limit(client: httpx.AsyncClient) -> None:
+    big = {"metadata": {"k": "v" * (70 << 10)}}
+    assert_problem(await client.patch("/v1/threads/b", json=big), 413, "RequestBodyTooLarge")
+    assert (await info(client, "b"))["created_at"] is None
+
+
+@pytest.mark.parametrize("thread_id", ["a b", "x" * 201, "é"])
+async def test_bad_thread_id(client: httpx.AsyncClient, thread_id: str) -> None:
+    path = f"/v1/threads/{thread_id}"
+    for response in (
+        await client.get(f"{path}/info"),
+        await client.patch(path, json={"metadata": {"k": "v"}}),
+    ):
+        assert_problem(response, 400, "InvalidThreadId")
+
+
+# -- the spec ---------------------------------------------------------------------------
+
+
+def test_openapi_lists_the_thread_endpoints() -> None:
+    spec = create_app(Settings()).openapi()
+    paths = spec["paths"]
+    assert set(paths["/v1/threads"]) == {"get"}
+    assert set(paths["/v1/threads/{thread_id}/info"]) == {"get"}
+    assert "patch" in paths["/v1/threads/{thread_id}"]
+
+    def response_schema(operation: dict[str, Any]) -> str:
+        ref: str = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        return ref.rsplit("/", 1)[-1]
+
+    listing = paths["/v1/threads"]["get"]
+    assert response_schema(listing) == "ThreadListResponse"
+    assert "metadata.<key>=<value>" in listing["description"]
+    assert {p["name"] for p in listing["parameters"]} == {"limit", "after"}
+    assert response_schema(paths["/v1/threads/{thread_id}/info"]["get"]) == "ThreadInfoResponse"
+    update = paths["/v1/threads/{thread_id}"]["patch"]
+    assert response_schema(update) == "ThreadInfoResponse"
+    assert {"400", "413", "422", "503"} <= set(update["responses"])
+    for operation in (listing, update):
+        for status in ("400", "422"):
+            assert "application/problem+json" in operation["responses"][status]["content"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["ThreadUpdate"]["additionalProperties"] is False
+    info_fields = schemas["ThreadInfoResponse"]["properties"]
+    assert set(info_fields) == {
+        "thread_id",
+        "version",
+        "message_count",
+        "created_at",
+        "updated_at",
+        "metadata",
+    }
+    assert {"format": "date-time", "type": "string"} in info_fields["created_at"]["anyOf"]
+
+
+@pytest.mark.parametrize(
+    "key", ["k", "a.b_c:d-1", "K" * 64, "", "k" * 65, "a b", "a@b", "é", "a/b", "k\n"]
+)
+async def test_openapi_metadata_key_rule_is_the_checks(client: httpx.AsyncClient, key: str) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    metadata = spec["components"]["schemas"]["ThreadUpdate"]["properties"]["metadata"]["anyOf"][0]
+    # JSON Schema patterns are ECMA-262, whose "$" is the very end: Python's \Z.
+    pattern = metadata["propertyNames"]["pattern"].removesuffix("$") + r"\Z"
+    allowed = re.search(pattern, key) is not None
+    response = await patch(client, "rules", {key: "v"})
+    assert response.status_code == (200 if allowed else 400), (key, response.text)
