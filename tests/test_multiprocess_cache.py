@@ -235,3 +235,86 @@ def test_compare_and_append_never_loses_a_turn(
             )
 
     asyncio.run(run())
+
+
+def _splice_worker(
+    index: int,
+    store_url: str,
+    redis_url: str,
+    namespace: str,
+    operations: int,
+    start: Any,
+    results: Any,
+) -> None:
+    async def run() -> list[tuple[int, str, int | None, int | None, list[str]]]:
+        rng = random.Random(index)
+        acknowledged: list[tuple[int, str, int | None, int | None, list[str]]] = []
+
+        def bound() -> int | None:
+            return None if rng.random() < 0.3 else rng.randint(-6, 6)
+
+        async with ConversationCache.from_urls(
+            store=store_url, redis=redis_url, namespace=namespace
+        ) as cache:
+            start.wait()
+            for n in range(operations):
+                # Every operation inserts: none is a no-op, so each takes its own version.
+                words = [f"{index}:{n}:{j}" for j in range(rng.randint(1, 2))]
+                batch = [{"role": "user", "content": w} for w in words]
+                if rng.random() < 0.5:
+                    version = await cache.append("t", batch)
+                    acknowledged.append((version, "append", None, None, words))
+                else:
+                    first, last = bound(), bound()
+                    version = await cache.splice("t", first, last, batch)
+                    acknowledged.append((version, "splice", first, last, words))
+        return acknowledged
+
+    try:
+        results.put((index, asyncio.run(watchdog(run(), 120))))
+    except BaseException:
+        results.put((index, {"error": traceback.format_exc()}))
+
+
+def test_concurrent_appends_and_splices_replay_serially(
+    store_url: str, redis_url: str, namespace: str
+) -> None:
+    """4 processes mix appends and splices on one thread; the final thread is the serial
+    replay of every acknowledged operation in version order."""
+    start = _spawn.Barrier(PROCESSES)
+    results = _spawn.Queue()
+    workers = [
+        _spawn.Process(
+            target=_splice_worker,
+            args=(i, store_url, redis_url, namespace, 40, start, results),
+        )
+        for i in range(PROCESSES)
+    ]
+    for worker in workers:
+        worker.start()
+    collected = [results.get(timeout=240) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    errors = [result["error"] for _, result in collected if isinstance(result, dict)]
+    assert not errors, "\n".join(errors)
+    operations = sorted(op for _, result in collected for op in result)
+    assert len({op[0] for op in operations}) == len(operations), "two writes took one version"
+    replayed: list[str] = []
+    version = 0
+    for acknowledged, kind, first, last, words in operations:
+        assert acknowledged == version + len(words), "a version was skipped or reused"
+        if kind == "append":
+            replayed += words
+        else:
+            replayed[first:last] = words
+        version = acknowledged
+
+    async def check() -> None:
+        async with ConversationCache.from_urls(
+            store=store_url, redis=redis_url, namespace=namespace
+        ) as cache:
+            conversation = await cache.get("t")
+            assert conversation.version == version
+            assert [m["content"] for m in conversation.to_list()] == replayed
+
+    asyncio.run(check())

@@ -150,3 +150,14 @@ def check_seconds(
         f"a finite number of seconds, {least}{most}{f' ({note})' if note else ''}",
         error=error,
     )
+
+
+#: A splice's ``start`` and ``stop`` lie within plus or minus this.
+MAX_INDEX: Final = 2**62
+
+
+def check_slice(start: object, stop: object) -> None:
+    """A splice's bounds: each None or an int (negative counts from the end)."""
+    for name, index in (("start", start), ("stop", stop)):
+        if index is not None:
+            check_count(name, index, minimum=-MAX_INDEX, maximum=MAX_INDEX)

@@ -23,6 +23,7 @@ __all__ = [
     "RateLimited",
     "RequestTooLarge",
     "StoreUnavailable",
+    "ThreadExists",
     "TokenBudgetExceeded",
     "TurnNotSaved",
     "VersionConflict",
@@ -77,12 +78,12 @@ class ConfigurationError(AgentCoreError, ValueError):
 
 
 class VersionConflict(AgentCoreError):
-    """A compare-and-append found another version than the caller expected."""
+    """A compare-and-append (or -splice) found another version than the caller expected."""
 
     def __init__(self, thread_id: str, *, expected: int, actual: int) -> None:
         super().__init__(
             f"thread {quote(thread_id)} is at version {actual}, not the expected {expected}: "
-            "another writer appended first; re-read the thread and retry with its version"
+            "another writer wrote first; re-read the thread and retry with its version"
         )
         self.thread_id = thread_id
         self.expected = expected
@@ -99,6 +100,18 @@ class IdempotencyKeyReused(AgentCoreError):
         )
         self.thread_id = thread_id
         self.key = key
+        self.version = version
+
+
+class ThreadExists(AgentCoreError):
+    """A fork's target thread already holds messages."""
+
+    def __init__(self, thread_id: str, *, version: int) -> None:
+        super().__init__(
+            f"thread {quote(thread_id)} already holds messages (version {version}): a fork "
+            "makes a new thread; delete or purge it first, or fork to another id"
+        )
+        self.thread_id = thread_id
         self.version = version
 
 

@@ -319,9 +319,14 @@ def exact_copy(raw: bytes) -> bytes:
 
 
 def encode_batch(
-    messages: object, *, max_message_bytes: int, max_batch_messages: int
+    messages: object,
+    *,
+    max_message_bytes: int,
+    max_batch_messages: int,
+    allow_empty: bool = False,
 ) -> list[bytes]:
-    """Validate a batch for one append; nothing is written if this raises."""
+    """Validate a batch for one append (or, ``allow_empty``, a splice); nothing is
+    written if this raises."""
     if isinstance(messages, str | bytes | bytearray | Mapping) or not isinstance(
         messages, Sequence
     ):
@@ -329,7 +334,7 @@ def encode_batch(
             f"messages must be a list of message dicts, got {type(messages).__name__}; "
             "wrap a single message in a list"
         )
-    if not messages:
+    if not messages and not allow_empty:
         raise InvalidBatch("messages is empty: append at least one message")
     if len(messages) > max_batch_messages:
         raise InvalidBatch(

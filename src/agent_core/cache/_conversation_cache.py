@@ -11,11 +11,11 @@ from typing import Any, Final
 from .._closing import AsyncClosing
 from .._redis import RedisClient, redis_client
 from .._tasks import TaskGroup
-from .._validation import check_namespace, check_thread_id
+from .._validation import check_namespace, check_slice, check_thread_id
 from ..errors import CacheClosed, ConfigurationError
-from ..messages import Conversation, Message, encode_batch
+from ..messages import Conversation, Message, encode_batch, trusted_message
 from ..observe import MemoryMonitor
-from ..store import ThreadInfo, ThreadPage, ThreadStore, store_from_url
+from ..store import SpliceResult, ThreadInfo, ThreadPage, ThreadStore, store_from_url
 from ..tokens import Window
 from ._bus import InvalidationBus
 from ._fences import Fences
@@ -279,11 +279,70 @@ class ConversationCache(AsyncClosing):
             thread_id, messages, payloads, expected_version, idempotency_key
         )
 
+    async def splice(
+        self,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        messages: Sequence[dict[str, Any] | Message] = (),
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Replace ``messages[start:stop]`` (Python slice rules) by ``messages``,
+        atomically; returns the new version. A splice that changes nothing writes
+        nothing. ``expected_version`` and ``idempotency_key`` work as in `append`."""
+        return (
+            await self._splice(thread_id, start, stop, messages, expected_version, idempotency_key)
+        ).version
+
+    async def pop(self, thread_id: str, *, expected_version: int | None = None) -> Message | None:
+        """Remove the last message and return it; None (nothing written) if there is none."""
+        result = await self._splice(thread_id, -1, None, (), expected_version, None)
+        return trusted_message(result.removed[0]) if result.removed else None
+
+    async def _splice(
+        self,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        messages: Sequence[dict[str, Any] | Message],
+        expected_version: int | None,
+        idempotency_key: str | None,
+    ) -> SpliceResult:
+        self._check_open()
+        check_thread_id(thread_id)
+        check_slice(start, stop)
+        payloads = encode_batch(
+            messages,
+            max_message_bytes=self.max_message_bytes,
+            max_batch_messages=self.max_batch_messages,
+            allow_empty=True,
+        )
+        return await self._writes.splice(
+            thread_id, slice(start, stop), messages, payloads, expected_version, idempotency_key
+        )
+
+    async def fork(self, source_id: str, new_id: str, *, at_version: int | None = None) -> int:
+        """Make ``new_id`` a copy of ``source_id`` (messages and metadata) as of
+        ``at_version`` (None: now); returns its version. Each side then changes alone.
+        `ThreadExists` if ``new_id`` holds messages."""
+        self._check_open()
+        return await self._writes.fork(source_id, new_id, at_version)
+
     async def delete(self, thread_id: str) -> int:
         """Delete the thread's messages; returns its new version (versions never go back)."""
         self._check_open()
         check_thread_id(thread_id)
         return await self._writes.delete(thread_id)
+
+    async def purge(self, thread_id: str) -> int:
+        """Erase the thread: its messages, metadata and idempotency keys leave the store,
+        its L2 value leaves Redis, and every instance is told. Returns the new version
+        (the version stays, so a reused id goes on from it)."""
+        self._check_open()
+        check_thread_id(thread_id)
+        return await self._writes.delete(thread_id, purge=True)
 
     async def invalidate(self, thread_id: str) -> None:
         """Drop every cached copy of the thread, here and in every other instance."""

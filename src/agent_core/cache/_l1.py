@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Sequence
 from sys import getsizeof
 from typing import Final, NamedTuple
 
 from .._token_counts import Counts, concat
-from ..messages import Conversation, extend_conversation, stored_counts, trusted_message
+from ..messages import (
+    Conversation,
+    conversation_from_payloads,
+    extend_conversation,
+    stored_counts,
+    trusted_message,
+)
 from ..tokens import Derived
 from ._policy import EvictionPolicy
 from ._tinylfu import WTinyLFUPolicy
@@ -188,6 +195,46 @@ class L1Tier:
             conversation, confirmed=confirmed, weight=held.weight + grown, derived=derived
         )
 
+    def splice(
+        self,
+        thread_id: str,
+        base_version: int,
+        bounds: slice,
+        payloads: tuple[bytes, ...],
+        counts: Counts,
+        version: int,
+        *,
+        confirmed: int,
+    ) -> bool:
+        """Apply a splice (``bounds`` replaced by ``payloads`` with their token counts)
+        to the held entry if it is exactly at ``base_version``; else drop it if older."""
+        held = self._entries.get(thread_id)
+        if held is None:
+            return False
+        old = held.conversation
+        if old.version != base_version:
+            if old.version < version:
+                self._remove(thread_id, "stale")
+            return False
+        first, last, _ = bounds.indices(len(old))
+        last = max(first, last)
+        kept = stored_counts(old)
+        joined = concat(
+            concat(_cut(kept, 0, first), first, counts, len(payloads)),
+            first + len(payloads),
+            _cut(kept, last, len(old)),
+            len(old) - last,
+        )
+        spliced = conversation_from_payloads(
+            thread_id, version, old.payloads[:first] + payloads + old.payloads[last:], joined
+        )
+        # Weighed by what changed, not by the whole thread; what windows derived goes.
+        removed = old.payloads[first:last]
+        weight = held.weight - _nbytes(held.derived) + counts_bytes(joined) - counts_bytes(kept)
+        weight += sum(map(len, payloads)) - sum(map(len, removed))
+        weight += MESSAGE_OVERHEAD * (len(payloads) - len(removed))
+        return self.put(spliced, confirmed=confirmed, weight=weight)
+
     def derived(self, conversation: Conversation) -> Derived:
         """Where windows keep what they build on ``conversation``: beside it if it is
         held (made at first use), else a new one that lives as long as the caller's use."""
@@ -247,6 +294,10 @@ class L1Tier:
         for key in keys:
             if self._entries.pop(key, None) is not None:  # type: ignore[call-overload]
                 self.evictions[cause] += 1
+
+
+def _cut(counts: Counts, start: int, stop: int) -> dict[str, array[int]]:
+    return {key: column[start:stop] for key, column in counts.items()}
 
 
 def _nbytes(derived: Derived | None) -> int:

@@ -1,7 +1,8 @@
 """The shared tier: one Redis value per thread, extended in place by appends.
 
-A thread's value lives at ``ac:{fp/ns/tid}`` (its lease at ``ac:{fp/ns/tid}:lease``;
-the shared hash tag keeps both on one Redis Cluster slot). ``fp`` is the store's
+A thread's value lives at ``ac:{fp/ns/tid}`` (its lease at ``ac:{fp/ns/tid}:lease``,
+the version it was purged at in ``ac:{fp/ns/tid}:purged``; the shared hash tag keeps
+them on one Redis Cluster slot). ``fp`` is the store's
 fingerprint, so entries of another database are never seen, and ``/`` can't occur
 in a namespace or thread id, so the key is unambiguous. The value starts with a
 21-byte header, the version as 20 zero-padded digits and a flag: ``c`` when the
@@ -75,6 +76,8 @@ _FILL: Final = (
     + """
 if ARGV[6] ~= '' and redis.call('GET', KEYS[2]) == ARGV[6] then redis.call('DEL', KEYS[2]) end
 local target = ARGV[3]
+local purged = redis.call('GET', KEYS[3])
+if purged and string.len(purged) == 20 and purged >= target then return 0 end
 if held == ARGV[7] then held = nil end
 if held and (held > target or (held == target and string.sub(head, 21, 21) == 'c')) then
   return 0
@@ -111,6 +114,19 @@ if ARGV[3] ~= '-1' then
   if held and held >= target then return 0 end
 end
 redis.call('SET', KEYS[1], target .. 'x', 'PX', ARGV[4])
+return 1
+"""
+)
+# ARGV[3] the purge's version (padded), ARGV[4] ttl ms. The value goes; the version
+# stays in KEYS[3], where fills of older history look before writing.
+_PURGE: Final = (
+    _ANNOUNCE
+    + """
+redis.call('DEL', KEYS[1])
+local purged = redis.call('GET', KEYS[3])
+if not purged or string.len(purged) ~= 20 or purged < ARGV[3] then
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+end
 return 1
 """
 )
@@ -193,6 +209,7 @@ class RedisTier:
         self._fill_script = client.register_script(_FILL)
         self._append_script = client.register_script(_APPEND)
         self._fence_script = client.register_script(_FENCE)
+        self._purge_script = client.register_script(_PURGE)
         self._acquire_script = client.register_script(_ACQUIRE)
         self._release_script = client.register_script(_RELEASE)
         self._annotate_script = client.register_script(_ANNOTATE)
@@ -246,6 +263,7 @@ class RedisTier:
                     self._fill_script,
                     self._append_script,
                     self._fence_script,
+                    self._purge_script,
                     self._acquire_script,
                     self._annotate_script,
                 ):
@@ -371,8 +389,9 @@ class RedisTier:
         return f"{self._prefix}{thread_id}}}"
 
     def _keys(self, thread_id: str) -> list[str]:
+        """The value's key, its load lease's and its purge floor's (one slot)."""
         key = self.key(thread_id)
-        return [key, key + ":lease"]
+        return [key, key + ":lease", key + ":purged"]
 
     async def get(self, thread_id: str) -> L2Entry | None:
         """The entry, or None on a miss, a corrupt value or an unreachable Redis."""
@@ -522,6 +541,22 @@ class RedisTier:
         )
         if not ok:
             self._mark_dirty(thread_id, -1 if version is None else version)
+
+    async def purge(self, thread_id: str, version: int) -> None:
+        """Remove the value (the thread was purged at ``version``) and announce it;
+        fills of older history are refused while the L2 TTL lasts."""
+        ok, _ = await self._call(
+            lambda: self._announcing(
+                self._purge_script,
+                thread_id,
+                self._event(WRITE, thread_id, version),
+                f"{version:020d}",
+                self._ttl_ms,
+            ),
+            write=True,
+        )
+        if not ok:
+            self._mark_dirty(thread_id, version)
 
     async def annotate(self, thread_id: str, version: int, counts: Counts) -> None:
         """Add counts of every message to the entry, if it still holds ``version``."""

@@ -24,6 +24,8 @@ class Counters:
     misses: int = 0
     store_loads: int = 0
     appends: int = 0
+    splices: int = 0
+    forks: int = 0
     deletes: int = 0
     invalidations_received: int = 0
     invalidations_applied: int = 0
@@ -48,6 +50,10 @@ class CacheStats:
     misses: int = 0
     store_loads: int = 0
     appends: int = 0
+    #: Splices that wrote (pops included), and forks made.
+    splices: int = 0
+    forks: int = 0
+    #: Deletes and purges.
     deletes: int = 0
     #: Evicted or dropped L1 entries by cause: size, rejected (not admitted), ttl,
     #: pressure, invalidation, external, stale, reconnect, closed.
@@ -123,6 +129,8 @@ def build_stats(
         misses=c.misses,
         store_loads=c.store_loads,
         appends=c.appends,
+        splices=c.splices,
+        forks=c.forks,
         deletes=c.deletes,
         evictions=dict(l1.evictions),
         invalidations_received=c.invalidations_received,

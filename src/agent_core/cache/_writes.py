@@ -1,10 +1,11 @@
-"""`Writes`: appends, deletes, invalidations and namespace purges, store first, then
-both tiers.
+"""`Writes`: appends, splices, forks, deletes, invalidations and namespace purges,
+store first, then both tiers.
 
 The store is the source of truth: a batch goes to the tiers only once the store
 applied it. L1 is extended in place if it holds exactly the batch's base version
 (else dropped), L2 likewise by one Lua script that also announces the new version;
-a brand-new thread is put whole into both tiers so its first read is a hit.
+a brand-new thread is put whole into both tiers so its first read is a hit. A
+splice is applied to L1 the same way, but only fences L2 (see `splice`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final
 from .._token_counts import to_stored
 from ..errors import ConfigurationError
 from ..messages import Conversation, Message, conversation_from_payloads, messages_from_raw
+from ..store import SpliceResult
 from ..tokens import TokenCounter
 from ._bus import EVERYTHING
 from ._parts import CacheParts
@@ -80,6 +82,56 @@ class Writes:
                 await self._l2.append(thread_id, base, version, payloads, counts)
         return version
 
+    async def splice(
+        self,
+        thread_id: str,
+        bounds: slice,
+        messages: Sequence[Mapping[str, Any] | Message],
+        payloads: list[bytes],
+        expected_version: int | None,
+        idempotency_key: str | None,
+    ) -> SpliceResult:
+        counts = await self._count(messages, payloads) if payloads else {}
+        sent = self._ticks()
+        result = await self._store.splice(
+            self._namespace,
+            thread_id,
+            bounds.start,
+            bounds.stop,
+            payloads,
+            tokens=to_stored(counts, len(payloads)),
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
+        if not result.applied:
+            return result
+        self._counters.splices += 1
+        version = result.version
+        self._fences.raise_floor(thread_id, version)
+        self._l1.splice(
+            thread_id,
+            result.base_version,
+            bounds,
+            tuple(payloads),
+            counts,
+            version,
+            confirmed=sent,
+        )
+        if self._l2 is not None:
+            # Rewriting the whole value would cost the thread's length: it is fenced at
+            # the new version instead, and the next read anywhere refills it.
+            await self._l2.fence(thread_id, version, announce=version)
+        return result
+
+    async def fork(self, source_id: str, new_id: str, at_version: int | None) -> int:
+        version = await self._store.fork(self._namespace, source_id, new_id, at_version=at_version)
+        self._counters.forks += 1
+        self._fences.raise_floor(new_id, version)
+        self._l1.drop_older(new_id, version, "stale")
+        if self._l2 is not None:
+            await self._l2.fence(new_id, version, announce=version)
+        return version
+
     async def _count(
         self, messages: Sequence[Mapping[str, Any] | Message], payloads: list[bytes]
     ) -> dict[str, array[int]]:
@@ -92,7 +144,7 @@ class Writes:
         wrapped = messages_from_raw(payloads)
         return await asyncio.to_thread(_count_each, self._append_counters, wrapped)
 
-    async def delete(self, thread_id: str) -> int:
+    async def delete(self, thread_id: str, *, purge: bool = False) -> int:
         sent = self._ticks()
         version = await self._store.delete(self._namespace, thread_id)
         self._counters.deletes += 1
@@ -101,7 +153,10 @@ class Writes:
         # fill of older history is refused by both tiers.
         self._l1.put(Conversation(thread_id, version, ()), confirmed=sent)
         if self._l2 is not None:
-            await self._l2.fill(thread_id, version, (), {}, written=True)
+            if purge:
+                await self._l2.purge(thread_id, version)
+            else:
+                await self._l2.fill(thread_id, version, (), {}, written=True)
         return version
 
     async def purge_namespace(self) -> int:

@@ -11,6 +11,7 @@ from ..errors import ConfigurationError
 from ._protocol import (
     MAX_PAGE_SIZE,
     AppendResult,
+    SpliceResult,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
     "SQLiteStore",
+    "SpliceResult",
     "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",

@@ -10,6 +10,7 @@ re-encoded or decoded in Python.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -36,26 +37,33 @@ from ..errors import (
     ConfigurationError,
     IdempotencyKeyReused,
     StoreUnavailable,
+    ThreadExists,
     VersionConflict,
 )
 from . import _postgres_schema as sql
+from ._order import Fetch, absolute, fetch_for, keys_between, locate
 from ._protocol import (
     DEFAULT_EXPIRE_BATCH,
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    SpliceResult,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
     check_append,
+    check_fork,
+    check_fork_version,
     check_list,
     check_read,
     check_set_tokens,
+    check_splice,
     check_thread,
     fingerprint_of,
     page_of,
     records_from_rows,
+    splice_digest,
     too_many_keys,
 )
 
@@ -207,12 +215,41 @@ class PostgresStore:
                 sent = write
                 yield connection
         except asyncpg.PostgresError as exc:
-            if exc.sqlstate in (sql.VERSION_CONFLICT_STATE, sql.KEY_REUSED_STATE):
+            if exc.sqlstate in sql.REFUSED_STATES:
                 raise
             lost = sent and str(exc.sqlstate)[:2] in _LOST_STATES
             raise self._unavailable(exc, may_have_committed=lost) from exc
         except _CONNECTION_ERRORS as exc:
             raise self._unavailable(exc, may_have_committed=sent) from exc
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[_Connection]:
+        """A pooled connection in a transaction, committed when the body returns and
+        rolled back if it raises. Only a failure while the COMMIT is on its way may
+        have committed: before that, the transaction had written nothing durable."""
+        committing = False
+        try:
+            async with self._connection() as connection:
+                transaction = connection.transaction()
+                await transaction.start()
+                try:
+                    yield connection
+                except BaseException:
+                    try:
+                        await transaction.rollback()
+                    except (*_CONNECTION_ERRORS, asyncpg.PostgresError):
+                        # Lost, or busy: the error that got here stands, and the
+                        # connection goes, so no transaction returns to the pool open.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            connection.terminate()
+                    raise
+                committing = True
+                await transaction.commit()
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if committing and cause is not None and _connection_lost(cause):
+                raise self._unavailable(cause, may_have_committed=True) from cause
+            raise
 
     async def _query(self, method: str, query: str, *args: object) -> Any:
         """A read, tried once more on another connection if its connection was lost.
@@ -278,6 +315,115 @@ class PostgresStore:
             raise IdempotencyKeyReused(thread_id, idempotency_key, version=actual) from None
         assert row is not None
         return AppendResult(row[0], applied=row[1])
+
+    async def splice(
+        self,
+        namespace: str,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        payloads: Sequence[bytes],
+        *,
+        tokens: Sequence[bytes | None] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SpliceResult:
+        check_splice(
+            namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
+        )
+        digest = splice_digest(start, stop, payloads) if idempotency_key is not None else None
+        try:
+            async with self._transaction() as connection:
+                return await self._splice(
+                    connection,
+                    namespace,
+                    thread_id,
+                    (start, stop),
+                    payloads,
+                    tokens,
+                    expected_version,
+                    idempotency_key,
+                    digest,
+                )
+        except _Unchanged as unchanged:  # raised to roll back a thread row made for nothing
+            return unchanged.result
+
+    async def _splice(
+        self,
+        connection: _Connection,
+        namespace: str,
+        thread_id: str,
+        bounds: tuple[int | None, int | None],
+        payloads: Sequence[bytes],
+        tokens: Sequence[bytes | None] | None,
+        expected_version: int | None,
+        idempotency_key: str | None,
+        digest: bytes | None,
+    ) -> SpliceResult:
+        start, stop = bounds
+        fetch = fetch_for(start, stop)
+        args = (namespace, thread_id, idempotency_key, self.idempotency_ttl)
+        header, rows = _split(await connection.fetch(sql.SPLICE_ROWS, *args, *_fetch_args(fetch)))
+        current, prior, prior_digest, count = header
+        if prior is not None:
+            if prior_digest != digest:
+                assert idempotency_key is not None
+                raise IdempotencyKeyReused(thread_id, idempotency_key, version=prior)
+            raise _Unchanged(SpliceResult(prior, prior, applied=False, removed=()))
+        if expected_version is not None and expected_version != current:
+            raise VersionConflict(thread_id, expected=expected_version, actual=current)
+        if fetch is None:  # a slice mixing signs: located from the front, by the count
+            assert count is not None
+            start, stop = absolute(start, stop, count)
+            fetch = fetch_for(start, stop)
+            assert fetch is not None
+            _, rows = _split(await connection.fetch(sql.SPLICE_ROWS, *args, *_fetch_args(fetch)))
+        located = locate(start, stop, rows)
+        if not located.removed and not payloads:
+            raise _Unchanged(SpliceResult(current, current, applied=False, removed=()))
+        version = current + max(1, len(payloads))
+        places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
+        deleted = await connection.fetchrow(
+            sql.SPLICE,
+            namespace,
+            thread_id,
+            [row[0] for row in located.removed],
+            current,
+            [anchor for anchor, _ in places],
+            [frac for _, frac in places],
+            payloads,
+            tokens,
+            version,
+            idempotency_key,
+            digest,
+            [row[4] for row in located.removed],
+        )
+        if deleted is None or tuple(deleted) != (len(located.removed),) * 2:  # rolls back
+            raise StoreUnavailable(
+                f"thread {thread_id!r} changed under a splice (another program updated its "
+                "rows); nothing was written: retry",
+                may_have_committed=False,
+            )
+        return SpliceResult(
+            version, current, applied=True, removed=tuple(row[3] for row in located.removed)
+        )
+
+    async def fork(
+        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+    ) -> int:
+        check_fork(namespace, source_id, new_id, at_version)
+        try:
+            async with self._connection(write=True) as connection:
+                version: int = await connection.fetchval(
+                    sql.FORK, namespace, source_id, new_id, at_version
+                )
+        except asyncpg.PostgresError as exc:
+            numbers = [int(number) for number in str(exc.args[0]).split()]
+            if exc.sqlstate == sql.FORK_VERSION_STATE:
+                check_fork_version(source_id, at_version, *numbers)  # raises InvalidArgument
+                raise AssertionError(f"fork refused at {numbers}") from None
+            raise ThreadExists(new_id, version=numbers[0]) from None
+        return version
 
     async def read(
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
@@ -436,6 +582,38 @@ class PostgresStore:
             return
         for listener in self._listeners:
             listener.changed(change.namespace, change.thread_id, change.version)
+
+
+class _Unchanged(Exception):
+    """A splice that writes nothing: its transaction rolls back, and this is the answer."""
+
+    def __init__(self, result: SpliceResult) -> None:
+        super().__init__(result)
+        self.result = result
+
+
+# (seq, place's anchor, frac, payload, ctid), as splice_rows reads them.
+_Placed = tuple[int, int, bytes, bytes, tuple[int, int]]
+# splice_rows' header: version, prior use of the key (version, digest), row count.
+_Header = tuple[int, int | None, bytes | None, int | None]
+
+
+def _fetch_args(fetch: Fetch | None) -> tuple[bool | None, int, int | None]:
+    """splice_rows' last three arguments: the row count first for None."""
+    if fetch is None:
+        return None, 0, None
+    return fetch.from_end, fetch.offset, fetch.limit
+
+
+def _split(rows: list[asyncpg.Record]) -> tuple[_Header, list[_Placed]]:
+    header = rows[0]
+    return (header[0], header[1], header[2], header[3]), [
+        (row[4], row[5], row[6], row[7], row[8]) for row in rows[1:]
+    ]
+
+
+def _key_of(row: _Placed | None) -> tuple[int, bytes] | None:
+    return None if row is None else (row[1], row[2])
 
 
 def _connection_lost(exc: BaseException | None) -> bool:

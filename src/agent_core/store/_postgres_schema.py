@@ -1,7 +1,8 @@
 """PostgreSQL schema, migrations and the SQL the store runs.
 
-Appends and deletes are PL/pgSQL functions, so each is one round trip and one
-transaction that holds the thread's row lock from start to commit.
+Appends, deletes and forks are PL/pgSQL functions, so each is one round trip and one
+transaction that holds the thread's row lock from start to commit. A splice, which
+locates its rows in Python (store/_order.py), is a transaction of two statements.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ INTERNAL_FLAG: Final = "agent_core.internal"
 # Errors raised by the functions below, mapped to typed errors by the store.
 VERSION_CONFLICT_STATE: Final = "AC001"
 KEY_REUSED_STATE: Final = "AC002"
+#: fork: the version asked for is not there to copy (message: "version rewritten_at").
+FORK_VERSION_STATE: Final = "AC003"
+#: fork: the target thread holds messages (message: its version).
+THREAD_EXISTS_STATE: Final = "AC004"
+#: The states above: answers of the store's functions, not failures.
+REFUSED_STATES: Final = (
+    VERSION_CONFLICT_STATE,
+    KEY_REUSED_STATE,
+    FORK_VERSION_STATE,
+    THREAD_EXISTS_STATE,
+)
 
 
 def _append_function(*, tokens: bool, key_ttl: bool) -> str:
@@ -259,6 +271,213 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX thread_metadata_lookup
         ON {SCHEMA}.thread_metadata (namespace, key, value, thread_id);
     """,
+    # Splices and forks. A message's place is its order key (coalesce(anchor, seq),
+    # frac), so rows go between others without renumbering any (store/_order.py);
+    # appended rows keep anchor NULL and frac empty. `rewritten_at` is the last version
+    # that rewrote history (a splice, a delete, a fork, another program's delete or
+    # update), before which a fork can't rebuild the thread.
+    f"""
+    ALTER TABLE {SCHEMA}.messages
+        ADD COLUMN anchor bigint,
+        ADD COLUMN frac bytea NOT NULL DEFAULT '';
+    CREATE INDEX messages_order
+        ON {SCHEMA}.messages (namespace, thread_id, (coalesce(anchor, seq)), frac);
+    ALTER TABLE {SCHEMA}.threads ADD COLUMN rewritten_at bigint NOT NULL DEFAULT 0;
+    UPDATE {SCHEMA}.threads SET rewritten_at = cleared_through WHERE cleared_through <> 0;
+
+    CREATE OR REPLACE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        cleared bigint;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        -- Decide under the row lock: a concurrent append must be fully before or after.
+        SELECT t.version, t.cleared_through INTO current_version, cleared
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        IF current_version = cleared THEN
+            RETURN current_version;
+        END IF;
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + 1, cleared_through = current_version + 1,
+            rewritten_at = current_version + 1, updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN current_version + 1;
+    END
+    $$;
+
+    -- Another program's delete or update rewrites history; its insert adds to it.
+    CREATE OR REPLACE FUNCTION {SCHEMA}.external_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        changed record;
+        new_version bigint;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN changed := OLD; ELSE changed := NEW; END IF;
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id, version, rewritten_at)
+        VALUES (changed.namespace, changed.thread_id, changed.seq,
+                CASE WHEN TG_OP = 'INSERT' THEN 0 ELSE changed.seq END)
+        ON CONFLICT (namespace, thread_id) DO UPDATE
+        SET version = greatest(
+                t.version + 1, CASE WHEN TG_OP = 'INSERT' THEN changed.seq ELSE 0 END),
+            rewritten_at = CASE WHEN TG_OP = 'INSERT' THEN t.rewritten_at
+                ELSE t.version + 1 END,
+            updated_at = now()
+        RETURNING t.version INTO new_version;
+        PERFORM pg_notify('{CHANGES_CHANNEL}', json_build_object(
+            'namespace', changed.namespace, 'thread_id', changed.thread_id,
+            'version', new_version)::text);
+        RETURN NULL;
+    END
+    $$;
+
+    -- A splice's first half, which its transaction starts with: the thread's row lock
+    -- (held to the commit), its version, an unexpired use of the idempotency key, and
+    -- then either the row count (p_from_end NULL) or the rows that locate the splice
+    -- (store/_order.py's Fetch). The first row is the header (version, prior use,
+    -- count); the message rows follow, in the order they were read. Every statement
+    -- here sees what committed before the lock was granted.
+    CREATE FUNCTION {SCHEMA}.splice_rows(
+        p_namespace text, p_thread_id text, p_key text, p_key_ttl double precision,
+        p_from_end boolean, p_offset bigint, p_limit bigint
+    ) RETURNS TABLE (
+        version bigint, prior_version bigint, prior_digest bytea, total bigint,
+        seq bigint, place bigint, frac bytea, payload json, row_id tid
+    )
+    -- Sorting a thread is never how its ends are read: without this, a planner whose
+    -- statistics have not seen the thread yet may sort all of its rows to take two.
+    LANGUAGE plpgsql SET enable_sort = off AS $$
+    DECLARE
+        current_version bigint;
+        found_version bigint;
+        found_digest bytea;
+    BEGIN
+        -- The splice's own deletes and inserts are not external changes.
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        SELECT t.version INTO current_version
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR UPDATE;
+        IF NOT FOUND THEN  -- a new thread: its row, made now, is locked all the same
+            INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+            VALUES (p_namespace, p_thread_id)
+            ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+            RETURNING t.version INTO current_version;
+        END IF;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO found_version, found_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id
+                AND k.key = p_key
+                AND k.created_at > now() - make_interval(secs => p_key_ttl);
+            IF FOUND THEN
+                RETURN QUERY SELECT current_version, found_version, found_digest,
+                    NULL::bigint, NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_from_end IS NULL THEN
+            RETURN QUERY SELECT current_version, NULL::bigint, NULL::bytea, count(*),
+                NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT current_version, NULL::bigint, NULL::bytea, NULL::bigint,
+            NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid;
+        IF p_from_end THEN
+            RETURN QUERY SELECT NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint,
+                m.seq, coalesce(m.anchor, m.seq), m.frac, m.payload, m.ctid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id
+            ORDER BY coalesce(m.anchor, m.seq) DESC, m.frac DESC
+            OFFSET p_offset LIMIT p_limit;
+        ELSE
+            RETURN QUERY SELECT NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint,
+                m.seq, coalesce(m.anchor, m.seq), m.frac, m.payload, m.ctid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id
+            ORDER BY coalesce(m.anchor, m.seq), m.frac
+            OFFSET p_offset LIMIT p_limit;
+        END IF;
+    END
+    $$;
+
+    -- One round trip: both thread rows are locked (the source's shared, the
+    -- target's exclusive) in thread id order, so two forks between the same two
+    -- threads cannot deadlock; the source's rows and metadata then stay as they are.
+    CREATE FUNCTION {SCHEMA}.fork_thread(
+        p_namespace text, p_source text, p_target text, p_at bigint
+    ) RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        source_version bigint;
+        source_rewritten bigint;
+        target_version bigint;
+        copied_through bigint;
+        forked bigint;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        IF p_source < p_target THEN
+            SELECT t.version, t.rewritten_at INTO source_version, source_rewritten
+            FROM {SCHEMA}.threads t
+            WHERE t.namespace = p_namespace AND t.thread_id = p_source
+            FOR SHARE;
+        END IF;
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_target)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version INTO target_version;
+        IF p_source > p_target THEN
+            SELECT t.version, t.rewritten_at INTO source_version, source_rewritten
+            FROM {SCHEMA}.threads t
+            WHERE t.namespace = p_namespace AND t.thread_id = p_source
+            FOR SHARE;
+        END IF;
+        -- No source row: a thread never written, at version 0.
+        source_version := coalesce(source_version, 0);
+        source_rewritten := coalesce(source_rewritten, 0);
+        copied_through := coalesce(p_at, source_version);
+        IF p_at IS NOT NULL AND (p_at > source_version OR p_at < source_rewritten) THEN
+            RAISE EXCEPTION USING ERRCODE = '{FORK_VERSION_STATE}',
+                MESSAGE = source_version::text || ' ' || source_rewritten::text;
+        END IF;
+        IF EXISTS (SELECT FROM {SCHEMA}.messages m
+                   WHERE m.namespace = p_namespace AND m.thread_id = p_target) THEN
+            RAISE EXCEPTION USING ERRCODE = '{THREAD_EXISTS_STATE}',
+                MESSAGE = target_version::text;
+        END IF;
+        forked := greatest(copied_through, target_version + 1);
+        UPDATE {SCHEMA}.threads t
+        SET version = forked, cleared_through = 0, rewritten_at = forked, updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_target;
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, anchor, frac, payload, tokens)
+        SELECT m.namespace, p_target, m.seq, m.anchor, m.frac, m.payload, m.tokens
+        FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_source
+            AND m.seq <= copied_through;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_target;
+        DELETE FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = p_target;
+        INSERT INTO {SCHEMA}.thread_metadata (namespace, thread_id, key, value)
+        SELECT md.namespace, p_target, md.key, md.value
+        FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = p_source;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN forked;
+    END
+    $$;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -285,26 +504,67 @@ DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
 IDENTITY: Final = f"SELECT id FROM {SCHEMA}.identity"
 VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND thread_id = $2"
 # One statement, so the version and the rows come from the same snapshot. A thread
-# with no row yields no rows (version 0); with no messages, one row of NULLs.
+# with no row yields no rows (version 0); with no messages, one row of NULLs. Rows
+# come in thread order, by the order key coalesce(anchor, seq), frac (store/_order.py),
+# sorted after the join (a nested loop's output keeps its outer side's order only):
+# a custom plan reads the thread along the order index, a generic one may take the
+# primary key's range seq > $3.
 READ: Final = f"""
 SELECT t.version, m.seq, m.payload, m.tokens
 FROM {SCHEMA}.threads t
 LEFT JOIN {SCHEMA}.messages m
     ON m.namespace = t.namespace AND m.thread_id = t.thread_id AND m.seq > $3
 WHERE t.namespace = $1 AND t.thread_id = $2
-ORDER BY m.seq
+ORDER BY coalesce(m.anchor, m.seq), m.frac
 """
+# The last $4 rows, read backwards along the order index.
 READ_LAST: Final = f"""
 SELECT t.version, m.seq, m.payload, m.tokens
 FROM {SCHEMA}.threads t
 LEFT JOIN LATERAL (
-    SELECT seq, payload, tokens FROM {SCHEMA}.messages
+    SELECT seq, payload, tokens, coalesce(anchor, seq) AS place, frac
+    FROM {SCHEMA}.messages
     WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3
-    ORDER BY seq DESC LIMIT $4
+    ORDER BY coalesce(anchor, seq) DESC, frac DESC LIMIT $4
 ) m ON true
 WHERE t.namespace = $1 AND t.thread_id = $2
-ORDER BY m.seq
+ORDER BY m.place, m.frac
 """
+# A splice is one transaction: SPLICE_ROWS (the lock, the checks and the rows that
+# locate it; again for the rows if it first asked for the count), then SPLICE, which
+# writes it: removed rows by seq, new rows at seqs above the old version with the
+# order keys store/_order.py gave them, the thread's version and the key's use.
+SPLICE_ROWS: Final = f"SELECT * FROM {SCHEMA}.splice_rows($1, $2, $3, $4, $5, $6, $7)"
+SPLICE: Final = f"""
+WITH removed AS (
+    -- By the rows' ctids ($12, read under the thread's lock, which every writer of
+    -- its rows takes first), and no condition an index could serve, so the plan is a
+    -- TID scan whatever the statistics say (with the thread's ids here, a generic plan
+    -- may walk all of its rows instead). What was deleted is checked below.
+    DELETE FROM {SCHEMA}.messages
+    WHERE ctid = ANY($12::tid[]) AND seq = ANY($3::bigint[])
+    RETURNING namespace, thread_id
+), added AS (
+    -- A NULL $8 unnests as no rows, which pads every message's tokens with NULL.
+    INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, anchor, frac, payload, tokens)
+    SELECT $1, $2, $4 + u.ordinality, u.anchor, u.frac, u.payload, u.tokens
+    FROM unnest($5::bigint[], $6::bytea[], $7::json[], $8::jsonb[])
+        WITH ORDINALITY AS u(anchor, frac, payload, tokens, ordinality)
+), used AS (
+    -- An expired key's row may still be there: this use replaces it.
+    INSERT INTO {SCHEMA}.idempotency_keys AS k
+        (namespace, thread_id, key, version, digest, created_at)
+    SELECT $1, $2, $10::text, $9, $11, now() WHERE $10::text IS NOT NULL
+    ON CONFLICT (namespace, thread_id, key) DO UPDATE
+    SET version = excluded.version, digest = excluded.digest, created_at = excluded.created_at
+), moved AS (
+    UPDATE {SCHEMA}.threads
+    SET version = $9, rewritten_at = $9, updated_at = now()
+    WHERE namespace = $1 AND thread_id = $2
+)
+SELECT count(*) FILTER (WHERE namespace = $1 AND thread_id = $2), count(*) FROM removed
+"""
+FORK: Final = f"SELECT {SCHEMA}.fork_thread($1, $2, $3, $4)"
 # purge_namespace: rows first, thread rows last, in one transaction under the flag.
 INTERNAL_ON: Final = f"SELECT set_config('{INTERNAL_FLAG}', 'on', true)"
 PURGE_ROWS: Final = (

@@ -17,6 +17,7 @@ from .._validation import (
     check_metadata,
     check_namespace,
     check_optional_count,
+    check_slice,
     check_thread_id,
 )
 from ..errors import InvalidArgument, InvalidBatch
@@ -38,6 +39,19 @@ class AppendResult:
     version: int
     #: False when the idempotency key had already been applied (nothing written).
     applied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SpliceResult:
+    """What a splice did: the versions before and after it, and the payloads it removed."""
+
+    version: int
+    base_version: int
+    #: False when nothing was written: the idempotency key had already been applied,
+    #: or the splice removed nothing and inserted nothing.
+    applied: bool
+    #: The removed messages' payloads, in order (empty when not applied).
+    removed: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +136,41 @@ class ThreadStore(Protocol):
         is free again (and may carry another batch).
         """
 
+    async def splice(
+        self,
+        namespace: str,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        payloads: Sequence[bytes],
+        *,
+        tokens: Sequence[bytes | None] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SpliceResult:
+        """Replace the messages ``[start:stop]`` (Python slice rules) by ``payloads``,
+        atomically; the other messages keep their places and seqs.
+
+        The new version is the old one plus ``max(1, len(payloads))``; the new messages
+        take the seqs above the old version. A splice that removes and inserts nothing
+        writes nothing. ``expected_version`` and ``idempotency_key`` work as in `append`.
+        """
+
+    async def fork(
+        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+    ) -> int:
+        """Make ``new_id`` a copy of ``source_id``'s messages and metadata as of
+        ``at_version`` (None: now); returns the new thread's version.
+
+        ``new_id`` must hold no messages (`ThreadExists`). A past version can be forked
+        only if no splice or delete has rewritten the source since (`InvalidArgument`).
+        """
+
     async def read(
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
     ) -> ThreadRecords:
-        """Messages with ``seq > after`` (at most the ``last`` newest), with the version."""
+        """Messages in thread order, with the version: those whose seq is above
+        ``after`` (made after that version), at most the ``last`` newest."""
 
     async def version(self, namespace: str, thread_id: str) -> int:
         """The thread's version; 0 for a thread that was never written."""
@@ -181,6 +226,11 @@ def batch_digest(payloads: Sequence[bytes]) -> bytes:
     return digest.digest()
 
 
+def splice_digest(start: int | None, stop: int | None, payloads: Sequence[bytes]) -> bytes:
+    """`batch_digest` of a splice: no append's batch (JSON objects) can share it."""
+    return batch_digest([b"splice", f"{start}:{stop}".encode(), *payloads])
+
+
 def fingerprint_of(identity: str) -> str:
     """A store's fingerprint from the random identity its migration stored."""
     return identity[:16]
@@ -212,6 +262,55 @@ def check_append(
                 )
     check_optional_count("expected_version", expected_version, minimum=0)
     check_idempotency_key(idempotency_key)
+
+
+def check_splice(
+    namespace: str,
+    thread_id: str,
+    start: int | None,
+    stop: int | None,
+    payloads: Sequence[bytes],
+    tokens: Sequence[bytes | None] | None,
+    expected_version: int | None,
+    idempotency_key: str | None,
+) -> None:
+    check_slice(start, stop)
+    if payloads:
+        check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
+        return
+    if tokens:
+        raise InvalidBatch("tokens must be empty when a splice inserts no messages")
+    check_thread(namespace, thread_id)
+    check_optional_count("expected_version", expected_version, minimum=0)
+    check_idempotency_key(idempotency_key)
+
+
+def check_fork(namespace: str, source_id: str, new_id: str, at_version: int | None) -> None:
+    check_namespace(namespace)
+    check_thread_id(source_id)
+    check_thread_id(new_id)
+    if source_id == new_id:
+        raise InvalidArgument(f"fork needs a new id: source and new id are both {quote(new_id)}")
+    check_optional_count("at_version", at_version, minimum=0)
+
+
+def check_fork_version(
+    source_id: str, at_version: int | None, version: int, rewritten_at: int
+) -> int:
+    """The version to fork at; raises `InvalidArgument` if it can't be rebuilt."""
+    if at_version is None:
+        return version
+    if at_version > version:
+        raise InvalidArgument(
+            f"thread {quote(source_id)} is at version {version}: it has no version "
+            f"{at_version} to fork"
+        )
+    if at_version < rewritten_at:
+        raise InvalidArgument(
+            f"thread {quote(source_id)}'s history before version {rewritten_at} was "
+            f"rewritten (a splice or delete): fork at version {rewritten_at} or later"
+        )
+    return at_version
 
 
 def check_set_tokens(namespace: str, thread_id: str, key: str, counts: Mapping[int, int]) -> None:
@@ -278,6 +377,7 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "AppendResult",
     "ChangeListener",
+    "SpliceResult",
     "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",

@@ -36,25 +36,32 @@ from ..errors import (
     ConfigurationError,
     IdempotencyKeyReused,
     StoreUnavailable,
+    ThreadExists,
     VersionConflict,
 )
+from ._order import Located, absolute, fetch_for, keys_between, locate
 from ._protocol import (
     DEFAULT_EXPIRE_BATCH,
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    SpliceResult,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
     check_append,
+    check_fork,
+    check_fork_version,
     check_list,
     check_read,
     check_set_tokens,
+    check_splice,
     check_thread,
     fingerprint_of,
     page_of,
     records_from_rows,
+    splice_digest,
     too_many_keys,
 )
 
@@ -63,12 +70,40 @@ __all__ = ["SQLiteStore"]
 _T = TypeVar("_T")
 
 _NOW: Final = "((julianday('now') - 2440587.5) * 86400.0)"
-_BUMP: Final = f"""
-            UPDATE threads SET version = version + 1, updated_at = {_NOW}
-            WHERE namespace = {{row}}.namespace AND thread_id = {{row}}.thread_id;
+
+
+def _bump(row: str, *, rewrites: bool = True) -> str:
+    """A trigger's body: another program changed ``row``; from migration 7 on, it also
+    marks the history before as rewritten (a fork can't rebuild it)."""
+    rewritten = ", rewritten_at = version + 1" if rewrites else ""
+    return f"""
+            UPDATE threads SET version = version + 1{rewritten}, updated_at = {_NOW}
+            WHERE namespace = {row}.namespace AND thread_id = {row}.thread_id;
             INSERT INTO changes (namespace, thread_id, version, created_at)
             SELECT namespace, thread_id, version, {_NOW} FROM threads
-            WHERE namespace = {{row}}.namespace AND thread_id = {{row}}.thread_id;"""
+            WHERE namespace = {row}.namespace AND thread_id = {row}.thread_id;"""
+
+
+def _rewrite_triggers(*, rewrites: bool) -> tuple[str, str]:
+    return (
+        f"""CREATE TRIGGER messages_external_delete AFTER DELETE ON messages
+        WHEN OLD.seq > coalesce((SELECT cleared_through FROM threads
+            WHERE namespace = OLD.namespace AND thread_id = OLD.thread_id), 0)
+        BEGIN
+            {_bump("OLD", rewrites=rewrites)}
+        END""",
+        f"""CREATE TRIGGER messages_external_update AFTER UPDATE OF payload ON messages
+        BEGIN
+            {_bump("NEW", rewrites=rewrites)}
+        END""",
+    )
+
+
+# A splice's own deletes: above every seq, so the delete trigger stays quiet.
+_QUIET: Final = 2**63 - 1
+# A message's place in its thread (store/_order.py): NULL anchor = its seq.
+_ORDER: Final = "coalesce(anchor, seq), frac"
+_BACKWARDS: Final = "coalesce(anchor, seq) DESC, frac DESC"
 # Each entry moves the schema one version up; PRAGMA user_version records where a file is.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (
@@ -122,16 +157,7 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             INSERT INTO changes (namespace, thread_id, version, created_at)
             VALUES (NEW.namespace, NEW.thread_id, NEW.seq, {_NOW});
         END""",
-        f"""CREATE TRIGGER messages_external_delete AFTER DELETE ON messages
-        WHEN OLD.seq > coalesce((SELECT cleared_through FROM threads
-            WHERE namespace = OLD.namespace AND thread_id = OLD.thread_id), 0)
-        BEGIN
-            {_BUMP.format(row="OLD")}
-        END""",
-        f"""CREATE TRIGGER messages_external_update AFTER UPDATE OF payload ON messages
-        BEGIN
-            {_BUMP.format(row="NEW")}
-        END""",
+        *_rewrite_triggers(rewrites=False),
     ),
     # Per-message token counts, a JSON object by encoding name. The update trigger
     # above watches `payload` only, so recording counts is not an external change.
@@ -154,6 +180,19 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (namespace, thread_id, key)
         ) WITHOUT ROWID""",
         "CREATE INDEX thread_metadata_lookup ON thread_metadata (namespace, key, value, thread_id)",
+    ),
+    # Splices: a message's place is its order key (anchor, frac), so rows can be put
+    # between others without renumbering any (store/_order.py); `rewritten_at` is the
+    # last version that rewrote history, before which a fork can't rebuild the thread.
+    (
+        "ALTER TABLE messages ADD COLUMN anchor INTEGER",
+        "ALTER TABLE messages ADD COLUMN frac BLOB NOT NULL DEFAULT x''",
+        f"CREATE INDEX messages_order ON messages (namespace, thread_id, {_ORDER})",
+        "ALTER TABLE threads ADD COLUMN rewritten_at INTEGER NOT NULL DEFAULT 0",
+        "UPDATE threads SET rewritten_at = cleared_through",
+        "DROP TRIGGER messages_external_delete",
+        "DROP TRIGGER messages_external_update",
+        *_rewrite_triggers(rewrites=True),
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -395,16 +434,9 @@ class SQLiteStore:
             ).fetchone()
             current: int = row[0] if row else 0
             now = time.time()
-            if idempotency_key is not None:
-                prior = connection.execute(
-                    "SELECT version, digest FROM idempotency_keys"
-                    " WHERE namespace = ? AND thread_id = ? AND key = ? AND created_at > ?",
-                    (namespace, thread_id, idempotency_key, now - self.idempotency_ttl),
-                ).fetchone()
-                if prior is not None:
-                    if prior[1] != digest:
-                        raise IdempotencyKeyReused(thread_id, idempotency_key, version=prior[0])
-                    return AppendResult(prior[0], applied=False)
+            prior = self._prior(connection, namespace, thread_id, idempotency_key, digest, now)
+            if prior is not None:
+                return AppendResult(prior, applied=False)
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(thread_id, expected=expected_version, actual=current)
             version = current + len(payloads)
@@ -426,15 +458,176 @@ class SQLiteStore:
                     )
                 ],
             )
-            if idempotency_key is not None:
-                # An expired key's row may still be there: this use replaces it.
-                connection.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys"
-                    " (namespace, thread_id, key, version, digest, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (namespace, thread_id, idempotency_key, version, digest, now),
-                )
+            _remember(connection, namespace, thread_id, idempotency_key, version, digest, now)
         return AppendResult(version, applied=True)
+
+    def _prior(
+        self,
+        connection: sqlite3.Connection,
+        namespace: str,
+        thread_id: str,
+        key: str | None,
+        digest: bytes,
+        now: float,
+    ) -> int | None:
+        """The version an unexpired use of ``key`` produced, if any; raises
+        `IdempotencyKeyReused` if that use carried another operation."""
+        if key is None:
+            return None
+        prior = connection.execute(
+            "SELECT version, digest FROM idempotency_keys"
+            " WHERE namespace = ? AND thread_id = ? AND key = ? AND created_at > ?",
+            (namespace, thread_id, key, now - self.idempotency_ttl),
+        ).fetchone()
+        if prior is None:
+            return None
+        if prior[1] != digest:
+            raise IdempotencyKeyReused(thread_id, key, version=prior[0])
+        return int(prior[0])
+
+    async def splice(
+        self,
+        namespace: str,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        payloads: Sequence[bytes],
+        *,
+        tokens: Sequence[bytes | None] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> SpliceResult:
+        check_splice(
+            namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
+        )
+        digest = splice_digest(start, stop, payloads) if idempotency_key is not None else b""
+        return await self._on_writer(
+            self._splice,
+            namespace,
+            thread_id,
+            (start, stop),
+            payloads,
+            (None,) * len(payloads) if tokens is None else tokens,
+            expected_version,
+            idempotency_key,
+            digest,
+        )
+
+    def _splice(
+        self,
+        namespace: str,
+        thread_id: str,
+        bounds: tuple[int | None, int | None],
+        payloads: Sequence[bytes],
+        tokens: Sequence[bytes | None],
+        expected_version: int | None,
+        idempotency_key: str | None,
+        digest: bytes,
+    ) -> SpliceResult:
+        connection = self._writer
+        assert connection is not None
+        key = (namespace, thread_id)
+        with _immediate_transaction(connection):
+            row = connection.execute(
+                "SELECT version, cleared_through FROM threads"
+                " WHERE namespace = ? AND thread_id = ?",
+                key,
+            ).fetchone()
+            current, cleared = (row[0], row[1]) if row else (0, 0)
+            now = time.time()
+            prior = self._prior(connection, namespace, thread_id, idempotency_key, digest, now)
+            if prior is not None:
+                return SpliceResult(prior, prior, applied=False, removed=())
+            if expected_version is not None and expected_version != current:
+                raise VersionConflict(thread_id, expected=expected_version, actual=current)
+            located = _locate(connection, key, *bounds)
+            if not located.removed and not payloads:
+                return SpliceResult(current, current, applied=False, removed=())
+            version = current + max(1, len(payloads))
+            # The thread row moves first (the insert trigger sees the new rows as ours);
+            # cleared_through is raised meanwhile, so the delete trigger stays quiet.
+            connection.execute(
+                "INSERT INTO threads (namespace, thread_id, version, cleared_through,"
+                " rewritten_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (namespace, thread_id) DO UPDATE SET version = excluded.version,"
+                " cleared_through = excluded.cleared_through,"
+                " rewritten_at = excluded.rewritten_at, updated_at = excluded.updated_at",
+                (*key, version, _QUIET, version, now, now),
+            )
+            connection.executemany(
+                "DELETE FROM messages WHERE namespace = ? AND thread_id = ? AND seq = ?",
+                [(*key, removed[0]) for removed in located.removed],
+            )
+            places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
+            connection.executemany(
+                "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
+                " created_at) VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)",
+                [
+                    (*key, seq, anchor, frac, payload, counts, now)
+                    for seq, ((anchor, frac), payload, counts) in enumerate(
+                        zip(places, payloads, tokens, strict=True), current + 1
+                    )
+                ],
+            )
+            connection.execute(
+                "UPDATE threads SET cleared_through = ? WHERE namespace = ? AND thread_id = ?",
+                (cleared, *key),
+            )
+            _remember(connection, namespace, thread_id, idempotency_key, version, digest, now)
+        return SpliceResult(
+            version, current, applied=True, removed=tuple(row[3] for row in located.removed)
+        )
+
+    async def fork(
+        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+    ) -> int:
+        check_fork(namespace, source_id, new_id, at_version)
+        return await self._on_writer(self._fork, namespace, source_id, new_id, at_version)
+
+    def _fork(self, namespace: str, source_id: str, new_id: str, at_version: int | None) -> int:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            source = connection.execute(
+                "SELECT version, rewritten_at FROM threads WHERE namespace = ? AND thread_id = ?",
+                (namespace, source_id),
+            ).fetchone()
+            at = check_fork_version(source_id, at_version, *(source or (0, 0)))
+            target = connection.execute(
+                "SELECT version, EXISTS (SELECT 1 FROM messages WHERE namespace = ?"
+                " AND thread_id = ?) FROM threads WHERE namespace = ? AND thread_id = ?",
+                (namespace, new_id, namespace, new_id),
+            ).fetchone()
+            if target is not None and target[1]:
+                raise ThreadExists(new_id, version=target[0])
+            version = max(at, (target[0] if target else 0) + 1)
+            now = time.time()
+            connection.execute(
+                "INSERT INTO threads (namespace, thread_id, version, cleared_through,"
+                " rewritten_at, created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT (namespace, thread_id) DO UPDATE SET version = excluded.version,"
+                " cleared_through = 0, rewritten_at = excluded.rewritten_at,"
+                " updated_at = excluded.updated_at",
+                (namespace, new_id, version, version, now, now),
+            )
+            connection.execute(
+                "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
+                " created_at) SELECT namespace, ?, seq, anchor, frac, payload, tokens, ?"
+                " FROM messages WHERE namespace = ? AND thread_id = ? AND seq <= ?",
+                (new_id, now, namespace, source_id, at),
+            )
+            for table in ("thread_metadata", "idempotency_keys"):
+                connection.execute(
+                    f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?",
+                    (namespace, new_id),
+                )
+            connection.execute(
+                "INSERT INTO thread_metadata (namespace, thread_id, key, value)"
+                " SELECT namespace, ?, key, value FROM thread_metadata"
+                " WHERE namespace = ? AND thread_id = ?",
+                (new_id, namespace, source_id),
+            )
+        return version
 
     async def read(
         self, namespace: str, thread_id: str, *, after: int = 0, last: int | None = None
@@ -456,13 +649,14 @@ class SQLiteStore:
             if last is None:
                 rows = connection.execute(
                     "SELECT seq, CAST(payload AS BLOB), CAST(tokens AS BLOB) FROM messages"
-                    " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq",
+                    f" WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY {_ORDER}",
                     (namespace, thread_id, after),
                 ).fetchall()
             else:
                 rows = connection.execute(
                     "SELECT seq, CAST(payload AS BLOB), CAST(tokens AS BLOB) FROM messages"
-                    " WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY seq DESC LIMIT ?",
+                    f" WHERE namespace = ? AND thread_id = ? AND seq > ? ORDER BY {_BACKWARDS}"
+                    " LIMIT ?",
                     (namespace, thread_id, after, last),
                 ).fetchall()
                 rows.reverse()
@@ -530,9 +724,9 @@ class SQLiteStore:
                 return int(version)
             key = (namespace, thread_id)
             connection.execute(
-                "UPDATE threads SET version = ?, cleared_through = ?, updated_at = ?"
-                " WHERE namespace = ? AND thread_id = ?",
-                (version + 1, version + 1, time.time(), namespace, thread_id),
+                "UPDATE threads SET version = ?, cleared_through = ?, rewritten_at = ?,"
+                " updated_at = ? WHERE namespace = ? AND thread_id = ?",
+                (version + 1, version + 1, version + 1, time.time(), namespace, thread_id),
             )
             for table in ("messages", "idempotency_keys", "thread_metadata"):
                 connection.execute(
@@ -701,6 +895,53 @@ class SQLiteStore:
 
 
 _ChangePoll = tuple[int, int, list[tuple[str, str, int]]]
+# (seq, place's anchor, frac, payload)
+_Placed = tuple[int, int, bytes, bytes]
+
+
+def _locate(
+    connection: sqlite3.Connection, key: tuple[str, str], start: int | None, stop: int | None
+) -> Located[_Placed]:
+    """The rows ``[start:stop]`` and their neighbours, read from the nearer end."""
+    fetch = fetch_for(start, stop)
+    if fetch is None:
+        (count,) = connection.execute(
+            "SELECT count(*) FROM messages WHERE namespace = ? AND thread_id = ?", key
+        ).fetchone()
+        start, stop = absolute(start, stop, count)
+        fetch = fetch_for(start, stop)
+        assert fetch is not None
+    order = _BACKWARDS if fetch.from_end else _ORDER
+    rows = connection.execute(
+        "SELECT seq, coalesce(anchor, seq), CAST(frac AS BLOB), CAST(payload AS BLOB)"
+        f" FROM messages WHERE namespace = ? AND thread_id = ? ORDER BY {order}"
+        " LIMIT ? OFFSET ?",
+        (*key, -1 if fetch.limit is None else fetch.limit, fetch.offset),
+    ).fetchall()
+    return locate(start, stop, rows)
+
+
+def _key_of(row: _Placed | None) -> tuple[int, bytes] | None:
+    return None if row is None else (row[1], row[2])
+
+
+def _remember(
+    connection: sqlite3.Connection,
+    namespace: str,
+    thread_id: str,
+    key: str | None,
+    version: int,
+    digest: bytes,
+    now: float,
+) -> None:
+    if key is not None:
+        # An expired key's row may still be there: this use replaces it.
+        connection.execute(
+            "INSERT OR REPLACE INTO idempotency_keys"
+            " (namespace, thread_id, key, version, digest, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (namespace, thread_id, key, version, digest, now),
+        )
 
 
 def _thread_info(connection: sqlite3.Connection, namespace: str, thread_id: str) -> ThreadInfo:
