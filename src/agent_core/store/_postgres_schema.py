@@ -35,7 +35,7 @@ REFUSED_STATES: Final = (
 def _append_function(*, tokens: bool, key_ttl: bool) -> str:
     """``agent_core.append``: as first made (migration 1), with token counts beside the
     payloads (migration 2), and with the TTL of idempotency keys as an eighth argument
-    (migration 4), after which an older key counts as absent."""
+    (migration 5), after which an older key counts as absent."""
     tokens_argument = " p_tokens jsonb[]," if tokens else ""
     insert_messages = (
         f"""-- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
