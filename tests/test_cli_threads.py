@@ -1,9 +1,15 @@
-"""``agent-core threads list|info`` and ``agent-core gc`` on a real SQLite store (issue 13)."""
+"""``agent-core threads list|info|purge`` and ``agent-core gc`` on a real SQLite store
+(issue 13)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -171,3 +177,95 @@ def test_gc_removes_expired_idempotency_keys_in_batches(tmp_path: Path) -> None:
     again = invoke(["gc", "--store", expiring])
     assert again.stdout == "removed 0 expired idempotency keys\n"
     assert invoke(["gc", "--store", expiring, "--batch", "0"]).exit_code == 2
+
+
+def thread_state(store_url: str, thread_id: str) -> tuple[int, int, dict[str, str]]:
+    """The thread's version, message count and metadata, read through the library."""
+
+    async def read() -> tuple[int, int, dict[str, str]]:
+        async with ConversationCache.from_urls(store=store_url) as cache:
+            info = await cache.thread_info(thread_id)
+            return info.version, info.message_count, dict(info.metadata)
+
+    return asyncio.run(read())
+
+
+def test_purge_with_yes(store_url: str) -> None:
+    seed(store_url, {"t": {"user": "u1"}, "kept": {}})
+    result = invoke(["threads", "purge", "t", "--store", store_url, "--yes"])
+    assert result.exit_code == 0, result.output
+    version, count, metadata = thread_state(store_url, "t")
+    assert result.stdout == f"purged t (version {version})\n"
+    assert (count, metadata) == (0, {})
+    assert invoke(["threads", "list", "--store", store_url]).stdout.splitlines() == ["kept"]
+
+
+def test_purge_refuses_to_ask_without_a_terminal(store_url: str) -> None:
+    seed(store_url, {"t": {"user": "u1"}})
+    result = invoke(["threads", "purge", "t", "--store", store_url], input="y\n")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: not purging t: stdin is not a terminal")
+    assert "--yes" in result.stderr
+    assert thread_state(store_url, "t") == (1, 1, {"user": "u1"})
+    bad = invoke(["threads", "purge", "bad id", "--store", store_url, "--yes"])
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("error: invalid thread id")
+
+
+@pytest.mark.integration  # a subprocess on a pseudo-terminal
+@pytest.mark.parametrize(("answer", "purged"), [("n", False), ("", False), ("y", True)])
+def test_purge_asks_on_a_terminal(store_url: str, answer: str, purged: bool) -> None:
+    seed(store_url, {"t": {"user": "u1"}})
+    code, screen = on_terminal(
+        ["threads", "purge", "t", "--store", store_url], answer, prompt="for good?"
+    )
+    assert "Erase thread t of namespace default" in screen
+    if purged:
+        assert code == 0, screen
+        assert "purged t (version" in screen
+        assert thread_state(store_url, "t")[1:] == (0, {})
+    else:
+        assert code == 1, screen
+        assert "not purged" in screen
+        assert thread_state(store_url, "t") == (1, 1, {"user": "u1"})
+
+
+def on_terminal(args: list[str], answer: str, *, prompt: str) -> tuple[int, str]:
+    """``agent-core ARGS`` with a pseudo-terminal as stdin, stdout and stderr: ``answer``
+    is typed once ``prompt`` shows. Returns the exit code and all it wrote."""
+    controller, terminal = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_CORE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agent_core.cli", *args],
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env | {"COLUMNS": "200", "TERM": "dumb"},
+        close_fds=True,
+    )
+    os.close(terminal)
+    screen = b""
+    answered = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: every end of the terminal is closed, the child left
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            if not answered and prompt.encode() in screen:
+                os.write(controller, answer.encode() + b"\n")
+                answered = True
+        code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert answered, f"no prompt {prompt!r} in {screen!r}"
+    return code, screen.decode(errors="replace")

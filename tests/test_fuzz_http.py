@@ -3,9 +3,10 @@
 The app runs in process (httpx ASGITransport) on real SQLite with `EchoModel`. Hypothesis
 sends bodies that are not JSON, JSON that stdlib parsers choke on (100,000-deep nesting,
 10,000-digit numbers, NaN and Infinity, lone surrogate escapes, NUL), invalid UTF-8, odd
-headers and paths; one 50 MB body. Every answer is below 500, every refusal a problem
-document, and a refused write leaves the thread's version where it was. Derandomized, a few
-seconds; schemathesis covers the spec's own shapes in test_openapi_fuzz.py.
+headers and paths, to every write (append, turn, splice, fork, metadata) and read; one
+50 MB body. Every answer is below 500, every refusal a problem document, and a refused
+write leaves the thread's version where it was. Derandomized, a few seconds; schemathesis
+covers the spec's own shapes in test_openapi_fuzz.py.
 """
 
 from __future__ import annotations
@@ -72,6 +73,19 @@ append_bodies = st.fixed_dictionaries(
     optional={"expected_version": json_values},
 )
 turn_bodies = st.fixed_dictionaries({"message": st.one_of(message, json_values)})
+# Splices, forks and metadata updates (issue 13): their fields, any JSON in each.
+lifecycle_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "start": json_values,
+        "stop": json_values,
+        "messages": st.lists(message, max_size=3) | json_values,
+        "expected_version": json_values,
+        "new_id": st.sampled_from(["u", "t", "", "a b", "x" * 300]) | json_values,
+        "at_version": json_values,
+        "metadata": st.dictionaries(st.text(max_size=6), json_values, max_size=3) | json_values,
+    },
+)
 
 
 def encoded(value: Any) -> bytes:
@@ -81,6 +95,7 @@ def encoded(value: Any) -> bytes:
 raw_bodies = st.one_of(
     append_bodies.map(encoded),
     turn_bodies.map(encoded),
+    lifecycle_bodies.map(encoded),
     st.binary(max_size=64),  # invalid UTF-8, truncated JSON, anything
     st.sampled_from(
         [
@@ -118,6 +133,12 @@ queries = st.one_of(
         optional={
             "max_tokens": st.sampled_from(["0", "-1", "9" * 5000, "1e9", "NaN", "10"]),
             "model": st.sampled_from(["gpt-4o", "", "x" * 500, "\x00"]),
+            "purge": st.sampled_from(["true", "false", "1", "", "maybe", "\x00"]),
+            "limit": st.sampled_from(["0", "1", "1000", "1001", "9" * 5000, "-1"]),
+            "after": st.sampled_from(["t", "", "a b", "x" * 300, "\x00"]),
+            "metadata.user": st.text(max_size=10),
+            "metadata.": st.text(max_size=3),
+            "metadata.a b": st.just("x"),
         },
     ),
 )
@@ -184,7 +205,10 @@ async def version(http: httpx.AsyncClient, thread_id: str) -> int:
 
 @FUZZ
 @given(
-    body=raw_bodies, thread_id=thread_ids, key=keys, endpoint=st.sampled_from(["messages", "turns"])
+    body=raw_bodies,
+    thread_id=thread_ids,
+    key=keys,
+    endpoint=st.sampled_from(["messages", "turns", "splice", "fork", ""]),
 )
 @example(
     body=b'{"messages": [{"role": "user", "content": "hi"}]}',
@@ -205,9 +229,12 @@ def test_posts(
         headers = {b"content-type": b"application/json"}
         if key is not None:
             headers[b"idempotency-key"] = key.encode("latin-1")  # as raw as a header gets
-        response = await client.post(
-            f"/v1/threads/{thread_id}/{endpoint}", content=body, headers=headers
-        )
+        if endpoint:
+            response = await client.post(
+                f"/v1/threads/{thread_id}/{endpoint}", content=body, headers=headers
+            )
+        else:  # metadata
+            response = await client.patch(f"/v1/threads/{thread_id}", content=body, headers=headers)
         assert_answered(response)
         if response.status_code >= 400 and thread_id == "t":
             assert await version(client, "t") == before
@@ -221,7 +248,10 @@ def test_posts(
 
 @FUZZ
 @given(
-    thread_id=thread_ids, query=queries, method=st.sampled_from(["GET", "DELETE", "PUT", "PATCH"])
+    thread_id=thread_ids,
+    query=queries,
+    method=st.sampled_from(["GET", "DELETE", "PUT", "PATCH"]),
+    path=st.sampled_from(["/v1/threads/{id}", "/v1/threads/{id}/info", "/v1/threads"]),
 )
 def test_reads_and_other_methods(
     runner: asyncio.Runner,
@@ -229,9 +259,11 @@ def test_reads_and_other_methods(
     thread_id: str,
     query: dict[str, str] | None,
     method: str,
+    path: str,
 ) -> None:
     async def call() -> None:
-        response = await client.request(method, f"/v1/threads/{thread_id}", params=query)
+        url = path.replace("{id}", thread_id)
+        response = await client.request(method, url, params=query)
         assert_answered(response)
 
     runner.run(call())

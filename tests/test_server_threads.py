@@ -14,6 +14,7 @@ import pytest
 from agent_core.server import Settings, create_app
 
 from ._http import assert_problem, running, user
+from ._poll import eventually
 
 
 @pytest.fixture
@@ -313,3 +314,315 @@ async def test_openapi_metadata_key_rule_is_the_checks(client: httpx.AsyncClient
     allowed = re.search(pattern, key) is not None
     response = await patch(client, "rules", {key: "v"})
     assert response.status_code == (200 if allowed else 400), (key, response.text)
+
+
+# -- splice, fork and purge -------------------------------------------------------------
+
+
+async def messages(http: httpx.AsyncClient, thread_id: str) -> tuple[int, list[Any]]:
+    """The thread's version and the content of each message."""
+    body = (await http.get(f"/v1/threads/{thread_id}")).json()
+    return body["version"], [message["content"] for message in body["messages"]]
+
+
+async def write(http: httpx.AsyncClient, thread_id: str, *texts: str) -> int:
+    body = {"messages": [user(text) for text in texts]}
+    response = await http.post(f"/v1/threads/{thread_id}/messages", json=body)
+    assert response.status_code == 201, response.text
+    version: int = response.json()["version"]
+    return version
+
+
+async def splice(
+    http: httpx.AsyncClient, thread_id: str, body: Any, **headers: str
+) -> httpx.Response:
+    names = {name: name.replace("_", "-").title() for name in headers}
+    return await http.post(
+        f"/v1/threads/{thread_id}/splice",
+        json=body,
+        headers={names[name]: value for name, value in headers.items()},
+    )
+
+
+async def test_splice_replaces_removes_and_inserts(client: httpx.AsyncClient) -> None:
+    assert await write(client, "s", "m0", "m1", "m2", "m3", "m4") == 5
+    response = await splice(client, "s", {"start": 1, "stop": 3, "messages": [user("x")]})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"version": 6}
+    assert await messages(client, "s") == (6, ["m0", "x", "m3", "m4"])
+
+    # Python slice rules: negative indexes count from the end, null is an end.
+    removed = await splice(client, "s", {"start": -1})  # no messages: a removal
+    assert removed.json() == {"version": 7}
+    assert await messages(client, "s") == (7, ["m0", "x", "m3"])
+    inserted = await splice(
+        client, "s", {"start": 0, "stop": 0, "messages": [user("a"), user("b")]}
+    )
+    assert inserted.json() == {"version": 9}
+    assert await messages(client, "s") == (9, ["a", "b", "m0", "x", "m3"])
+    tail = await splice(client, "s", {"start": 100, "messages": [user("end")]})
+    assert tail.json() == {"version": 10}
+    assert await messages(client, "s") == (10, ["a", "b", "m0", "x", "m3", "end"])
+
+    # Nothing removed and nothing inserted: nothing written, the version stays.
+    for body in ({"start": 2, "stop": 2}, {"start": 100}, {"start": 3, "stop": 1}):
+        same = await splice(client, "s", body)
+        assert same.json() == {"version": 10}, body
+    info_after = await info(client, "s")
+    assert (info_after["version"], info_after["message_count"]) == (10, 6)
+
+    # Everything: the thread is empty, its version goes on.
+    assert (await splice(client, "s", {})).json() == {"version": 11}
+    assert await messages(client, "s") == (11, [])
+
+
+async def test_splice_compare_and_swap(client: httpx.AsyncClient) -> None:
+    await write(client, "c", "a", "b")  # version 2
+    edit = {"start": 0, "stop": 1, "messages": [user("A")]}
+
+    conflict = await splice(client, "c", {**edit, "expected_version": 1})
+    problem = assert_problem(conflict, 409, "VersionConflict")
+    assert (problem["expected"], problem["actual"]) == (1, 2)
+    for if_match in ('"1"', "1", "0"):
+        problem = assert_problem(await splice(client, "c", edit, if_match=if_match), 409)
+        assert problem["actual"] == 2
+    assert await messages(client, "c") == (2, ["a", "b"])
+
+    # If-Match quoted as an entity tag or bare, or expected_version: the same check.
+    assert (await splice(client, "c", edit, if_match='"2"')).json() == {"version": 3}
+    assert (await splice(client, "c", edit, if_match="3")).json() == {"version": 4}
+    both = await splice(client, "c", {**edit, "expected_version": 4}, if_match=' "4" ')
+    assert both.json() == {"version": 5}
+    assert (await splice(client, "c", {**edit, "expected_version": 5})).json() == {"version": 6}
+    assert await messages(client, "c") == (6, ["A", "b"])
+
+
+@pytest.mark.parametrize(
+    ("if_match", "expected_version"),
+    [
+        ('"6"', 5),  # both given, and they differ
+        ('W/"2"', None),  # a weak tag never matches a version
+        ("*", None),
+        ('"2", "3"', None),
+        ('"2', None),
+        ("two", None),
+        ("-1", None),
+        ("", None),
+        ("9" * 20, None),
+        ("9" * 5000, None),
+        ("²", None),  # a digit to str.isdigit, not to int()
+    ],
+)
+async def test_splice_bad_if_match(
+    client: httpx.AsyncClient, if_match: str, expected_version: int | None
+) -> None:
+    await write(client, "i", "a", "b")
+    body = {"start": 0, "messages": [user("x")], "expected_version": expected_version}
+    response = await client.post(
+        "/v1/threads/i/splice",
+        json=body,
+        headers={b"If-Match": if_match.encode("latin-1")},  # as the server decodes it
+    )
+    assert_problem(response, 400, "InvalidArgument")
+    assert await messages(client, "i") == (2, ["a", "b"])
+
+
+async def test_splice_idempotency(client: httpx.AsyncClient) -> None:
+    await write(client, "k", "a", "b", "c")
+    body = {"start": 1, "stop": 2, "messages": [user("B")]}
+    first = await splice(client, "k", body, idempotency_key="edit-1")
+    again = await splice(client, "k", body, idempotency_key="edit-1")
+    assert first.json() == again.json() == {"version": 4}
+    assert again.status_code == 200
+    assert await messages(client, "k") == (4, ["a", "B", "c"])
+    other = await splice(client, "k", {**body, "stop": 3}, idempotency_key="edit-1")
+    assert assert_problem(other, 422, "IdempotencyKeyReused")["version"] == 4
+    assert await messages(client, "k") == (4, ["a", "B", "c"])
+    for key in ("", "k" * 201):
+        assert_problem(await splice(client, "k", body, idempotency_key=key), 400, "InvalidArgument")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"start": 0, "messages": [{"role": "wizard", "content": "x"}]}, 400, "InvalidMessage"),
+        ({"start": 0, "messages": [{"content": "no role"}]}, 400, "InvalidMessage"),
+        ({"start": 0, "messages": [1]}, 422, "ValidationError"),
+        ({"start": 0, "messages": "hi"}, 422, "ValidationError"),
+        ({"start": "1"}, 422, "ValidationError"),
+        ({"start": 1.0}, 422, "ValidationError"),
+        ({"start": True}, 422, "ValidationError"),
+        ({"stop": 2**62 + 1}, 422, "ValidationError"),
+        ({"start": -(2**62) - 1}, 422, "ValidationError"),
+        ({"start": 0, "expected_version": -1}, 422, "ValidationError"),
+        ({"start": 0, "expected_version": "2"}, 422, "ValidationError"),
+        ({"start": 0, "expected_versoin": 2}, 422, "ValidationError"),  # a typo is no CAS
+        ([], 422, "ValidationError"),
+    ],
+)
+async def test_splice_bad_input_writes_nothing(
+    client: httpx.AsyncClient, body: Any, status: int, error: str
+) -> None:
+    await write(client, "b", "a", "b")
+    assert_problem(await splice(client, "b", body), status, error)
+    assert await messages(client, "b") == (2, ["a", "b"])
+
+
+async def test_splice_size_limits(client: httpx.AsyncClient, store_url: str) -> None:
+    await write(client, "big", "a")
+    big = {"start": 0, "messages": [user("x" * (70 << 10))]}
+    assert_problem(await splice(client, "big", big), 413, "RequestBodyTooLarge")
+    assert await messages(client, "big") == (1, ["a"])
+    # A message over the cache's 1 MiB cap, in a body the server takes: as append says.
+    app = create_app(Settings(store_url=store_url, namespace="limits"))
+    async with running(app) as http:
+        response = await splice(http, "m", {"messages": [user("x" * (1 << 20))]})
+        assert assert_problem(response, 413, "MessageTooLarge")["limit"] == 1 << 20
+        assert (await messages(http, "m")) == (0, [])
+
+
+async def test_fork(client: httpx.AsyncClient) -> None:
+    await write(client, "src", "a")
+    await write(client, "src", "b")
+    await write(client, "src", "c")  # version 3
+    await patch(client, "src", {"user": "u1"})
+
+    response = await client.post("/v1/threads/src/fork", json={"new_id": "dst"})
+    assert response.status_code == 201, response.text
+    version = response.json()["version"]
+    assert response.headers["location"] == "/v1/threads/dst"
+    assert await messages(client, "dst") == (version, ["a", "b", "c"])
+    assert (await info(client, "dst"))["metadata"] == {"user": "u1"}
+    # Each side then changes alone.
+    await write(client, "dst", "d")
+    assert await messages(client, "src") == (3, ["a", "b", "c"])
+
+    old = await client.post("/v1/threads/src/fork", json={"new_id": "old", "at_version": 2})
+    assert old.status_code == 201, old.text
+    assert (await messages(client, "old"))[1] == ["a", "b"]
+
+    # The new thread must hold no messages: 409, and nothing changes.
+    taken = await client.post("/v1/threads/src/fork", json={"new_id": "dst"})
+    assert assert_problem(taken, 409, "ThreadExists")["version"] == version + 1
+    assert (await messages(client, "dst"))[1] == ["a", "b", "c", "d"]
+    # A thread that holds only metadata may be forked onto.
+    await patch(client, "meta-only", {"k": "v"})
+    onto = await client.post("/v1/threads/src/fork", json={"new_id": "meta-only"})
+    assert onto.status_code == 201, onto.text
+    assert (await messages(client, "meta-only"))[1] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"new_id": "src"}, 400, "InvalidArgument"),  # onto itself
+        ({"new_id": "n", "at_version": 4}, 400, "InvalidArgument"),  # past the source
+        ({"new_id": "n", "at_version": 1}, 400, "InvalidArgument"),  # before the splice
+        ({"new_id": "a b"}, 400, "InvalidThreadId"),
+        ({"new_id": "x" * 201}, 400, "InvalidThreadId"),
+        ({"new_id": ""}, 400, "InvalidThreadId"),
+        ({}, 422, "ValidationError"),
+        ({"new_id": 7}, 422, "ValidationError"),
+        ({"new_id": "n", "at_version": -1}, 422, "ValidationError"),
+        ({"new_id": "n", "at_version": "2"}, 422, "ValidationError"),
+        ({"new_id": "n", "at": 2}, 422, "ValidationError"),
+    ],
+)
+async def test_fork_refused_writes_nothing(
+    client: httpx.AsyncClient, body: Any, status: int, error: str
+) -> None:
+    await write(client, "src", "a", "b")
+    await splice(client, "src", {"start": 0, "stop": 1, "messages": [user("A")]})  # version 3
+    assert_problem(await client.post("/v1/threads/src/fork", json=body), status, error)
+    assert await messages(client, "src") == (3, ["A", "b"])
+    assert await messages(client, "n") == (0, [])
+    assert (await client.get("/v1/threads")).json()["thread_ids"] == ["src"]
+
+
+async def test_purge(client: httpx.AsyncClient) -> None:
+    key = {"Idempotency-Key": "turn-1"}
+    posted = await client.post(
+        "/v1/threads/p/messages", json={"messages": [user("secret")]}, headers=key
+    )
+    assert posted.json() == {"version": 1}
+    await patch(client, "p", {"user": "u1"})
+
+    response = await client.delete("/v1/threads/p", params={"purge": "true"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    version = response.json()["version"]
+    assert version >= 1
+    gone = await info(client, "p")
+    assert (gone["version"], gone["message_count"], gone["metadata"]) == (version, 0, {})
+    assert (await client.get("/v1/threads")).json()["thread_ids"] == []
+    # The idempotency key is gone too: it may carry another batch. Versions go on.
+    again = await client.post(
+        "/v1/threads/p/messages", json={"messages": [user("other")]}, headers=key
+    )
+    assert again.json() == {"version": version + 1}
+
+    # purge=false is a plain delete; anything but a boolean is refused, nothing written.
+    assert (await client.delete("/v1/threads/p", params={"purge": "false"})).json() == {
+        "version": version + 2
+    }
+    await write(client, "p", "kept")
+    for value in ("maybe", "", "2"):
+        refused = await client.delete("/v1/threads/p", params={"purge": value})
+        assert_problem(refused, 422, "ValidationError")
+    assert (await messages(client, "p"))[1] == ["kept"]
+    assert_problem(await client.delete("/v1/threads/a%20b?purge=true"), 400, "InvalidThreadId")
+
+
+async def test_changes_reach_another_instance(
+    sqlite_url: str, redis_url: str, namespace: str
+) -> None:
+    """Splice, fork and purge through one app are what a second app (its own L1, the same
+    Redis and store) serves: its cached copies are invalidated."""
+    settings = Settings(store_url=sqlite_url, redis_url=redis_url, namespace=namespace)
+    async with (
+        running(create_app(settings)) as first,
+        running(create_app(settings)) as second,
+    ):
+        await write(first, "t", "a", "b", "c")
+        assert await messages(second, "t") == (3, ["a", "b", "c"])  # now cached there
+
+        async def served(thread_id: str, expected: tuple[int, list[Any]]) -> None:
+            async def fresh() -> bool:
+                return await messages(second, thread_id) == expected
+
+            await eventually(fresh, show=lambda: expected)
+
+        version = (await splice(first, "t", {"start": 1, "stop": 2})).json()["version"]
+        await served("t", (version, ["a", "c"]))
+        fork = await first.post("/v1/threads/t/fork", json={"new_id": "f"})
+        await served("f", (fork.json()["version"], ["a", "c"]))
+        purged = (await first.delete("/v1/threads/t", params={"purge": "true"})).json()
+        await served("t", (purged["version"], []))
+
+
+def test_openapi_lists_splice_fork_and_purge() -> None:
+    spec = create_app(Settings()).openapi()
+    paths = spec["paths"]
+    schemas = spec["components"]["schemas"]
+    splice_op = paths["/v1/threads/{thread_id}/splice"]["post"]
+    assert {p["name"] for p in splice_op["parameters"]} == {
+        "thread_id",
+        "Idempotency-Key",
+        "If-Match",
+    }
+    assert {"200", "400", "409", "413", "422"} <= set(splice_op["responses"])
+    fork_op = paths["/v1/threads/{thread_id}/fork"]["post"]
+    assert {"201", "400", "409"} <= set(fork_op["responses"])
+    assert "ThreadExists" not in fork_op["responses"]["409"]["description"]  # said in words
+    assert "already holds messages" in fork_op["responses"]["409"]["description"]
+    delete = paths["/v1/threads/{thread_id}"]["delete"]
+    (purge,) = (p for p in delete["parameters"] if p["name"] == "purge")
+    assert purge["schema"]["type"] == "boolean"
+    # A spliced message follows the same rules, from the same schema, as an appended one.
+    splice_messages = schemas["SpliceRequest"]["properties"]["messages"]
+    append_messages = schemas["AppendRequest"]["properties"]["messages"]
+    assert splice_messages["items"] == append_messages["items"]
+    assert "minItems" not in splice_messages  # a splice may only remove
+    for name in ("SpliceRequest", "ForkRequest"):
+        assert schemas[name]["additionalProperties"] is False

@@ -553,6 +553,34 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
+@threads_app.command("purge")
+def threads_purge(
+    thread: Annotated[str, typer.Argument(help="Thread id.")],
+    store: StoreOption = None,
+    redis: RedisOption = None,
+    namespace: NamespaceOption = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask: needed when stdin is not a terminal.")
+    ] = False,
+) -> None:
+    """Erase a thread: its messages, metadata and idempotency keys leave the store, and its
+    cached copies Redis and every instance. Irreversible; asks first unless --yes."""
+    settings = _settings(store_url=store, redis_url=redis, namespace=namespace)
+    try:
+        check_thread_id(thread)  # before asking, not after
+    except AgentCoreError as exc:
+        _fail(str(exc))
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(f"not purging {thread}: stdin is not a terminal to confirm on; pass --yes")
+        where = f"namespace {settings.namespace} of {mask_url(settings.store_url)}"
+        if not typer.confirm(f"Erase thread {thread} of {where} for good?", default=False):
+            _err.print("not purged")
+            raise typer.Exit(1)
+    version = _with_cache(settings, lambda cache: cache.purge(thread))
+    _out.print(f"purged {escape(thread)} (version {version})")
+
+
 @app.command("gc")
 def collect_garbage(
     store: StoreOption = None,

@@ -30,6 +30,7 @@ from .._validation import (
     ID_PATTERN,
     MAX_COUNT,
     MAX_IDEMPOTENCY_KEY_LENGTH,
+    MAX_INDEX,
     MAX_METADATA_KEYS,
     MAX_METADATA_VALUE_LENGTH,
     MAX_THREAD_ID_LENGTH,
@@ -83,6 +84,16 @@ IdempotencyKey = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY_LENGTH},
     ),
 ]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description='The version the thread must be at, quoted as an entity tag ("7") or '
+        "bare (7): the same as `expected_version` (a mismatch is a 409 VersionConflict). "
+        "Given with `expected_version`, the two must agree (else 400).",
+        json_schema_extra={"pattern": '^("[0-9]{1,19}"|[0-9]{1,19})$'},
+    ),
+]
 MessageObject = Annotated[dict[str, Any], WithJsonSchema(MESSAGE_SCHEMA)]
 UserMessage = Annotated[str | dict[str, Any], WithJsonSchema(USER_MESSAGE_SCHEMA)]
 
@@ -98,6 +109,51 @@ class AppendRequest(BaseModel):
     messages: list[MessageObject] = Field(description=_MESSAGES, json_schema_extra={"minItems": 1})
     expected_version: Version | None = Field(
         default=None, description="Append only if the thread is at this version (else 409)."
+    )
+
+
+SliceIndex = Annotated[StrictInt, Field(ge=-MAX_INDEX, le=MAX_INDEX)]
+
+
+class SpliceRequest(BaseModel):
+    """Replace the messages ``[start:stop]`` (Python slice rules) by ``messages``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: SliceIndex | None = Field(
+        default=None,
+        description="Index of the first message replaced; negative counts from the end; "
+        "null: the first.",
+    )
+    stop: SliceIndex | None = Field(
+        default=None,
+        description="Index after the last message replaced; negative counts from the end; "
+        "null: the end. `start` = `stop` inserts before that index.",
+    )
+    messages: list[MessageObject] = Field(
+        default_factory=list,
+        description=f"{_MESSAGES} They take the place of those removed; none: a removal.",
+    )
+    expected_version: Version | None = Field(
+        default=None,
+        description="Splice only if the thread is at this version (else 409); "
+        "`If-Match` says the same.",
+    )
+
+
+class ForkRequest(BaseModel):
+    """The new thread: its id, and the source's version to copy."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    new_id: str = Field(
+        description=f"The new thread's id ({_ID_RULE}); it must hold no messages (else 409).",
+        json_schema_extra=_ID_SCHEMA,
+    )
+    at_version: Version | None = Field(
+        default=None,
+        description="Copy the source as it was at this version (null: as it is now). A "
+        "version before the source's last splice or delete cannot be rebuilt (400).",
     )
 
 
@@ -248,7 +304,7 @@ _PROBLEM: Final[dict[int | str, dict[str, Any]]] = {
     status: {"description": description, "content": {"application/problem+json": {}}}
     for status, description in (
         (400, "Malformed JSON or an invalid thread id, message or argument."),
-        (409, "Version conflict."),
+        (409, "Version conflict, or (fork) the new thread already holds messages."),
         (413, "Request body or a message too large."),
         (422, "Invalid request body, reused idempotency key or token budget exceeded."),
         (503, "Store unavailable."),
@@ -335,7 +391,15 @@ async def append_messages(
         expected_version=body.expected_version,
         idempotency_key=idempotency_key,
     )
-    return Response(b'{"version":%d}' % version, status_code=201, media_type=_JSON)
+    return _version_response(version, status_code=201)
+
+
+def _version_response(
+    version: int, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        b'{"version":%d}' % version, status_code=status_code, media_type=_JSON, headers=headers
+    )
 
 
 @_router.get(
@@ -392,10 +456,88 @@ async def get_thread(
     responses=_PROBLEM,
     tags=["threads"],
 )
-async def delete_thread(request: Request, thread_id: ThreadId) -> Response:
-    """Delete the thread's messages; returns its new version (versions never go back)."""
-    version = await core_of(request).cache.delete(thread_id)
-    return Response(b'{"version":%d}' % version, media_type=_JSON)
+async def delete_thread(
+    request: Request,
+    thread_id: ThreadId,
+    purge: Annotated[
+        bool,
+        Query(
+            description="Erase the thread: its messages, metadata and idempotency keys leave "
+            "the store, and its cached copies every instance (irreversible)."
+        ),
+    ] = False,
+) -> Response:
+    """Delete the thread's messages (with ``purge``, erase the thread); returns its new
+    version (versions never go back)."""
+    cache = core_of(request).cache
+    version = await (cache.purge(thread_id) if purge else cache.delete(thread_id))
+    return _version_response(version)
+
+
+@_router.post(
+    "/v1/threads/{thread_id}/splice",
+    response_model=VersionResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def splice_thread(
+    request: Request,
+    thread_id: ThreadId,
+    body: SpliceRequest,
+    idempotency_key: IdempotencyKey = None,
+    if_match: IfMatch = None,
+) -> Response:
+    """Replace the messages ``[start:stop]`` by ``messages``, atomically; returns the new
+    version. Remove (no messages), insert (``start`` = ``stop``) or edit; a splice that
+    changes nothing writes nothing. A repeated ``Idempotency-Key`` returns its first version."""
+    version = await core_of(request).cache.splice(
+        thread_id,
+        body.start,
+        body.stop,
+        body.messages,
+        expected_version=_expected_version(body.expected_version, if_match),
+        idempotency_key=idempotency_key,
+    )
+    return _version_response(version)
+
+
+def _expected_version(in_body: int | None, if_match: str | None) -> int | None:
+    """The version a write expects: ``expected_version``, ``If-Match``, or both alike."""
+    if if_match is None:
+        return in_body
+    tag = if_match.strip()
+    digits = tag[1:-1] if len(tag) > 1 and tag[0] == tag[-1] == '"' else tag
+    # The length check first: int() refuses more than 4,300 digits (ValueError).
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19) or int(digits) > MAX_COUNT:
+        raise InvalidArgument(
+            f'If-Match must be a thread version, quoted ("7") or bare (7), got {quote(if_match)}'
+        )
+    version = int(digits)
+    if in_body is not None and in_body != version:
+        raise InvalidArgument(
+            f"If-Match ({version}) and expected_version ({in_body}) differ: give one of them, "
+            "or the same version in both"
+        )
+    return version
+
+
+@_router.post(
+    "/v1/threads/{thread_id}/fork",
+    status_code=201,
+    response_model=VersionResponse,
+    responses=_PROBLEM,
+    tags=["threads"],
+)
+async def fork_thread(request: Request, thread_id: ThreadId, body: ForkRequest) -> Response:
+    """Make ``new_id`` a copy of this thread (messages and metadata), now or as of
+    ``at_version``; returns the new thread's version, with its URL in ``Location``. Each
+    thread then changes alone."""
+    version = await core_of(request).cache.fork(thread_id, body.new_id, at_version=body.at_version)
+    # A path, not a URL: behind a proxy, the Host and scheme this app sees may not be the
+    # client's.
+    path = request.app.url_path_for("get_thread", thread_id=body.new_id)
+    location = request.scope.get("root_path", "") + path
+    return _version_response(version, status_code=201, headers={"Location": location})
 
 
 #: The query parameters of GET /v1/threads besides ``metadata.<key>``.

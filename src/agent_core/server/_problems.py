@@ -25,6 +25,7 @@ from ..errors import (
     RateLimited,
     RequestTooLarge,
     StoreUnavailable,
+    ThreadExists,
     TokenBudgetExceeded,
     TurnNotSaved,
     VersionConflict,
@@ -45,6 +46,7 @@ PROBLEM_TYPE: Final = "urn:agent-core:problem:"
 # The most specific class wins: the lookup walks each error's MRO.
 _STATUS: Final[dict[type[AgentCoreError], int]] = {
     VersionConflict: 409,
+    ThreadExists: 409,
     IdempotencyKeyReused: 422,
     MessageTooLarge: 413,
     RequestTooLarge: 422,
@@ -99,7 +101,7 @@ def error_problem(exc: AgentCoreError) -> Response:
     headers: dict[str, str] | None = None
     if isinstance(exc, VersionConflict):
         extra = {"expected": exc.expected, "actual": exc.actual}
-    elif isinstance(exc, IdempotencyKeyReused):
+    elif isinstance(exc, IdempotencyKeyReused | ThreadExists):
         extra = {"version": exc.version}
     elif isinstance(exc, MessageTooLarge):
         extra = {"size": exc.size, "limit": exc.limit}
