@@ -17,8 +17,11 @@ spreads over all of them.
 - ``fork``: ``cache.fork`` of a thread of 10, 1,000 and 10,000 messages to a new id
   (the rows are copied inside the database; nothing passes through Python).
 - ``list``: ``cache.list_threads(limit=100, metadata={"user": ...})`` among N threads
-  (100,000 in the full run) each with ``user`` (1 of 1,000 values) and ``team``
-  metadata; the filter matches ~N/1,000 threads.
+  (100,000 in the full run), each with one message and ``user`` (1 of 1,000 values) and
+  ``team`` metadata; the filter matches ~N/1,000 threads.
+- ``sweep``: 5 % of those N threads are given an expiry in the past, then
+  ``cache.sweep_expired(limit=1000)`` runs until it finds none: threads purged per second
+  (store rows, L2 values and bus events included).
 
 Files live in a temporary directory; PostgreSQL gets a throwaway ``ac_bench_<random>``
 database, dropped at the end (exit status 3 if it cannot be reached).
@@ -26,6 +29,7 @@ database, dropped at the end (exit status 3 if it cannot be reached).
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import sys
@@ -33,6 +37,7 @@ import tempfile
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -132,16 +137,28 @@ async def measure_forks(
     return samples
 
 
+USERS: Final = 1000
+SEED_CONCURRENCY: Final = 16
+
+
+async def seed_listed(cache: ConversationCache, count: int, item: Message) -> None:
+    async def one(index: int) -> None:
+        thread_id = f"listed-{index:06d}"
+        await cache.append(thread_id, [item])
+        await cache.update_thread(
+            thread_id, metadata={"user": f"u{index % USERS}", "team": f"team{index % 7}"}
+        )
+
+    for start in range(0, count, SEED_CONCURRENCY):
+        await asyncio.gather(*map(one, range(start, min(count, start + SEED_CONCURRENCY))))
+
+
 async def measure_list(
-    caches: dict[str, ConversationCache], plan: Plan, rng: random.Random
+    caches: dict[str, ConversationCache], plan: Plan, item: Message, rng: random.Random
 ) -> tuple[dict[str, list[int]], dict[str, int]]:
-    users = 1000
+    users = USERS
     for cache in caches.values():
-        for index in range(plan.list_threads):
-            await cache.update_thread(
-                f"listed-{index:06d}",
-                metadata={"user": f"u{index % users}", "team": f"team{index % 7}"},
-            )
+        await seed_listed(cache, plan.list_threads, item)
     samples: dict[str, list[int]] = {name: [] for name in caches}
     found: dict[str, int] = {}
     clock = time.perf_counter_ns
@@ -155,6 +172,35 @@ async def measure_list(
             samples[name].append(clock() - started)
             found[name] = len(page.thread_ids)
     return samples, found
+
+
+async def measure_sweep(
+    caches: dict[str, ConversationCache], plan: Plan, rng: random.Random
+) -> dict[str, dict[str, float]]:
+    expired = rng.sample(range(plan.list_threads), plan.list_threads // 20)
+    past = datetime(2001, 1, 1, tzinfo=UTC)
+    results = {}
+    for name, cache in caches.items():
+        for start in range(0, len(expired), SEED_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    cache.update_thread(f"listed-{index:06d}", expires_at=past)
+                    for index in expired[start : start + SEED_CONCURRENCY]
+                )
+            )
+        swept = 0
+        started = time.perf_counter()
+        while found := await cache.sweep_expired(limit=1000):
+            swept += found
+        elapsed = time.perf_counter() - started
+        if swept != len(expired):
+            raise RuntimeError(f"{name}: swept {swept} of {len(expired)} expired threads")
+        results[name] = {
+            "swept": swept,
+            "seconds": round(elapsed, 3),
+            "threads_per_s": round(swept / elapsed, 1),
+        }
+    return results
 
 
 async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
@@ -175,7 +221,8 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
             started = time.perf_counter()
             rewrites = await measure_rewrites(caches, plan, item, rng)
             forks = await measure_forks(caches, plan, item, rng)
-            lists, found = await measure_list(caches, plan, rng)
+            lists, found = await measure_list(caches, plan, item, rng)
+            sweeps = await measure_sweep(caches, plan, rng)
             elapsed = time.perf_counter() - started
 
     names = list(caches)
@@ -231,6 +278,16 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
             for name in names
         ],
     )  # fmt: skip
+    print()
+    print_table(
+        f"Sweep of expired threads ({plan.list_threads // 20:,} of {plan.list_threads:,}, "
+        "limit=1000 per call, Redis L2)",
+        ["store", "swept", "seconds", "threads/s"],
+        [
+            [name, f"{r['swept']:,}", f"{r['seconds']:.2f}", f"{r['threads_per_s']:,.0f}"]
+            for name, r in sweeps.items()
+        ],
+    )
     print(f"measured in {elapsed:.1f} s")
     return {
         "benchmark": "lifecycle",
@@ -246,6 +303,7 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
             f"{name}/{size}": asdict(summarize(values)) for (name, size), values in forks.items()
         },
         "list_threads": {name: asdict(summarize(values)) for name, values in lists.items()},
+        "sweep": sweeps,
         "elapsed_s": round(elapsed, 2),
     }
 

@@ -147,7 +147,7 @@ class AsyncpgDriver:
     async def append(self, thread_id: str, payloads: list[bytes]) -> tuple[int, bool]:
         async with self._pool.acquire() as connection:
             row = await connection.fetchrow(
-                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL
+                sql.APPEND, NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL, None
             )
         assert row is not None
         return row[0], row[1]
@@ -216,10 +216,11 @@ def to_pyformat(statement: str) -> tuple[str, tuple[int, ...]]:
 
 
 APPEND_PY, APPEND_ORDER = to_pyformat(sql.APPEND)
-#: append's last argument, the idempotency keys' TTL (no key is sent here).
+#: append's eighth argument, the idempotency keys' TTL (no key is sent here); the ninth,
+#: the thread's retention, is None (threads never expire).
 KEY_TTL: Final = 86_400.0
 READ_PY, READ_ORDER = to_pyformat(sql.READ)
-assert APPEND_ORDER == (0, 1, 2, 3, 4, 5, 6, 7), APPEND_ORDER
+assert APPEND_ORDER == (0, 1, 2, 3, 4, 5, 6, 7, 8), APPEND_ORDER
 
 
 class PsycopgDriver:
@@ -244,7 +245,7 @@ class PsycopgDriver:
         async with self._pool.connection() as connection:
             cursor = await connection.execute(
                 APPEND_PY,
-                (NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL),
+                (NAMESPACE, thread_id, payloads, None, None, None, None, KEY_TTL, None),
                 binary=True,
             )
             row = await cursor.fetchone()

@@ -176,6 +176,19 @@ def test_fails_loudly_without_postgres() -> None:
             ("us_p50",),
             id="l2_hot_path",
         ),
+        pytest.param(
+            "lifecycle.py",
+            (),
+            (
+                "redis_server",
+                "Pop and splice latency, µs",
+                "Fork latency, µs",
+                "list_threads by metadata",
+                "Sweep of expired threads",
+            ),
+            ("ratio_p50", "fork", "list_threads", "sweep"),
+            id="lifecycle",
+        ),
     ],
 )
 def test_cache_benchmark_quick_run(

@@ -1,10 +1,12 @@
-"""A Hypothesis state machine: appends, splices, pops, forks and purges on a cache over
-each store, checked against a plain list per thread (and versions that never go back)."""
+"""A Hypothesis state machine: appends, splices, pops, forks, purges, expiries and sweeps
+on a cache over each store, checked against a plain list per thread (and versions that
+never go back)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -20,6 +22,7 @@ from hypothesis.stateful import (
 from agent_core import ConversationCache, ThreadExists
 
 THREADS = st.sampled_from(["a", "b", "c"])
+EXPIRED = datetime(2001, 1, 1, tzinfo=UTC)
 INDEX = st.none() | st.integers(-8, 8)
 WORDS = st.lists(st.text("xyz", min_size=1, max_size=3), max_size=4)
 
@@ -105,6 +108,17 @@ def run_machine(store_url: str) -> None:
             version = self.run(self.cache.purge(thread_id))
             self.model[thread_id] = []
             self.moved(thread_id, version)
+
+        @rule(thread_id=THREADS)
+        def expire(self, thread_id: str) -> None:
+            """Past its expiry a thread reads as deleted, at its version + 1."""
+            self.run(self.cache.update_thread(thread_id, expires_at=EXPIRED))
+            self.model[thread_id] = []
+            self.moved(thread_id, self.versions[thread_id] + 1)
+
+        @rule()
+        def sweep(self) -> None:
+            self.run(self.cache.sweep_expired())
 
         @rule()
         def forget_local(self) -> None:

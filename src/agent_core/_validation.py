@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Final
 
 from ._quote import quote
@@ -161,3 +162,29 @@ def check_slice(start: object, stop: object) -> None:
     for name, index in (("start", start), ("stop", stop)):
         if index is not None:
             check_count(name, index, minimum=-MAX_INDEX, maximum=MAX_INDEX)
+
+
+#: Expiry times lie between the epoch and this (the year 9999, as datetime allows).
+MAX_TIMESTAMP: Final = 253_402_300_799.0
+
+
+def check_timestamp(name: str, value: object) -> float:
+    """Seconds since the epoch, as a finite int or float from 0 to the year 9999."""
+    return check_number(
+        name,
+        value,
+        lambda number: 0 <= number <= MAX_TIMESTAMP,
+        "seconds since the epoch (0 to the year 9999)",
+    )
+
+
+def check_expires_at(expires_at: object) -> float | None:
+    """An expiry given as an aware datetime (or None), as seconds since the epoch."""
+    if expires_at is None:
+        return None
+    if not isinstance(expires_at, datetime) or expires_at.utcoffset() is None:
+        raise InvalidArgument(
+            "expires_at must be a timezone-aware datetime such as "
+            f"datetime.now(UTC) + timedelta(days=30), got {quote(expires_at)}"
+        )
+    return check_timestamp("expires_at", expires_at.timestamp())

@@ -6,12 +6,19 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final
 
 from .._closing import AsyncClosing
 from .._redis import RedisClient, redis_client
 from .._tasks import TaskGroup
-from .._validation import check_namespace, check_slice, check_thread_id
+from .._validation import (
+    check_count,
+    check_expires_at,
+    check_namespace,
+    check_slice,
+    check_thread_id,
+)
 from ..errors import CacheClosed, ConfigurationError
 from ..messages import Conversation, Message, encode_batch, trusted_message
 from ..observe import MemoryMonitor
@@ -31,6 +38,7 @@ from ._windows import Windows
 from ._writes import Writes
 
 __all__ = ["ConversationCache"]
+
 
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 
@@ -106,7 +114,7 @@ class ConversationCache(AsyncClosing):
             store, self.namespace, self._l1, self._l2, self._fences, self._counters, self._ticks
         )
         self._loader = Loader(parts, lease_ttl=settings.lease_ttl, probe=settings.probe)
-        self._writes = Writes(parts, settings.append_counters)
+        self._writes = Writes(parts, settings.append_counters, settings.retention)
         self._windows = Windows(parts, self._fresh_l1_hit, self._load, self._background)
         self._open = False
         # Above 80 % of the memory limit (cgroup, or ``memory_limit``) the L1 budget
@@ -384,14 +392,24 @@ class ConversationCache(AsyncClosing):
         return await self.store.thread_info(self.namespace, thread_id)
 
     async def update_thread(
-        self, thread_id: str, *, metadata: Mapping[str, str | None] | None = None
+        self,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, str | None] | None = None,
+        expires_at: datetime | None = None,
     ) -> ThreadInfo:
         """Merge ``metadata`` into the thread's (a None value removes its key; at most 16
-        keys); the version does not move. ``metadata=None`` changes nothing."""
+        keys) and set its expiry to ``expires_at`` (an aware datetime; past it, the thread
+        reads as deleted); None keeps either. The version does not move."""
         self._check_open()
-        if metadata is None:
-            return await self.thread_info(thread_id)
-        return await self.store.update_thread(self.namespace, thread_id, metadata=metadata)
+        return await self._writes.update_thread(thread_id, metadata, check_expires_at(expires_at))
+
+    async def sweep_expired(self, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` threads of this namespace whose expiry has passed (they
+        already read as deleted), as `purge` does; returns how many."""
+        self._check_open()
+        check_count("limit", limit, minimum=1, maximum=100_000)
+        return await self._writes.sweep_expired(limit)
 
     async def purge_namespace(self) -> int:
         """Remove every thread of this namespace from the store and L2; returns how many.

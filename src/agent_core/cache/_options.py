@@ -10,6 +10,7 @@ from .._quote import quote
 from .._validation import check_count, check_seconds
 from ..errors import ConfigurationError, InvalidArgument
 from ..messages import DEFAULT_MAX_BATCH_MESSAGES, DEFAULT_MAX_MESSAGE_BYTES
+from ..store import MAX_RETENTION
 from ..tokens import TokenCounter
 from ._policy import EvictionPolicy, LRUPolicy
 from ._probe import NO_PROBE, CacheProbe
@@ -45,6 +46,9 @@ class CacheOptions:
     token_models: Sequence[str] = ("gpt-4o",)
     l2_max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     l2_signing_key: bytes | str | None = None
+    #: Seconds: every write extends its thread's expiry to at least this long from
+    #: now (None: threads do not expire unless `update_thread` sets it).
+    retention: float | None = None
     #: Test-facing: awaited at fixed points of a load (`CacheProbe`).
     probe: CacheProbe = NO_PROBE
     #: One counter per distinct count key of ``token_models`` (derived).
@@ -99,6 +103,14 @@ class CacheOptions:
         check_count("compress_min_bytes", self.compress_min_bytes, minimum=0)
         check_count("l2_max_value_bytes", self.l2_max_value_bytes, minimum=1024)
         _set(self, "signing_key", _signing_key(self.l2_signing_key))
+        if self.retention is not None:
+            _set(
+                self,
+                "retention",
+                check_seconds(
+                    "retention", self.retention, maximum=MAX_RETENTION, error=ConfigurationError
+                ),
+            )
         if not all(callable(getattr(self.probe, p, None)) for p in ("loaded", "l1_fill")):
             raise ConfigurationError(
                 f"probe must implement CacheProbe (loaded, l1_fill), got {quote(self.probe)}"

@@ -11,6 +11,7 @@ splice is applied to L1 the same way, but only fences L2 (see `splice`).
 from __future__ import annotations
 
 import asyncio
+import time
 from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -18,7 +19,7 @@ from typing import Any, Final
 from .._token_counts import to_stored
 from ..errors import ConfigurationError
 from ..messages import Conversation, Message, conversation_from_payloads, messages_from_raw
-from ..store import SpliceResult
+from ..store import SpliceResult, ThreadInfo
 from ..tokens import TokenCounter
 from ._bus import EVERYTHING
 from ._parts import CacheParts
@@ -27,12 +28,19 @@ __all__ = ["Writes"]
 
 # Below this much batch, append counts tokens on the loop: a thread hop costs more.
 _INLINE_COUNT_BYTES: Final = 64 << 10
+# A sweep forgets this many threads in Redis at once.
+_SWEEP_CONCURRENCY: Final = 64
 
 
 class Writes:
     """The write path of one cache instance (inputs already validated)."""
 
-    def __init__(self, parts: CacheParts, append_counters: Sequence[TokenCounter]) -> None:
+    def __init__(
+        self,
+        parts: CacheParts,
+        append_counters: Sequence[TokenCounter],
+        retention: float | None = None,
+    ) -> None:
         self._store = parts.store
         self._namespace = parts.namespace
         self._l1 = parts.l1
@@ -41,6 +49,7 @@ class Writes:
         self._counters = parts.counters
         self._ticks = parts.ticks
         self._append_counters = append_counters
+        self._retention = retention
 
     async def append(
         self,
@@ -60,6 +69,7 @@ class Writes:
             tokens=to_stored(counts, len(payloads)),
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            retention=self._retention,
         )
         self._counters.appends += 1
         if not result.applied:
@@ -102,6 +112,7 @@ class Writes:
             tokens=to_stored(counts, len(payloads)),
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            retention=self._retention,
         )
         if not result.applied:
             return result
@@ -124,7 +135,9 @@ class Writes:
         return result
 
     async def fork(self, source_id: str, new_id: str, at_version: int | None) -> int:
-        version = await self._store.fork(self._namespace, source_id, new_id, at_version=at_version)
+        version = await self._store.fork(
+            self._namespace, source_id, new_id, at_version=at_version, retention=self._retention
+        )
         self._counters.forks += 1
         self._fences.raise_floor(new_id, version)
         self._l1.drop_older(new_id, version, "stale")
@@ -144,10 +157,50 @@ class Writes:
         wrapped = messages_from_raw(payloads)
         return await asyncio.to_thread(_count_each, self._append_counters, wrapped)
 
+    async def update_thread(
+        self,
+        thread_id: str,
+        metadata: Mapping[str, str | None] | None,
+        expires_at: float | None,
+    ) -> ThreadInfo:
+        sent = self._ticks()
+        info = await self._store.update_thread(
+            self._namespace,
+            thread_id,
+            metadata=metadata,
+            expires_at=expires_at,
+            retention=self._retention,
+        )
+        if expires_at is not None and expires_at <= time.time():
+            # Expired at once: it reads as deleted at info.version; said like a delete.
+            await self._forget(thread_id, info.version, sent, purge=False)
+        return info
+
+    async def sweep_expired(self, limit: int) -> int:
+        """Delete up to ``limit`` expired threads in the store, and forget them in both
+        tiers as `purge` does; returns how many."""
+        sent = self._ticks()
+        swept = await self._store.sweep_expired(self._namespace, limit=limit)
+        self._counters.deletes += len(swept)
+        for start in range(0, len(swept), _SWEEP_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    self._forget(thread_id, version, sent, purge=True)
+                    for thread_id, version in swept[start : start + _SWEEP_CONCURRENCY]
+                )
+            )
+        return len(swept)
+
     async def delete(self, thread_id: str, *, purge: bool = False) -> int:
         sent = self._ticks()
         version = await self._store.delete(self._namespace, thread_id)
         self._counters.deletes += 1
+        await self._forget(thread_id, version, sent, purge=purge)
+        return version
+
+    async def _forget(self, thread_id: str, version: int, sent: int, *, purge: bool) -> None:
+        """The thread was deleted at ``version`` by a store call sent at tick ``sent``: a
+        tombstone in L1, and in L2 either a tombstone or (``purge``) no value, announced."""
         self._fences.raise_floor(thread_id, version)
         # An empty snapshot at the delete's version is the tombstone: a racing
         # fill of older history is refused by both tiers.
@@ -157,7 +210,6 @@ class Writes:
                 await self._l2.purge(thread_id, version)
             else:
                 await self._l2.fill(thread_id, version, (), {}, written=True)
-        return version
 
     async def purge_namespace(self) -> int:
         purge = getattr(self._store, "purge_namespace", None)

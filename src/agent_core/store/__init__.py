@@ -10,6 +10,7 @@ from .._urls import show_url
 from ..errors import ConfigurationError
 from ._protocol import (
     MAX_PAGE_SIZE,
+    MAX_RETENTION,
     AppendResult,
     SpliceResult,
     ThreadInfo,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 # PostgresStore is public too, but not in __all__: `import *` must work without asyncpg.
 __all__ = [
     "MAX_PAGE_SIZE",
+    "MAX_RETENTION",
     "AppendResult",
     "SQLiteStore",
     "SpliceResult",

@@ -53,6 +53,7 @@ from ._protocol import (
     ThreadRecords,
     batch_digest,
     check_append,
+    check_expiry,
     check_fork,
     check_fork_version,
     check_list,
@@ -290,8 +291,10 @@ class PostgresStore:
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> AppendResult:
         check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
+        check_expiry(None, retention)
         digest = batch_digest(payloads) if idempotency_key is not None else None
         try:
             async with self._connection(write=True) as connection:
@@ -305,6 +308,7 @@ class PostgresStore:
                     idempotency_key,
                     digest,
                     self.idempotency_ttl,
+                    retention,
                 )
         except asyncpg.PostgresError as exc:
             actual = int(exc.args[0]) if exc.args else -1
@@ -314,7 +318,7 @@ class PostgresStore:
             assert idempotency_key is not None
             raise IdempotencyKeyReused(thread_id, idempotency_key, version=actual) from None
         assert row is not None
-        return AppendResult(row[0], applied=row[1])
+        return AppendResult(row[0], applied=row[1], expires_at=row[2])
 
     async def splice(
         self,
@@ -327,10 +331,12 @@ class PostgresStore:
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> SpliceResult:
         check_splice(
             namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
         )
+        check_expiry(None, retention)
         digest = splice_digest(start, stop, payloads) if idempotency_key is not None else None
         try:
             async with self._transaction() as connection:
@@ -344,6 +350,7 @@ class PostgresStore:
                     expected_version,
                     idempotency_key,
                     digest,
+                    retention,
                 )
         except _Unchanged as unchanged:  # raised to roll back a thread row made for nothing
             return unchanged.result
@@ -359,17 +366,19 @@ class PostgresStore:
         expected_version: int | None,
         idempotency_key: str | None,
         digest: bytes | None,
+        retention: float | None,
     ) -> SpliceResult:
         start, stop = bounds
         fetch = fetch_for(start, stop)
         args = (namespace, thread_id, idempotency_key, self.idempotency_ttl)
-        header, rows = _split(await connection.fetch(sql.SPLICE_ROWS, *args, *_fetch_args(fetch)))
-        current, prior, prior_digest, count = header
+        header, rows = _split(await connection.fetch(sql.SPLICE_BEGIN, *args, *_fetch_args(fetch)))
+        current, prior, prior_digest, count, expires, erased = header
         if prior is not None:
             if prior_digest != digest:
                 assert idempotency_key is not None
                 raise IdempotencyKeyReused(thread_id, idempotency_key, version=prior)
-            raise _Unchanged(SpliceResult(prior, prior, applied=False, removed=()))
+            unused = SpliceResult(prior, prior, applied=False, removed=(), expires_at=expires)
+            raise _Unchanged(unused)
         if expected_version is not None and expected_version != current:
             raise VersionConflict(thread_id, expected=expected_version, actual=current)
         if fetch is None:  # a slice mixing signs: located from the front, by the count
@@ -377,10 +386,15 @@ class PostgresStore:
             start, stop = absolute(start, stop, count)
             fetch = fetch_for(start, stop)
             assert fetch is not None
-            _, rows = _split(await connection.fetch(sql.SPLICE_ROWS, *args, *_fetch_args(fetch)))
+            _, rows = _split(await connection.fetch(sql.SPLICE_BEGIN, *args, *_fetch_args(fetch)))
         located = locate(start, stop, rows)
         if not located.removed and not payloads:
-            raise _Unchanged(SpliceResult(current, current, applied=False, removed=()))
+            unchanged = SpliceResult(
+                current, current, applied=False, removed=(), expires_at=expires
+            )
+            if erased:  # the expired thread's delete is a write of its own: it commits
+                return unchanged
+            raise _Unchanged(unchanged)
         version = current + max(1, len(payloads))
         places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
         deleted = await connection.fetchrow(
@@ -397,25 +411,37 @@ class PostgresStore:
             idempotency_key,
             digest,
             [row[4] for row in located.removed],
+            retention,
         )
-        if deleted is None or tuple(deleted) != (len(located.removed),) * 2:  # rolls back
+        if deleted is None or (deleted[0], deleted[1]) != (len(located.removed),) * 2:
             raise StoreUnavailable(
                 f"thread {thread_id!r} changed under a splice (another program updated its "
                 "rows); nothing was written: retry",
                 may_have_committed=False,
             )
         return SpliceResult(
-            version, current, applied=True, removed=tuple(row[3] for row in located.removed)
+            version,
+            current,
+            applied=True,
+            removed=tuple(row[3] for row in located.removed),
+            expires_at=deleted[2],
         )
 
     async def fork(
-        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+        self,
+        namespace: str,
+        source_id: str,
+        new_id: str,
+        *,
+        at_version: int | None = None,
+        retention: float | None = None,
     ) -> int:
         check_fork(namespace, source_id, new_id, at_version)
+        check_expiry(None, retention)
         try:
             async with self._connection(write=True) as connection:
                 version: int = await connection.fetchval(
-                    sql.FORK, namespace, source_id, new_id, at_version
+                    sql.FORK, namespace, source_id, new_id, at_version, retention
                 )
         except asyncpg.PostgresError as exc:
             numbers = [int(number) for number in str(exc.args[0]).split()]
@@ -435,10 +461,10 @@ class PostgresStore:
             rows = await self._query("fetch", sql.READ_LAST, namespace, thread_id, after, last)
         if not rows:
             return ThreadRecords(0, (), (), ())
-        version = rows[0][0]
+        version, expires = rows[0][0], rows[0][4]
         if rows[0][1] is None:
-            return ThreadRecords(version, (), (), ())
-        return records_from_rows(version, [(row[1], row[2], row[3]) for row in rows])
+            return ThreadRecords(version, (), (), (), expires)
+        return records_from_rows(version, [(row[1], row[2], row[3]) for row in rows], expires)
 
     async def version(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
@@ -459,10 +485,18 @@ class PostgresStore:
 
     async def delete(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
-        async with self._connection(write=True) as connection, connection.transaction():
+        async with self._connection(write=True) as connection:
             version: int = await connection.fetchval(sql.DELETE, namespace, thread_id)
-            await connection.execute(sql.DELETE_METADATA, namespace, thread_id)
         return version
+
+    async def sweep_expired(
+        self, namespace: str, *, limit: int = DEFAULT_EXPIRE_BATCH
+    ) -> list[tuple[str, int]]:
+        check_namespace(namespace)
+        check_count("limit", limit, minimum=1)
+        async with self._connection(write=True) as connection:
+            rows = await connection.fetch(sql.SWEEP_EXPIRED, namespace, limit)
+        return [(row[0], row[1]) for row in rows]
 
     async def purge_namespace(self, namespace: str) -> int:
         """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
@@ -504,23 +538,31 @@ class PostgresStore:
         return _thread_info(await self._query("fetchrow", sql.THREAD_INFO, namespace, thread_id))
 
     async def update_thread(
-        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+        self,
+        namespace: str,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, str | None] | None = None,
+        expires_at: float | None = None,
+        retention: float | None = None,
     ) -> ThreadInfo:
         check_thread(namespace, thread_id)
-        changes = check_metadata(metadata, removals=True)
+        changes = {} if metadata is None else check_metadata(metadata, removals=True)
+        check_expiry(expires_at, retention)
         removed = [key for key, value in changes.items() if value is None]
         kept = {key: value for key, value in changes.items() if value is not None}
         async with self._connection(write=True) as connection, connection.transaction():
-            await connection.execute(sql.LOCK_THREAD, namespace, thread_id)
+            await connection.execute(sql.LOCK_THREAD, namespace, thread_id, expires_at, retention)
             if removed:  # each statement is a round trip: none for nothing to do
                 await connection.execute(sql.REMOVE_METADATA, namespace, thread_id, removed)
             if kept:
-                await connection.execute(
+                count = await connection.fetchval(
                     sql.SET_METADATA, namespace, thread_id, list(kept), list(kept.values())
                 )
+                # Counted in the table: the info below shows none if the thread expired.
+                if count > MAX_METADATA_KEYS:
+                    raise too_many_keys(thread_id, count)  # rolls back
             info = _thread_info(await connection.fetchrow(sql.THREAD_INFO, namespace, thread_id))
-            if len(info.metadata) > MAX_METADATA_KEYS:
-                raise too_many_keys(thread_id, len(info.metadata))  # rolls back
         return info
 
     async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
@@ -592,14 +634,15 @@ class _Unchanged(Exception):
         self.result = result
 
 
-# (seq, place's anchor, frac, payload, ctid), as splice_rows reads them.
+# (seq, place's anchor, frac, payload, ctid), as splice_begin reads them.
 _Placed = tuple[int, int, bytes, bytes, tuple[int, int]]
-# splice_rows' header: version, prior use of the key (version, digest), row count.
-_Header = tuple[int, int | None, bytes | None, int | None]
+# splice_begin's header: version, prior use of the key (version, digest), row count,
+# the thread's expiry (seconds since the epoch) and whether it was erased (expired).
+_Header = tuple[int, int | None, bytes | None, int | None, float | None, bool]
 
 
 def _fetch_args(fetch: Fetch | None) -> tuple[bool | None, int, int | None]:
-    """splice_rows' last three arguments: the row count first for None."""
+    """splice_begin's last three arguments: the row count first for None."""
     if fetch is None:
         return None, 0, None
     return fetch.from_end, fetch.offset, fetch.limit
@@ -607,8 +650,8 @@ def _fetch_args(fetch: Fetch | None) -> tuple[bool | None, int, int | None]:
 
 def _split(rows: list[asyncpg.Record]) -> tuple[_Header, list[_Placed]]:
     header = rows[0]
-    return (header[0], header[1], header[2], header[3]), [
-        (row[4], row[5], row[6], row[7], row[8]) for row in rows[1:]
+    return (header[0], header[1], header[2], header[3], header[4], header[5]), [
+        (row[6], row[7], row[8], row[9], row[10]) for row in rows[1:]
     ]
 
 
@@ -634,9 +677,9 @@ _decode_change = msgspec.json.Decoder(_Change).decode
 def _thread_info(row: asyncpg.Record | None) -> ThreadInfo:
     if row is None:
         return ThreadInfo(0, 0, None, None, {})
-    version, created_at, updated_at, count, keys, values = row
+    version, created_at, updated_at, count, keys, values, expires_at = row
     metadata = MappingProxyType(dict(zip(keys, values, strict=True)))
-    return ThreadInfo(version, count, created_at, updated_at, metadata)
+    return ThreadInfo(version, count, created_at, updated_at, metadata, expires_at)
 
 
 #: How long close() waits for pooled connections to come back before it closes them by force.

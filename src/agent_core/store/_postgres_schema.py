@@ -1,8 +1,13 @@
 """PostgreSQL schema, migrations and the SQL the store runs.
 
-Appends, deletes and forks are PL/pgSQL functions, so each is one round trip and one
-transaction that holds the thread's row lock from start to commit. A splice, which
-locates its rows in Python (store/_order.py), is a transaction of two statements.
+Appends, deletes, forks and the sweep of expired threads are PL/pgSQL functions, so
+each is one round trip and one transaction that holds the thread's row lock from start
+to commit. A splice, which locates its rows in Python (store/_order.py), is a
+transaction of two statements.
+
+Text built by the helpers below is part of the migrations that use it: a change to a
+helper that a released migration used belongs in a new migration (the old output must
+stay as it was, which the template's flags ensure for `_append_function`).
 """
 
 from __future__ import annotations
@@ -32,10 +37,30 @@ REFUSED_STATES: Final = (
 )
 
 
-def _append_function(*, tokens: bool, key_ttl: bool) -> str:
+#: The latest expiry (the year 9999, as `_validation.MAX_TIMESTAMP`), written out here
+#: because migration 8 bakes it in.
+_LAST_EXPIRY: Final = "253402300799"
+
+
+def _extended(expires: str, retention: str) -> str:
+    """SQL for the expiry ``expires`` (timestamptz) extended by a write that asks for
+    ``retention`` seconds (double precision, NULL for none): now() + retention if that is
+    later (a NULL expiry is earlier than any), capped at the year 9999 as the store's
+    timestamps are (`check_timestamp`), so no retention overflows the type."""
+    return (
+        f"CASE WHEN {retention} IS NULL THEN {expires} ELSE greatest({expires},"
+        f" to_timestamp(least(date_part('epoch', now()) + {retention}, {_LAST_EXPIRY})))"
+        " END"
+    )
+
+
+def _append_function(*, tokens: bool, key_ttl: bool, retention: bool = False) -> str:
     """``agent_core.append``: as first made (migration 1), with token counts beside the
-    payloads (migration 2), and with the TTL of idempotency keys as an eighth argument
-    (migration 5), after which an older key counts as absent."""
+    payloads (migration 2), with the TTL of idempotency keys as an eighth argument
+    (migration 5), after which an older key counts as absent, and with the thread's
+    retention as a ninth (migration 8): an expired thread is deleted first (at the
+    version it reads as), and the expiry is returned (seconds since the epoch)."""
+    assert (key_ttl and tokens) or not retention, "retention builds on tokens and key TTLs"
     tokens_argument = " p_tokens jsonb[]," if tokens else ""
     insert_messages = (
         f"""-- A NULL p_tokens unnests as no rows, which pads every message's tokens with NULL.
@@ -67,23 +92,43 @@ def _append_function(*, tokens: bool, key_ttl: bool) -> str:
             VALUES (p_namespace, p_thread_id, p_key,
                     current_version + cardinality(p_payloads), p_digest);"""
     )
+    if retention:
+        retention_argument = ", p_retention double precision"
+        returns = "version bigint, applied boolean, expires_at double precision"
+        declare_expiry = "\n        expiry timestamptz;"
+        locked = f"""RETURNING t.version, t.expires_at INTO current_version, expiry;
+        IF expiry <= now() THEN  -- reads as deleted already: deleted now, at that version
+            current_version := {SCHEMA}.erase_thread(p_namespace, p_thread_id, current_version);
+            expiry := NULL;
+        END IF;"""
+        answer = ", date_part('epoch', expiry)"
+        touch = f""",
+            expires_at = {_extended("t.expires_at", "p_retention")}
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        RETURNING t.expires_at INTO expiry;"""
+    else:
+        retention_argument = declare_expiry = answer = ""
+        returns = "version bigint, applied boolean"
+        locked = "RETURNING t.version INTO current_version;"
+        touch = """
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;"""
     return f"""
     CREATE FUNCTION {SCHEMA}.append(
         p_namespace text, p_thread_id text, p_payloads json[],{tokens_argument}
-        p_expected bigint, p_key text, p_digest bytea{ttl_argument}
-    ) RETURNS TABLE (version bigint, applied boolean)
+        p_expected bigint, p_key text, p_digest bytea{ttl_argument}{retention_argument}
+    ) RETURNS TABLE ({returns})
     LANGUAGE plpgsql AS $$
     DECLARE
         current_version bigint;
         prior_version bigint;
-        prior_digest bytea;
+        prior_digest bytea;{declare_expiry}
     BEGIN
         PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
         -- The no-op update takes the row lock, for new and existing threads alike.
         INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
         VALUES (p_namespace, p_thread_id)
         ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
-        RETURNING t.version INTO current_version;
+        {locked}
         IF p_key IS NOT NULL THEN
             SELECT k.version, k.digest INTO prior_version, prior_digest
             FROM {SCHEMA}.idempotency_keys k
@@ -95,7 +140,7 @@ def _append_function(*, tokens: bool, key_ttl: bool) -> str:
                         MESSAGE = prior_version::text;
                 END IF;
                 PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-                RETURN QUERY SELECT prior_version, false;
+                RETURN QUERY SELECT prior_version, false{answer};
                 RETURN;
             END IF;
         END IF;
@@ -106,16 +151,32 @@ def _append_function(*, tokens: bool, key_ttl: bool) -> str:
         END IF;
         {insert_messages}
         UPDATE {SCHEMA}.threads t
-        SET version = current_version + cardinality(p_payloads), updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        SET version = current_version + cardinality(p_payloads), updated_at = now(){touch}
         IF p_key IS NOT NULL THEN
             {key_insert}
         END IF;
         PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN QUERY SELECT current_version + cardinality(p_payloads), true;
+        RETURN QUERY SELECT current_version + cardinality(p_payloads), true{answer};
     END
     $$;
 """
+
+
+#: fork_thread's lock of its source (migration 8), shared unless it looked expired
+#: (an expired source is erased, which needs the exclusive lock).
+_LOCK_SOURCE: Final = f"""IF source_exclusive THEN
+                SELECT t.version, t.rewritten_at, t.expires_at
+                INTO source_version, source_rewritten, source_expiry
+                FROM {SCHEMA}.threads t
+                WHERE t.namespace = p_namespace AND t.thread_id = p_source
+                FOR UPDATE;
+            ELSE
+                SELECT t.version, t.rewritten_at, t.expires_at
+                INTO source_version, source_rewritten, source_expiry
+                FROM {SCHEMA}.threads t
+                WHERE t.namespace = p_namespace AND t.thread_id = p_source
+                FOR SHARE;
+            END IF;"""
 
 
 MIGRATIONS: Final[tuple[str, ...]] = (
@@ -478,6 +539,342 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     END
     $$;
     """,
+    # Retention. A thread whose expires_at has passed reads as deleted at its version
+    # + 1, and the next write to it deletes it at that version first (erase_thread,
+    # under the writer's row lock), as does the sweep (the index finds a namespace's
+    # expired threads, oldest first). Writes take the retention that extends the expiry
+    # in new function versions: append with a ninth argument, splice_begin (splice_rows
+    # with the expiry in its header), fork_thread with a fifth. The previous release's
+    # versions (append's 8 arguments, splice_rows, fork_thread's 4) are replaced by
+    # calls of the new ones without retention, so its processes delete expired threads
+    # before writing too; delete_thread's body now deletes the metadata as well and
+    # erases what reads as deleted (a metadata-only thread, an expired one, one with
+    # an expiry).
+    f"""
+    ALTER TABLE {SCHEMA}.threads ADD COLUMN expires_at timestamptz;
+    CREATE INDEX threads_expiry ON {SCHEMA}.threads (namespace, expires_at)
+        WHERE expires_at IS NOT NULL;
+
+    -- Delete a thread's messages, idempotency keys and metadata at a version of its
+    -- own (p_version + 1, returned). The caller holds the thread's row lock and has set
+    -- the internal flag, so the message deletes are not external changes.
+    CREATE FUNCTION {SCHEMA}.erase_thread(
+        p_namespace text, p_thread_id text, p_version bigint
+    ) RETURNS bigint LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE {SCHEMA}.threads t
+        SET version = p_version + 1, cleared_through = p_version + 1,
+            rewritten_at = p_version + 1, expires_at = NULL, updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = p_thread_id;
+        RETURN p_version + 1;
+    END
+    $$;
+    """
+    + _append_function(tokens=True, key_ttl=True, retention=True)
+    + f"""
+    CREATE OR REPLACE FUNCTION {SCHEMA}.append(
+        p_namespace text, p_thread_id text, p_payloads json[], p_tokens jsonb[],
+        p_expected bigint, p_key text, p_digest bytea, p_key_ttl double precision
+    ) RETURNS TABLE (version bigint, applied boolean)
+    LANGUAGE sql AS $$
+        SELECT a.version, a.applied FROM {SCHEMA}.append(
+            p_namespace, p_thread_id, p_payloads, p_tokens, p_expected, p_key, p_digest,
+            p_key_ttl, NULL) a
+    $$;
+
+    -- Nothing to delete (no row; deleted already, with no metadata or expiry): the
+    -- version stays. Anything else, an expired thread included, is erased.
+    CREATE OR REPLACE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        cleared bigint;
+        expiry timestamptz;
+    BEGIN
+        -- Decide under the row lock: a concurrent append must be fully before or after.
+        SELECT t.version, t.cleared_through, t.expires_at INTO current_version, cleared, expiry
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        IF current_version = cleared AND expiry IS NULL AND NOT EXISTS (
+            SELECT FROM {SCHEMA}.thread_metadata md
+            WHERE md.namespace = p_namespace AND md.thread_id = p_thread_id
+        ) THEN
+            RETURN current_version;
+        END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        current_version := {SCHEMA}.erase_thread(p_namespace, p_thread_id, current_version);
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN current_version;
+    END
+    $$;
+
+    -- splice_rows, with the thread's expiry (seconds since the epoch) and whether it
+    -- was erased (it had expired: a splice that writes nothing still commits that) in
+    -- the header, after `total`. The retention is the splice's own write (SPLICE).
+    CREATE FUNCTION {SCHEMA}.splice_begin(
+        p_namespace text, p_thread_id text, p_key text, p_key_ttl double precision,
+        p_from_end boolean, p_offset bigint, p_limit bigint
+    ) RETURNS TABLE (
+        version bigint, prior_version bigint, prior_digest bytea, total bigint,
+        expires_at double precision, erased boolean,
+        seq bigint, place bigint, frac bytea, payload json, row_id tid
+    )
+    LANGUAGE plpgsql SET enable_sort = off AS $$
+    DECLARE
+        current_version bigint;
+        expiry timestamptz;
+        was_erased boolean := false;
+        found_version bigint;
+        found_digest bytea;
+    BEGIN
+        -- The splice's own deletes and inserts are not external changes.
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        SELECT t.version, t.expires_at INTO current_version, expiry
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR UPDATE;
+        IF NOT FOUND THEN  -- a new thread: its row, made now, is locked all the same
+            INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+            VALUES (p_namespace, p_thread_id)
+            ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+            RETURNING t.version, t.expires_at INTO current_version, expiry;
+        END IF;
+        IF expiry <= now() THEN
+            current_version := {SCHEMA}.erase_thread(p_namespace, p_thread_id, current_version);
+            expiry := NULL;
+            was_erased := true;
+        END IF;
+        IF p_key IS NOT NULL THEN
+            SELECT k.version, k.digest INTO found_version, found_digest
+            FROM {SCHEMA}.idempotency_keys k
+            WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id
+                AND k.key = p_key
+                AND k.created_at > now() - make_interval(secs => p_key_ttl);
+            IF FOUND THEN
+                RETURN QUERY SELECT current_version, found_version, found_digest,
+                    NULL::bigint, date_part('epoch', expiry), was_erased,
+                    NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid;
+                RETURN;
+            END IF;
+        END IF;
+        IF p_from_end IS NULL THEN
+            RETURN QUERY SELECT current_version, NULL::bigint, NULL::bytea, count(*),
+                date_part('epoch', expiry), was_erased,
+                NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT current_version, NULL::bigint, NULL::bytea, NULL::bigint,
+            date_part('epoch', expiry), was_erased,
+            NULL::bigint, NULL::bigint, NULL::bytea, NULL::json, NULL::tid;
+        IF p_from_end THEN
+            RETURN QUERY SELECT NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint,
+                NULL::double precision, NULL::boolean,
+                m.seq, coalesce(m.anchor, m.seq), m.frac, m.payload, m.ctid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id
+            ORDER BY coalesce(m.anchor, m.seq) DESC, m.frac DESC
+            OFFSET p_offset LIMIT p_limit;
+        ELSE
+            RETURN QUERY SELECT NULL::bigint, NULL::bigint, NULL::bytea, NULL::bigint,
+                NULL::double precision, NULL::boolean,
+                m.seq, coalesce(m.anchor, m.seq), m.frac, m.payload, m.ctid
+            FROM {SCHEMA}.messages m
+            WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id
+            ORDER BY coalesce(m.anchor, m.seq), m.frac
+            OFFSET p_offset LIMIT p_limit;
+        END IF;
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION {SCHEMA}.splice_rows(
+        p_namespace text, p_thread_id text, p_key text, p_key_ttl double precision,
+        p_from_end boolean, p_offset bigint, p_limit bigint
+    ) RETURNS TABLE (
+        version bigint, prior_version bigint, prior_digest bytea, total bigint,
+        seq bigint, place bigint, frac bytea, payload json, row_id tid
+    )
+    LANGUAGE sql AS $$
+        SELECT s.version, s.prior_version, s.prior_digest, s.total,
+            s.seq, s.place, s.frac, s.payload, s.row_id
+        FROM {SCHEMA}.splice_begin(
+            p_namespace, p_thread_id, p_key, p_key_ttl, p_from_end, p_offset, p_limit) s
+    $$;
+
+    -- fork_thread with the target's retention (NULL: it never expires; the source's
+    -- expiry is not copied). An expired source or target is erased first. The source's
+    -- lock is shared unless it looked expired before it was locked (its erase needs the
+    -- exclusive lock); if it expired in between (update_thread), a shared lock is all
+    -- this fork holds, which it does not upgrade (two forks of the source would
+    -- deadlock): the source is taken as the deleted thread it reads as, and left to the
+    -- next write or the sweep to erase.
+    CREATE FUNCTION {SCHEMA}.fork_thread(
+        p_namespace text, p_source text, p_target text, p_at bigint,
+        p_retention double precision
+    ) RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        source_version bigint;
+        source_rewritten bigint;
+        source_expiry timestamptz;
+        source_exclusive boolean;
+        source_gone boolean := false;
+        target_version bigint;
+        target_expiry timestamptz;
+        copied_through bigint;
+        forked bigint;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        SELECT coalesce(t.expires_at <= now(), false) INTO source_exclusive
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_source;
+        IF p_source < p_target THEN
+            {_LOCK_SOURCE}
+        END IF;
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_target)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET version = t.version
+        RETURNING t.version, t.expires_at INTO target_version, target_expiry;
+        IF p_source > p_target THEN
+            {_LOCK_SOURCE}
+        END IF;
+        IF source_expiry <= now() THEN
+            IF source_exclusive THEN
+                source_version := {SCHEMA}.erase_thread(p_namespace, p_source, source_version);
+            ELSE
+                source_version := source_version + 1;
+                source_gone := true;
+            END IF;
+            source_rewritten := source_version;
+        END IF;
+        IF target_expiry <= now() THEN
+            target_version := {SCHEMA}.erase_thread(p_namespace, p_target, target_version);
+        END IF;
+        -- No source row: a thread never written, at version 0.
+        source_version := coalesce(source_version, 0);
+        source_rewritten := coalesce(source_rewritten, 0);
+        copied_through := coalesce(p_at, source_version);
+        IF p_at IS NOT NULL AND (p_at > source_version OR p_at < source_rewritten) THEN
+            RAISE EXCEPTION USING ERRCODE = '{FORK_VERSION_STATE}',
+                MESSAGE = source_version::text || ' ' || source_rewritten::text;
+        END IF;
+        IF EXISTS (SELECT FROM {SCHEMA}.messages m
+                   WHERE m.namespace = p_namespace AND m.thread_id = p_target) THEN
+            RAISE EXCEPTION USING ERRCODE = '{THREAD_EXISTS_STATE}',
+                MESSAGE = target_version::text;
+        END IF;
+        forked := greatest(copied_through, target_version + 1);
+        UPDATE {SCHEMA}.threads t
+        SET version = forked, cleared_through = 0, rewritten_at = forked,
+            expires_at = {_extended("NULL::timestamptz", "p_retention")}, updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_target;
+        INSERT INTO {SCHEMA}.messages (namespace, thread_id, seq, anchor, frac, payload, tokens)
+        SELECT m.namespace, p_target, m.seq, m.anchor, m.frac, m.payload, m.tokens
+        FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_source
+            AND m.seq <= copied_through AND NOT source_gone;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_target;
+        DELETE FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = p_target;
+        INSERT INTO {SCHEMA}.thread_metadata (namespace, thread_id, key, value)
+        SELECT md.namespace, p_target, md.key, md.value
+        FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = p_source AND NOT source_gone;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN forked;
+    END
+    $$;
+
+    CREATE OR REPLACE FUNCTION {SCHEMA}.fork_thread(
+        p_namespace text, p_source text, p_target text, p_at bigint
+    ) RETURNS bigint LANGUAGE sql AS $$
+        SELECT {SCHEMA}.fork_thread(p_namespace, p_source, p_target, p_at, NULL)
+    $$;
+
+    -- update_thread's first statement: the thread's row lock (the row made if new), an
+    -- expired thread erased, then the expiry set (p_expires_at, seconds since the
+    -- epoch) or extended (p_retention).
+    CREATE FUNCTION {SCHEMA}.lock_thread(
+        p_namespace text, p_thread_id text, p_expires_at double precision,
+        p_retention double precision
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        expiry timestamptz;
+        extended timestamptz;
+    BEGIN
+        INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id)
+        VALUES (p_namespace, p_thread_id)
+        ON CONFLICT (namespace, thread_id) DO UPDATE SET updated_at = now()
+        RETURNING t.version, t.expires_at INTO current_version, expiry;
+        IF expiry <= now() THEN
+            PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+            PERFORM {SCHEMA}.erase_thread(p_namespace, p_thread_id, current_version);
+            PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+            expiry := NULL;
+        END IF;
+        IF p_expires_at IS NOT NULL THEN
+            extended := to_timestamp(p_expires_at);
+        ELSE  -- (an IF's condition can't hold a CASE: its THEN would end the condition)
+            extended := {_extended("expiry", "p_retention")};
+        END IF;
+        IF extended IS DISTINCT FROM expiry THEN
+            UPDATE {SCHEMA}.threads t SET expires_at = extended
+            WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        END IF;
+    END
+    $$;
+
+    -- Delete up to p_limit expired threads of a namespace, oldest expiry first, as
+    -- erase_thread does; returns each one's id and new version. A thread whose row a
+    -- writer holds is skipped: that writer deletes it (or the next sweep does).
+    CREATE FUNCTION {SCHEMA}.sweep_expired(p_namespace text, p_limit bigint)
+    RETURNS TABLE (thread_id text, version bigint) LANGUAGE plpgsql AS $$
+    DECLARE
+        due text[];
+    BEGIN
+        SELECT array_agg(d.thread_id ORDER BY d.expires_at) INTO due FROM (
+            SELECT t.thread_id, t.expires_at FROM {SCHEMA}.threads t
+            WHERE t.namespace = p_namespace AND t.expires_at <= now()
+            ORDER BY t.expires_at LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) d;
+        IF due IS NULL THEN
+            RETURN;
+        END IF;
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        RETURN QUERY WITH moved AS (
+            UPDATE {SCHEMA}.threads t
+            SET version = t.version + 1, cleared_through = t.version + 1,
+                rewritten_at = t.version + 1, expires_at = NULL, updated_at = now()
+            WHERE t.namespace = p_namespace AND t.thread_id = ANY(due)
+            RETURNING t.thread_id, t.version
+        )
+        SELECT m.thread_id, m.version
+        FROM unnest(due) WITH ORDINALITY AS u(id, n)
+        JOIN moved m ON m.thread_id = u.id
+        ORDER BY u.n;
+        DELETE FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = ANY(due);
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = ANY(due);
+        DELETE FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = p_namespace AND md.thread_id = ANY(due);
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+    END
+    $$;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -491,7 +888,9 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations (
 CURRENT_VERSION: Final = f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations"
 RECORD_VERSION: Final = f"INSERT INTO {SCHEMA}.schema_migrations (version) VALUES ($1)"
 
-APPEND: Final = f"SELECT version, applied FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7, $8)"
+APPEND: Final = (
+    f"SELECT version, applied, expires_at FROM {SCHEMA}.append($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
 EXPIRE_IDEMPOTENCY_KEYS: Final = f"""
 DELETE FROM {SCHEMA}.idempotency_keys WHERE (namespace, thread_id, key) IN (
     SELECT namespace, thread_id, key FROM {SCHEMA}.idempotency_keys
@@ -502,7 +901,15 @@ DELETE FROM {SCHEMA}.idempotency_keys WHERE (namespace, thread_id, key) IN (
 SET_TOKENS: Final = f"SELECT {SCHEMA}.set_tokens($1, $2, $3, $4, $5)"
 DELETE: Final = f"SELECT {SCHEMA}.delete_thread($1, $2)"
 IDENTITY: Final = f"SELECT id FROM {SCHEMA}.identity"
-VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND thread_id = $2"
+# A thread whose expiry has passed reads as deleted at its version + 1 (the next write
+# or the sweep deletes it at that version): no messages, metadata or expiry.
+_VISIBLE_VERSION: Final = "t.version + CASE WHEN t.expires_at <= now() THEN 1 ELSE 0 END"
+_LIVE: Final = "(t.expires_at IS NULL OR t.expires_at > now())"
+#: The thread's expiry in seconds since the epoch, NULL if none (or passed).
+_EXPIRY: Final = "CASE WHEN t.expires_at > now() THEN date_part('epoch', t.expires_at) END"
+VERSION: Final = f"""
+SELECT {_VISIBLE_VERSION} FROM {SCHEMA}.threads t WHERE t.namespace = $1 AND t.thread_id = $2
+"""
 # One statement, so the version and the rows come from the same snapshot. A thread
 # with no row yields no rows (version 0); with no messages, one row of NULLs. Rows
 # come in thread order, by the order key coalesce(anchor, seq), frac (store/_order.py),
@@ -510,31 +917,33 @@ VERSION: Final = f"SELECT version FROM {SCHEMA}.threads WHERE namespace = $1 AND
 # a custom plan reads the thread along the order index, a generic one may take the
 # primary key's range seq > $3.
 READ: Final = f"""
-SELECT t.version, m.seq, m.payload, m.tokens
+SELECT {_VISIBLE_VERSION}, m.seq, m.payload, m.tokens, {_EXPIRY}
 FROM {SCHEMA}.threads t
 LEFT JOIN {SCHEMA}.messages m
-    ON m.namespace = t.namespace AND m.thread_id = t.thread_id AND m.seq > $3
+    ON m.namespace = t.namespace AND m.thread_id = t.thread_id AND m.seq > $3 AND {_LIVE}
 WHERE t.namespace = $1 AND t.thread_id = $2
 ORDER BY coalesce(m.anchor, m.seq), m.frac
 """
-# The last $4 rows, read backwards along the order index.
+# The last $4 rows, read backwards along the order index (none, and no scan, if the
+# thread has expired: the condition on it alone filters the subquery once).
 READ_LAST: Final = f"""
-SELECT t.version, m.seq, m.payload, m.tokens
+SELECT {_VISIBLE_VERSION}, m.seq, m.payload, m.tokens, {_EXPIRY}
 FROM {SCHEMA}.threads t
 LEFT JOIN LATERAL (
     SELECT seq, payload, tokens, coalesce(anchor, seq) AS place, frac
     FROM {SCHEMA}.messages
-    WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3
+    WHERE namespace = t.namespace AND thread_id = t.thread_id AND seq > $3 AND {_LIVE}
     ORDER BY coalesce(anchor, seq) DESC, frac DESC LIMIT $4
 ) m ON true
 WHERE t.namespace = $1 AND t.thread_id = $2
 ORDER BY m.place, m.frac
 """
-# A splice is one transaction: SPLICE_ROWS (the lock, the checks and the rows that
-# locate it; again for the rows if it first asked for the count), then SPLICE, which
-# writes it: removed rows by seq, new rows at seqs above the old version with the
-# order keys store/_order.py gave them, the thread's version and the key's use.
-SPLICE_ROWS: Final = f"SELECT * FROM {SCHEMA}.splice_rows($1, $2, $3, $4, $5, $6, $7)"
+# A splice is one transaction: SPLICE_BEGIN (the lock, an expired thread's delete, the
+# checks and the rows that locate it; again for the rows if it first asked for the
+# count), then SPLICE, which writes it: removed rows by seq, new rows at seqs above the
+# old version with the order keys store/_order.py gave them, the thread's version, its
+# expiry extended by the retention ($13) and the key's use.
+SPLICE_BEGIN: Final = f"SELECT * FROM {SCHEMA}.splice_begin($1, $2, $3, $4, $5, $6, $7)"
 SPLICE: Final = f"""
 WITH removed AS (
     -- By the rows' ctids ($12, read under the thread's lock, which every writer of
@@ -558,13 +967,17 @@ WITH removed AS (
     ON CONFLICT (namespace, thread_id, key) DO UPDATE
     SET version = excluded.version, digest = excluded.digest, created_at = excluded.created_at
 ), moved AS (
-    UPDATE {SCHEMA}.threads
-    SET version = $9, rewritten_at = $9, updated_at = now()
-    WHERE namespace = $1 AND thread_id = $2
+    UPDATE {SCHEMA}.threads t
+    SET version = $9, rewritten_at = $9, updated_at = now(),
+        expires_at = {_extended("t.expires_at", "$13::double precision")}
+    WHERE t.namespace = $1 AND t.thread_id = $2
+    RETURNING date_part('epoch', t.expires_at) AS expiry
 )
-SELECT count(*) FILTER (WHERE namespace = $1 AND thread_id = $2), count(*) FROM removed
+SELECT count(*) FILTER (WHERE namespace = $1 AND thread_id = $2), count(*),
+    (SELECT expiry FROM moved)
+FROM removed
 """
-FORK: Final = f"SELECT {SCHEMA}.fork_thread($1, $2, $3, $4)"
+FORK: Final = f"SELECT {SCHEMA}.fork_thread($1, $2, $3, $4, $5)"
 # purge_namespace: rows first, thread rows last, in one transaction under the flag.
 INTERNAL_ON: Final = f"SELECT set_config('{INTERNAL_FLAG}', 'on', true)"
 PURGE_ROWS: Final = (
@@ -572,39 +985,48 @@ PURGE_ROWS: Final = (
     f"DELETE FROM {SCHEMA}.idempotency_keys WHERE namespace = $1",
     f"DELETE FROM {SCHEMA}.thread_metadata WHERE namespace = $1",
 )
-DELETE_METADATA: Final = (
-    f"DELETE FROM {SCHEMA}.thread_metadata WHERE namespace = $1 AND thread_id = $2"
-)
-# One statement: the version, the count and the metadata come from one snapshot.
+# One statement: the version, the count and the metadata come from one snapshot (an
+# expired thread's are not counted: it reads as deleted).
 THREAD_INFO: Final = f"""
-SELECT t.version, t.created_at, t.updated_at,
-    (SELECT count(*) FROM {SCHEMA}.messages m
-     WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id),
-    ARRAY(SELECT md.key FROM {SCHEMA}.thread_metadata md
-          WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key),
-    ARRAY(SELECT md.value FROM {SCHEMA}.thread_metadata md
-          WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key)
+SELECT {_VISIBLE_VERSION}, t.created_at, t.updated_at,
+    CASE WHEN {_LIVE} THEN (SELECT count(*) FROM {SCHEMA}.messages m
+        WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id) ELSE 0 END,
+    CASE WHEN {_LIVE} THEN ARRAY(SELECT md.key FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key)
+        ELSE '{{}}' END,
+    CASE WHEN {_LIVE} THEN ARRAY(SELECT md.value FROM {SCHEMA}.thread_metadata md
+        WHERE md.namespace = t.namespace AND md.thread_id = t.thread_id ORDER BY md.key)
+        ELSE '{{}}' END,
+    CASE WHEN {_LIVE} THEN t.expires_at END
 FROM {SCHEMA}.threads t
 WHERE t.namespace = $1 AND t.thread_id = $2
 """
-# update_thread: the thread row (made if new) is locked first, as every writer does.
-LOCK_THREAD: Final = f"""
-INSERT INTO {SCHEMA}.threads AS t (namespace, thread_id) VALUES ($1, $2)
-ON CONFLICT (namespace, thread_id) DO UPDATE SET updated_at = now()
-"""
+# update_thread: the thread row (made if new) is locked first, as every writer does; an
+# expired thread is deleted, and the expiry set ($3) or extended by the retention ($4).
+LOCK_THREAD: Final = f"SELECT {SCHEMA}.lock_thread($1, $2, $3, $4)"
+SWEEP_EXPIRED: Final = f"SELECT thread_id, version FROM {SCHEMA}.sweep_expired($1, $2)"
 REMOVE_METADATA: Final = f"""
 DELETE FROM {SCHEMA}.thread_metadata
 WHERE namespace = $1 AND thread_id = $2 AND key = ANY($3::text[])
 """
+# Returns how many keys the thread has afterwards: the statement sees the table as it
+# was before it, so the other keys are counted beside those it wrote.
 SET_METADATA: Final = f"""
-INSERT INTO {SCHEMA}.thread_metadata (namespace, thread_id, key, value)
-SELECT $1, $2, u.key, u.value FROM unnest($3::text[], $4::text[]) AS u(key, value)
-ON CONFLICT (namespace, thread_id, key) DO UPDATE SET value = excluded.value
+WITH written AS (
+    INSERT INTO {SCHEMA}.thread_metadata (namespace, thread_id, key, value)
+    SELECT $1, $2, u.key, u.value FROM unnest($3::text[], $4::text[]) AS u(key, value)
+    ON CONFLICT (namespace, thread_id, key) DO UPDATE SET value = excluded.value
+    RETURNING key
+)
+SELECT (SELECT count(*) FROM written) + (
+    SELECT count(*) FROM {SCHEMA}.thread_metadata m
+    WHERE m.namespace = $1 AND m.thread_id = $2 AND m.key <> ALL($3::text[])
+)
 """
 PURGE_THREADS: Final = f"DELETE FROM {SCHEMA}.threads WHERE namespace = $1"
 LIST: Final = f"""
 SELECT t.thread_id FROM {SCHEMA}.threads t
-WHERE t.namespace = $1 AND t.thread_id > $2
+WHERE t.namespace = $1 AND t.thread_id > $2 AND {_LIVE}
     AND (t.version > t.cleared_through OR EXISTS (
         SELECT FROM {SCHEMA}.thread_metadata m
         WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))

@@ -17,8 +17,10 @@ from .._validation import (
     check_metadata,
     check_namespace,
     check_optional_count,
+    check_seconds,
     check_slice,
     check_thread_id,
+    check_timestamp,
 )
 from ..errors import InvalidArgument, InvalidBatch
 
@@ -27,6 +29,8 @@ MAX_PAGE_SIZE = 1000
 #: How long an idempotency key is remembered (seconds) unless a store is told otherwise:
 #: a retry within it writes nothing; after it the key is free again.
 DEFAULT_IDEMPOTENCY_TTL = 86_400.0
+#: A retention is at most about a century (seconds).
+MAX_RETENTION = 100 * 365.25 * 86400
 #: `expire_idempotency_keys` removes at most this many keys per call by default.
 DEFAULT_EXPIRE_BATCH = 1000
 #: Both stores keep seqs and counts as signed 64-bit integers.
@@ -39,6 +43,8 @@ class AppendResult:
     version: int
     #: False when the idempotency key had already been applied (nothing written).
     applied: bool
+    #: When the thread expires (seconds since the epoch), None if it does not.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +58,8 @@ class SpliceResult:
     applied: bool
     #: The removed messages' payloads, in order (empty when not applied).
     removed: tuple[bytes, ...]
+    #: When the thread expires (seconds since the epoch), None if it does not.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,8 @@ class ThreadRecords:
     payloads: tuple[bytes, ...]
     #: Per message, its stored token counts (see `encode_token_counts`), None if none.
     tokens: tuple[bytes | None, ...]
+    #: When the thread expires (seconds since the epoch), None if it does not.
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +86,8 @@ class ThreadInfo:
     updated_at: datetime | None
     #: Small string map set with ``update_thread``; filter ``list_threads`` by it.
     metadata: Mapping[str, str]
+    #: When the thread expires and reads as deleted; None if it does not.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +110,15 @@ class ChangeListener(Protocol):
 
 @runtime_checkable
 class ThreadStore(Protocol):
-    """An append-only log of messages per ``(namespace, thread_id)``.
+    """A log of messages per ``(namespace, thread_id)``, appended to and spliced.
 
-    ``version`` is the thread's highest ``seq``; it never goes back, not even across
+    ``version`` is at least every ``seq``; it never goes back, not even across
     ``delete``, which itself takes a version so that caches can fence on it.
+
+    A thread whose ``expires_at`` has passed reads as deleted at its version + 1
+    (every read, on every connection), and the next write to it, or
+    `sweep_expired`, deletes it at that version. ``retention`` (seconds) on a write
+    extends the thread's expiry to at least that long from now.
     """
 
     async def open(self) -> None:
@@ -127,6 +144,7 @@ class ThreadStore(Protocol):
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> AppendResult:
         """Append encoded messages as one contiguous batch, atomically.
 
@@ -147,6 +165,7 @@ class ThreadStore(Protocol):
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> SpliceResult:
         """Replace the messages ``[start:stop]`` (Python slice rules) by ``payloads``,
         atomically; the other messages keep their places and seqs.
@@ -157,10 +176,17 @@ class ThreadStore(Protocol):
         """
 
     async def fork(
-        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+        self,
+        namespace: str,
+        source_id: str,
+        new_id: str,
+        *,
+        at_version: int | None = None,
+        retention: float | None = None,
     ) -> int:
         """Make ``new_id`` a copy of ``source_id``'s messages and metadata as of
-        ``at_version`` (None: now); returns the new thread's version.
+        ``at_version`` (None: now); returns the new thread's version. The copy does not
+        take the source's expiry (``retention`` sets its own).
 
         ``new_id`` must hold no messages (`ThreadExists`). A past version can be forked
         only if no splice or delete has rewritten the source since (`InvalidArgument`).
@@ -202,11 +228,25 @@ class ThreadStore(Protocol):
         """The thread's version, message count, times and metadata, from one snapshot."""
 
     async def update_thread(
-        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+        self,
+        namespace: str,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, str | None] | None = None,
+        expires_at: float | None = None,
+        retention: float | None = None,
     ) -> ThreadInfo:
         """Merge ``metadata`` into the thread's (None removes a key), creating the thread
         (version 0) if needed; the version does not move. More than
-        `MAX_METADATA_KEYS` keys afterwards is `InvalidArgument`, and nothing is written."""
+        `MAX_METADATA_KEYS` keys afterwards is `InvalidArgument`, and nothing is written.
+        ``expires_at`` (seconds since the epoch) sets the expiry exactly; else
+        ``retention`` extends it as any write does."""
+
+    async def sweep_expired(
+        self, namespace: str, *, limit: int = DEFAULT_EXPIRE_BATCH
+    ) -> list[tuple[str, int]]:
+        """Delete at most ``limit`` expired threads of ``namespace`` (messages, metadata,
+        idempotency keys; the version stays); returns each one's id and new version."""
 
     async def expire_idempotency_keys(self, *, limit: int = DEFAULT_EXPIRE_BATCH) -> int:
         """Remove at most ``limit`` idempotency keys older than the store's
@@ -352,18 +392,27 @@ def too_many_keys(thread_id: str, count: int) -> InvalidArgument:
     )
 
 
+def check_expiry(expires_at: float | None, retention: float | None) -> None:
+    if expires_at is not None:
+        check_timestamp("expires_at", expires_at)
+    if retention is not None:
+        check_seconds("retention", retention, maximum=MAX_RETENTION)
+
+
 def check_thread(namespace: str, thread_id: str) -> None:
     check_namespace(namespace)
     check_thread_id(thread_id)
 
 
 def records_from_rows(
-    version: int, rows: Sequence[tuple[int, bytes, bytes | None]]
+    version: int,
+    rows: Sequence[tuple[int, bytes, bytes | None]],
+    expires_at: float | None = None,
 ) -> ThreadRecords:
     if not rows:
-        return ThreadRecords(version, (), (), ())
+        return ThreadRecords(version, (), (), (), expires_at)
     seqs, payloads, tokens = zip(*rows, strict=True)
-    return ThreadRecords(version, seqs, payloads, tokens)
+    return ThreadRecords(version, seqs, payloads, tokens, expires_at)
 
 
 def page_of(thread_ids: Sequence[str], limit: int) -> ThreadPage:

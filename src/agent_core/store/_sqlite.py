@@ -51,6 +51,7 @@ from ._protocol import (
     ThreadRecords,
     batch_digest,
     check_append,
+    check_expiry,
     check_fork,
     check_fork_version,
     check_list,
@@ -193,6 +194,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "DROP TRIGGER messages_external_delete",
         "DROP TRIGGER messages_external_update",
         *_rewrite_triggers(rewrites=True),
+    ),
+    # Retention: a thread reads as deleted once expires_at (seconds since the epoch)
+    # has passed; the sweep finds a namespace's expired threads by the index.
+    (
+        "ALTER TABLE threads ADD COLUMN expires_at REAL",
+        "CREATE INDEX threads_expiry ON threads (namespace, expires_at)"
+        " WHERE expires_at IS NOT NULL",
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -401,8 +409,10 @@ class SQLiteStore:
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> AppendResult:
         check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
+        check_expiry(None, retention)
         digest = batch_digest(payloads) if idempotency_key is not None else b""
         return await self._on_writer(
             self._append,
@@ -413,6 +423,7 @@ class SQLiteStore:
             expected_version,
             idempotency_key,
             digest,
+            retention,
         )
 
     def _append(
@@ -424,19 +435,17 @@ class SQLiteStore:
         expected_version: int | None,
         idempotency_key: str | None,
         digest: bytes,
+        retention: float | None,
     ) -> AppendResult:
         connection = self._writer
         assert connection is not None
+        key = (namespace, thread_id)
         with _immediate_transaction(connection):
-            row = connection.execute(
-                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
-                (namespace, thread_id),
-            ).fetchone()
-            current: int = row[0] if row else 0
             now = time.time()
+            current, _, expires = _live(connection, key, now)
             prior = self._prior(connection, namespace, thread_id, idempotency_key, digest, now)
             if prior is not None:
-                return AppendResult(prior, applied=False)
+                return AppendResult(prior, applied=False, expires_at=expires)
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(thread_id, expected=expected_version, actual=current)
             version = current + len(payloads)
@@ -459,7 +468,8 @@ class SQLiteStore:
                 ],
             )
             _remember(connection, namespace, thread_id, idempotency_key, version, digest, now)
-        return AppendResult(version, applied=True)
+            expires = _touch(connection, key, expires, retention, now)
+        return AppendResult(version, applied=True, expires_at=expires)
 
     def _prior(
         self,
@@ -496,10 +506,12 @@ class SQLiteStore:
         tokens: Sequence[bytes | None] | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        retention: float | None = None,
     ) -> SpliceResult:
         check_splice(
             namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
         )
+        check_expiry(None, retention)
         digest = splice_digest(start, stop, payloads) if idempotency_key is not None else b""
         return await self._on_writer(
             self._splice,
@@ -511,6 +523,7 @@ class SQLiteStore:
             expected_version,
             idempotency_key,
             digest,
+            retention,
         )
 
     def _splice(
@@ -523,26 +536,22 @@ class SQLiteStore:
         expected_version: int | None,
         idempotency_key: str | None,
         digest: bytes,
+        retention: float | None,
     ) -> SpliceResult:
         connection = self._writer
         assert connection is not None
         key = (namespace, thread_id)
         with _immediate_transaction(connection):
-            row = connection.execute(
-                "SELECT version, cleared_through FROM threads"
-                " WHERE namespace = ? AND thread_id = ?",
-                key,
-            ).fetchone()
-            current, cleared = (row[0], row[1]) if row else (0, 0)
             now = time.time()
+            current, cleared, expires = _live(connection, key, now)
             prior = self._prior(connection, namespace, thread_id, idempotency_key, digest, now)
             if prior is not None:
-                return SpliceResult(prior, prior, applied=False, removed=())
+                return SpliceResult(prior, prior, applied=False, removed=(), expires_at=expires)
             if expected_version is not None and expected_version != current:
                 raise VersionConflict(thread_id, expected=expected_version, actual=current)
             located = _locate(connection, key, *bounds)
             if not located.removed and not payloads:
-                return SpliceResult(current, current, applied=False, removed=())
+                return SpliceResult(current, current, applied=False, removed=(), expires_at=expires)
             version = current + max(1, len(payloads))
             # The thread row moves first (the insert trigger sees the new rows as ours);
             # cleared_through is raised meanwhile, so the delete trigger stays quiet.
@@ -574,41 +583,72 @@ class SQLiteStore:
                 (cleared, *key),
             )
             _remember(connection, namespace, thread_id, idempotency_key, version, digest, now)
+            expires = _touch(connection, key, expires, retention, now)
         return SpliceResult(
-            version, current, applied=True, removed=tuple(row[3] for row in located.removed)
+            version,
+            current,
+            applied=True,
+            removed=tuple(row[3] for row in located.removed),
+            expires_at=expires,
         )
 
     async def fork(
-        self, namespace: str, source_id: str, new_id: str, *, at_version: int | None = None
+        self,
+        namespace: str,
+        source_id: str,
+        new_id: str,
+        *,
+        at_version: int | None = None,
+        retention: float | None = None,
     ) -> int:
         check_fork(namespace, source_id, new_id, at_version)
-        return await self._on_writer(self._fork, namespace, source_id, new_id, at_version)
+        check_expiry(None, retention)
+        return await self._on_writer(
+            self._fork, namespace, source_id, new_id, at_version, retention
+        )
 
-    def _fork(self, namespace: str, source_id: str, new_id: str, at_version: int | None) -> int:
+    def _fork(
+        self,
+        namespace: str,
+        source_id: str,
+        new_id: str,
+        at_version: int | None,
+        retention: float | None,
+    ) -> int:
         connection = self._writer
         assert connection is not None
         with _immediate_transaction(connection):
+            now = time.time()
+            _live(connection, (namespace, source_id), now)
+            target_version = _live(connection, (namespace, new_id), now)[0]
             source = connection.execute(
                 "SELECT version, rewritten_at FROM threads WHERE namespace = ? AND thread_id = ?",
                 (namespace, source_id),
             ).fetchone()
             at = check_fork_version(source_id, at_version, *(source or (0, 0)))
-            target = connection.execute(
-                "SELECT version, EXISTS (SELECT 1 FROM messages WHERE namespace = ?"
-                " AND thread_id = ?) FROM threads WHERE namespace = ? AND thread_id = ?",
-                (namespace, new_id, namespace, new_id),
-            ).fetchone()
-            if target is not None and target[1]:
-                raise ThreadExists(new_id, version=target[0])
-            version = max(at, (target[0] if target else 0) + 1)
-            now = time.time()
+            holds = connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE namespace = ? AND thread_id = ?)",
+                (namespace, new_id),
+            ).fetchone()[0]
+            if holds:
+                raise ThreadExists(new_id, version=target_version)
+            version = max(at, target_version + 1)
             connection.execute(
                 "INSERT INTO threads (namespace, thread_id, version, cleared_through,"
-                " rewritten_at, created_at, updated_at) VALUES (?, ?, ?, 0, ?, ?, ?)"
+                " rewritten_at, expires_at, created_at, updated_at)"
+                " VALUES (?, ?, ?, 0, ?, ?, ?, ?)"
                 " ON CONFLICT (namespace, thread_id) DO UPDATE SET version = excluded.version,"
                 " cleared_through = 0, rewritten_at = excluded.rewritten_at,"
-                " updated_at = excluded.updated_at",
-                (namespace, new_id, version, version, now, now),
+                " expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+                (
+                    namespace,
+                    new_id,
+                    version,
+                    version,
+                    None if retention is None else now + retention,
+                    now,
+                    now,
+                ),
             )
             connection.execute(
                 "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
@@ -641,11 +681,13 @@ class SQLiteStore:
         connection.execute("BEGIN")
         try:
             row = connection.execute(
-                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
+                "SELECT version, expires_at FROM threads WHERE namespace = ? AND thread_id = ?",
                 (namespace, thread_id),
             ).fetchone()
             if row is None:
                 return ThreadRecords(0, (), (), ())
+            if _expired(row[1]):
+                return ThreadRecords(row[0] + 1, (), (), ())
             if last is None:
                 rows = connection.execute(
                     "SELECT seq, CAST(payload AS BLOB), CAST(tokens AS BLOB) FROM messages"
@@ -662,7 +704,7 @@ class SQLiteStore:
                 rows.reverse()
         finally:
             connection.execute("COMMIT")
-        return records_from_rows(row[0], rows)
+        return records_from_rows(row[0], rows, row[1])
 
     async def version(self, namespace: str, thread_id: str) -> int:
         check_thread(namespace, thread_id)
@@ -672,12 +714,14 @@ class SQLiteStore:
         row = (
             self._reader()
             .execute(
-                "SELECT version FROM threads WHERE namespace = ? AND thread_id = ?",
+                "SELECT version, expires_at FROM threads WHERE namespace = ? AND thread_id = ?",
                 (namespace, thread_id),
             )
             .fetchone()
         )
-        return row[0] if row else 0
+        if row is None:
+            return 0
+        return int(row[0]) + 1 if _expired(row[1]) else int(row[0])
 
     async def set_tokens(
         self, namespace: str, thread_id: str, key: str, counts: Mapping[int, int]
@@ -711,29 +755,40 @@ class SQLiteStore:
     def _delete(self, namespace: str, thread_id: str) -> int:
         connection = self._writer
         assert connection is not None
+        key = (namespace, thread_id)
         with _immediate_transaction(connection):
-            row = connection.execute(
-                "SELECT version, cleared_through FROM threads"
-                " WHERE namespace = ? AND thread_id = ?",
-                (namespace, thread_id),
-            ).fetchone()
-            if row is None:
-                return 0
-            version, cleared_through = row
-            if version == cleared_through:
-                return int(version)
-            key = (namespace, thread_id)
-            connection.execute(
-                "UPDATE threads SET version = ?, cleared_through = ?, rewritten_at = ?,"
-                " updated_at = ? WHERE namespace = ? AND thread_id = ?",
-                (version + 1, version + 1, version + 1, time.time(), namespace, thread_id),
-            )
-            for table in ("messages", "idempotency_keys", "thread_metadata"):
-                connection.execute(
-                    f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?",
-                    key,
-                )
-        return int(version) + 1
+            now = time.time()
+            version, cleared_through, expires = _live(connection, key, now)
+            holds_more = connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM thread_metadata WHERE namespace = ?"
+                " AND thread_id = ?)",
+                key,
+            ).fetchone()[0]
+            if version == cleared_through and not holds_more and expires is None:
+                return version  # nothing to delete: a new id, or deleted already
+            return _erase(connection, key, version, now)
+
+    async def sweep_expired(
+        self, namespace: str, *, limit: int = DEFAULT_EXPIRE_BATCH
+    ) -> list[tuple[str, int]]:
+        check_namespace(namespace)
+        check_count("limit", limit, minimum=1)
+        return await self._on_writer(self._sweep_expired, namespace, limit)
+
+    def _sweep_expired(self, namespace: str, limit: int) -> list[tuple[str, int]]:
+        connection = self._writer
+        assert connection is not None
+        with _immediate_transaction(connection):
+            now = time.time()
+            rows = connection.execute(
+                "SELECT thread_id, version FROM threads WHERE namespace = ?"
+                " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+                (namespace, now, limit),
+            ).fetchall()
+            return [
+                (thread_id, _erase(connection, (namespace, thread_id), version, now))
+                for thread_id, version in rows
+            ]
 
     async def purge_namespace(self, namespace: str) -> int:
         """Remove every row of ``namespace``: messages, idempotency keys and thread rows.
@@ -796,10 +851,11 @@ class SQLiteStore:
     ) -> list[str]:
         query = (
             "SELECT t.thread_id FROM threads t WHERE t.namespace = ? AND t.thread_id > ?"
+            " AND (t.expires_at IS NULL OR t.expires_at > ?)"
             " AND (t.version > t.cleared_through OR EXISTS (SELECT 1 FROM thread_metadata m"
             " WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))"
         )
-        arguments: list[object] = [namespace, after or ""]
+        arguments: list[object] = [namespace, after or "", time.time()]
         for key, value in pairs.items():
             query += (
                 " AND t.thread_id IN (SELECT m.thread_id FROM thread_metadata m"
@@ -826,20 +882,35 @@ class SQLiteStore:
             connection.execute("COMMIT")
 
     async def update_thread(
-        self, namespace: str, thread_id: str, *, metadata: Mapping[str, str | None]
+        self,
+        namespace: str,
+        thread_id: str,
+        *,
+        metadata: Mapping[str, str | None] | None = None,
+        expires_at: float | None = None,
+        retention: float | None = None,
     ) -> ThreadInfo:
         check_thread(namespace, thread_id)
-        changes = check_metadata(metadata, removals=True)
-        return await self._on_writer(self._update_thread, namespace, thread_id, changes)
+        changes = {} if metadata is None else check_metadata(metadata, removals=True)
+        check_expiry(expires_at, retention)
+        return await self._on_writer(
+            self._update_thread, namespace, thread_id, changes, expires_at, retention
+        )
 
     def _update_thread(
-        self, namespace: str, thread_id: str, changes: dict[str, str | None]
+        self,
+        namespace: str,
+        thread_id: str,
+        changes: dict[str, str | None],
+        expires_at: float | None,
+        retention: float | None,
     ) -> ThreadInfo:
         connection = self._writer
         assert connection is not None
         key = (namespace, thread_id)
         now = time.time()
         with _immediate_transaction(connection):
+            expires = _live(connection, key, now)[2]
             connection.execute(
                 "INSERT INTO threads (namespace, thread_id, version, created_at, updated_at)"
                 " VALUES (?, ?, 0, ?, ?) ON CONFLICT (namespace, thread_id)"
@@ -856,9 +927,19 @@ class SQLiteStore:
                 " DO UPDATE SET value = excluded.value",
                 [(*key, name, value) for name, value in changes.items() if value is not None],
             )
+            if expires_at is not None:
+                connection.execute(
+                    "UPDATE threads SET expires_at = ? WHERE namespace = ? AND thread_id = ?",
+                    (expires_at, *key),
+                )
+            else:
+                _touch(connection, key, expires, retention, now)
+            (count,) = connection.execute(
+                "SELECT count(*) FROM thread_metadata WHERE namespace = ? AND thread_id = ?", key
+            ).fetchone()
+            if count > MAX_METADATA_KEYS:
+                raise too_many_keys(thread_id, count)  # rolls back
             info = _thread_info(connection, namespace, thread_id)
-            if len(info.metadata) > MAX_METADATA_KEYS:
-                raise too_many_keys(thread_id, len(info.metadata))  # rolls back
         return info
 
     async def watch(self, listener: ChangeListener) -> None:
@@ -921,6 +1002,58 @@ def _locate(
     return locate(start, stop, rows)
 
 
+def _live(
+    connection: sqlite3.Connection, key: tuple[str, str], now: float
+) -> tuple[int, int, float | None]:
+    """The thread's (version, cleared_through, expires_at), zeros for a new thread; an
+    expired thread is deleted first (at the version + 1 it already reads as)."""
+    row = connection.execute(
+        "SELECT version, cleared_through, expires_at FROM threads"
+        " WHERE namespace = ? AND thread_id = ?",
+        key,
+    ).fetchone()
+    if row is None:
+        return 0, 0, None
+    version, cleared_through, expires = row
+    if expires is not None and expires <= now:
+        version = _erase(connection, key, version, now)
+        return version, version, None
+    return int(version), int(cleared_through), expires
+
+
+def _erase(connection: sqlite3.Connection, key: tuple[str, str], version: int, now: float) -> int:
+    """Delete the thread's messages, metadata and keys at a version of its own."""
+    connection.execute(
+        "UPDATE threads SET version = ?, cleared_through = ?, rewritten_at = ?,"
+        " expires_at = NULL, updated_at = ? WHERE namespace = ? AND thread_id = ?",
+        (version + 1, version + 1, version + 1, now, *key),
+    )
+    for table in ("messages", "idempotency_keys", "thread_metadata"):
+        connection.execute(f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?", key)
+    return version + 1
+
+
+def _touch(
+    connection: sqlite3.Connection,
+    key: tuple[str, str],
+    expires: float | None,
+    retention: float | None,
+    now: float,
+) -> float | None:
+    """Extend the thread's expiry to ``now + retention`` if that is later; the expiry."""
+    if retention is None or (expires is not None and expires >= now + retention):
+        return expires
+    connection.execute(
+        "UPDATE threads SET expires_at = ? WHERE namespace = ? AND thread_id = ?",
+        (now + retention, *key),
+    )
+    return now + retention
+
+
+def _expired(expires_at: float | None) -> bool:
+    return expires_at is not None and expires_at <= time.time()
+
+
 def _key_of(row: _Placed | None) -> tuple[int, bytes] | None:
     return None if row is None else (row[1], row[2])
 
@@ -947,11 +1080,14 @@ def _remember(
 def _thread_info(connection: sqlite3.Connection, namespace: str, thread_id: str) -> ThreadInfo:
     key = (namespace, thread_id)
     row = connection.execute(
-        "SELECT version, created_at, updated_at FROM threads WHERE namespace = ? AND thread_id = ?",
+        "SELECT version, created_at, updated_at, expires_at FROM threads"
+        " WHERE namespace = ? AND thread_id = ?",
         key,
     ).fetchone()
     if row is None:
         return ThreadInfo(0, 0, None, None, {})
+    if _expired(row[3]):  # reads as deleted (the next write or the sweep deletes it)
+        return ThreadInfo(row[0] + 1, 0, _utc(row[1]), _utc(row[2]), {})
     (count,) = connection.execute(
         "SELECT count(*) FROM messages WHERE namespace = ? AND thread_id = ?", key
     ).fetchone()
@@ -962,7 +1098,10 @@ def _thread_info(connection: sqlite3.Connection, namespace: str, thread_id: str)
             key,
         ).fetchall()
     )
-    return ThreadInfo(row[0], count, _utc(row[1]), _utc(row[2]), MappingProxyType(metadata))
+    expires = None if row[3] is None else _utc(row[3])
+    return ThreadInfo(
+        row[0], count, _utc(row[1]), _utc(row[2]), MappingProxyType(metadata), expires
+    )
 
 
 def _utc(seconds: float) -> datetime:
