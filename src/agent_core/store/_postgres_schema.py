@@ -179,6 +179,44 @@ _LOCK_SOURCE: Final = f"""IF source_exclusive THEN
             END IF;"""
 
 
+def _delete_function(*, rewrites: bool) -> str:
+    """``agent_core.delete_thread``: as first made (migration 1), and replaced to set
+    ``rewritten_at`` too (migration 7)."""
+    create = "CREATE OR REPLACE FUNCTION" if rewrites else "CREATE FUNCTION"
+    rewritten = "rewritten_at = current_version + 1, " if rewrites else ""
+    return f"""    {create} {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
+    RETURNS bigint LANGUAGE plpgsql AS $$
+    DECLARE
+        current_version bigint;
+        cleared bigint;
+    BEGIN
+        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
+        -- Decide under the row lock: a concurrent append must be fully before or after.
+        SELECT t.version, t.cleared_through INTO current_version, cleared
+        FROM {SCHEMA}.threads t
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
+        FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN 0;
+        END IF;
+        IF current_version = cleared THEN
+            RETURN current_version;
+        END IF;
+        UPDATE {SCHEMA}.threads t
+        SET version = current_version + 1, cleared_through = current_version + 1,
+            {rewritten}updated_at = now()
+        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.messages m
+        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
+        DELETE FROM {SCHEMA}.idempotency_keys k
+        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
+        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
+        RETURN current_version + 1;
+    END
+    $$;
+"""
+
+
 MIGRATIONS: Final[tuple[str, ...]] = (
     f"""
     CREATE TABLE {SCHEMA}.threads (
@@ -210,38 +248,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 
     """
     + _append_function(tokens=False, key_ttl=False)
-    + f"""
-    CREATE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
-    RETURNS bigint LANGUAGE plpgsql AS $$
-    DECLARE
-        current_version bigint;
-        cleared bigint;
-    BEGIN
-        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        -- Decide under the row lock: a concurrent append must be fully before or after.
-        SELECT t.version, t.cleared_through INTO current_version, cleared
-        FROM {SCHEMA}.threads t
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
-        FOR UPDATE;
-        IF NOT FOUND THEN
-            RETURN 0;
-        END IF;
-        IF current_version = cleared THEN
-            RETURN current_version;
-        END IF;
-        UPDATE {SCHEMA}.threads t
-        SET version = current_version + 1, cleared_through = current_version + 1,
-            updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-        DELETE FROM {SCHEMA}.messages m
-        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
-        DELETE FROM {SCHEMA}.idempotency_keys k
-        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
-        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN current_version + 1;
-    END
-    $$;
-    """,
+    + _delete_function(rewrites=False),
     # External change detection: a row that another program inserts, updates or
     # deletes in `messages` moves the thread's version and is announced with
     # NOTIFY. agent-core's own functions set a transaction-local flag that the
@@ -346,37 +353,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE {SCHEMA}.threads ADD COLUMN rewritten_at bigint NOT NULL DEFAULT 0;
     UPDATE {SCHEMA}.threads SET rewritten_at = cleared_through WHERE cleared_through <> 0;
 
-    CREATE OR REPLACE FUNCTION {SCHEMA}.delete_thread(p_namespace text, p_thread_id text)
-    RETURNS bigint LANGUAGE plpgsql AS $$
-    DECLARE
-        current_version bigint;
-        cleared bigint;
-    BEGIN
-        PERFORM set_config('{INTERNAL_FLAG}', 'on', true);
-        -- Decide under the row lock: a concurrent append must be fully before or after.
-        SELECT t.version, t.cleared_through INTO current_version, cleared
-        FROM {SCHEMA}.threads t
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id
-        FOR UPDATE;
-        IF NOT FOUND THEN
-            RETURN 0;
-        END IF;
-        IF current_version = cleared THEN
-            RETURN current_version;
-        END IF;
-        UPDATE {SCHEMA}.threads t
-        SET version = current_version + 1, cleared_through = current_version + 1,
-            rewritten_at = current_version + 1, updated_at = now()
-        WHERE t.namespace = p_namespace AND t.thread_id = p_thread_id;
-        DELETE FROM {SCHEMA}.messages m
-        WHERE m.namespace = p_namespace AND m.thread_id = p_thread_id;
-        DELETE FROM {SCHEMA}.idempotency_keys k
-        WHERE k.namespace = p_namespace AND k.thread_id = p_thread_id;
-        PERFORM set_config('{INTERNAL_FLAG}', 'off', true);
-        RETURN current_version + 1;
-    END
-    $$;
-
+"""
+    + _delete_function(rewrites=True)
+    + f"""
     -- Another program's delete or update rewrites history; its insert adds to it.
     CREATE OR REPLACE FUNCTION {SCHEMA}.external_change() RETURNS trigger
     LANGUAGE plpgsql AS $$
