@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from agent_core import ConversationCache
 
+from ._poll import eventually_sync
 from .test_cli import invoke
 
 
@@ -124,6 +125,7 @@ def test_info(store_url: str) -> None:
         "version": 1,
         "message_count": 1,
         "metadata": {"user": "u1", "topic": "billing"},
+        "expires_at": None,
     }
     assert created.utcoffset() == updated.utcoffset() == UTC.utcoffset(None)
     assert before.timestamp() - 5 <= created.timestamp() <= updated.timestamp()
@@ -141,6 +143,7 @@ def test_info(store_url: str) -> None:
         "created_at": None,
         "updated_at": None,
         "metadata": {},
+        "expires_at": None,
     }
     assert "metadata" in invoke(["threads", "info", "never", "--store", store_url]).stdout
 
@@ -168,22 +171,24 @@ def test_gc_removes_expired_idempotency_keys_in_batches(tmp_path: Path) -> None:
     # Opened with the default TTL (a day), the same keys are not expired.
     kept = invoke(["gc", "--store", f"sqlite:///{path}", "--batch", "2"])
     assert kept.exit_code == 0, kept.output
-    assert kept.stdout == "removed 0 expired idempotency keys\n"
+    assert kept.stdout == "removed 0 expired threads\nremoved 0 expired idempotency keys\n"
 
     # Batches of 2: three of them (2, 2, 1), the last short.
     result = invoke(["gc", "--store", expiring, "--batch", "2"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "removed 5 expired idempotency keys\n"
+    assert result.stdout == "removed 0 expired threads\nremoved 5 expired idempotency keys\n"
     again = invoke(["gc", "--store", expiring])
-    assert again.stdout == "removed 0 expired idempotency keys\n"
+    assert again.stdout.endswith("removed 0 expired idempotency keys\n")
     assert invoke(["gc", "--store", expiring, "--batch", "0"]).exit_code == 2
 
 
-def thread_state(store_url: str, thread_id: str) -> tuple[int, int, dict[str, str]]:
+def thread_state(
+    store_url: str, thread_id: str, namespace: str = "default"
+) -> tuple[int, int, dict[str, str]]:
     """The thread's version, message count and metadata, read through the library."""
 
     async def read() -> tuple[int, int, dict[str, str]]:
-        async with ConversationCache.from_urls(store=store_url) as cache:
+        async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
             info = await cache.thread_info(thread_id)
             return info.version, info.message_count, dict(info.metadata)
 
@@ -269,3 +274,32 @@ def on_terminal(args: list[str], answer: str, *, prompt: str) -> tuple[int, str]
             process.wait()
     assert answered, f"no prompt {prompt!r} in {screen!r}"
     return code, screen.decode(errors="replace")
+
+
+def test_gc_removes_the_namespaces_expired_threads(store_url: str) -> None:
+    async def write() -> None:
+        for namespace in ("default", "other"):
+            async with ConversationCache.from_urls(store=store_url, namespace=namespace) as cache:
+                for index in range(5):
+                    await cache.append(f"t{index}", [{"role": "user", "content": "hi"}])
+                    if index < 3:
+                        # Still to come when set (a time past would delete it at once).
+                        soon = datetime.now(UTC) + timedelta(seconds=1)
+                        await cache.update_thread(f"t{index}", expires_at=soon)
+
+    asyncio.run(write())
+    # Once expired, the threads read as deleted; gc then removes them, in batches.
+    for namespace in ("default", "other"):
+        eventually_sync(
+            lambda: thread_state(store_url, "t2", namespace)[1] == 0,  # noqa: B023
+            interval=0.05,
+        )
+    result = invoke(["gc", "--store", store_url, "--batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("removed 3 expired threads\n")
+    listed = invoke(["threads", "list", "--store", store_url]).stdout.splitlines()
+    assert listed == ["t3", "t4"]
+    # Another namespace's threads wait for a gc of that namespace.
+    other = ["gc", "--store", store_url, "--namespace", "other"]
+    assert invoke(other).stdout.startswith("removed 3 expired threads\n")
+    assert invoke(other).stdout.startswith("removed 0 expired threads\n")

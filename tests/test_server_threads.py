@@ -143,6 +143,7 @@ async def test_info(client: httpx.AsyncClient) -> None:
         "created_at": None,
         "updated_at": None,
         "metadata": {},
+        "expires_at": None,
     }
     before = datetime.now(UTC)
     body = {"messages": [user("a"), user("b"), user("c")]}
@@ -254,6 +255,50 @@ async def test_patch_body_limit(client: httpx.AsyncClient) -> None:
     assert (await info(client, "b"))["created_at"] is None
 
 
+async def test_patch_expiry(client: httpx.AsyncClient) -> None:
+    await write(client, "e", "a", "b")
+    later = await client.patch("/v1/threads/e", json={"expires_at": "2999-01-01T02:00:00+02:00"})
+    assert later.status_code == 200, later.text
+    body = later.json()
+    assert datetime.fromisoformat(body["expires_at"]) == datetime(2999, 1, 1, tzinfo=UTC)
+    assert body["expires_at"].endswith("Z")  # shown in UTC
+    assert (body["version"], body["message_count"]) == (2, 2)
+    # Left out or null, the expiry stays; metadata changes beside it.
+    kept = (await patch(client, "e", {"k": "v"})).json()
+    assert (kept["expires_at"], kept["metadata"]) == (body["expires_at"], {"k": "v"})
+    nulled = await client.patch("/v1/threads/e", json={"expires_at": None})
+    assert nulled.json()["expires_at"] == body["expires_at"]
+    assert await messages(client, "e") == (2, ["a", "b"])
+
+    # A time already past: the thread is deleted now, at the next version.
+    past = await client.patch("/v1/threads/e", json={"expires_at": "2001-01-01T00:00:00Z"})
+    assert past.status_code == 200, past.text
+    assert (past.json()["version"], past.json()["message_count"]) == (3, 0)
+    assert await messages(client, "e") == (3, [])
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "status", "error"),
+    [
+        ("2999-01-01T00:00:00", 400, "InvalidArgument"),  # no UTC offset: which zone?
+        ("1969-12-31T23:00:00Z", 400, "InvalidArgument"),  # before the epoch
+        (32503680000, 422, "ValidationError"),  # a number, not a date
+        ("tomorrow", 422, "ValidationError"),
+        ("10000-01-01T00:00:00Z", 422, "ValidationError"),
+        ("", 422, "ValidationError"),
+        ({"at": "2999-01-01T00:00:00Z"}, 422, "ValidationError"),
+    ],
+)
+async def test_patch_bad_expiry_writes_nothing(
+    client: httpx.AsyncClient, expires_at: Any, status: int, error: str
+) -> None:
+    await write(client, "x", "a")
+    before = await info(client, "x")
+    body = {"expires_at": expires_at, "metadata": {"k": "v"}}
+    assert_problem(await client.patch("/v1/threads/x", json=body), status, error)
+    assert await info(client, "x") == before
+
+
 @pytest.mark.parametrize("thread_id", ["a b", "x" * 201, "é"])
 async def test_bad_thread_id(client: httpx.AsyncClient, thread_id: str) -> None:
     path = f"/v1/threads/{thread_id}"
@@ -299,6 +344,7 @@ def test_openapi_lists_the_thread_endpoints() -> None:
         "created_at",
         "updated_at",
         "metadata",
+        "expires_at",
     }
     assert {"format": "date-time", "type": "string"} in info_fields["created_at"]["anyOf"]
 

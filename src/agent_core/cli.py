@@ -546,6 +546,7 @@ def _info_json(thread: str, info: ThreadInfo) -> dict[str, Any]:
         "created_at": _iso(info.created_at),
         "updated_at": _iso(info.updated_at),
         "metadata": dict(info.metadata),
+        "expires_at": _iso(info.expires_at),
     }
 
 
@@ -585,15 +586,17 @@ def threads_purge(
 def collect_garbage(
     store: StoreOption = None,
     redis: RedisOption = None,
+    namespace: NamespaceOption = None,
     batch: Annotated[
         int, typer.Option(min=1, help="Rows removed per transaction.")
     ] = DEFAULT_GC_BATCH,
 ) -> None:
-    """Remove what has expired: idempotency keys older than the store's idempotency_ttl.
+    """Remove what has expired: the namespace's threads past their expires_at (as purge
+    does) and idempotency keys older than the store's idempotency_ttl (every namespace).
 
     Runs batch after batch until one comes back short; safe beside running servers.
     """
-    settings = _settings(store_url=store, redis_url=redis)
+    settings = _settings(store_url=store, redis_url=redis, namespace=namespace)
     removed = _with_cache(settings, lambda cache: _collect(cache, batch))
     for what, count in removed.items():
         _out.print(f"removed {count:,} {what}")
@@ -602,6 +605,7 @@ def collect_garbage(
 async def _collect(cache: ConversationCache, batch: int) -> dict[str, int]:
     """Each sweep run to its end: how many of what each removed."""
     sweeps: dict[str, Callable[[int], Awaitable[int]]] = {
+        "expired threads": lambda n: cache.sweep_expired(limit=n),
         "expired idempotency keys": lambda n: cache.store.expire_idempotency_keys(limit=n),
     }
     return {what: await _sweep(sweep, batch) for what, sweep in sweeps.items()}

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -214,14 +215,31 @@ Metadata = Annotated[
 ]
 
 
+def _text_only(value: object) -> object:
+    # Pydantic would read a number as seconds since the epoch: the spec says a string.
+    if not isinstance(value, str):
+        raise ValueError("expected an ISO 8601 date and time with a UTC offset, as a string")
+    return value
+
+
+Moment = Annotated[datetime, BeforeValidator(_text_only)]
+
+
 class ThreadUpdate(BaseModel):
-    """What to change of a thread besides its messages; a field left out is left as it is."""
+    """What to change of a thread besides its messages; a field left out (or null) is left
+    as it is."""
 
     model_config = ConfigDict(extra="forbid")
 
     metadata: Metadata | None = Field(
         default=None,
         description="Merged into the thread's metadata: a string sets its key, null removes it.",
+    )
+    expires_at: Moment | None = Field(
+        default=None,
+        description="When the thread expires (ISO 8601 with a UTC offset, e.g. "
+        "2030-01-01T00:00:00Z): from then on it reads as deleted, and `agent-core gc` "
+        "removes it. A time already past deletes it now.",
     )
 
 
@@ -238,6 +256,9 @@ class ThreadInfoResponse(BaseModel):
         description="When the thread was last written (ISO 8601, UTC); null if never."
     )
     metadata: dict[str, str]
+    expires_at: datetime | None = Field(
+        description="When the thread expires and reads as deleted (ISO 8601, UTC); null: never."
+    )
 
     @classmethod
     def of(cls, thread_id: str, info: ThreadInfo) -> ThreadInfoResponse:
@@ -248,6 +269,7 @@ class ThreadInfoResponse(BaseModel):
             created_at=info.created_at,
             updated_at=info.updated_at,
             metadata=dict(info.metadata),
+            expires_at=info.expires_at,
         )
 
 
@@ -624,7 +646,8 @@ async def thread_info(request: Request, thread_id: ThreadId) -> Response:
     tags=["threads"],
 )
 async def update_thread(request: Request, thread_id: ThreadId, body: ThreadUpdate) -> Response:
-    """Merge metadata into the thread's (null removes a key); the version does not move.
+    """Merge metadata into the thread's (null removes a key) and set its expiry; the
+    version does not move (unless the expiry is already past: then it is deleted).
 
     A thread never written is created (version 0). A refused update writes nothing.
     """
