@@ -22,6 +22,7 @@ from agent_core import (
     TokenCounter,
     VersionConflict,
 )
+from agent_core.store import SQLiteStore
 
 from ._poll import eventually
 from ._probe import Holds
@@ -73,11 +74,12 @@ async def test_splice_follows_python_slice_rules(
 async def test_splices_nest_at_one_spot_and_the_reads_stay_in_order(
     cache: ConversationCache,
 ) -> None:
-    """Inserting again and again at the same place (between two neighbours, before
-    the first message, at the end) keeps every message where the model says."""
+    """Inserting again and again at the same places (between two neighbours, before the
+    first message, at the end) keeps every message where the model says; 600 nested
+    inserts at one spot respace its run once their keys pass 64 bytes."""
     model = await seeded(cache, "t", 3)
-    for i in range(60):
-        for position in (1, 0, len(model)):
+    for i in range(600):
+        for position in (1, 0, len(model)) if i % 10 == 0 else (1,):
             model[position:position] = [f"x{i}-{position}"]
             await cache.splice("t", position, position, [user(model[position])])
     cache.clear_local()
@@ -85,6 +87,13 @@ async def test_splices_nest_at_one_spot_and_the_reads_stay_in_order(
     store = cache.store
     records = await store.read(cache.namespace, "t", last=4)
     assert [orjson.loads(p)["content"] for p in records.payloads] == model[-4:]
+    if isinstance(store, SQLiteStore):
+        connection = sqlite3.connect(store.path)
+        try:
+            (longest,) = connection.execute("SELECT max(length(frac)) FROM messages").fetchone()
+        finally:
+            connection.close()
+        assert longest <= 64
 
 
 async def test_pop(cache: ConversationCache) -> None:

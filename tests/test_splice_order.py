@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent_core.store._order import absolute, fetch_for, keys_between, locate
+from agent_core.store._order import absolute, fetch_for, keys_between, locate, respace
 
 Row = tuple[int, int, bytes]  # (seq, anchor, frac)
 INDEX = st.none() | st.integers(-12, 12)
@@ -65,3 +65,26 @@ def test_nested_inserts_at_one_spot_grow_keys_slowly() -> None:
         assert (anchor, frac) < high
         high = (anchor, frac)
     assert len(high[1]) <= 800 // 8 + 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(min_size=1, max_size=70), max_size=30, unique=True),
+    st.integers(0, 30),
+    st.integers(1, 5),
+    st.booleans(),
+)
+def test_respacing_keeps_the_run_in_order_and_places_new_rows(
+    fracs: list[bytes], split: int, count: int, ahead: bool
+) -> None:
+    # Stored fracs never end in a zero byte, and only an appended row's is empty.
+    run = sorted({frac.rstrip(b"\0") or b"\1" for frac in fracs})
+    split = min(split, len(run))
+    before = None if ahead or not run else run[max(split - 1, 0)]
+    kept, new = respace(run, before, count)
+    at = 0 if before is None else run.index(before) + 1
+    merged = kept[:at] + new + kept[at:]
+    assert merged == sorted(merged)
+    assert len(set(merged)) == len(merged)
+    assert max(map(len, merged)) <= 2
+    assert len(new) == count

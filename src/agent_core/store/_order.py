@@ -8,6 +8,12 @@ never reads a key. A splice keeps every other row where it is: its new rows get 
 strictly between their neighbours' (`keys_between`), so nothing is renumbered and
 the cost is that of the rows it removes and inserts.
 
+Nesting inserts at one spot lengthens fracs by about a byte per eight. Past
+`MAX_FRAC_BYTES` the store *respaces* the run of rows sharing the anchor
+(`respace`): their fracs are spread afresh, a few bytes each, in one update of that
+run alone (PostgreSQL's btree refuses index entries over ~2.7 KB, and short keys
+keep the index small).
+
 Locating ``messages[start:stop]`` walks the order index from the nearer end
 (`fetch_for`): a front slice (``start, stop >= 0``) reads ``stop - start + 2`` rows
 from ``start - 1``; a tail slice (``start < 0``, ``stop < 0`` or None) reads the last
@@ -18,9 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 
-__all__ = ["Fetch", "Located", "absolute", "fetch_for", "keys_between", "locate"]
+__all__ = [
+    "MAX_FRAC_BYTES",
+    "Fetch",
+    "Located",
+    "absolute",
+    "fetch_for",
+    "keys_between",
+    "locate",
+    "needs_respace",
+    "respace",
+]
 
 _Row = TypeVar("_Row", bound="Sequence[object]")
 
@@ -95,6 +111,8 @@ def locate(start: int | None, stop: int | None, rows: Sequence[_Row]) -> Located
 
 
 Key = tuple[int, bytes]
+#: A splice whose new fracs would be longer respaces their anchor's run first.
+MAX_FRAC_BYTES: Final = 64
 
 
 def keys_between(
@@ -114,6 +132,25 @@ def keys_between(
     else:
         anchor, low, high = before[0], before[1], after[1]
     return [(anchor, frac) for frac in _fracs_between(low, high, count)]
+
+
+def needs_respace(places: Sequence[tuple[int | None, bytes]]) -> int | None:
+    """The anchor whose run must be respaced before ``places`` are used, if any."""
+    for anchor, frac in places:
+        if len(frac) > MAX_FRAC_BYTES:
+            return anchor
+    return None
+
+
+def respace(
+    run: Sequence[bytes], before: bytes | None, count: int
+) -> tuple[list[bytes], list[bytes]]:
+    """Fresh fracs for a run of rows sharing an anchor (``run``: their fracs in order)
+    and for ``count`` rows going in right after the one whose frac is ``before`` (None:
+    ahead of the whole run): ``(the run's new fracs, the new rows' fracs)``."""
+    split = 0 if before is None else sum(1 for frac in run if frac <= before)
+    fracs = _fracs_between(b"", None, len(run) + count)
+    return fracs[:split] + fracs[split + count :], fracs[split : split + count]
 
 
 def _fracs_between(low: bytes, high: bytes | None, count: int) -> list[bytes]:

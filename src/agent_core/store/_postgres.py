@@ -41,7 +41,15 @@ from ..errors import (
     VersionConflict,
 )
 from . import _postgres_schema as sql
-from ._order import Fetch, absolute, fetch_for, keys_between, locate
+from ._order import (
+    Fetch,
+    absolute,
+    fetch_for,
+    keys_between,
+    locate,
+    needs_respace,
+    respace,
+)
 from ._protocol import (
     DEFAULT_EXPIRE_BATCH,
     DEFAULT_IDEMPOTENCY_TTL,
@@ -397,6 +405,19 @@ class PostgresStore:
             raise _Unchanged(unchanged)
         version = current + max(1, len(payloads))
         places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
+        respaced: list[tuple[tuple[int, int], bytes]] = []
+        anchor = needs_respace(places)
+        if anchor is not None:
+            gone = {row[0] for row in located.removed}
+            run = [
+                row
+                for row in await connection.fetch(sql.RUN, namespace, thread_id, anchor)
+                if row[0] not in gone
+            ]
+            before = None if located.before is None else located.before[2]
+            fracs, new = respace([row[1] for row in run], before, len(payloads))
+            respaced = [(row[2], frac) for row, frac in zip(run, fracs, strict=True)]
+            places = [(anchor, frac) for frac in new]
         deleted = await connection.fetchrow(
             sql.SPLICE,
             namespace,
@@ -412,6 +433,8 @@ class PostgresStore:
             digest,
             [row[4] for row in located.removed],
             retention,
+            [row_id for row_id, _ in respaced],
+            [frac for _, frac in respaced],
         )
         if deleted is None or (deleted[0], deleted[1]) != (len(located.removed),) * 2:
             raise StoreUnavailable(

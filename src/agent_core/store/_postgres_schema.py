@@ -923,6 +923,12 @@ ORDER BY m.place, m.frac
 # old version with the order keys store/_order.py gave them, the thread's version, its
 # expiry extended by the retention ($13) and the key's use.
 SPLICE_BEGIN: Final = f"SELECT * FROM {SCHEMA}.splice_begin($1, $2, $3, $4, $5, $6, $7)"
+# The rows sharing an anchor, when a splice must respace them (store/_order.py).
+RUN: Final = f"""
+SELECT seq, frac, ctid FROM {SCHEMA}.messages
+WHERE namespace = $1 AND thread_id = $2 AND coalesce(anchor, seq) = $3
+ORDER BY frac
+"""
 SPLICE: Final = f"""
 WITH removed AS (
     -- By the rows' ctids ($12, read under the thread's lock, which every writer of
@@ -938,6 +944,11 @@ WITH removed AS (
     SELECT $1, $2, $4 + u.ordinality, u.anchor, u.frac, u.payload, u.tokens
     FROM unnest($5::bigint[], $6::bytea[], $7::json[], $8::jsonb[])
         WITH ORDINALITY AS u(anchor, frac, payload, tokens, ordinality)
+), respaced AS (
+    -- Rows of a run whose fracs were spread afresh (store/_order.py), by ctid.
+    UPDATE {SCHEMA}.messages m SET frac = u.frac
+    FROM unnest($14::tid[], $15::bytea[]) AS u(row_id, frac)
+    WHERE m.ctid = u.row_id
 ), used AS (
     -- An expired key's row may still be there: this use replaces it.
     INSERT INTO {SCHEMA}.idempotency_keys AS k

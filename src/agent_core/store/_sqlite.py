@@ -39,7 +39,15 @@ from ..errors import (
     ThreadExists,
     VersionConflict,
 )
-from ._order import Located, absolute, fetch_for, keys_between, locate
+from ._order import (
+    Located,
+    absolute,
+    fetch_for,
+    keys_between,
+    locate,
+    needs_respace,
+    respace,
+)
 from ._protocol import (
     DEFAULT_EXPIRE_BATCH,
     DEFAULT_IDEMPOTENCY_TTL,
@@ -568,6 +576,9 @@ class SQLiteStore:
                 [(*key, removed[0]) for removed in located.removed],
             )
             places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
+            anchor = needs_respace(places)
+            if anchor is not None:
+                places = _respace(connection, key, anchor, located.before, len(payloads))
             connection.executemany(
                 "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
                 " created_at) VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)",
@@ -1052,6 +1063,28 @@ def _touch(
 
 def _expired(expires_at: float | None) -> bool:
     return expires_at is not None and expires_at <= time.time()
+
+
+def _respace(
+    connection: sqlite3.Connection,
+    key: tuple[str, str],
+    anchor: int,
+    before: _Placed | None,
+    count: int,
+) -> list[tuple[int | None, bytes]]:
+    """Spread the fracs of ``anchor``'s run afresh; the places of ``count`` new rows
+    going in after ``before``."""
+    run = connection.execute(
+        "SELECT seq, CAST(frac AS BLOB) FROM messages"
+        " WHERE namespace = ? AND thread_id = ? AND coalesce(anchor, seq) = ? ORDER BY frac",
+        (*key, anchor),
+    ).fetchall()
+    fracs, new = respace([frac for _, frac in run], None if before is None else before[2], count)
+    connection.executemany(
+        "UPDATE messages SET frac = ? WHERE namespace = ? AND thread_id = ? AND seq = ?",
+        [(frac, *key, seq) for (seq, _), frac in zip(run, fracs, strict=True)],
+    )
+    return [(anchor, frac) for frac in new]
 
 
 def _key_of(row: _Placed | None) -> tuple[int, bytes] | None:
