@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 
-from agent_core.server import Settings, create_app
+from agent_core.errors import ConfigurationError
+from agent_core.server import Settings, create_app, serverless_settings
 
 from ._http import assert_problem, running, user
 from ._poll import eventually
@@ -672,3 +673,70 @@ def test_openapi_lists_splice_fork_and_purge() -> None:
     assert "minItems" not in splice_messages  # a splice may only remove
     for name in ("SpliceRequest", "ForkRequest"):
         assert schemas[name]["additionalProperties"] is False
+
+
+# -- retention and the background sweep ------------------------------------------------
+
+
+async def test_background_sweep_deletes_expired_threads(store_url: str, namespace: str) -> None:
+    settings = Settings(store_url=store_url, namespace=namespace, sweep_interval=0.05)
+    async with running(create_app(settings)) as http:
+        await write(http, "e", "a")
+        await write(http, "kept", "a")
+        soon = datetime.now(UTC) + timedelta(seconds=1)  # still to come when set
+        set_expiry = await http.patch("/v1/threads/e", json={"expires_at": soon.isoformat()})
+        assert set_expiry.status_code == 200, set_expiry.text
+
+        async def swept() -> bool:
+            # Deleted by the sweep, not by a write: its row was written after it expired.
+            updated = (await info(http, "e"))["updated_at"]
+            return datetime.fromisoformat(updated) > soon
+
+        await eventually(swept)
+        assert await messages(http, "e") == (2, [])
+        assert (await client_list(http)) == ["kept"]
+        assert (await messages(http, "kept")) == (1, ["a"])
+
+
+async def client_list(http: httpx.AsyncClient) -> list[str]:
+    ids: list[str] = (await http.get("/v1/threads")).json()["thread_ids"]
+    return ids
+
+
+async def test_retention_setting_sets_each_writes_expiry(sqlite_url: str, namespace: str) -> None:
+    settings = Settings(store_url=sqlite_url, namespace=namespace, retention=3600.0)
+    async with running(create_app(settings)) as http:
+        before = datetime.now(UTC)
+        await write(http, "r", "a")
+        expires_at = datetime.fromisoformat((await info(http, "r"))["expires_at"])
+        assert (
+            before + timedelta(seconds=3590)
+            <= expires_at
+            <= datetime.now(UTC) + timedelta(seconds=3610)
+        )
+
+
+def test_settings_retention_and_sweep_from_env() -> None:
+    environ = {"AGENT_CORE_RETENTION": "86400", "AGENT_CORE_SWEEP_INTERVAL": "5"}
+    settings = Settings.from_env(environ)
+    assert (settings.retention, settings.sweep_interval) == (86400.0, 5.0)
+    assert Settings.from_env({"AGENT_CORE_RETENTION": ""}).retention is None
+    assert Settings().retention is None
+    assert Settings().sweep_interval == 60.0
+    assert Settings(sweep_interval=0).sweep_interval == 0
+    with pytest.raises(ConfigurationError, match="AGENT_CORE_RETENTION"):
+        Settings.from_env({"AGENT_CORE_RETENTION": "a month"})
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ConfigurationError, match="sweep_interval"):
+            Settings.from_env({"AGENT_CORE_SWEEP_INTERVAL": bad})
+    # Serverless instances freeze between requests: no background sweep unless asked.
+    assert serverless_settings({}).sweep_interval == 0
+    assert serverless_settings({"AGENT_CORE_SWEEP_INTERVAL": "30"}).sweep_interval == 30.0
+    assert serverless_settings({}).consistency == "strong"
+
+
+async def test_a_bad_retention_is_a_configuration_error(sqlite_url: str) -> None:
+    app = create_app(Settings(store_url=sqlite_url, retention=-1.0))
+    with pytest.raises(ConfigurationError, match="retention"):
+        async with app.router.lifespan_context(app):
+            pass

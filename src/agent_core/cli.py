@@ -401,6 +401,7 @@ def _cache(settings: Settings) -> ConversationCache:
         namespace=settings.namespace,
         consistency=settings.consistency,
         max_staleness=settings.max_staleness,
+        retention=settings.retention,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from .._quote import quote
+from .._tasks import cancel_and_wait
 from .._validation import (
     ID_PATTERN,
     MAX_COUNT,
@@ -56,6 +58,9 @@ __all__ = ["create_app"]
 _LAG_INTERVAL: Final = 0.01
 _READY_TIMEOUT: Final = 2.0
 _JSON: Final = "application/json"
+#: Expired threads deleted per transaction by the background sweep.
+_SWEEP_BATCH: Final = 1000
+_log = logging.getLogger("agent_core.server")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -353,8 +358,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 consistency=settings.consistency,
                 max_staleness=settings.max_staleness,
                 l2_signing_key=settings.l2_signing_key,
+                retention=settings.retention,
             )
             await stack.enter_async_context(cache)
+            if settings.sweep_interval > 0:
+                sweeper = asyncio.create_task(
+                    _sweep_expired(cache, settings.sweep_interval), name="agent-core-sweep"
+                )
+                stack.push_async_callback(cancel_and_wait, sweeper)  # before the cache closes
             model = settings.chat_model()
             stack.push_async_callback(model.aclose)
             token_model = settings.token_model
@@ -386,6 +397,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_Timing)
     return app
+
+
+async def _sweep_expired(cache: ConversationCache, interval: float) -> None:
+    """Every ``interval`` seconds, delete the namespace's expired threads, a batch at a time
+    (they already read as deleted: this frees their rows and Redis values)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            while await cache.sweep_expired(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
+                pass
+        except AgentCoreError as exc:  # the store is down, say: the next round tries again
+            _log.warning("agent-core: sweeping expired threads failed: %s", exc)
 
 
 # -- endpoints -----------------------------------------------------------------------

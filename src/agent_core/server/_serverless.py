@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI
 
@@ -32,14 +32,18 @@ _log = logging.getLogger("agent_core.serverless")
 
 
 def serverless_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    """`Settings.from_env`, with ``consistency`` ``"strong"`` unless the variable sets it.
+    """`Settings.from_env`, with ``consistency`` ``"strong"`` and no background sweep unless
+    their variables set them.
 
     Instances come and go and share no invalidation bus, so a bounded-staleness read could
-    be served by an instance that missed another's append: every read checks the store.
+    be served by an instance that missed another's append: every read checks the store. A
+    frozen instance runs no background task either: run ``agent-core gc`` on a schedule.
     """
-    if CONSISTENCY_VARIABLE in environ:
-        return Settings.from_env(environ)
-    return Settings.from_env(environ, consistency="strong")
+    defaults: dict[str, Any] = {"consistency": "strong", "sweep_interval": 0.0}
+    overrides = {
+        name: value for name, value in defaults.items() if ENV_PREFIX + name.upper() not in environ
+    }
+    return Settings.from_env(environ, **overrides)
 
 
 @dataclass

@@ -10,9 +10,16 @@ from typing import Any, Final
 
 from .._quote import quote
 from .._urls import mask_url
+from .._validation import check_seconds
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
 from ..errors import ConfigurationError
 
+#: The annotations of numeric fields, and how their variables are read.
+_NUMBERS: Final[dict[str, type[int] | type[float]]] = {
+    "int": int,
+    "float": float,
+    "float | None": float,
+}
 # EchoModel has no tokenizer of its own: its prompts are counted as gpt-4o's.
 _ECHO_TOKEN_MODEL: Final = "gpt-4o"
 
@@ -29,6 +36,9 @@ class Settings:
     sent to an OpenAI-compatible server by `OpenAIChatModel` (``OPENAI_BASE_URL``,
     ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body. ``l2_signing_key``
     (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
+    ``retention`` (seconds; None: forever) makes every write keep its thread at least that
+    long; the app deletes the namespace's expired threads every ``sweep_interval`` seconds
+    (0: never; ``agent-core gc`` does it on demand).
     """
 
     store_url: str = "sqlite:///agent-core.db"
@@ -40,6 +50,8 @@ class Settings:
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
     max_body_bytes: int = 4 << 20
+    retention: float | None = None
+    sweep_interval: float = 60.0
     #: Signs L2 values (``AGENT_CORE_L2_SIGNING_KEY``; never shown in the repr).
     l2_signing_key: str | None = dataclasses.field(default=None, repr=False)
 
@@ -50,6 +62,13 @@ class Settings:
             raise ConfigurationError(
                 f"max_body_bytes must be a positive integer, got {quote(self.max_body_bytes)}"
             )
+        check_seconds(
+            "sweep_interval",
+            self.sweep_interval,
+            allow_zero=True,
+            note="0: no background sweep",
+            error=ConfigurationError,
+        )
 
     def __repr__(self) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -88,8 +107,11 @@ class Settings:
             raw = environ.get(variable)
             if raw is None:
                 continue
-            if field.type in ("int", "float"):
-                kind = int if field.type == "int" else float
+            kind = _NUMBERS.get(str(field.type))
+            if kind is not None:
+                if not raw and str(field.type).endswith("None"):
+                    values[name] = None  # set but empty: none
+                    continue
                 try:
                     values[name] = kind(raw)
                 except ValueError:
