@@ -303,3 +303,13 @@ def test_gc_removes_the_namespaces_expired_threads(store_url: str) -> None:
     other = ["gc", "--store", store_url, "--namespace", "other"]
     assert invoke(other).stdout.startswith("removed 3 expired threads\n")
     assert invoke(other).stdout.startswith("removed 0 expired threads\n")
+
+
+def test_the_cli_cache_takes_the_servers_settings(store_url: str) -> None:
+    """The commands open their cache from the same settings as `serve`: a signing key or
+    retention that the server would refuse is refused here too."""
+    for env in ({"AGENT_CORE_L2_SIGNING_KEY": "short"}, {"AGENT_CORE_RETENTION": "-1"}):
+        result = invoke(["threads", "list", "--store", store_url], env=env)
+        assert result.exit_code == 1, (env, result.output)
+        assert result.stderr.startswith("error: ")
+        assert next(iter(env)).removeprefix("AGENT_CORE_").lower() in result.stderr

@@ -367,7 +367,7 @@ def chat(
 async def _chat(settings: Settings, thread: str, system: str) -> None:
     chat_model = settings.chat_model()
     try:
-        async with _cache(settings) as memory:
+        async with settings.cache() as memory:
             agent = BaseAgent(
                 chat_model,
                 memory,
@@ -393,23 +393,11 @@ async def _chat(settings: Settings, thread: str, system: str) -> None:
         await chat_model.aclose()
 
 
-def _cache(settings: Settings) -> ConversationCache:
-    """A cache on the settings' store, Redis and namespace; not opened yet."""
-    return ConversationCache.from_urls(
-        store=settings.store_url,
-        redis=settings.redis_url,
-        namespace=settings.namespace,
-        consistency=settings.consistency,
-        max_staleness=settings.max_staleness,
-        retention=settings.retention,
-    )
-
-
 def _with_cache(settings: Settings, work: Callable[[ConversationCache], Awaitable[T]]) -> T:
     """``work`` on an opened cache; a typed error is one red line, exit code 1."""
 
     async def run() -> T:
-        async with _cache(settings) as cache:
+        async with settings.cache() as cache:
             return await work(cache)
 
     try:

@@ -351,16 +351,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            cache = ConversationCache.from_urls(
-                settings.store_url,
-                settings.redis_url,
-                namespace=settings.namespace,
-                consistency=settings.consistency,
-                max_staleness=settings.max_staleness,
-                l2_signing_key=settings.l2_signing_key,
-                retention=settings.retention,
-            )
-            await stack.enter_async_context(cache)
+            cache = await stack.enter_async_context(settings.cache())
             if settings.sweep_interval > 0:
                 sweeper = asyncio.create_task(
                     _sweep_expired(cache, settings.sweep_interval), name="agent-core-sweep"

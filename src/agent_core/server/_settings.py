@@ -12,6 +12,7 @@ from .._quote import quote
 from .._urls import mask_url
 from .._validation import check_seconds
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
+from ..cache import ConversationCache
 from ..errors import ConfigurationError
 
 #: The annotations of numeric fields, and how their variables are read.
@@ -81,6 +82,18 @@ class Settings:
     def token_model(self) -> str:
         """The model whose rules count prompts: ``model``, or gpt-4o for the echo model."""
         return _ECHO_TOKEN_MODEL if self.model == "echo" else self.model
+
+    def cache(self) -> ConversationCache:
+        """A new cache on these settings' store, Redis, namespace and options; not opened."""
+        return ConversationCache.from_urls(
+            self.store_url,
+            self.redis_url,
+            namespace=self.namespace,
+            consistency=self.consistency,
+            max_staleness=self.max_staleness,
+            l2_signing_key=self.l2_signing_key,
+            retention=self.retention,
+        )
 
     def chat_model(self) -> ChatModel:
         """A new model client for ``model``; the caller closes it."""
