@@ -158,9 +158,15 @@ async def test_retention_and_expiry_are_validated(store_url: str) -> None:
             ConversationCache.from_urls(store=store_url, retention=bad)
     async with ConversationCache.from_urls(store=store_url, namespace="v") as cache:
         await cache.append("t", [user("a")])
-        for bad in (datetime(2030, 1, 1), "2030-01-01", 1.5e9, PAST.replace(year=1)):
+        bad_expiries: tuple[object, ...] = (
+            datetime(2030, 1, 1),  # naive, on purpose
+            "2030-01-01",
+            1.5e9,
+            PAST.replace(year=1),
+        )
+        for expiry in bad_expiries:
             with pytest.raises(InvalidArgument, match="expires_at"):
-                await cache.update_thread("t", expires_at=bad)  # type: ignore[arg-type]
+                await cache.update_thread("t", expires_at=expiry)  # type: ignore[arg-type]
         for limit in (0, -1, True, 10**6):
             with pytest.raises(InvalidArgument, match="limit"):
                 await cache.sweep_expired(limit=limit)

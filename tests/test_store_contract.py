@@ -156,10 +156,21 @@ async def test_update_thread_merges_metadata(cache: ConversationCache) -> None:
         {"k": 1},
         {"k": "x" * 513},
         {"k": "nul\x00"},
+        {"k": "lone \ud800 surrogate"},
         {f"k{i}": "x" for i in range(17)},
         ["k", "x"],
     ],
-    ids=["empty-key", "space", "long-key", "int", "long-value", "nul", "17-keys", "list"],
+    ids=[
+        "empty-key",
+        "space",
+        "long-key",
+        "int",
+        "long-value",
+        "nul",
+        "surrogate",
+        "17-keys",
+        "list",
+    ],
 )
 async def test_bad_metadata_is_refused_and_writes_nothing(
     cache: ConversationCache, metadata: Any
@@ -167,6 +178,8 @@ async def test_bad_metadata_is_refused_and_writes_nothing(
     await cache.update_thread("t", metadata={"user": "u1"})
     with pytest.raises(InvalidArgument):
         await cache.update_thread("t", metadata=metadata)
+    with pytest.raises(InvalidArgument):
+        await cache.list_threads(metadata=metadata)
     assert dict((await cache.thread_info("t")).metadata) == {"user": "u1"}
 
 

@@ -64,14 +64,28 @@ def check_metadata(metadata: object, *, removals: bool) -> dict[str, str | None]
         if value is None and removals:
             checked[key] = None
             continue
-        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE_LENGTH or "\x00" in value:
+        if (
+            not isinstance(value, str)
+            or len(value) > MAX_METADATA_VALUE_LENGTH
+            or "\x00" in value
+            or not _is_utf8(value)
+        ):
             allowed = " (or None to remove the key)" if removals else ""
             raise InvalidArgument(
                 f"invalid value of metadata key {key!r}: {quote(value)}; use a string of at most "
-                f"{MAX_METADATA_VALUE_LENGTH} characters without NUL{allowed}"
+                f"{MAX_METADATA_VALUE_LENGTH} characters without NUL or lone surrogates{allowed}"
             )
         checked[key] = value
     return checked
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be stored: no lone surrogates, which UTF-8 can't encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_idempotency_key(key: object) -> str | None:
