@@ -860,24 +860,36 @@ class SQLiteStore:
     def _list_threads(
         self, namespace: str, limit: int, after: str | None, pairs: dict[str, str]
     ) -> list[str]:
-        query = (
-            "SELECT t.thread_id FROM threads t WHERE t.namespace = ? AND t.thread_id > ?"
-            " AND (t.expires_at IS NULL OR t.expires_at > ?)"
-            " AND (t.version > t.cleared_through OR EXISTS (SELECT 1 FROM thread_metadata m"
-            " WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))"
-        )
-        arguments: list[object] = [namespace, after or "", time.time()]
-        for key, value in pairs.items():
-            query += (
-                " AND t.thread_id IN (SELECT m.thread_id FROM thread_metadata m"
-                " WHERE m.namespace = ? AND m.key = ? AND m.value = ?)"
+        now = time.time()
+        if not pairs:
+            query = (
+                "SELECT t.thread_id FROM threads t WHERE t.namespace = ? AND t.thread_id > ?"
+                " AND (t.expires_at IS NULL OR t.expires_at > ?)"
+                " AND (t.version > t.cleared_through OR EXISTS (SELECT 1 FROM thread_metadata m"
+                " WHERE m.namespace = t.namespace AND m.thread_id = t.thread_id))"
+                " ORDER BY t.thread_id LIMIT ?"
             )
-            arguments += [namespace, key, value]
-        rows = (
-            self._reader()
-            .execute(query + " ORDER BY t.thread_id LIMIT ?", [*arguments, limit + 1])
-            .fetchall()
-        )
+            arguments: list[object] = [namespace, after or "", now, limit + 1]
+        else:
+            # Driven by the first pair's stretch of the metadata index, which is in id
+            # order (CROSS JOIN keeps SQLite from scanning the namespace's threads).
+            (key, value), *others = pairs.items()
+            query = (
+                "SELECT m.thread_id FROM thread_metadata m CROSS JOIN threads t"
+                " ON t.namespace = m.namespace AND t.thread_id = m.thread_id"
+                " WHERE m.namespace = ? AND m.key = ? AND m.value = ? AND m.thread_id > ?"
+                " AND (t.expires_at IS NULL OR t.expires_at > ?)"
+            )
+            arguments = [namespace, key, value, after or "", now]
+            for key, value in others:
+                query += (
+                    " AND EXISTS (SELECT 1 FROM thread_metadata o WHERE o.namespace = ?"
+                    " AND o.thread_id = m.thread_id AND o.key = ? AND o.value = ?)"
+                )
+                arguments += [namespace, key, value]
+            query += " ORDER BY m.thread_id LIMIT ?"
+            arguments.append(limit + 1)
+        rows = self._reader().execute(query, arguments).fetchall()
         return [row[0] for row in rows]
 
     async def thread_info(self, namespace: str, thread_id: str) -> ThreadInfo:
