@@ -4,8 +4,10 @@ updates, on both stores; every refusal is a problem and writes nothing."""
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -696,6 +698,32 @@ async def test_background_sweep_deletes_expired_threads(store_url: str, namespac
         assert await messages(http, "e") == (2, [])
         assert (await client_list(http)) == ["kept"]
         assert (await messages(http, "kept")) == (1, ["a"])
+
+
+async def test_background_sweep_removes_expired_idempotency_keys(
+    tmp_path: Path, namespace: str
+) -> None:
+    path = tmp_path / "keys.db"
+    settings = Settings(
+        store_url=f"sqlite:///{path}?idempotency_ttl=0.2", namespace=namespace, sweep_interval=0.05
+    )
+    async with running(create_app(settings)) as http:
+        body = {"messages": [user("a")]}
+        response = await http.post(
+            "/v1/threads/k/messages", json=body, headers={"Idempotency-Key": "key-1"}
+        )
+        assert response.status_code == 201, response.text
+
+        def keys_left() -> int:
+            connection = sqlite3.connect(path)
+            try:
+                (count,) = connection.execute("SELECT count(*) FROM idempotency_keys").fetchone()
+            finally:
+                connection.close()
+            return int(count)
+
+        assert keys_left() == 1
+        await eventually(lambda: keys_left() == 0)
 
 
 async def client_list(http: httpx.AsyncClient) -> list[str]:

@@ -391,12 +391,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _sweep_expired(cache: ConversationCache, interval: float) -> None:
-    """Every ``interval`` seconds, delete the namespace's expired threads, a batch at a time
-    (they already read as deleted: this frees their rows and Redis values)."""
+    """Every ``interval`` seconds, delete the namespace's expired threads and the store's
+    expired idempotency keys, a batch at a time (both already count as gone: this frees
+    their rows and Redis values)."""
     while True:
         await asyncio.sleep(interval)
         try:
             while await cache.sweep_expired(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
+                pass
+            while await cache.store.expire_idempotency_keys(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
                 pass
         except AgentCoreError as exc:  # the store is down, say: the next round tries again
             _log.warning("agent-core: sweeping expired threads failed: %s", exc)
