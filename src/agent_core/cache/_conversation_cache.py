@@ -6,28 +6,25 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from typing import Any, Final
 
 from .._closing import AsyncClosing
 from .._redis import RedisClient, redis_client
 from .._tasks import TaskGroup
 from .._validation import (
-    check_count,
-    check_expires_at,
     check_namespace,
-    check_slice,
     check_thread_id,
 )
 from ..errors import CacheClosed, ConfigurationError
-from ..messages import Conversation, Message, encode_batch, trusted_message
+from ..messages import Conversation, Message, encode_batch
 from ..observe import MemoryMonitor
-from ..store import SpliceResult, ThreadInfo, ThreadPage, ThreadStore, store_from_url
+from ..store import ThreadStore, store_from_url
 from ..tokens import Window
 from ._bus import InvalidationBus
 from ._fences import Fences
 from ._freshness import Ticks
 from ._l1 import L1Tier
+from ._lifecycle import ThreadLifecycle
 from ._loader import Loader, Served
 from ._options import POLICIES, CacheOptions
 from ._parts import CacheParts, store_fingerprint
@@ -43,7 +40,7 @@ __all__ = ["ConversationCache"]
 DEFAULT_STORE_URL: Final = "sqlite:///agent-core.db"
 
 
-class ConversationCache(AsyncClosing):
+class ConversationCache(ThreadLifecycle, AsyncClosing):
     """Append to and read conversations of one namespace, through two cache tiers.
 
     Reads try the in-process L1, then Redis (L2, shared by every instance), then
@@ -287,70 +284,11 @@ class ConversationCache(AsyncClosing):
             thread_id, messages, payloads, expected_version, idempotency_key
         )
 
-    async def splice(
-        self,
-        thread_id: str,
-        start: int | None,
-        stop: int | None,
-        messages: Sequence[dict[str, Any] | Message] = (),
-        *,
-        expected_version: int | None = None,
-        idempotency_key: str | None = None,
-    ) -> int:
-        """Replace ``messages[start:stop]`` (Python slice rules) by ``messages``,
-        atomically; returns the new version. A splice that changes nothing writes
-        nothing. ``expected_version`` and ``idempotency_key`` work as in `append`."""
-        return (
-            await self._splice(thread_id, start, stop, messages, expected_version, idempotency_key)
-        ).version
-
-    async def pop(self, thread_id: str, *, expected_version: int | None = None) -> Message | None:
-        """Remove the last message and return it; None (nothing written) if there is none."""
-        result = await self._splice(thread_id, -1, None, (), expected_version, None)
-        return trusted_message(result.removed[0]) if result.removed else None
-
-    async def _splice(
-        self,
-        thread_id: str,
-        start: int | None,
-        stop: int | None,
-        messages: Sequence[dict[str, Any] | Message],
-        expected_version: int | None,
-        idempotency_key: str | None,
-    ) -> SpliceResult:
-        self._check_open()
-        check_thread_id(thread_id)
-        check_slice(start, stop)
-        payloads = encode_batch(
-            messages,
-            max_message_bytes=self.max_message_bytes,
-            max_batch_messages=self.max_batch_messages,
-            allow_empty=True,
-        )
-        return await self._writes.splice(
-            thread_id, slice(start, stop), messages, payloads, expected_version, idempotency_key
-        )
-
-    async def fork(self, source_id: str, new_id: str, *, at_version: int | None = None) -> int:
-        """Make ``new_id`` a copy of ``source_id`` (messages and metadata) as of
-        ``at_version`` (None: now); returns its version. Each side then changes alone.
-        `ThreadExists` if ``new_id`` holds messages."""
-        self._check_open()
-        return await self._writes.fork(source_id, new_id, at_version)
-
     async def delete(self, thread_id: str) -> int:
         """Delete the thread's messages; returns its new version (versions never go back)."""
         self._check_open()
         check_thread_id(thread_id)
         return await self._writes.delete(thread_id)
-
-    async def purge(self, thread_id: str) -> int:
-        """Erase the thread: its messages, metadata and idempotency keys leave the store,
-        its L2 value leaves Redis, and every instance is told. Returns the new version
-        (the version stays, so a reused id goes on from it)."""
-        self._check_open()
-        check_thread_id(thread_id)
-        return await self._writes.delete(thread_id, purge=True)
 
     async def invalidate(self, thread_id: str) -> None:
         """Drop every cached copy of the thread, here and in every other instance."""
@@ -371,45 +309,6 @@ class ConversationCache(AsyncClosing):
         self._l1.clear("evict_local")
 
     # -- other -----------------------------------------------------------------------
-
-    async def list_threads(
-        self,
-        *,
-        limit: int = 100,
-        after: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> ThreadPage:
-        """Threads of this namespace holding messages or metadata, in id order (page with
-        ``next_cursor``); ``metadata``: only those with every one of these pairs."""
-        self._check_open()
-        return await self.store.list_threads(
-            self.namespace, limit=limit, after=after, metadata=metadata
-        )
-
-    async def thread_info(self, thread_id: str) -> ThreadInfo:
-        """The thread's version, message count, times and metadata, from the store."""
-        self._check_open()
-        return await self.store.thread_info(self.namespace, thread_id)
-
-    async def update_thread(
-        self,
-        thread_id: str,
-        *,
-        metadata: Mapping[str, str | None] | None = None,
-        expires_at: datetime | None = None,
-    ) -> ThreadInfo:
-        """Merge ``metadata`` into the thread's (a None value removes its key; at most 16
-        keys) and set its expiry to ``expires_at`` (an aware datetime; past it, the thread
-        reads as deleted); None keeps either. The version does not move."""
-        self._check_open()
-        return await self._writes.update_thread(thread_id, metadata, check_expires_at(expires_at))
-
-    async def sweep_expired(self, *, limit: int = 1000) -> int:
-        """Delete up to ``limit`` threads of this namespace whose expiry has passed (they
-        already read as deleted), as `purge` does; returns how many."""
-        self._check_open()
-        check_count("limit", limit, minimum=1, maximum=100_000)
-        return await self._writes.sweep_expired(limit)
 
     async def purge_namespace(self) -> int:
         """Remove every thread of this namespace from the store and L2; returns how many.
