@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from redis.asyncio import Redis
@@ -389,12 +390,16 @@ async def test_a_slow_fill_cannot_put_purged_history_back(
             await redis.aclose()
 
 
-async def test_external_rewrite_is_detected(tmp_path: Path, redis_url: str) -> None:
-    path = tmp_path / "ext.db"
+@pytest.mark.parametrize("change", ["delete", "update"])
+async def test_external_rewrite_of_a_spliced_thread_is_detected(
+    store_url: str, redis_url: str, namespace: str, change: str
+) -> None:
+    """Another program deletes or edits a spliced-in row with SQL: every tier drops the
+    old content (bounded mode, no announcement but the store's own)."""
     options: dict[str, Any] = {
-        "store": f"sqlite:///{path}",
+        "store": store_url,
         "redis": redis_url,
-        "namespace": "ext",
+        "namespace": namespace,
         "consistency": "bounded",
         "max_staleness": 0.2,
     }
@@ -402,20 +407,46 @@ async def test_external_rewrite_is_detected(tmp_path: Path, redis_url: str) -> N
         await seeded(cache, "t", 4)
         await cache.splice("t", 1, 1, [user("inserted")])
         held = await cache.get("t")
-        connection = sqlite3.connect(path)
-        try:
-            with connection:
-                connection.execute(
-                    "DELETE FROM messages WHERE thread_id = 't' AND payload LIKE '%inserted%'"
-                )
-        finally:
-            connection.close()
+        if change == "delete":
+            statement = (
+                "DELETE FROM {table} WHERE namespace = {ns} AND payload::text LIKE '%inserted%'"
+            )
+        else:
+            statement = (
+                'UPDATE {table} SET payload = \'{{"role": "user", "content": "edited"}}\''
+                " WHERE namespace = {ns} AND payload::text LIKE '%inserted%'"
+            )
+        await _run_sql(store_url, statement, namespace)
 
         async def seen() -> bool:
             return (await cache.get("t")).version > held.version
 
         await eventually(seen, within=5.0)
-        assert texts(await cache.get("t")) == ["m0", "m1", "m2", "m3"]
+        expected = (
+            ["m0", "m1", "m2", "m3"] if change == "delete" else ["m0", "edited", "m1", "m2", "m3"]
+        )
+        assert texts(await cache.get("t")) == expected
+        async with ConversationCache.from_urls(**options) as cold:
+            assert texts(await cold.get("t")) == expected
+
+
+async def _run_sql(store_url: str, statement: str, namespace: str) -> None:
+    """Run one statement as another program would: straight on the database."""
+    if store_url.startswith("sqlite"):
+        connection = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        try:
+            with connection:
+                connection.execute(
+                    statement.format(table="messages", ns="?").replace("::text", ""), (namespace,)
+                )
+        finally:
+            connection.close()
+        return
+    connection = await asyncpg.connect(store_url)
+    try:
+        await connection.execute(statement.format(table="agent_core.messages", ns="$1"), namespace)
+    finally:
+        await connection.close()
 
 
 async def test_store_splice_reports_what_it_removed(store: ThreadStore, namespace: str) -> None:
