@@ -433,20 +433,20 @@ async def test_external_rewrite_of_a_spliced_thread_is_detected(
 async def _run_sql(store_url: str, statement: str, namespace: str) -> None:
     """Run one statement as another program would: straight on the database."""
     if store_url.startswith("sqlite"):
-        connection = sqlite3.connect(store_url.removeprefix("sqlite:///"))
+        local = sqlite3.connect(store_url.removeprefix("sqlite:///"))
         try:
-            with connection:
-                connection.execute(
+            with local:
+                local.execute(
                     statement.format(table="messages", ns="?").replace("::text", ""), (namespace,)
                 )
         finally:
-            connection.close()
+            local.close()
         return
-    connection = await asyncpg.connect(store_url)
+    remote = await asyncpg.connect(store_url)
     try:
-        await connection.execute(statement.format(table="agent_core.messages", ns="$1"), namespace)
+        await remote.execute(statement.format(table="agent_core.messages", ns="$1"), namespace)
     finally:
-        await connection.close()
+        await remote.close()
 
 
 async def test_store_splice_reports_what_it_removed(store: ThreadStore, namespace: str) -> None:
