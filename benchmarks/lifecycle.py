@@ -74,7 +74,7 @@ class Plan:
 
 
 FULL: Final = Plan((10, 10_000), (10, 1_000, 10_000), 400, 40, 100_000, 300, 20)
-QUICK: Final = Plan((10, 10_000), (10, 1_000), 20, 4, 2_000, 20, 3)
+QUICK: Final = Plan((10, 10_000), (10, 1_000), 12, 2, 400, 10, 2)
 
 
 async def prefill(cache: ConversationCache, thread_id: str, count: int, item: Message) -> None:
@@ -309,7 +309,7 @@ async def run(plan: Plan, admin_url: str, mode: str) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = benchmark_parser(__doc__, "few samples, 2,000 listed threads; a smoke run").parse_args(
+    args = benchmark_parser(__doc__, "few samples, 400 listed threads; a smoke run").parse_args(
         argv
     )
     mode = "quick" if args.quick else "full"
