@@ -29,3 +29,5 @@ def test_demo_runs_on_a_fresh_store(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     for expected in ("turn 1", "turn 3", "history from store", "window", "done"):
         assert expected in result.stdout, result.stdout
+    # The stored thread holds the assistant's reply once: the retry wrote nothing.
+    assert result.stdout.count("'content': '18 °C and clear. 🌤'}") == 1, result.stdout

@@ -35,38 +35,31 @@ async def run(store_url: str) -> None:
             ],
         )
         print(f"append     thread {thread_id} -> version {version}")
-        version = await cache.append(
+        turn = [
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "18°C, clear"},
+            {"role": "assistant", "content": "18 °C and clear. 🌤"},
+        ]
+        first = version = await cache.append(
             thread_id,
-            [
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
-                        }
-                    ],
-                },
-                {"role": "tool", "tool_call_id": "call_1", "content": "18°C, clear"},
-                {"role": "assistant", "content": "18 °C and clear. 🌤"},
-            ],
+            turn,
             expected_version=version,
             idempotency_key=f"{thread_id}-turn-1",
         )
         print(f"append     tool call, result and reply -> version {version}")
-        again = await cache.append(
-            thread_id,
-            [{"role": "assistant", "content": "18 °C and clear. 🌤"}],
-            idempotency_key=f"{thread_id}-turn-2",
-        )
-        retried = await cache.append(
-            thread_id,
-            [{"role": "assistant", "content": "18 °C and clear. 🌤"}],
-            idempotency_key=f"{thread_id}-turn-2",
-        )
-        print(f"retry      same idempotency key -> version {retried} (first call: {again})")
+        # A retry of the same turn (same key) writes nothing: the reply is stored once.
+        retried = await cache.append(thread_id, turn, idempotency_key=f"{thread_id}-turn-1")
+        print(f"retry      same idempotency key -> version {retried} (first call: {first})")
         try:
             await cache.append(thread_id, [{"role": "user", "content": "hi"}], expected_version=1)
         except VersionConflict as exc:
