@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -69,6 +70,27 @@ def test_no_command_shows_the_commands() -> None:
     result = invoke([])
     for command in ("serve", "bench", "stats", "chat"):
         assert command in result.output
+
+
+def test_version_prints_the_package_version() -> None:
+    result = invoke(["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"agent-core {importlib.metadata.version('agent-core')}\n"
+
+
+@pytest.mark.parametrize("command", [["bench"], ["gc"], ["threads", "purge"], []])
+def test_help_paragraphs_are_not_broken_at_source_line_ends(command: list[str]) -> None:
+    """Each docstring paragraph renders as one line on a wide terminal, not one per source
+    line (typer keeps a later paragraph's single line breaks)."""
+    result = invoke([*command, "--help"])
+    assert result.exit_code == 0, result.output
+    expected = {
+        "bench": "through a new cache every 50 turns as serverless cold starts make.",
+        "gc": "past their expires_at (as purge does) and idempotency keys older",
+        "purge": "leave the store, and its cached copies Redis and every instance.",
+        "": "expires_at (as purge does) and idempotency keys",
+    }[command[-1] if command else ""]
+    assert expected in result.output, result.output
 
 
 def test_bad_flag_exits_2() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.metadata
+import inspect
 import os
 import signal
 import sys
@@ -109,6 +111,37 @@ NamespaceOption = Annotated[
         show_default=False,
     ),
 ]
+
+
+def _version() -> str:
+    """The installed distribution's version; ``__version__`` when run from a bare tree."""
+    try:
+        return importlib.metadata.version("agent-core")
+    except importlib.metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"agent-core {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """agent-core: the memory layer for LLM agents."""
 
 
 def _fail(message: str, *urls: str | None) -> NoReturn:
@@ -711,6 +744,34 @@ def _size(n: int) -> str:
             return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def _reflow(text: str) -> str:
+    """``text`` with each paragraph on one line, for rich to wrap to the terminal.
+
+    Typer keeps the single line breaks of a docstring's later paragraphs (and of the
+    command list's summaries), so source-wrapped lines came out broken mid-sentence.
+    A paragraph that starts with ``\\b`` keeps its lines, as in click.
+    """
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        part if part.startswith("\b") else " ".join(line.strip() for line in part.splitlines())
+        for part in paragraphs
+    )
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's help, in ``typer_app`` and its sub-apps, through `_reflow`."""
+    for command in typer_app.registered_commands:
+        text = command.help or (command.callback.__doc__ if command.callback else None)
+        if text:
+            command.help = _reflow(text)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:
