@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import time
 import uuid
-from typing import Final
+from typing import Any, Final
 
 from .agent import AgentReply, BaseAgent, EchoModel
 from .cache import DEFAULT_STORE_URL, ConversationCache
@@ -35,7 +35,7 @@ async def run(store_url: str) -> None:
             ],
         )
         print(f"append     thread {thread_id} -> version {version}")
-        turn = [
+        turn: list[dict[str, Any]] = [
             {
                 "role": "assistant",
                 "content": None,
