@@ -114,13 +114,11 @@ NamespaceOption = Annotated[
 
 
 def _version() -> str:
-    """The installed distribution's version; ``__version__`` when run from a bare tree."""
+    """The installed distribution's version (pip's metadata, not a copy of it)."""
     try:
         return importlib.metadata.version("agent-core")
-    except importlib.metadata.PackageNotFoundError:
-        from . import __version__
-
-        return __version__
+    except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown (not installed)"
 
 
 def _print_version(value: bool) -> None:
@@ -169,6 +167,72 @@ def serve(
     redis: RedisOption = None,
     model: ModelOption = None,
     namespace: NamespaceOption = None,
+    consistency: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_CONSISTENCY",
+            help="'bounded' (reads at most --max-staleness behind) or 'strong' (linearizable, "
+            "one store query per read).  \\[default: bounded]",
+            show_default=False,
+        ),
+    ] = None,
+    max_staleness: Annotated[
+        float | None,
+        typer.Option(
+            envvar="AGENT_CORE_MAX_STALENESS",
+            help="Seconds a bounded read may lag an acknowledged append.  \\[default: 1.0]",
+            show_default=False,
+        ),
+    ] = None,
+    max_context_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_MAX_CONTEXT_TOKENS",
+            help="The model's context window, in tokens, for turns.  \\[default: 16000]",
+            show_default=False,
+        ),
+    ] = None,
+    reserve_output_tokens: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_RESERVE_OUTPUT_TOKENS",
+            help="Tokens of the context window kept for the reply.  \\[default: 1000]",
+            show_default=False,
+        ),
+    ] = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_MAX_BODY_BYTES",
+            help="Largest request body, in bytes (413 beyond).  \\[default: 4194304]",
+            show_default=False,
+        ),
+    ] = None,
+    max_message_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_MAX_MESSAGE_BYTES",
+            help="Largest message, in bytes of its JSON.  \\[default: 1048576]",
+            show_default=False,
+        ),
+    ] = None,
+    retention: Annotated[
+        float | None,
+        typer.Option(
+            envvar="AGENT_CORE_RETENTION",
+            help="Seconds each thread is kept after its last write.  \\[default: none, forever]",
+            show_default=False,
+        ),
+    ] = None,
+    sweep_interval: Annotated[
+        float | None,
+        typer.Option(
+            envvar="AGENT_CORE_SWEEP_INTERVAL",
+            help="Seconds between deletions of expired threads; 0: never (agent-core gc does "
+            "it on demand).  \\[default: 60]",
+            show_default=False,
+        ),
+    ] = None,
     access_log: Annotated[
         bool,
         typer.Option(
@@ -178,8 +242,25 @@ def serve(
         ),
     ] = True,
 ) -> None:
-    """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM."""
-    settings = _settings(store_url=store, redis_url=redis, model=model, namespace=namespace)
+    """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM.
+
+    Every setting is also an AGENT_CORE_* variable; AGENT_CORE_L2_SIGNING_KEY, a secret, has
+    no flag (it would show in ps).
+    """
+    settings = _settings(
+        store_url=store,
+        redis_url=redis,
+        model=model,
+        namespace=namespace,
+        consistency=consistency,
+        max_staleness=max_staleness,
+        max_context_tokens=max_context_tokens,
+        reserve_output_tokens=reserve_output_tokens,
+        max_body_bytes=max_body_bytes,
+        max_message_bytes=max_message_bytes,
+        retention=retention,
+        sweep_interval=sweep_interval,
+    )
     try:
         from .server import create_app  # the ``server`` extra: ConfigurationError without it
 

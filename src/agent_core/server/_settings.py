@@ -14,6 +14,7 @@ from .._validation import check_seconds
 from ..agent import ChatModel, EchoModel, OpenAIChatModel
 from ..cache import ConversationCache
 from ..errors import ConfigurationError
+from ..messages import DEFAULT_MAX_MESSAGE_BYTES
 
 #: The annotations of numeric fields, and how their variables are read.
 _NUMBERS: Final[dict[str, type[int] | type[float]]] = {
@@ -35,7 +36,8 @@ class Settings:
 
     ``model`` ``"echo"`` is the local `EchoModel` (counted as gpt-4o); any other name is
     sent to an OpenAI-compatible server by `OpenAIChatModel` (``OPENAI_BASE_URL``,
-    ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body. ``l2_signing_key``
+    ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body, ``max_message_bytes``
+    each message's JSON (the cache's option of that name). ``l2_signing_key``
     (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
     ``retention`` (seconds; None: forever) makes every write keep its thread at least that
     long; the app deletes the namespace's expired threads every ``sweep_interval`` seconds
@@ -51,6 +53,7 @@ class Settings:
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
     max_body_bytes: int = 4 << 20
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     retention: float | None = None
     sweep_interval: float = 60.0
     #: Signs L2 values (``AGENT_CORE_L2_SIGNING_KEY``; never shown in the repr).
@@ -59,10 +62,12 @@ class Settings:
     def __post_init__(self) -> None:
         # The rest (URLs, namespace, consistency, token budgets) is checked by the
         # cache and the agent when the app starts, with their own messages.
-        if type(self.max_body_bytes) is not int or self.max_body_bytes < 1:
-            raise ConfigurationError(
-                f"max_body_bytes must be a positive integer, got {quote(self.max_body_bytes)}"
-            )
+        for name, minimum in (("max_body_bytes", 1), ("max_message_bytes", 2)):
+            value = getattr(self, name)
+            if type(value) is not int or value < minimum:
+                raise ConfigurationError(
+                    f"{name} must be an integer of at least {minimum}, got {quote(value)}"
+                )
         check_seconds(
             "sweep_interval",
             self.sweep_interval,
@@ -93,6 +98,7 @@ class Settings:
             max_staleness=self.max_staleness,
             l2_signing_key=self.l2_signing_key,
             retention=self.retention,
+            max_message_bytes=self.max_message_bytes,
         )
 
     def chat_model(self) -> ChatModel:
