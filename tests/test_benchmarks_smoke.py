@@ -254,6 +254,14 @@ def test_lag_freshness_and_fault_benchmarks_quick_run(
     assert_dropped(document)
 
 
+def test_auth_timing_quick_run(tmp_path: Path) -> None:
+    """benchmarks/auth_timing.py --quick: the key verifier alone, a few seconds."""
+    headings = ("Key verification: cached p50", "Wrong keys: rejection time")
+    document = quick_run("auth_timing.py", tmp_path, headings, timeout=60)
+    assert document["cached_p50_us"] > 0
+    assert set(document["wrong"]) == {"0", "4", "10", "17", "59"}
+
+
 def test_tokens_quick_run(tmp_path: Path) -> None:
     """benchmarks/tokens.py --quick: offline, no PostgreSQL or Redis, a few seconds."""
     headings = (

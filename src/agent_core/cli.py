@@ -1,5 +1,5 @@
-"""The ``agent-core`` console script: ``serve``, ``bench``, ``stats``, ``chat``, ``threads``
-and ``gc``.
+"""The ``agent-core`` console script: ``serve``, ``bench``, ``stats``, ``chat``, ``threads``,
+``gc`` and ``keys``.
 
 Every option also reads an ``AGENT_CORE_*`` variable, the same ones `Settings.from_env`
 reads, so a flag, the environment and the server's defaults give one configuration.
@@ -46,6 +46,8 @@ with needs_extra("The agent-core command"):
         TimeElapsedColumn,
     )
     from rich.table import Table
+
+    from ._keys_cli import keys_app
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -562,6 +564,7 @@ threads_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(threads_app)
+app.add_typer(keys_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (the HTTP API's shape).")]
 
