@@ -43,7 +43,9 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
     # Typed errors and the checks every entry point runs; no agent_core import above.
     (
         "base",
-        frozenset({"errors", "_quote", "_validation", "_urls", "_tasks", "_closing", "_extras"}),
+        frozenset(
+            {"errors", "_quote", "_validation", "_urls", "_tasks", "_closing", "_extras", "_env"}
+        ),
     ),
     # The Redis client factory: used by the cache tiers and the shared rate limiter.
     ("redis", frozenset({"_redis"})),

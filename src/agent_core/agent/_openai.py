@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .._closing import AsyncClosing
+from .._env import env_value
 from .._quote import quote
 from .._urls import mask_url, show_url
 from .._validation import check_seconds
@@ -633,7 +634,7 @@ def _base_url(value: object) -> str:
 def _api_key(value: object) -> str | None:
     source = "api_key"
     if value is None:
-        value = os.environ.get("OPENAI_API_KEY") or None
+        value = env_value(os.environ, "OPENAI_API_KEY") or None
         source = "OPENAI_API_KEY"
     if value is None:
         return None

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._env import env_value
 from .._quote import quote
 from .._urls import mask_url
 from .._validation import check_seconds
@@ -77,7 +78,8 @@ class Settings:
         )
 
     def __repr__(self) -> str:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        # Only the fields shown in a repr: the signing key is not one of them.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.repr}
         for name in ("store_url", "redis_url"):
             if isinstance(fields[name], str):
                 fields[name] = mask_url(fields[name])
@@ -109,7 +111,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
-        """Defaults, then ``AGENT_CORE_*`` variables, then the ``overrides`` that are not None.
+        """Defaults, then ``AGENT_CORE_*`` variables (or their ``*_FILE`` twins: the value
+        read from that file), then the ``overrides`` that are not None.
 
         An empty ``AGENT_CORE_REDIS_URL`` means no Redis. Raises `ConfigurationError`
         for an unknown override or a variable that is not a valid value.
@@ -123,7 +126,7 @@ class Settings:
         values: dict[str, Any] = {}
         for name, field in fields.items():
             variable = ENV_PREFIX + name.upper()
-            raw = environ.get(variable)
+            raw = env_value(environ, variable)
             if raw is None:
                 continue
             kind = _NUMBERS.get(str(field.type))
