@@ -233,3 +233,22 @@ def test_serve_without_access_log(server: tuple[str, subprocess.Popen[bytes], Pa
     assert process.wait(timeout=10) == 0
     assert "Finished server process" in log.read_text()
     assert "GET /v1/threads" not in log.read_text()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "example.com"])
+def test_serve_refuses_a_non_loopback_address_without_auth(host: str) -> None:
+    result = CliRunner().invoke(app, ["serve", "--host", host])
+    assert result.exit_code == 1, result.output
+    assert "refusing to listen" in result.output
+    assert "--insecure-no-auth" in result.output
+
+
+def test_insecure_no_auth_goes_on_with_a_warning(tmp_path: Path) -> None:
+    # Past the check, serve fails at the store (its directory is missing): it went on.
+    store = f"sqlite:///{tmp_path}/missing/agent-core.db"
+    result = CliRunner().invoke(
+        app, ["serve", "--host", "0.0.0.0", "--insecure-no-auth", "--store", store]
+    )
+    assert result.exit_code == 1, result.output
+    assert "WARNING" in result.output
+    assert "does not exist" in result.output

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import importlib.metadata
 import inspect
+import ipaddress
 import os
 import signal
 import sys
@@ -243,12 +244,35 @@ def serve(
             help="Log one line per request (uvicorn's access log).",
         ),
     ] = True,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth",
+            envvar="AGENT_CORE_INSECURE_NO_AUTH",
+            help="Listen on a non-loopback address although requests are not "
+            "authenticated: anyone who reaches the port can read, write and purge every "
+            "thread.",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM.
 
     Every setting is also an AGENT_CORE_* variable; AGENT_CORE_L2_SIGNING_KEY, a secret, has
-    no flag (it would show in ps).
+    no flag (it would show in ps). Requests are not authenticated yet, so serve listens only
+    on a loopback address unless told --insecure-no-auth.
     """
+    if not _is_loopback(host):
+        if not insecure_no_auth:
+            _fail(
+                f"refusing to listen on {host!r} without authentication: anyone who reaches "
+                "the port could read, write and purge every thread. Listen on 127.0.0.1 "
+                "behind a proxy that authenticates, or pass --insecure-no-auth to accept that"
+            )
+        _err.print(
+            f"[bold red]WARNING:[/] listening on {escape(host)} with NO authentication "
+            "(--insecure-no-auth): anyone who reaches the port can read, write and purge "
+            "every thread"
+        )
     settings = _settings(
         store_url=store,
         redis_url=redis,
@@ -271,6 +295,16 @@ def serve(
             asyncio.run(_serve(asgi, host, port, access_log=access_log))
     except AgentCoreError as exc:
         _fail(str(exc), settings.store_url, settings.redis_url)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``); a name could be anything."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> None:
