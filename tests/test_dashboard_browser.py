@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from ._chromium import CHROMIUM_ARGS, ensure_chromium
+from ._poll import eventually_sync
 from ._serve import ServeProcess
 
 #: Long enough for the first poll and two refreshes (2 s apart) on a busy machine.
@@ -82,6 +83,17 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, f"the page raised: {errors}"
 
 
+def polls_reach(page: Page, count: int) -> None:
+    """Wait until the page has polled ``count`` times. Not ``wait_for_function``: its
+    predicate is eval'd in the page, which the page's Content-Security-Policy forbids
+    (as it should: the page runs its own script only)."""
+    eventually_sync(
+        lambda: page.evaluate("window.dashboard.polls") >= count,
+        within=WAIT_MS / 1000,
+        interval=0.05,
+    )
+
+
 def drive_traffic(http: httpx.Client) -> None:
     """Appends, L1 hits, windows, store misses and turns: every chart gets something."""
     for i in range(10):
@@ -115,13 +127,13 @@ def test_the_charts_draw_the_servers_numbers(
             # One minute across, rather than five: the lines of a few seconds are longer.
             page.goto(f"{server.url}/?minutes=1")
             # The first poll and two refreshes.
-            page.wait_for_function("window.dashboard.polls >= 3", timeout=WAIT_MS)
+            polls_reach(page, 3)
         finally:
             stop.set()
             reader.join()
         # Two more polls: the second starts after the reads stopped, so it shows the final counts.
         polls = page.evaluate("window.dashboard.polls")
-        page.wait_for_function(f"window.dashboard.polls >= {polls + 2}", timeout=WAIT_MS)
+        polls_reach(page, polls + 2)
         stats = http.get("/v1/stats").json()
 
     shown: dict[str, Any] = page.evaluate(FIGURES)
@@ -183,7 +195,7 @@ def test_the_charts_draw_the_servers_numbers(
 
 def test_a_banner_while_the_server_is_away(server: ServeProcess, page: Page) -> None:
     page.goto(f"{server.url}/")
-    page.wait_for_function("window.dashboard.polls >= 1", timeout=WAIT_MS)
+    polls_reach(page, 1)
     banner = page.locator("#banner")
     assert banner.is_hidden()
 

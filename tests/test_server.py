@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -541,6 +543,15 @@ async def test_dashboard_page(client: httpx.AsyncClient) -> None:
     assert "https://" not in page
     assert "<script src" not in page
     assert "stylesheet" not in page
+    # Security headers (issue 14): only its own inline script runs, it can't be framed.
+    policy = response.headers["content-security-policy"]
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert f"script-src 'sha256-{digest}'" in policy
+    assert "default-src 'none'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
 
 
 async def test_dashboard_errors_are_problems(client: httpx.AsyncClient) -> None:
