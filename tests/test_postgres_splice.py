@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -35,11 +34,6 @@ async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
         yield opened
     finally:
         await opened.close()
-
-
-@pytest.fixture
-def namespace() -> str:
-    return f"ns-{uuid.uuid4().hex[:12]}"
 
 
 async def test_migration_keeps_threads_in_order(fresh_postgres_url: str) -> None:

@@ -27,6 +27,7 @@ from agent_core.store import SQLiteStore
 
 from ._poll import eventually
 from ._probe import Holds
+from ._sqlite_bytes import file_holds
 from .conftest import CacheFactory, l2_key
 
 
@@ -236,24 +237,13 @@ async def test_sqlite_keeps_no_plaintext_of_a_spliced_or_purged_message(tmp_path
         await cache.append("a", [user("keep"), user(spliced * 10), user("keep too")])
         await cache.append("b", [user(purged * 10)], idempotency_key=purged)
         await cache.update_thread("b", metadata={"tag": purged})
-        assert _holds(path, spliced)
-        assert _holds(path, purged)
+        assert file_holds(path, spliced)
+        assert file_holds(path, purged)
         await cache.splice("a", 1, 2, [user("edited")])
         await cache.purge("b")
-        assert not _holds(path, spliced)
-        assert not _holds(path, purged)
+        assert not file_holds(path, spliced)
+        assert not file_holds(path, purged)
         assert texts(await cache.get("a")) == ["keep", "edited", "keep too"]
-
-
-def _holds(path: Path, text: str) -> bool:
-    connection = sqlite3.connect(path)
-    try:
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        assert busy == 0, "a reader kept the checkpoint from finishing"
-    finally:
-        connection.close()
-    wal = Path(f"{path}-wal")
-    return any(text.encode() in file.read_bytes() for file in (path, wal) if file.exists())
 
 
 async def test_splice_keeps_token_counts_and_windows_right(cache: ConversationCache) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -37,6 +36,7 @@ from agent_core.store import (
 )
 
 from ._poll import eventually
+from ._sqlite_bytes import file_holds
 
 
 def user(text: str) -> dict[str, Any]:
@@ -291,23 +291,11 @@ async def test_sqlite_keeps_no_plaintext_of_a_deleted_thread(tmp_path: Path) -> 
         payload = orjson.dumps(user(marker * 20))
         await store.append("ns", "t", [payload], idempotency_key=marker)
         await store.append("ns", "other", [b'{"role":"user","content":"kept"}'])
-        assert _holds(path, marker)
+        assert file_holds(path, marker)
         await store.delete("ns", "t")
-        assert not _holds(path, marker)
+        assert not file_holds(path, marker)
     finally:
         await store.close()
-
-
-def _holds(path: Path, text: str) -> bool:
-    """Whether the database file or its WAL holds ``text``, after a full checkpoint."""
-    connection = sqlite3.connect(path)
-    try:
-        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        assert busy == 0, "a reader kept the checkpoint from finishing"
-    finally:
-        connection.close()
-    wal = Path(f"{path}-wal")
-    return any(text.encode() in file.read_bytes() for file in (path, wal) if file.exists())
 
 
 @pytest.mark.parametrize("ttl", ["0", "-1", "nan", "inf", "soon"])

@@ -175,14 +175,10 @@ class L1Tier:
 
         Otherwise the entry can't be brought up to date without a load, so it is dropped.
         """
-        held = self._entries.get(thread_id)
+        held = self._held_at(thread_id, base_version, version)
         if held is None:
             return False
         old = held.conversation
-        if old.version != base_version:
-            if old.version < version:
-                self._remove(thread_id, "stale")
-            return False
         joined = concat(stored_counts(old), len(old), counts, len(payloads))
         conversation = extend_conversation(old, version, payloads, joined)
         grown = counts_bytes(joined) - counts_bytes(stored_counts(old))
@@ -208,14 +204,10 @@ class L1Tier:
     ) -> bool:
         """Apply a splice (``bounds`` replaced by ``payloads`` with their token counts)
         to the held entry if it is exactly at ``base_version``; else drop it if older."""
-        held = self._entries.get(thread_id)
+        held = self._held_at(thread_id, base_version, version)
         if held is None:
             return False
         old = held.conversation
-        if old.version != base_version:
-            if old.version < version:
-                self._remove(thread_id, "stale")
-            return False
         first, last, _ = bounds.indices(len(old))
         last = max(first, last)
         kept = stored_counts(old)
@@ -234,6 +226,16 @@ class L1Tier:
         weight += sum(map(len, payloads)) - sum(map(len, removed))
         weight += MESSAGE_OVERHEAD * (len(payloads) - len(removed))
         return self.put(spliced, confirmed=confirmed, weight=weight)
+
+    def _held_at(self, thread_id: str, base_version: int, version: int) -> _Entry | None:
+        """The entry if it holds exactly ``base_version``; else None, and an entry older
+        than ``version`` (the write's) is dropped: it can't be brought up to date."""
+        held = self._entries.get(thread_id)
+        if held is None or held.conversation.version == base_version:
+            return held
+        if held.conversation.version < version:
+            self._remove(thread_id, "stale")
+        return None
 
     def derived(self, conversation: Conversation) -> Derived:
         """Where windows keep what they build on ``conversation``: beside it if it is
