@@ -8,10 +8,12 @@ from ._quote import quote
 
 __all__ = [
     "AgentCoreError",
+    "AuthenticationFailed",
     "CacheClosed",
     "ConfigurationError",
     "ContextFileError",
     "IdempotencyKeyReused",
+    "IdentityProviderUnavailable",
     "InvalidArgument",
     "InvalidBatch",
     "InvalidMessage",
@@ -115,6 +117,11 @@ class ThreadExists(AgentCoreError):
         self.version = version
 
 
+class AuthenticationFailed(AgentCoreError):
+    """A request carried no credential, or one that is unknown, wrong, revoked or expired
+    (HTTP 401). The message never quotes the credential."""
+
+
 class StoreUnavailable(AgentCoreError):
     """The thread store could not be reached or failed; retrying may succeed.
 
@@ -127,6 +134,16 @@ class StoreUnavailable(AgentCoreError):
     def __init__(self, message: str, *, may_have_committed: bool = False) -> None:
         super().__init__(message)
         self.may_have_committed = may_have_committed
+
+
+class IdentityProviderUnavailable(AgentCoreError):
+    """A JWT could not be checked: the identity provider's keys (JWKS) could not be fetched
+    (HTTP 503). The token may be valid; ``retry_after`` is the wait in seconds before the
+    keys are fetched again."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CacheClosed(AgentCoreError):
