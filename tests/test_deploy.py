@@ -182,7 +182,10 @@ def check_wheels_of_every_service_extra() -> None:
     assert "--wheel-dir" in wheel or "-w" in wheel, wheel
     directory = wheel[wheel.index("--wheel-dir" if "--wheel-dir" in wheel else "-w") + 1]
     wanted = service_extras()
-    assert extras_of(wheel[-1]) == wanted, f"pip wheel {wheel[-1]}: the extras are {wanted}"
+    assert extras_of(wheel[-1]) == wanted, (
+        f"pip wheel {wheel[-1]}: the service's extras are {sorted(wanted)}; put a new extra in "
+        "the Dockerfile's pip wheel and pip install, or in NOT_IN_IMAGE here with the reason"
+    )
 
     (install,) = pip_calls(final(), "install")
     assert "--no-index" in install, install
@@ -439,7 +442,10 @@ def check_app_postgres_and_redis_with_health_checks() -> None:
     assert (build if isinstance(build, str) else build.get("context")) == ".", build
     assert re.fullmatch(r"postgres:1[56](?:[.-].*)?", service("postgres")["image"])
     assert re.fullmatch(r"redis:7(?:[.-].*)?", service("redis")["image"])
-    assert "pg_isready" in service("postgres")["healthcheck"]["test"]
+    postgres_check = service("postgres")["healthcheck"]["test"]
+    assert "pg_isready" in postgres_check
+    # TCP, as the app connects: during initdb the image's temporary server has the socket only.
+    assert "--host=127.0.0.1" in postgres_check, postgres_check
     assert service("redis")["healthcheck"]["test"][1:] == ["redis-cli", "ping"]
     data = mounts("postgres").get("/var/lib/postgresql/data")
     assert data in compose().get("volumes", {}), "PostgreSQL's data on a named volume"
