@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
@@ -98,6 +100,8 @@ _CONNECTION_ERRORS: Final = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
 )
+#: libpq's TLS parameters that name files; asyncpg reads them as it connects.
+_TLS_FILES: Final = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
 #: SQLSTATE classes of a lost connection (08) and of an operator's intervention (57, as
 #: pg_terminate_backend): a statement in flight may have committed before the error.
 _LOST_STATES: Final = ("08", "57")
@@ -108,7 +112,9 @@ class PostgresStore:
 
     Tables live in the ``agent_core`` schema. Pool size and timeouts come from the
     URL's ``pool_min_size``, ``pool_max_size``, ``command_timeout`` and
-    ``idempotency_ttl`` (seconds).
+    ``idempotency_ttl`` (seconds). libpq's TLS parameters go to asyncpg as they are:
+    ``sslmode`` (``require``, ``verify-ca``, ``verify-full``), ``sslrootcert`` (the CA
+    file), ``sslcert`` and ``sslkey`` (a client certificate).
     """
 
     def __init__(
@@ -160,6 +166,12 @@ class PostgresStore:
                     raise ConfigurationError(
                         f"bad option {name}={quote(text)} in PostgreSQL URL: {exc}"
                     ) from None
+            elif name in _TLS_FILES and not os.access(text, os.R_OK):
+                shown = repr(text if len(text) <= 300 else text[:297] + "...")  # no secret
+                raise ConfigurationError(
+                    f"{name}={shown} in the PostgreSQL URL does not exist or cannot be read: "
+                    "give the path of a readable PEM file"
+                )
         dsn = urlunsplit(parts._replace(query=urlencode(theirs)))
         return cls(dsn, **options)
 
@@ -186,12 +198,28 @@ class PostgresStore:
                 init=_init_connection,
                 reset=_keep_session,
             )
+        except ssl.SSLCertVerificationError as exc:  # a ValueError too: before that case
+            raise ConfigurationError(self._certificate_refused(exc)) from exc
         except ValueError as exc:  # a bad port or option, found by asyncpg
             raise ConfigurationError(f"cannot open {self!r}: {self._redact(exc)}") from None
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to {self!r}: {self._redact(exc)}") from exc
         except asyncpg.PostgresError as exc:
-            raise ConfigurationError(f"cannot open {self!r}: {self._redact(exc)}") from exc
+            message = f"cannot open {self!r}: {self._redact(exc)}"
+            if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError) and (
+                "no encryption" in str(exc)
+            ):
+                message += (
+                    "; the server accepts only TLS connections from here: connect with "
+                    "sslmode=verify-full&sslrootcert=/path/to/ca.pem (sslmode=require "
+                    "encrypts without checking who answers)"
+                )
+            elif "client certificate" in str(exc):
+                message += (
+                    "; give the client certificate and its key as "
+                    "sslcert=/path/to/client.pem&sslkey=/path/to/client.key"
+                )
+            raise ConfigurationError(message) from exc
         try:
             async with pool.acquire() as connection:
                 await _migrate(connection)
@@ -200,6 +228,16 @@ class PostgresStore:
             await _close_pool(pool)
             raise
         self._pool = pool
+
+    def _certificate_refused(self, exc: ssl.SSLCertVerificationError) -> str:
+        reason = (exc.verify_message or exc.reason or "unverified").rstrip(".")
+        return (
+            f"TLS certificate verification failed for {self!r} ({reason}): the server's "
+            "certificate is not signed by the CA in the URL's sslrootcert, or (sslmode="
+            "verify-full) does not name the host connected to; give the CA file that signed "
+            "it, as in postgresql://user@host:5432/db?sslmode=verify-full&sslrootcert="
+            "/path/to/ca.pem, and connect by a name or address the certificate holds"
+        )
 
     async def close(self) -> None:
         task, self._watch_task = self._watch_task, None
