@@ -22,6 +22,9 @@ _MAX_SHOWN: Final = 200
 #: Query parameters whose values are secrets (PostgreSQL ``password``/``sslpassword``,
 #: Redis ``password``, tokens and keys of proxies and poolers); matched anywhere in the name.
 _SECRET_NAMES: Final = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+#: Parameters that name TLS files, shown although their names say "key": a key file's
+#: path is no secret (its passphrase, ``sslpassword`` or ``ssl_password``, is).
+_PATH_NAMES: Final = frozenset({"sslkey", "ssl_keyfile", "sslcert", "ssl_certfile"})
 
 
 def mask_url(url: str) -> str:
@@ -68,7 +71,7 @@ def _mask_query(rest: str) -> str:
     pairs = []
     for pair in re.split(r"([&;])", query):
         name, equals, _value = pair.partition("=")
-        pairs.append(f"{name}={MASK}" if equals and _SECRET_NAMES.search(name) else pair)
+        pairs.append(f"{name}={MASK}" if equals and _is_secret(name) else pair)
     return f"{path}?{''.join(pairs)}{hash_sign}{fragment}"
 
 
@@ -83,6 +86,10 @@ def _secrets(url: str) -> list[str]:
     query = rest.partition("?")[2].partition("#")[0]
     for pair in re.split(r"[&;]", query):
         name, equals, value = pair.partition("=")
-        if equals and value and _SECRET_NAMES.search(name):
+        if equals and value and _is_secret(name):
             found.append(value)
     return found
+
+
+def _is_secret(name: str) -> bool:
+    return _SECRET_NAMES.search(name) is not None and name.lower() not in _PATH_NAMES
