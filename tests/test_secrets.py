@@ -52,6 +52,15 @@ SECRET = "s3cret"
             "postgres://u@h/db?PWD=***&token=***&api_key=***",
         ),
         ("postgresql://u:s3/c?r@et@h/db", "postgresql://u:***@h/db"),
+        # TLS files are paths, shown; the key's passphrase is a secret.
+        (
+            "postgresql://u:s3cret@h/db?sslmode=verify-full&sslkey=/k.pem&sslpassword=s3cret",
+            "postgresql://u:***@h/db?sslmode=verify-full&sslkey=/k.pem&sslpassword=***",
+        ),
+        (
+            "rediss://:s3cret@h/0?ssl_keyfile=/k.pem&ssl_certfile=/c.pem&ssl_password=s3cret",
+            "rediss://:***@h/0?ssl_keyfile=/k.pem&ssl_certfile=/c.pem&ssl_password=***",
+        ),
         ("http://:s3cret@[::1/0", "http://:***@[::1/0"),
         ("u:s3cret@h/db", "u:***@h/db"),
         ("sqlite:///a.db", "sqlite:///a.db"),
