@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -33,46 +34,64 @@ _SELF_SIGNED = [
 ]
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A TLS redis-server's certificate and key, the CA that client certificates must
+    chain to, and the client certificate and key it requires (None: it requires none)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client: tuple[Path, Path] | None = None
+
+
 class RedisServer:
     """``redis-server`` on a free loopback port, keeping nothing on disk.
 
-    ``tls``: it speaks only TLS, with a self-signed certificate (made with ``openssl``)
-    that clients do not trust unless told to.
+    ``tls``: it speaks only TLS; True: with a self-signed certificate (made with
+    ``openssl``) that clients do not trust unless told to; `TlsFiles`: with those.
     """
 
-    def __init__(self, directory: Path, *, tls: bool = False) -> None:
+    def __init__(self, directory: Path, *, tls: bool | TlsFiles = False) -> None:
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self.tls = tls
-        if tls:
+        self.tls = tls is not False
+        self.tls_files = tls if isinstance(tls, TlsFiles) else None
+        if tls is True:
             subprocess.run(
                 [*_SELF_SIGNED, "-keyout", "key.pem", "-out", "cert.pem"],
                 cwd=directory,
                 check=True,
                 capture_output=True,
             )
+            cert = directory / "cert.pem"
+            self.tls_files = TlsFiles(cert, directory / "key.pem", cert)
 
     @property
     def url(self) -> str:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def _listen(self) -> list[str]:
-        if not self.tls:
+        files = self.tls_files
+        if files is None:
             return ["--port", str(self.port)]
-        cert, key = str(self.directory / "cert.pem"), str(self.directory / "key.pem")
+        auth_clients = "no" if files.client is None else "yes"
         return [
-            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no"),
-            *("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert),
+            *("--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", auth_clients),
+            *("--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key)),
+            *("--tls-ca-cert-file", str(files.ca)),
         ]
 
     def _pong(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as plain:
             connection: socket.socket = plain
-            if self.tls:
+            if self.tls_files is not None:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
+                if self.tls_files.client is not None:
+                    context.load_cert_chain(*self.tls_files.client)
                 connection = context.wrap_socket(plain)
             connection.sendall(b"PING\r\n")
             return connection.recv(16).startswith(b"+PONG")

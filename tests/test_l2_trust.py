@@ -648,21 +648,20 @@ async def test_a_wrong_password_is_logged_without_it(
 
 
 @pytest.mark.integration
-async def test_an_untrusted_tls_certificate_is_logged(
+async def test_an_untrusted_tls_certificate_fails_open(
     sqlite_url: str, tmp_path: Path, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A configuration error, not an outage: open raises instead of running degraded
+    (tests/test_tls.py covers TLS with a CA, client certificates and plain URLs)."""
+    from agent_core import ConfigurationError
+
     server = RedisServer(tmp_path, tls=True)
     server.start()
     try:
         caplog.set_level(logging.INFO, logger="agent_core")
-        async with opened(sqlite_url, server.url, namespace, redis_timeout=0.5) as cache:
-            assert cache.stats().degraded
-            assert "CERTIFICATE_VERIFY_FAILED" in cache.stats().redis_last_error
-            await cache.append("t", STORED)  # degraded, not failing
-            assert (await cache.get("t")).to_list() == STORED
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 1
-        assert "unreachable at open" in warnings[0]
-        assert "certificate verify failed" in warnings[0]
+        with pytest.raises(ConfigurationError, match="TLS certificate verification failed"):
+            async with opened(sqlite_url, server.url, namespace, redis_timeout=0.5):
+                pass
+        assert not [r for r in caplog.records if r.levelno == logging.WARNING]
     finally:
         server.kill()

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import ssl
+from collections.abc import Mapping
 from typing import Any, Final, TypeAlias
 
 import redis.asyncio as redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
@@ -22,6 +27,7 @@ __all__ = [
     "ping",
     "redis_client",
     "refresh_slots",
+    "tls_misconfiguration",
 ]
 
 #: Bytes asked of the socket per read (redis-py's default: 64 KB). A large L2 value
@@ -40,6 +46,8 @@ _CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 #: Budget of a slot map refresh: a few dead nodes' connect timeouts, then a live one.
 _REFRESH_WITHIN: Final = 5.0
 _SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+#: The TLS options of a rediss:// URL that name a file (ssl_ca_path: a directory of CAs).
+_TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
 
 
 def is_cluster(client: RedisClient) -> bool:
@@ -89,18 +97,36 @@ def redis_client(url: object) -> RedisClient:
     }
     try:
         scheme, _, rest = url.partition("://")
+        client: RedisClient
         if scheme in _CLUSTER_SCHEMES:
-            return _cluster_client(_CLUSTER_SCHEMES[scheme], rest, options)
-        client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
-        # An unknown query option is a TypeError of the first connection: make one (it does
-        # not connect) so that it is a ConfigurationError now, not a failure at first use.
-        pool = client.connection_pool
-        pool.connection_class(**pool.connection_kwargs)
+            client = _cluster_client(_CLUSTER_SCHEMES[scheme], rest, options)
+            connection_options = client.nodes_manager.connection_kwargs
+        else:
+            client = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **options)
+            # An unknown query option is a TypeError of the first connection: make one (it
+            # does not connect) so that it is a ConfigurationError now, not at first use.
+            pool = client.connection_pool
+            pool.connection_class(**pool.connection_kwargs)
+            connection_options = pool.connection_kwargs
     except (ValueError, TypeError, RedisClusterException) as exc:  # bad port, host, option
         raise ConfigurationError(
             f"bad Redis URL {show_url(url)}: {redact(str(exc), url)}"
         ) from None
+    _check_tls_files(connection_options)
     return client
+
+
+def _check_tls_files(options: Mapping[str, Any]) -> None:
+    """A CA, certificate or key file that can't be read is a ConfigurationError now, not a
+    Redis that seems down (a degraded cache) at open."""
+    for name in _TLS_FILES:
+        path = options.get(name)
+        if isinstance(path, str) and not os.access(path, os.R_OK):
+            shown = repr(path if len(path) <= 300 else path[:297] + "...")  # no secret
+            raise ConfigurationError(
+                f"{name}={shown} in the Redis URL does not exist or cannot be read: "
+                "give the path of a readable PEM file"
+            )
 
 
 def _cluster_client(scheme: str, rest: str, options: dict[str, Any]) -> RedisCluster:
@@ -139,3 +165,88 @@ def describe(client: RedisClient) -> str:
     if "path" in options:
         return f"unix:{options['path']}"
     return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"
+
+
+async def tls_misconfiguration(
+    client: RedisClient, failure: BaseException, *, within: float
+) -> ConfigurationError | None:
+    """A ConfigurationError if ``failure`` (Redis not reached at open) comes from TLS set
+    up wrongly rather than from an outage; else None.
+
+    Two cases: the server's certificate failed verification (a CA that did not sign it,
+    or a certificate that does not name the host), and a plain ``redis://`` URL for a
+    server that speaks only TLS, which closes the connection at the first plain bytes:
+    then a TLS handshake (certificate unchecked, nothing sent) shows what it speaks.
+    """
+    refused = _certificate_failure(failure)
+    if refused is not None:
+        reason = (refused.verify_message or refused.reason or "unverified").rstrip(".")
+        return ConfigurationError(
+            f"TLS certificate verification failed for Redis at {describe(client)} "
+            f"({reason}): the server's certificate is not signed by the CA in the URL's "
+            "ssl_ca_certs (or, without it, by a CA of the system), or does not name the host "
+            "connected to; give the CA file that signed it, as in "
+            "rediss://host:6380/0?ssl_ca_certs=/path/to/ca.pem, and connect by a name or "
+            "address the certificate holds"
+        )
+    if isinstance(client, RedisCluster) or not _closed_by_peer(failure):
+        return None
+    pool = client.connection_pool
+    options = pool.connection_kwargs
+    if pool.connection_class is not Connection or "host" not in options:
+        return None  # rediss:// (already TLS) or a unix socket
+    host, port = options["host"], options.get("port", 6379)
+    if not await _speaks_tls(host, port, within):
+        return None
+    return ConfigurationError(
+        f"Redis at {describe(client)} accepts only TLS connections and closed this plain one: "
+        f"use a rediss:// URL with the CA that signed its certificate, as in "
+        f"rediss://{host}:{port}/0?ssl_ca_certs=/path/to/ca.pem (add ssl_certfile and "
+        "ssl_keyfile if it asks for a client certificate)"
+    )
+
+
+def _causes(failure: BaseException) -> list[BaseException]:
+    """``failure`` and what caused it (explicitly or not), outermost first."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = failure
+    while cause is not None and len(chain) < 16 and all(cause is not seen for seen in chain):
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def _certificate_failure(failure: BaseException) -> ssl.SSLCertVerificationError | None:
+    for cause in _causes(failure):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+    return None
+
+
+def _closed_by_peer(failure: BaseException) -> bool:
+    """The server closed or reset the connection (what a TLS-only Redis does to plain
+    bytes), as opposed to refusing it, timing out or answering with an error."""
+    return any(
+        isinstance(cause, ConnectionResetError | BrokenPipeError)
+        or "closed by server" in str(cause).lower()
+        for cause in _causes(failure)
+    )
+
+
+async def _speaks_tls(host: str, port: int, within: float) -> bool:
+    """Whether ``host:port`` completes a TLS handshake, or refuses it with a TLS alert."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only asks what the server speaks; sends nothing
+    try:
+        async with asyncio.timeout(within):
+            _, writer = await asyncio.open_connection(host, port, ssl=context)
+    except ssl.SSLError as exc:  # an alert (a client certificate required, say) is TLS too
+        return "ALERT" in (exc.reason or "")
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(within):
+            await writer.wait_closed()
+    return True

@@ -146,6 +146,14 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
 
     async def open(self) -> None:
         await self.store.open()
+        try:
+            await self._open_tiers()
+        except BaseException:
+            # A failed open (Redis TLS set up wrongly, say) releases what close() would.
+            await self.close()
+            raise
+
+    async def _open_tiers(self) -> None:
         if self._l2 is not None:
             fingerprint = store_fingerprint(self.store)
             self._l2.bind(fingerprint)

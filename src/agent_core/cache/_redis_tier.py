@@ -29,7 +29,14 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from redis.commands.core import AsyncScript
 
-from .._redis import REDIS_FAILURES, RedisClient, describe, is_cluster, ping
+from .._redis import (
+    REDIS_FAILURES,
+    RedisClient,
+    describe,
+    is_cluster,
+    ping,
+    tls_misconfiguration,
+)
 from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
 from .._token_counts import Counts
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
@@ -255,6 +262,8 @@ class RedisTier:
         """Connect and load the scripts now, so first requests don't pay for it.
 
         A Redis that can't be reached leaves the tier degraded, not the caller failing.
+        TLS set up wrongly is no outage but a configuration error, raised: a certificate
+        that fails verification, or a plain URL for a server that speaks only TLS.
         """
         try:
             await ping(self.client, max(self._timeout, 1.0))
@@ -270,6 +279,11 @@ class RedisTier:
                     await self.client.script_load(script.script)
         except REDIS_FAILURES as exc:
             raise_if_cancelling()
+            misconfigured = await tls_misconfiguration(
+                self.client, exc, within=max(self._timeout, 1.0)
+            )
+            if misconfigured is not None:
+                raise misconfigured from exc
             self._count_error(exc)
             self._fail("at open")
 
