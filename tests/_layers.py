@@ -52,7 +52,13 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
     # Histograms, loop lag, memory: used by every layer above, so it imports only base.
     ("observe", frozenset({"observe"})),
     # Message, Conversation, their shapes, per-message token counts and their codecs.
-    ("messages", frozenset({"messages", "_message_shape", "_token_counts"})),
+    # Encryption at rest: the keys file and the sealed-payload envelope (issue 14).
+    (
+        "messages",
+        frozenset(
+            {"messages", "_message_shape", "_token_counts", "_encryption", "_payload_cipher"}
+        ),
+    ),
     ("tokens", frozenset({"tokens"})),
     ("store", frozenset({"store"})),
     ("cache", frozenset({"cache"})),

@@ -23,7 +23,8 @@ import agent_core
 pytestmark = pytest.mark.integration
 
 #: What the core must not load: the ``server``, ``cli`` and ``postgres`` extras, and the
-#: driver only the benchmarks use.
+#: driver only the benchmarks use. (Not ``cryptography``, the ``encryption`` extra: redis-py
+#: imports it, when installed, to learn whether it is.)
 SERVICE_STACK = (
     "fastapi",
     "starlette",
@@ -136,6 +137,14 @@ POSTGRES_MISSING = (
 def test_postgres_without_asyncpg(statement: str) -> None:
     blocked = ("asyncpg",)
     assert _error_of(f"import agent_core; {statement}", blocked=blocked) == POSTGRES_MISSING
+
+
+def test_encryption_without_cryptography() -> None:
+    statement = "import agent_core; agent_core.EncryptionKeys([('k1', bytes(32))])"
+    assert _error_of(statement, blocked=("cryptography",)) == (
+        "agent_core.errors.ConfigurationError",
+        "Encryption at rest needs cryptography: pip install 'agent-core[encryption]'",
+    )
 
 
 def test_server_without_its_extra() -> None:

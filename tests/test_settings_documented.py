@@ -90,6 +90,7 @@ NON_DEFAULTS: dict[str, tuple[str, Any]] = {
     "retention": ("3600", 3600.0),
     "sweep_interval": ("0", 0.0),
     "l2_signing_key": ("s3cret", "s3cret"),
+    "encryption_keys_file": ("/run/keys.json", "/run/keys.json"),
 }
 
 

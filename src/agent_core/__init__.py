@@ -7,6 +7,7 @@ the console script load their optional packages when they are first used.
 from typing import TYPE_CHECKING, Any
 
 from . import errors
+from ._encryption import EncryptionKeys
 from .agent import (
     AgentLimiter,
     AgentMemory,
@@ -34,6 +35,8 @@ from .errors import (
     CacheClosed,
     ConfigurationError,
     ContextFileError,
+    DecryptionFailed,
+    EncryptionKeyMissing,
     IdempotencyKeyReused,
     InvalidArgument,
     InvalidBatch,
@@ -80,7 +83,10 @@ __all__ = [
     "ContextFileError",
     "Conversation",
     "ConversationCache",
+    "DecryptionFailed",
     "EchoModel",
+    "EncryptionKeyMissing",
+    "EncryptionKeys",
     "IdempotencyKeyReused",
     "InvalidArgument",
     "InvalidBatch",

@@ -20,6 +20,7 @@ _OPTIONAL: Final = {
     "rich": ("rich", "cli"),
     "mangum": ("mangum", "lambda"),
     "matplotlib": ("matplotlib", "plot"),
+    "cryptography": ("cryptography", "encryption"),
 }
 
 

@@ -1,7 +1,9 @@
-"""``agent-core keys``: create, list and revoke the service's API keys (issue 14)."""
+"""``agent-core keys``: create, list and revoke the service's API keys, and re-encrypt
+stored messages under the newest encryption key (issue 14)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,13 +16,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from ._api_keys import SCOPES, ApiKey, KeysFile
+from ._encryption import EncryptionKeys
+from ._urls import redact, show_url
 from .errors import AgentCoreError
+from .store import Rotation, rotate_data, store_from_url
 
 __all__ = ["keys_app"]
 
 keys_app = typer.Typer(
     name="keys",
-    help="Create, list and revoke API keys in a keys file (serve --keys-file reads it).",
+    help="Create, list and revoke API keys in a keys file (serve --keys-file reads it); "
+    "re-encrypt stored messages under the newest encryption key (rotate-data).",
     no_args_is_help=True,
 )
 _err = Console(stderr=True)
@@ -114,6 +120,62 @@ def keys_revoke(
     except AgentCoreError as exc:
         _fail(str(exc))
     _err.print(f"revoked key {entry.id} of tenant {escape(entry.tenant)}")
+
+
+@keys_app.command("rotate-data")
+def keys_rotate_data(
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            envvar="AGENT_CORE_STORE_URL",
+            help="Store URL: sqlite:///file.db or postgresql://...",
+        ),
+    ],
+    encryption_keys_file: Annotated[
+        Path,
+        typer.Option(
+            "--encryption-keys-file",
+            envvar="AGENT_CORE_ENCRYPTION_KEYS_FILE",
+            help="The encryption keys file; the last key is the one rotated to.",
+        ),
+    ],
+    namespace: Annotated[
+        str | None,
+        typer.Option(help="Only this namespace (tenant).  \\[default: every namespace]"),
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(help="Rows per transaction (each batch is one short transaction).")
+    ] = 1000,
+) -> None:
+    """Re-encrypt stored messages under the newest key (older key ids and plaintext from
+    before encryption was on), while the service runs: versions stay, no cache sees a change.
+    Remove an old key from the file only once this has finished."""
+    try:
+        keys = EncryptionKeys.from_file(encryption_keys_file)
+        done = asyncio.run(_rotate(store, keys, namespace, batch))
+    except AgentCoreError as exc:
+        _fail(redact(str(exc), store))
+    _err.print(
+        f"rotated {done.rotated} stored messages to key {escape(done.key_id)} in "
+        f"{escape(show_url(store))} ({done.skipped} changed meanwhile, written anew)"
+    )
+    print(done.rotated)
+
+
+async def _rotate(url: str, keys: EncryptionKeys, namespace: str | None, batch: int) -> Rotation:
+    store = store_from_url(url)
+    await store.open()
+    try:
+        return await rotate_data(
+            store,
+            keys,
+            namespace=namespace,
+            batch=batch,
+            progress=lambda done: _err.print(f"{done.found} found, {done.rotated} rotated"),
+        )
+    finally:
+        await store.close()
 
 
 def _shown(entry: ApiKey) -> dict[str, str | None]:

@@ -254,6 +254,15 @@ def serve(
             "thread.",
         ),
     ] = False,
+    encryption_keys_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_ENCRYPTION_KEYS_FILE",
+            help="Encrypt stored messages (store and Redis) with the keys of this file; the "
+            "last key encrypts new writes.  \\[default: none, not encrypted]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM.
 
@@ -286,6 +295,7 @@ def serve(
         max_message_bytes=max_message_bytes,
         retention=retention,
         sweep_interval=sweep_interval,
+        encryption_keys_file=encryption_keys_file,
     )
     try:
         from .server import create_app  # the ``server`` extra: ConfigurationError without it

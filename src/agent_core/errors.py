@@ -12,6 +12,8 @@ __all__ = [
     "CacheClosed",
     "ConfigurationError",
     "ContextFileError",
+    "DecryptionFailed",
+    "EncryptionKeyMissing",
     "IdempotencyKeyReused",
     "IdentityProviderUnavailable",
     "InvalidArgument",
@@ -144,6 +146,20 @@ class IdentityProviderUnavailable(AgentCoreError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DecryptionFailed(AgentCoreError):
+    """A stored message payload does not decrypt: it was tampered with, moved from another
+    thread or namespace, or its key id names other key material than the one that wrote it.
+    The message never shows key material or the payload."""
+
+    def __init__(self, message: str, *, key_id: str) -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class EncryptionKeyMissing(DecryptionFailed):
+    """A stored payload names an encryption key id that the keys in use do not hold."""
 
 
 class CacheClosed(AgentCoreError):

@@ -84,6 +84,9 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         self._owns_redis = False
         self._l2: RedisTier | None = None
         self._bus: InvalidationBus | None = None
+        # Each namespace seals under data keys of its own (derived once per namespace).
+        keys = settings.encryption_keys
+        cipher = None if keys is None else keys.cipher(self.namespace)
         if redis_client is not None:
             self._l2 = self._fences.l2 = RedisTier(
                 redis_client,
@@ -96,6 +99,7 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
                 on_recover=self._fences.forget_unannounced,
                 max_value_bytes=settings.l2_max_value_bytes,
                 signing_key=settings.signing_key,
+                cipher=cipher,
             )
             self._bus = InvalidationBus(
                 redis_client,
@@ -108,7 +112,14 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
             )
         self._ticks = Ticks()
         parts = CacheParts(
-            store, self.namespace, self._l1, self._l2, self._fences, self._counters, self._ticks
+            store,
+            self.namespace,
+            self._l1,
+            self._l2,
+            self._fences,
+            self._counters,
+            self._ticks,
+            cipher,
         )
         self._loader = Loader(parts, lease_ttl=settings.lease_ttl, probe=settings.probe)
         self._writes = Writes(parts, settings.append_counters, settings.retention)

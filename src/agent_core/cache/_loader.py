@@ -14,6 +14,7 @@ import uuid
 from functools import partial
 from typing import Final
 
+from .._payload_cipher import refuse_sealed
 from .._tasks import raise_if_cancelling
 from .._token_counts import from_stored
 from .._validation import check_thread_id
@@ -23,6 +24,7 @@ from ._parts import CacheParts
 from ._probe import CacheProbe
 from ._read_result import ReadSource
 from ._redis_tier import L2Entry, RedisTier
+from ._sealing import sized
 
 __all__ = ["Loader", "Served"]
 
@@ -44,6 +46,7 @@ class Loader:
         self._fences = parts.fences
         self._counters = parts.counters
         self._lease_ttl = lease_ttl
+        self._cipher = parts.cipher
         self._probe = probe
         self._loads: Flights[Served] = Flights(parts.ticks, exclusive=True)
         self._checks: Flights[tuple[int, int]] = Flights(parts.ticks, exclusive=False)
@@ -168,8 +171,18 @@ class Loader:
         self, thread_id: str, lease: str = "", seen: int | None = None
     ) -> Conversation:
         """Read the store and fill L2 (which also releases ``lease`` and wakes its waiters)."""
+        cipher = self._cipher
         try:
             records = await self._store.read(self._namespace, thread_id)
+            stored = plain = records.payloads
+            if cipher is None:
+                refuse_sealed(self._namespace, thread_id, stored)
+            elif stored:
+                # A row that does not open is the typed error, never served.
+                plain = await sized(cipher.open, thread_id, stored)
+                if self._l2 is not None:
+                    # Rows from before encryption was turned on go to L2 sealed.
+                    stored = tuple(await sized(cipher.sealed, thread_id, stored))
         except BaseException:
             if lease and self._l2 is not None:
                 await self._l2.release_lease(thread_id, lease)
@@ -184,9 +197,9 @@ class Loader:
         if self._l2 is not None:
             bogus = seen if seen is not None and seen > records.version else None
             await self._l2.fill(
-                thread_id, records.version, records.payloads, counts, lease=lease, bogus=bogus
+                thread_id, records.version, stored, counts, lease=lease, bogus=bogus
             )
-        return conversation_from_payloads(thread_id, records.version, records.payloads, counts)
+        return conversation_from_payloads(thread_id, records.version, plain, counts)
 
     def _served_by_l2(self, thread_id: str, entry: L2Entry | None) -> Served:
         assert entry is not None

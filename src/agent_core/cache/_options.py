@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal
 
+from .._encryption import EncryptionKeys
 from .._quote import quote
 from .._validation import check_count, check_seconds
 from ..errors import ConfigurationError, InvalidArgument
@@ -49,6 +50,8 @@ class CacheOptions:
     #: Seconds: every write extends its thread's expiry to at least this long from
     #: now (None: threads do not expire unless `update_thread` sets it).
     retention: float | None = None
+    #: Encrypts message payloads in the store and L2 (None: stored as they are).
+    encryption_keys: EncryptionKeys | None = None
     #: Test-facing: awaited at fixed points of a load (`CacheProbe`).
     probe: CacheProbe = NO_PROBE
     #: One counter per distinct count key of ``token_models`` (derived).
@@ -110,6 +113,13 @@ class CacheOptions:
                 check_seconds(
                     "retention", self.retention, maximum=MAX_RETENTION, error=ConfigurationError
                 ),
+            )
+        if self.encryption_keys is not None and not isinstance(
+            self.encryption_keys, EncryptionKeys
+        ):
+            raise ConfigurationError(
+                "encryption_keys must be EncryptionKeys (EncryptionKeys.from_file(path)) or "
+                f"None, got {type(self.encryption_keys).__name__}"
             )
         if not all(callable(getattr(self.probe, p, None)) for p in ("loaded", "l1_fill")):
             raise ConfigurationError(

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from .._payload_cipher import PayloadCipher
 from .._quote import quote
 from ..errors import ConfigurationError
 from ..store import ThreadStore
@@ -23,7 +24,8 @@ _FINGERPRINT: Final = re.compile(r"[A-Za-z0-9]{1,64}")
 
 @dataclass(frozen=True, slots=True)
 class CacheParts:
-    """The store and namespace, both tiers, the fences, the clock and the counters."""
+    """The store and namespace, both tiers, the fences, the clock, the counters and the
+    cipher."""
 
     store: ThreadStore
     namespace: str
@@ -32,6 +34,8 @@ class CacheParts:
     fences: Fences
     counters: Counters
     ticks: Ticks
+    #: Seals payloads for the store and L2 (None: encryption at rest is off).
+    cipher: PayloadCipher | None = None
 
 
 def store_fingerprint(store: ThreadStore) -> str:

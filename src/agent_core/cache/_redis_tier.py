@@ -29,6 +29,7 @@ from typing import Any, Final, NamedTuple, TypeVar
 
 from redis.commands.core import AsyncScript
 
+from .._payload_cipher import PayloadCipher, refuse_sealed
 from .._redis import (
     REDIS_FAILURES,
     RedisClient,
@@ -39,6 +40,7 @@ from .._redis import (
 )
 from .._tasks import MAX_BACKOFF, Deadlines, cancel_and_wait, raise_if_cancelling
 from .._token_counts import Counts
+from ..errors import DecryptionFailed
 from ._bus import EVERYTHING, FILL, RESET, WRITE, bus_channel, encode_event
 from ._l2_format import (
     FROM_EMPTY,
@@ -51,6 +53,7 @@ from ._l2_format import (
     header,
     seal,
 )
+from ._sealing import sized
 
 _T = TypeVar("_T")
 #: The default of ``l2_max_value_bytes``: larger threads are not kept in L2.
@@ -197,6 +200,7 @@ class RedisTier:
         on_recover: Callable[[], None],
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         signing_key: bytes | None = None,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self.client = client
         self._namespace = namespace
@@ -206,6 +210,8 @@ class RedisTier:
         self._prefix = ""
         self._max_value_bytes = max_value_bytes
         self._signer = None if signing_key is None else Signer(signing_key)
+        # Values hold sealed payloads, as the store does; one that does not open is corrupt.
+        self._cipher = cipher
         self._where = describe(client)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._timeout = timeout
@@ -426,8 +432,12 @@ class RedisTier:
                 signer=signer,
                 key_name=b"" if signer is None else self.key(thread_id).encode(),
             )
+            if self._cipher is not None and payloads:
+                payloads = await sized(self._open_strictly, thread_id, payloads)
+            elif payloads:
+                refuse_sealed(self._namespace, thread_id, payloads)
             return L2Entry(version, payloads, counts)
-        except CorruptEntry as exc:
+        except (CorruptEntry, DecryptionFailed) as exc:
             log.debug("corrupt L2 value of thread %r: %s", thread_id, exc)
             # A fence keeps the version but lets the next fill replace the value.
             self.counters.corrupt += 1
@@ -582,6 +592,11 @@ class RedisTier:
             ),
             write=True,
         )
+
+    def _open_strictly(self, thread_id: str, payloads: Sequence[bytes]) -> tuple[bytes, ...]:
+        # Strict: a plaintext value (from before encryption, or forged) is refilled sealed.
+        assert self._cipher is not None
+        return self._cipher.open(thread_id, payloads, strict=True)
 
     async def _chunk(self, payloads: Sequence[bytes], counts: Counts) -> bytes:
         chunks = await encode_chunks(payloads, compress_min_bytes=self._compress_min_bytes)

@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import time
 from array import array
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Final, TypeVar
 
+from .._payload_cipher import refuse_reserved, refuse_sealed
 from .._token_counts import to_stored
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, IdempotencyKeyReused
 from ..messages import Conversation, Message, conversation_from_payloads, messages_from_raw
-from ..store import SpliceResult, ThreadInfo
+from ..store import Rewrite, SpliceResult, ThreadInfo, batch_digest, splice_digest
 from ..tokens import TokenCounter
 from ._bus import EVERYTHING
 from ._parts import CacheParts
+from ._sealing import sized
 
 __all__ = ["Writes"]
 
@@ -30,6 +33,7 @@ __all__ = ["Writes"]
 _INLINE_COUNT_BYTES: Final = 64 << 10
 # A sweep forgets this many threads in Redis at once.
 _SWEEP_CONCURRENCY: Final = 64
+_R = TypeVar("_R")
 
 
 class Writes:
@@ -50,6 +54,7 @@ class Writes:
         self._ticks = parts.ticks
         self._append_counters = append_counters
         self._retention = retention
+        self._cipher = parts.cipher
 
     async def append(
         self,
@@ -59,17 +64,24 @@ class Writes:
         expected_version: int | None,
         idempotency_key: str | None,
     ) -> int:
+        refuse_reserved(payloads)
         counts = await self._count(messages, payloads)
+        stored = await self._sealed(thread_id, payloads)
         # Every append acknowledged before this tick is committed before ours.
         sent = self._ticks()
-        result = await self._store.append(
-            self._namespace,
-            thread_id,
-            payloads,
-            tokens=to_stored(counts, len(payloads)),
-            expected_version=expected_version,
-            idempotency_key=idempotency_key,
-            retention=self._retention,
+        result = await self._digested(
+            idempotency_key,
+            partial(batch_digest, payloads),
+            lambda digest: self._store.append(
+                self._namespace,
+                thread_id,
+                stored,
+                tokens=to_stored(counts, len(payloads)),
+                expected_version=expected_version,
+                idempotency_key=idempotency_key,
+                retention=self._retention,
+                digest=digest,
+            ),
         )
         self._counters.appends += 1
         if not result.applied:
@@ -87,9 +99,9 @@ class Writes:
             self._l1.extend(thread_id, base, added, counts, version, confirmed=sent)
         if self._l2 is not None:
             if base == 0:
-                await self._l2.fill(thread_id, version, payloads, counts, written=True)
+                await self._l2.fill(thread_id, version, stored, counts, written=True)
             else:
-                await self._l2.append(thread_id, base, version, payloads, counts)
+                await self._l2.append(thread_id, base, version, stored, counts)
         return version
 
     async def splice(
@@ -101,18 +113,33 @@ class Writes:
         expected_version: int | None,
         idempotency_key: str | None,
     ) -> SpliceResult:
+        refuse_reserved(payloads)
         counts = await self._count(messages, payloads) if payloads else {}
+        stored = await self._sealed(thread_id, payloads)
+        # Opened inside the store's transaction: one that does not open is not removed.
+        cipher = self._cipher
+        removed_as: Rewrite = (
+            partial(_unsealed, self._namespace, thread_id)
+            if cipher is None
+            else partial(cipher.open, thread_id)
+        )
         sent = self._ticks()
-        result = await self._store.splice(
-            self._namespace,
-            thread_id,
-            bounds.start,
-            bounds.stop,
-            payloads,
-            tokens=to_stored(counts, len(payloads)),
-            expected_version=expected_version,
-            idempotency_key=idempotency_key,
-            retention=self._retention,
+        result = await self._digested(
+            idempotency_key,
+            partial(splice_digest, bounds.start, bounds.stop, payloads),
+            lambda digest: self._store.splice(
+                self._namespace,
+                thread_id,
+                bounds.start,
+                bounds.stop,
+                stored,
+                tokens=to_stored(counts, len(payloads)),
+                expected_version=expected_version,
+                idempotency_key=idempotency_key,
+                retention=self._retention,
+                digest=digest,
+                removed_as=removed_as,
+            ),
         )
         if not result.applied:
             return result
@@ -135,8 +162,15 @@ class Writes:
         return result
 
     async def fork(self, source_id: str, new_id: str, at_version: int | None) -> int:
+        cipher = self._cipher
         version = await self._store.fork(
-            self._namespace, source_id, new_id, at_version=at_version, retention=self._retention
+            self._namespace,
+            source_id,
+            new_id,
+            at_version=at_version,
+            retention=self._retention,
+            # The copy is sealed afresh: the associated data names the thread.
+            rewrite=None if cipher is None else partial(cipher.rebind, source_id, new_id),
         )
         self._counters.forks += 1
         self._fences.raise_floor(new_id, version)
@@ -144,6 +178,34 @@ class Writes:
         if self._l2 is not None:
             await self._l2.fence(new_id, version, announce=version)
         return version
+
+    async def _sealed(self, thread_id: str, payloads: list[bytes]) -> list[bytes]:
+        """The payloads as the store and L2 keep them: sealed if encryption is on."""
+        if self._cipher is None or not payloads:
+            return payloads
+        return await sized(self._cipher.seal, thread_id, payloads)
+
+    async def _digested(
+        self,
+        idempotency_key: str | None,
+        digest_of: Callable[..., bytes],
+        write: Callable[[bytes | None], Awaitable[_R]],
+    ) -> _R:
+        """``write`` with the idempotency digest of the plaintext, when encrypted (the sealed
+        payloads differ on every try). It is keyed by the newest key; a retry whose first
+        try was under an older key is told apart by that key's digest, tried next."""
+        if self._cipher is None or idempotency_key is None:
+            return await write(None)
+        digests = self._cipher.digests(lambda key: digest_of(key=key))
+        digest = next(digests)
+        while True:
+            try:
+                return await write(digest)
+            except IdempotencyKeyReused:
+                older = next(digests, None)
+                if older is None:
+                    raise
+                digest = older
 
     async def _count(
         self, messages: Sequence[Mapping[str, Any] | Message], payloads: list[bytes]
@@ -229,6 +291,12 @@ class Writes:
         self._l1.drop(thread_id, "invalidation")
         if self._l2 is not None:
             await self._l2.fence(thread_id, None, announce=EVERYTHING)
+
+
+def _unsealed(namespace: str, thread_id: str, payloads: Sequence[bytes]) -> Sequence[bytes]:
+    """Removed payloads as they are, unless sealed (`EncryptionKeyMissing`: kept)."""
+    refuse_sealed(namespace, thread_id, payloads)
+    return payloads
 
 
 def _count_each(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .._encryption import EncryptionKeys
 from .._env import env_value
 from .._quote import quote
 from .._urls import mask_url
@@ -59,6 +60,8 @@ class Settings:
     sweep_interval: float = 60.0
     #: Signs L2 values (``AGENT_CORE_L2_SIGNING_KEY``; never shown in the repr).
     l2_signing_key: str | None = dataclasses.field(default=None, repr=False)
+    #: Encrypts stored messages at rest (a keys file: docs/DESIGN.md, "Encryption at rest").
+    encryption_keys_file: str | None = None
 
     def __post_init__(self) -> None:
         # The rest (URLs, namespace, consistency, token budgets) is checked by the
@@ -101,6 +104,11 @@ class Settings:
             l2_signing_key=self.l2_signing_key,
             retention=self.retention,
             max_message_bytes=self.max_message_bytes,
+            encryption_keys=(
+                None
+                if self.encryption_keys_file is None
+                else EncryptionKeys.from_file(self.encryption_keys_file)
+            ),
         )
 
     def chat_model(self) -> ChatModel:
@@ -140,7 +148,7 @@ class Settings:
                     raise ConfigurationError(
                         f"{variable} must be a number ({field.type}), got {quote(raw)}"
                     ) from None
-            elif name in ("redis_url", "l2_signing_key"):
+            elif name in ("redis_url", "l2_signing_key", "encryption_keys_file"):
                 values[name] = raw or None
             else:
                 values[name] = raw

@@ -12,12 +12,17 @@ from ._protocol import (
     MAX_PAGE_SIZE,
     MAX_RETENTION,
     AppendResult,
+    Rewrite,
     SpliceResult,
+    StoredPayload,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
     ThreadStore,
+    batch_digest,
+    splice_digest,
 )
+from ._rotation import Rotation, rotate_data
 from ._sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -28,14 +33,20 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_RETENTION",
     "AppendResult",
+    "Rewrite",
+    "Rotation",
     "SQLiteStore",
     "SpliceResult",
+    "StoredPayload",
     "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",
+    "batch_digest",
     "decode_token_counts",
     "encode_token_counts",
+    "rotate_data",
+    "splice_digest",
     "store_from_url",
 ]
 

@@ -57,20 +57,26 @@ from ._protocol import (
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    Rewrite,
     SpliceResult,
+    StoredPayload,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
     check_append,
+    check_digest,
     check_expiry,
     check_fork,
     check_fork_version,
     check_list,
     check_read,
+    check_scan,
     check_set_tokens,
     check_splice,
+    check_swaps,
     check_thread,
+    checked_rewrite,
     fingerprint_of,
     page_of,
     records_from_rows,
@@ -338,10 +344,15 @@ class PostgresStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
     ) -> AppendResult:
         check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
         check_expiry(None, retention)
-        digest = batch_digest(payloads) if idempotency_key is not None else None
+        check_digest(digest)
+        if idempotency_key is None:
+            digest = None
+        elif digest is None:
+            digest = batch_digest(payloads)
         try:
             async with self._connection(write=True) as connection:
                 row = await connection.fetchrow(
@@ -378,12 +389,18 @@ class PostgresStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
+        removed_as: Rewrite | None = None,
     ) -> SpliceResult:
         check_splice(
             namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
         )
         check_expiry(None, retention)
-        digest = splice_digest(start, stop, payloads) if idempotency_key is not None else None
+        check_digest(digest)
+        if idempotency_key is None:
+            digest = None
+        elif digest is None:
+            digest = splice_digest(start, stop, payloads)
         try:
             async with self._transaction() as connection:
                 return await self._splice(
@@ -397,6 +414,7 @@ class PostgresStore:
                     idempotency_key,
                     digest,
                     retention,
+                    removed_as,
                 )
         except _Unchanged as unchanged:  # raised to roll back a thread row made for nothing
             return unchanged.result
@@ -413,6 +431,7 @@ class PostgresStore:
         idempotency_key: str | None,
         digest: bytes | None,
         retention: float | None,
+        removed_as: Rewrite | None,
     ) -> SpliceResult:
         start, stop = bounds
         fetch = fetch_for(start, stop)
@@ -441,6 +460,9 @@ class PostgresStore:
             if erased:  # the expired thread's delete is a write of its own: it commits
                 return unchanged
             raise _Unchanged(unchanged)
+        removed = [row[3] for row in located.removed]
+        if removed_as is not None:
+            removed = checked_rewrite(removed_as, removed)  # raising rolls back
         version = current + max(1, len(payloads))
         places = keys_between(_key_of(located.before), _key_of(located.after), len(payloads))
         respaced: list[tuple[tuple[int, int], bytes]] = []
@@ -484,7 +506,7 @@ class PostgresStore:
             version,
             current,
             applied=True,
-            removed=tuple(row[3] for row in located.removed),
+            removed=tuple(removed),
             expires_at=deleted[2],
         )
 
@@ -496,14 +518,19 @@ class PostgresStore:
         *,
         at_version: int | None = None,
         retention: float | None = None,
+        rewrite: Rewrite | None = None,
     ) -> int:
         check_fork(namespace, source_id, new_id, at_version)
         check_expiry(None, retention)
+        arguments = (namespace, source_id, new_id, at_version, retention)
         try:
-            async with self._connection(write=True) as connection:
-                version: int = await connection.fetchval(
-                    sql.FORK, namespace, source_id, new_id, at_version, retention
-                )
+            if rewrite is None:
+                async with self._connection(write=True) as connection:
+                    version: int = await connection.fetchval(sql.FORK, *arguments)
+            else:
+                async with self._transaction() as connection:
+                    version = await connection.fetchval(sql.FORK, *arguments)
+                    await _rewrite_copy(connection, namespace, new_id, rewrite)
         except asyncpg.PostgresError as exc:
             numbers = [int(number) for number in str(exc.args[0]).split()]
             if exc.sqlstate == sql.FORK_VERSION_STATE:
@@ -575,6 +602,47 @@ class PostgresStore:
                 await connection.execute(statement, namespace)
             purged: str = await connection.execute(sql.PURGE_THREADS, namespace)
         return int(purged.rpartition(" ")[2])
+
+    async def scan_payloads(
+        self,
+        namespace: str | None,
+        *,
+        after: tuple[str, str, int] | None = None,
+        limit: int = DEFAULT_EXPIRE_BATCH,
+        skip_prefix: bytes = b"",
+    ) -> list[StoredPayload]:
+        check_scan(namespace, after, limit, skip_prefix)
+        start = after or (namespace or "", "", 0)
+        query = sql.SCAN_PAYLOADS
+        if namespace is not None:
+            query, start = sql.SCAN_NAMESPACE_PAYLOADS, (namespace, *start[1:])
+        try:
+            prefix = skip_prefix.decode()
+        except UnicodeDecodeError:  # no stored JSON text starts with it: none skipped
+            prefix = ""
+        rows = await self._query("fetch", query, *start, prefix, limit)
+        return [StoredPayload(*row) for row in rows]
+
+    async def replace_payloads(self, swaps: Sequence[tuple[StoredPayload, bytes]]) -> int:
+        check_swaps(swaps)
+        if not swaps:
+            return 0
+        rows = [row for row, _ in swaps]
+        threads = sorted({(row.namespace, row.thread_id) for row in rows})
+        async with self._transaction() as connection:
+            await connection.execute(sql.INTERNAL_ON)  # not an external change
+            await connection.execute(
+                sql.LOCK_THREADS, [ns for ns, _ in threads], [tid for _, tid in threads]
+            )
+            status: str = await connection.execute(
+                sql.SWAP_PAYLOADS,
+                [row.namespace for row in rows],
+                [row.thread_id for row in rows],
+                [row.seq for row in rows],
+                [row.payload for row in rows],
+                [payload for _, payload in swaps],
+            )
+        return int(status.rpartition(" ")[2])
 
     async def list_threads(
         self,
@@ -700,6 +768,26 @@ _Placed = tuple[int, int, bytes, bytes, tuple[int, int]]
 # splice_begin's header: version, prior use of the key (version, digest), row count,
 # the thread's expiry (seconds since the epoch) and whether it was erased (expired).
 _Header = tuple[int, int | None, bytes | None, int | None, float | None, bool]
+
+
+async def _rewrite_copy(
+    connection: _Connection, namespace: str, new_id: str, rewrite: Rewrite
+) -> None:
+    """A fork's copy, just made in this transaction, rewritten (not an external change)."""
+    rows = await connection.fetch(sql.FORKED_ROWS, namespace, new_id)
+    payloads = [row[1] for row in rows]
+    if sum(map(len, payloads)) > _REWRITE_INLINE_BYTES:
+        rewritten = await asyncio.to_thread(checked_rewrite, rewrite, payloads)
+    else:
+        rewritten = checked_rewrite(rewrite, payloads)
+    await connection.execute(sql.INTERNAL_ON)
+    await connection.execute(
+        sql.REWRITE_ROWS, namespace, new_id, [row[0] for row in rows], rewritten
+    )
+
+
+#: A fork's rewrite of more payload bytes than this runs in a worker thread.
+_REWRITE_INLINE_BYTES: Final = 256 << 10
 
 
 def _fetch_args(fetch: Fetch | None) -> tuple[bool | None, int, int | None]:

@@ -1026,3 +1026,42 @@ LIST_FILTER: Final = f"""
     AND t.thread_id IN (SELECT m.thread_id FROM {SCHEMA}.thread_metadata m
         WHERE m.namespace = $1 AND m.key = ${{key}} AND m.value = ${{value}})
 """
+# Encryption at rest. A fork whose copy is rewritten (sealed afresh for the new thread):
+# its rows, read inside the fork's transaction, then written back by seq under the flag.
+FORKED_ROWS: Final = f"""
+SELECT seq, payload FROM {SCHEMA}.messages WHERE namespace = $1 AND thread_id = $2 ORDER BY seq
+"""
+REWRITE_ROWS: Final = f"""
+UPDATE {SCHEMA}.messages m SET payload = u.payload
+FROM unnest($3::bigint[], $4::json[]) AS u(seq, payload)
+WHERE m.namespace = $1 AND m.thread_id = $2 AND m.seq = u.seq
+"""
+# rotate-data's scan: along the primary key (all of it, or one namespace's stretch),
+# after a place, leaving out the rows whose payload starts with $4 (sealed under the
+# newest key already; '' leaves out none).
+_SCAN: Final = f"""
+SELECT namespace, thread_id, seq, payload FROM {SCHEMA}.messages
+WHERE {{where}} AND ($4 = '' OR NOT starts_with(payload::text, $4))
+ORDER BY namespace, thread_id, seq LIMIT $5
+"""
+SCAN_PAYLOADS: Final = _SCAN.format(where="(namespace, thread_id, seq) > ($1, $2, $3)")
+SCAN_NAMESPACE_PAYLOADS: Final = _SCAN.format(
+    where="namespace = $1 AND (thread_id, seq) > ($2, $3)"
+)
+# rotate-data's swap: the threads' row locks first, in id order, as every writer of a
+# thread takes its lock before its rows (so no deadlock); then each payload replaced if
+# it is still the one scanned (json has no equality: compared as text).
+LOCK_THREADS: Final = f"""
+SELECT FROM {SCHEMA}.threads t
+JOIN unnest($1::text[], $2::text[]) AS u(namespace, thread_id)
+    ON t.namespace = u.namespace AND t.thread_id = u.thread_id
+ORDER BY t.namespace, t.thread_id
+FOR NO KEY UPDATE OF t
+"""
+SWAP_PAYLOADS: Final = f"""
+UPDATE {SCHEMA}.messages m SET payload = u.new
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::json[], $5::json[])
+    AS u(namespace, thread_id, seq, old, new)
+WHERE m.namespace = u.namespace AND m.thread_id = u.thread_id AND m.seq = u.seq
+    AND m.payload::text = u.old::text
+"""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, cast, runtime_checkable
@@ -34,6 +34,8 @@ MAX_RETENTION = 100 * 365.25 * 86400
 #: `expire_idempotency_keys` removes at most this many keys per call by default.
 DEFAULT_EXPIRE_BATCH = 1000
 #: Both stores keep seqs and counts as signed 64-bit integers.
+#: A fork's rewrite of the payloads it copies (`ThreadStore.fork`).
+Rewrite = Callable[[Sequence[bytes]], Sequence[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,16 @@ class ThreadRecords:
     tokens: tuple[bytes | None, ...]
     #: When the thread expires (seconds since the epoch), None if it does not.
     expires_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPayload:
+    """One stored message's place and payload, as `scan_payloads` finds it."""
+
+    namespace: str
+    thread_id: str
+    seq: int
+    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,13 +157,16 @@ class ThreadStore(Protocol):
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
     ) -> AppendResult:
         """Append encoded messages as one contiguous batch, atomically.
 
         ``tokens``, if given, holds each message's encoded token counts (or None). An
         ``idempotency_key`` is remembered for the store's ``idempotency_ttl``: a retry
         within it writes nothing and returns the first use's version; after it the key
-        is free again (and may carry another batch).
+        is free again (and may carry another batch). ``digest`` tells a retry from a
+        reuse instead of `batch_digest` of the payloads (which differ on each try when
+        they are encrypted: the caller then digests the plaintext).
         """
 
     async def splice(
@@ -166,13 +181,19 @@ class ThreadStore(Protocol):
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
+        removed_as: Rewrite | None = None,
     ) -> SpliceResult:
         """Replace the messages ``[start:stop]`` (Python slice rules) by ``payloads``,
         atomically; the other messages keep their places and seqs.
 
         The new version is the old one plus ``max(1, len(payloads))``; the new messages
         take the seqs above the old version. A splice that removes and inserts nothing
-        writes nothing. ``expected_version`` and ``idempotency_key`` work as in `append`.
+        writes nothing. ``expected_version``, ``idempotency_key`` and ``digest`` work as
+        in `append` (the default digest is `splice_digest`). ``removed_as``, if given,
+        maps the removed payloads to what the result holds, inside the transaction; what
+        it raises rolls the splice back (an encrypting cache opens them there, so a
+        message it cannot open is never removed unseen).
         """
 
     async def fork(
@@ -183,6 +204,7 @@ class ThreadStore(Protocol):
         *,
         at_version: int | None = None,
         retention: float | None = None,
+        rewrite: Rewrite | None = None,
     ) -> int:
         """Make ``new_id`` a copy of ``source_id``'s messages and metadata as of
         ``at_version`` (None: now); returns the new thread's version. The copy does not
@@ -190,6 +212,9 @@ class ThreadStore(Protocol):
 
         ``new_id`` must hold no messages (`ThreadExists`). A past version can be forked
         only if no splice or delete has rewritten the source since (`InvalidArgument`).
+        ``rewrite``, if given, maps the copied payloads (in seq order) to what the copy
+        stores, inside the fork's transaction (an encrypting cache seals them afresh for
+        the new thread id); what it raises rolls the fork back.
         """
 
     async def read(
@@ -256,19 +281,48 @@ class ThreadStore(Protocol):
     async def watch(self, listener: ChangeListener) -> None:
         """Tell ``listener`` of external changes until the store closes."""
 
+    async def scan_payloads(
+        self,
+        namespace: str | None,
+        *,
+        after: tuple[str, str, int] | None = None,
+        limit: int = DEFAULT_EXPIRE_BATCH,
+        skip_prefix: bytes = b"",
+    ) -> list[StoredPayload]:
+        """At most ``limit`` stored messages of ``namespace`` (None: every namespace) in
+        (namespace, thread id, seq) order, after the place ``after``, leaving out those
+        whose payload starts with ``skip_prefix`` (when not empty)."""
 
-def batch_digest(payloads: Sequence[bytes]) -> bytes:
-    """Fingerprint of a batch, to tell a retried idempotency key from a reused one."""
-    digest = hashlib.blake2b(digest_size=16)
+    async def replace_payloads(self, swaps: Sequence[tuple[StoredPayload, bytes]]) -> int:
+        """Replace each scanned row's payload by the new one if it still holds the payload
+        scanned (compare and swap), in one short transaction; returns how many were.
+        Versions, counts and order stay, and it is not an external change: the same
+        message in another form (re-encrypted)."""
+
+
+def batch_digest(payloads: Sequence[bytes], *, key: bytes = b"") -> bytes:
+    """Fingerprint of a batch, to tell a retried idempotency key from a reused one.
+
+    ``key`` (at most 64 bytes) keys the hash: a cache that encrypts digests the
+    plaintext under a key of its own, so the digest says nothing of the messages.
+    """
+    digest = hashlib.blake2b(digest_size=16, key=key)
     for payload in payloads:
         digest.update(len(payload).to_bytes(8, "little"))
         digest.update(payload)
     return digest.digest()
 
 
-def splice_digest(start: int | None, stop: int | None, payloads: Sequence[bytes]) -> bytes:
+def splice_digest(
+    start: int | None, stop: int | None, payloads: Sequence[bytes], *, key: bytes = b""
+) -> bytes:
     """`batch_digest` of a splice: no append's batch (JSON objects) can share it."""
-    return batch_digest([b"splice", f"{start}:{stop}".encode(), *payloads])
+    return batch_digest([b"splice", f"{start}:{stop}".encode(), *payloads], key=key)
+
+
+def check_digest(digest: bytes | None) -> None:
+    if digest is not None and not (isinstance(digest, bytes) and 1 <= len(digest) <= 64):
+        raise InvalidArgument(f"digest must be None or 1-64 bytes, got {quote(digest)}")
 
 
 def fingerprint_of(identity: str) -> str:
@@ -364,6 +418,58 @@ def check_set_tokens(namespace: str, thread_id: str, key: str, counts: Mapping[i
         check_count(f"token count of seq {seq}", count, minimum=0)
 
 
+def check_scan(
+    namespace: str | None, after: tuple[str, str, int] | None, limit: int, skip_prefix: bytes
+) -> None:
+    if namespace is not None:
+        check_namespace(namespace)
+    if after is not None:
+        if not (isinstance(after, tuple) and len(after) == 3):
+            raise InvalidArgument(
+                f"after must be a (namespace, thread id, seq) place, got {quote(after)}"
+            )
+        check_namespace(after[0])
+        check_thread_id(after[1])
+        check_count("after's seq", after[2], minimum=0)
+        if namespace is not None and after[0] != namespace:
+            raise InvalidArgument(
+                f"after {quote(after)} is a place of another namespace than {quote(namespace)}"
+            )
+    check_count("limit", limit, minimum=1, maximum=100_000)
+    if not isinstance(skip_prefix, bytes):
+        raise InvalidArgument(f"skip_prefix must be bytes, got {quote(skip_prefix)}")
+
+
+def check_swaps(swaps: Sequence[tuple[StoredPayload, bytes]]) -> None:
+    if isinstance(swaps, str | bytes) or not isinstance(swaps, Sequence):
+        raise InvalidArgument(f"swaps must be a sequence of (row, payload), got {quote(swaps)}")
+    for index, swap in enumerate(swaps):
+        if not (
+            isinstance(swap, tuple)
+            and len(swap) == 2
+            and isinstance(swap[0], StoredPayload)
+            and isinstance(swap[1], bytes)
+            and isinstance(swap[0].payload, bytes)
+        ):
+            raise InvalidArgument(
+                f"swaps[{index}] must be (a StoredPayload from scan_payloads, the new payload "
+                f"as bytes), got {quote(swap)}"
+            )
+        check_namespace(swap[0].namespace)
+        check_thread_id(swap[0].thread_id)
+        check_count("seq", swap[0].seq, minimum=1)
+
+
+def checked_rewrite(rewrite: Rewrite, payloads: Sequence[bytes]) -> list[bytes]:
+    """What ``rewrite`` made of ``payloads``, checked: one bytes per payload."""
+    rewritten = list(rewrite(payloads))
+    if len(rewritten) != len(payloads) or not all(isinstance(p, bytes) for p in rewritten):
+        raise InvalidArgument(
+            f"a rewrite of payloads must return one bytes payload per payload ({len(payloads)})"
+        )
+    return rewritten
+
+
 def check_read(namespace: str, thread_id: str, after: int, last: int | None) -> None:
     check_namespace(namespace)
     check_thread_id(thread_id)
@@ -427,9 +533,11 @@ __all__ = [
     "AppendResult",
     "ChangeListener",
     "SpliceResult",
+    "StoredPayload",
     "ThreadInfo",
     "ThreadPage",
     "ThreadRecords",
     "ThreadStore",
     "batch_digest",
+    "splice_digest",
 ]

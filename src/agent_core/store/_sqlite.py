@@ -53,20 +53,26 @@ from ._protocol import (
     DEFAULT_IDEMPOTENCY_TTL,
     AppendResult,
     ChangeListener,
+    Rewrite,
     SpliceResult,
+    StoredPayload,
     ThreadInfo,
     ThreadPage,
     ThreadRecords,
     batch_digest,
     check_append,
+    check_digest,
     check_expiry,
     check_fork,
     check_fork_version,
     check_list,
     check_read,
+    check_scan,
     check_set_tokens,
     check_splice,
+    check_swaps,
     check_thread,
+    checked_rewrite,
     fingerprint_of,
     page_of,
     records_from_rows,
@@ -101,11 +107,24 @@ def _rewrite_triggers(*, rewrites: bool) -> tuple[str, str]:
         BEGIN
             {_bump("OLD", rewrites=rewrites)}
         END""",
-        f"""CREATE TRIGGER messages_external_update AFTER UPDATE OF payload ON messages
+        _update_trigger(rewrites=rewrites, quiet=False),
+    )
+
+
+def _update_trigger(*, rewrites: bool, quiet: bool) -> str:
+    """The update trigger; from migration 9 on, quiet for rows at or below the thread's
+    cleared_through, as the delete trigger is (our own re-encryption raises it)."""
+    when = (
+        """
+        WHEN NEW.seq > coalesce((SELECT cleared_through FROM threads
+            WHERE namespace = NEW.namespace AND thread_id = NEW.thread_id), 0)"""
+        if quiet
+        else ""
+    )
+    return f"""CREATE TRIGGER messages_external_update AFTER UPDATE OF payload ON messages{when}
         BEGIN
             {_bump("NEW", rewrites=rewrites)}
-        END""",
-    )
+        END"""
 
 
 # A splice's own deletes: above every seq, so the delete trigger stays quiet.
@@ -209,6 +228,13 @@ _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE threads ADD COLUMN expires_at REAL",
         "CREATE INDEX threads_expiry ON threads (namespace, expires_at)"
         " WHERE expires_at IS NOT NULL",
+    ),
+    # Encryption at rest: re-encrypting a row (`replace_payloads`) updates its payload
+    # with the same message; like our own deletes, it raises cleared_through meanwhile,
+    # which the update trigger now heeds too (at rest every row is above it).
+    (
+        "DROP TRIGGER messages_external_update",
+        _update_trigger(rewrites=True, quiet=True),
     ),
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -418,10 +444,15 @@ class SQLiteStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
     ) -> AppendResult:
         check_append(namespace, thread_id, payloads, tokens, expected_version, idempotency_key)
         check_expiry(None, retention)
-        digest = batch_digest(payloads) if idempotency_key is not None else b""
+        check_digest(digest)
+        if idempotency_key is None:
+            digest = b""
+        elif digest is None:
+            digest = batch_digest(payloads)
         return await self._on_writer(
             self._append,
             namespace,
@@ -515,12 +546,18 @@ class SQLiteStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         retention: float | None = None,
+        digest: bytes | None = None,
+        removed_as: Rewrite | None = None,
     ) -> SpliceResult:
         check_splice(
             namespace, thread_id, start, stop, payloads, tokens, expected_version, idempotency_key
         )
         check_expiry(None, retention)
-        digest = splice_digest(start, stop, payloads) if idempotency_key is not None else b""
+        check_digest(digest)
+        if idempotency_key is None:
+            digest = b""
+        elif digest is None:
+            digest = splice_digest(start, stop, payloads)
         return await self._on_writer(
             self._splice,
             namespace,
@@ -532,6 +569,7 @@ class SQLiteStore:
             idempotency_key,
             digest,
             retention,
+            removed_as,
         )
 
     def _splice(
@@ -545,6 +583,7 @@ class SQLiteStore:
         idempotency_key: str | None,
         digest: bytes,
         retention: float | None,
+        removed_as: Rewrite | None,
     ) -> SpliceResult:
         connection = self._writer
         assert connection is not None
@@ -560,6 +599,9 @@ class SQLiteStore:
             located = _locate(connection, key, *bounds)
             if not located.removed and not payloads:
                 return SpliceResult(current, current, applied=False, removed=(), expires_at=expires)
+            removed = [row[3] for row in located.removed]
+            if removed_as is not None:
+                removed = checked_rewrite(removed_as, removed)  # raising rolls back
             version = current + max(1, len(payloads))
             # The thread row moves first (the insert trigger sees the new rows as ours);
             # cleared_through is raised meanwhile, so the delete trigger stays quiet.
@@ -599,7 +641,7 @@ class SQLiteStore:
             version,
             current,
             applied=True,
-            removed=tuple(row[3] for row in located.removed),
+            removed=tuple(removed),
             expires_at=expires,
         )
 
@@ -611,11 +653,12 @@ class SQLiteStore:
         *,
         at_version: int | None = None,
         retention: float | None = None,
+        rewrite: Rewrite | None = None,
     ) -> int:
         check_fork(namespace, source_id, new_id, at_version)
         check_expiry(None, retention)
         return await self._on_writer(
-            self._fork, namespace, source_id, new_id, at_version, retention
+            self._fork, namespace, source_id, new_id, at_version, retention, rewrite
         )
 
     def _fork(
@@ -625,6 +668,7 @@ class SQLiteStore:
         new_id: str,
         at_version: int | None,
         retention: float | None,
+        rewrite: Rewrite | None,
     ) -> int:
         connection = self._writer
         assert connection is not None
@@ -661,12 +705,15 @@ class SQLiteStore:
                     now,
                 ),
             )
-            connection.execute(
-                "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
-                " created_at) SELECT namespace, ?, seq, anchor, frac, payload, tokens, ?"
-                " FROM messages WHERE namespace = ? AND thread_id = ? AND seq <= ?",
-                (new_id, now, namespace, source_id, at),
-            )
+            if rewrite is None:
+                connection.execute(
+                    "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload,"
+                    " tokens, created_at) SELECT namespace, ?, seq, anchor, frac, payload,"
+                    " tokens, ? FROM messages WHERE namespace = ? AND thread_id = ? AND seq <= ?",
+                    (new_id, now, namespace, source_id, at),
+                )
+            else:
+                _copy_rewritten(connection, (namespace, source_id, new_id), at, rewrite, now)
             for table in ("thread_metadata", "idempotency_keys"):
                 connection.execute(
                     f"DELETE FROM {table} WHERE namespace = ? AND thread_id = ?",
@@ -965,6 +1012,67 @@ class SQLiteStore:
             info = _thread_info(connection, namespace, thread_id)
         return info
 
+    async def scan_payloads(
+        self,
+        namespace: str | None,
+        *,
+        after: tuple[str, str, int] | None = None,
+        limit: int = DEFAULT_EXPIRE_BATCH,
+        skip_prefix: bytes = b"",
+    ) -> list[StoredPayload]:
+        check_scan(namespace, after, limit, skip_prefix)
+        start = after or (namespace or "", "", 0)
+        # Along the primary key: one namespace's stretch of it, or all of it.
+        where = (
+            "namespace = ? AND (thread_id, seq) > (?, ?)"
+            if namespace
+            else ("(namespace, thread_id, seq) > (?, ?, ?)")
+        )
+        query = (
+            f"SELECT namespace, thread_id, seq, CAST(payload AS BLOB) FROM messages WHERE {where}"
+            " AND (? = 0 OR substr(CAST(payload AS BLOB), 1, ?) <> ?)"
+            " ORDER BY namespace, thread_id, seq LIMIT ?"
+        )
+        arguments = (*start, len(skip_prefix), len(skip_prefix), skip_prefix, limit)
+        rows = await self._on_reader(lambda: self._reader().execute(query, arguments).fetchall())
+        return [StoredPayload(*row) for row in rows]
+
+    async def replace_payloads(self, swaps: Sequence[tuple[StoredPayload, bytes]]) -> int:
+        check_swaps(swaps)
+        if not swaps:
+            return 0
+        return await self._on_writer(self._replace_payloads, swaps)
+
+    def _replace_payloads(self, swaps: Sequence[tuple[StoredPayload, bytes]]) -> int:
+        connection = self._writer
+        assert connection is not None
+        threads = sorted({(row.namespace, row.thread_id) for row, _ in swaps})
+        replaced = 0
+        with _immediate_transaction(connection):
+            cleared = {
+                key: connection.execute(
+                    "SELECT cleared_through FROM threads WHERE namespace = ? AND thread_id = ?",
+                    key,
+                ).fetchone()
+                for key in threads
+            }
+            # Above every seq meanwhile: the update trigger takes these as ours.
+            connection.executemany(
+                "UPDATE threads SET cleared_through = ? WHERE namespace = ? AND thread_id = ?",
+                [(_QUIET, *key) for key in threads],
+            )
+            for row, payload in swaps:
+                replaced += connection.execute(
+                    "UPDATE messages SET payload = CAST(? AS TEXT) WHERE namespace = ?"
+                    " AND thread_id = ? AND seq = ? AND CAST(payload AS BLOB) = ?",
+                    (payload, row.namespace, row.thread_id, row.seq, row.payload),
+                ).rowcount
+            connection.executemany(
+                "UPDATE threads SET cleared_through = ? WHERE namespace = ? AND thread_id = ?",
+                [(held[0], *key) for key, held in cleared.items() if held is not None],
+            )
+        return replaced
+
     async def watch(self, listener: ChangeListener) -> None:
         """Report commits that other programs make straight into ``messages``."""
         if self._writer_pool is None:
@@ -1101,6 +1209,32 @@ def _respace(
 
 def _key_of(row: _Placed | None) -> tuple[int, bytes] | None:
     return None if row is None else (row[1], row[2])
+
+
+def _copy_rewritten(
+    connection: sqlite3.Connection,
+    ids: tuple[str, str, str],
+    at: int,
+    rewrite: Rewrite,
+    now: float,
+) -> None:
+    """A fork's copy of the source's rows through ``rewrite`` (namespace, source, target)."""
+    namespace, source_id, new_id = ids
+    rows = connection.execute(
+        "SELECT seq, anchor, CAST(frac AS BLOB), CAST(payload AS BLOB), CAST(tokens AS BLOB)"
+        " FROM messages WHERE namespace = ? AND thread_id = ? AND seq <= ? ORDER BY seq",
+        (namespace, source_id, at),
+    ).fetchall()
+    payloads = checked_rewrite(rewrite, [row[3] for row in rows])
+    # Seqs at or below the new version: the insert trigger takes them as ours.
+    connection.executemany(
+        "INSERT INTO messages (namespace, thread_id, seq, anchor, frac, payload, tokens,"
+        " created_at) VALUES (?, ?, ?, ?, ?, CAST(? AS TEXT), CAST(? AS TEXT), ?)",
+        [
+            (namespace, new_id, seq, anchor, frac, payload, tokens, now)
+            for (seq, anchor, frac, _, tokens), payload in zip(rows, payloads, strict=True)
+        ],
+    )
 
 
 def _remember(
