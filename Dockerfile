@@ -13,7 +13,7 @@ WORKDIR /src
 # README.md is the package's long description (pyproject.toml's readme).
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip wheel --wheel-dir /wheels ".[postgres,server,cli]"
+RUN pip wheel --wheel-dir /wheels ".[postgres,server,cli,encryption]"
 
 # -- the image: those wheels installed, and nothing that built them ------------------------
 FROM python:3.11-slim
@@ -21,7 +21,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 # Bound from the build stage for this step only: no layer keeps the wheels.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links=/wheels "agent-core[postgres,server,cli]"
+    pip install --no-index --find-links=/wheels "agent-core[postgres,server,cli,encryption]"
 # A fixed uid and gid (10001), so that volumes and secret files can be given to it by number.
 # /data is its writable directory: the default SQLite store and the API keys file.
 RUN groupadd --system --gid 10001 agent-core \
