@@ -205,7 +205,18 @@ async def test_a_plain_connection_to_tls_only_redis_is_refused_clearly(
     assert "s3cret-pw" not in message
 
 
-async def test_a_missing_client_certificate_is_named(servers: Servers) -> None:
+async def test_a_missing_redis_client_certificate_is_named(
+    servers: Servers, sqlite_url: str
+) -> None:
+    """The server closes the connection, with an alert or a reset: open says why."""
+    url = f"rediss://127.0.0.1:{servers.redis.port}/0?ssl_ca_certs={servers.certificates.ca}"
+    for _ in range(3):  # the alert or the reset, whichever comes
+        with pytest.raises(ConfigurationError, match="asks for a client certificate"):
+            async with ConversationCache.from_urls(store=sqlite_url, redis=url):
+                pass
+
+
+async def test_a_missing_postgres_client_certificate_is_named(servers: Servers) -> None:
     """The server asks for one (``cert`` authentication); the URL gives none."""
     url = servers.postgres.url(sslmode="verify-full", sslrootcert=str(servers.certificates.ca))
     with pytest.raises(ConfigurationError, match=re.escape("sslcert=/path/to/client.pem")):

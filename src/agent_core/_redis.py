@@ -48,6 +48,8 @@ _REFRESH_WITHIN: Final = 5.0
 _SCHEMES: Final = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
 #: The TLS options of a rediss:// URL that name a file (ssl_ca_path: a directory of CAs).
 _TLS_FILES: Final = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+#: OpenSSL's reason for TLS 1.3's alert when a client certificate was needed.
+_CERTIFICATE_REQUIRED: Final = "CERTIFICATE_REQUIRED"
 
 
 def is_cluster(client: RedisClient) -> bool:
@@ -173,10 +175,12 @@ async def tls_misconfiguration(
     """A ConfigurationError if ``failure`` (Redis not reached at open) comes from TLS set
     up wrongly rather than from an outage; else None.
 
-    Two cases: the server's certificate failed verification (a CA that did not sign it,
-    or a certificate that does not name the host), and a plain ``redis://`` URL for a
-    server that speaks only TLS, which closes the connection at the first plain bytes:
-    then a TLS handshake (certificate unchecked, nothing sent) shows what it speaks.
+    The cases: the server's certificate failed verification (a CA that did not sign
+    it, or a certificate that does not name the host); a plain ``redis://`` URL for a
+    server that speaks only TLS, which closes the connection at the first plain bytes;
+    a server that asks for a client certificate the URL does not give, which closes the
+    connection with an alert, or with a reset if a command was already on its way. In
+    the last two a handshake of its own (certificate unchecked, no command sent) tells.
     """
     refused = _certificate_failure(failure)
     if refused is not None:
@@ -189,20 +193,34 @@ async def tls_misconfiguration(
             "rediss://host:6380/0?ssl_ca_certs=/path/to/ca.pem, and connect by a name or "
             "address the certificate holds"
         )
-    if isinstance(client, RedisCluster) or not _closed_by_peer(failure):
+    wanted = any(_CERTIFICATE_REQUIRED in str(cause) for cause in _causes(failure))
+    if isinstance(client, RedisCluster) or not (wanted or _closed_by_peer(failure)):
         return None
     pool = client.connection_pool
     options = pool.connection_kwargs
-    if pool.connection_class is not Connection or "host" not in options:
-        return None  # rediss:// (already TLS) or a unix socket
+    if "host" not in options:
+        return None  # a unix socket
     host, port = options["host"], options.get("port", 6379)
-    if not await _speaks_tls(host, port, within):
+    if pool.connection_class is Connection:
+        answer = await _handshake(host, port, within)
+        if answer != "done" and "ALERT" not in answer:  # an alert is TLS too
+            return None
+        return ConfigurationError(
+            f"Redis at {describe(client)} accepts only TLS connections and closed this plain "
+            f"one: use a rediss:// URL with the CA that signed its certificate, as in "
+            f"rediss://{host}:{port}/0?ssl_ca_certs=/path/to/ca.pem (add ssl_certfile and "
+            "ssl_keyfile if it asks for a client certificate)"
+        )
+    if options.get("ssl_certfile"):
+        return None
+    if not wanted and _CERTIFICATE_REQUIRED not in await _handshake(
+        host, port, within, listen=True
+    ):
         return None
     return ConfigurationError(
-        f"Redis at {describe(client)} accepts only TLS connections and closed this plain one: "
-        f"use a rediss:// URL with the CA that signed its certificate, as in "
-        f"rediss://{host}:{port}/0?ssl_ca_certs=/path/to/ca.pem (add ssl_certfile and "
-        "ssl_keyfile if it asks for a client certificate)"
+        f"Redis at {describe(client)} asks for a client certificate and the URL gives none: "
+        "add ssl_certfile=/path/to/client.pem&ssl_keyfile=/path/to/client.key, a "
+        "certificate signed by a CA the server trusts (its tls-ca-cert-file)"
     )
 
 
@@ -233,20 +251,29 @@ def _closed_by_peer(failure: BaseException) -> bool:
     )
 
 
-async def _speaks_tls(host: str, port: int, within: float) -> bool:
-    """Whether ``host:port`` completes a TLS handshake, or refuses it with a TLS alert."""
+async def _handshake(host: str, port: int, within: float, *, listen: bool = False) -> str:
+    """A TLS handshake with ``host:port`` that checks no certificate and sends no command:
+    ``"done"`` if it completes (and, with ``listen``, the server then says nothing within
+    ``within``), else the reason of the TLS alert or error, or ``""`` if none came."""
     context = ssl.create_default_context()
     context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # only asks what the server speaks; sends nothing
+    context.verify_mode = ssl.CERT_NONE  # only asks what the server speaks and wants
+    writer = None
     try:
         async with asyncio.timeout(within):
-            _, writer = await asyncio.open_connection(host, port, ssl=context)
-    except ssl.SSLError as exc:  # an alert (a client certificate required, say) is TLS too
-        return "ALERT" in (exc.reason or "")
-    except (OSError, TimeoutError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(within):
-            await writer.wait_closed()
-    return True
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            if listen:  # TLS 1.3: a missing client certificate is an alert after the handshake
+                await reader.read(1)
+    except ssl.SSLError as exc:
+        return str(exc.reason or exc)
+    except TimeoutError:
+        pass  # listening, nothing came: the server is waiting for a command
+    except OSError:
+        return ""
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(within):
+                    await writer.wait_closed()
+    return "done" if writer is not None else ""
