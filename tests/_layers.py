@@ -152,8 +152,10 @@ TEST_ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
         # Order keys: locating a slice and making keys between neighbours, against a
         # list model over many more splices than the stores' tests can afford.
         ("tests.test_splice_order", "agent_core.store._order"),
-        # The keys file and verifier on their own (the service's use of them comes later).
+        # The keys file and verifier on their own, and the service's tests making keys as
+        # `agent-core keys create` does, without a subprocess per key.
         ("tests.test_keys", "agent_core._api_keys"),
+        ("tests.test_auth", "agent_core._api_keys"),
         # The JWT verifier against a local JWKS server: its refresh policy (fetches counted
         # at the server) and every way a token fails, more cases than routes can afford.
         ("tests.test_jwt", "agent_core.server._jwt"),

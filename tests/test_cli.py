@@ -228,7 +228,7 @@ def test_serve_then_stats_then_stop(
 @pytest.mark.parametrize("server", [{"AGENT_CORE_ACCESS_LOG": "false"}], indirect=True)
 def test_serve_without_access_log(server: tuple[str, subprocess.Popen[bytes], Path]) -> None:
     base, process, log = server
-    assert httpx.get(f"{base}/v1/threads/t-1", timeout=10).status_code == 200
+    assert httpx.get(f"{base}/v1/threads/t-1", timeout=10).status_code == 404
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
     assert "Finished server process" in log.read_text()

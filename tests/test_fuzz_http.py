@@ -197,7 +197,11 @@ def assert_answered(response: httpx.Response) -> None:
 
 
 async def version(http: httpx.AsyncClient, thread_id: str) -> int:
+    """The thread's version; 0 if it was never written (a 404)."""
     response = await http.get(f"/v1/threads/{thread_id}")
+    if response.status_code == 404:
+        assert response.json()["error"] == "ThreadNotFound", response.text
+        return 0
     assert response.status_code == 200, response.text
     value: int = response.json()["version"]
     return value

@@ -188,7 +188,7 @@ async def test_body_limits(client: httpx.AsyncClient) -> None:
     )
     assert "content-length" not in response.request.headers
     assert_problem(response, 413, "RequestBodyTooLarge")
-    assert (await client.get("/v1/threads/big")).json()["version"] == 0
+    assert (await client.get("/v1/threads/big")).status_code == 404
 
 
 async def test_message_too_large(store_url: str, namespace: str) -> None:
@@ -483,7 +483,7 @@ def test_settings_from_env() -> None:
 async def test_dashboard_data(client: httpx.AsyncClient) -> None:
     await client.post("/v1/threads/d/messages", json={"messages": [user("a")]})
     assert (await client.get("/v1/threads/d")).status_code == 200  # from L1
-    assert (await client.get("/v1/threads/never-written")).status_code == 200  # from the store
+    assert (await client.get("/v1/threads/never-written")).status_code == 404  # from the store
     assert (await client.post("/v1/threads/d/turns", json={"message": "hi"})).status_code == 200
 
     async def lag_sampled() -> bool:

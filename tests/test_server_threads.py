@@ -62,13 +62,9 @@ async def all_pages(http: httpx.AsyncClient, params: dict[str, Any]) -> list[lis
 async def test_list_pages_and_filters(client: httpx.AsyncClient) -> None:
     ids = [f"t{i:02d}" for i in range(10)]
     for index, thread_id in enumerate(reversed(ids)):  # written out of id order
-        if index % 3 == 0:  # some hold only metadata, no message
-            assert (await patch(client, thread_id, {"n": str(index)})).status_code == 200
-        else:
-            posted = await client.post(
-                f"/v1/threads/{thread_id}/messages", json={"messages": [user("hi")]}
-            )
-            assert posted.status_code == 201
+        await write(client, thread_id, "hi")
+        if index % 3 == 0:  # some hold no message any more
+            assert (await client.delete(f"/v1/threads/{thread_id}")).status_code == 200
     for number, thread_id in enumerate(ids):
         metadata = {"user": "u1" if number % 2 == 0 else "u2", "team": "a" if number < 5 else "b"}
         assert (await patch(client, thread_id, metadata)).status_code == 200
@@ -97,7 +93,7 @@ async def test_list_pages_and_filters(client: httpx.AsyncClient) -> None:
     # a thread only read.
     assert (await client.delete("/v1/threads/t01")).status_code == 200
     assert (await info(client, "t01"))["metadata"] == {}
-    assert (await client.get("/v1/threads/t99/info")).status_code == 200
+    assert_problem(await client.get("/v1/threads/t99/info"), 404, "ThreadNotFound")
     rest = [thread_id for thread_id in ids if thread_id != "t01"]
     assert (await client.get("/v1/threads")).json()["thread_ids"] == rest
 
@@ -139,15 +135,7 @@ async def test_list_names_at_most_five_bad_parameters(client: httpx.AsyncClient)
 
 
 async def test_info(client: httpx.AsyncClient) -> None:
-    assert await info(client, "new") == {
-        "thread_id": "new",
-        "version": 0,
-        "message_count": 0,
-        "created_at": None,
-        "updated_at": None,
-        "metadata": {},
-        "expires_at": None,
-    }
+    assert_problem(await client.get("/v1/threads/new/info"), 404, "ThreadNotFound")
     before = datetime.now(UTC)
     body = {"messages": [user("a"), user("b"), user("c")]}
     assert (await client.post("/v1/threads/i/messages", json=body)).json() == {"version": 3}
@@ -194,10 +182,10 @@ async def test_patch_merges_metadata_and_keeps_the_version(client: httpx.AsyncCl
         assert {**response.json(), "updated_at": None} == {**merged, "updated_at": None}
 
     # A thread never written is made (version 0), and listed for its metadata.
-    made = (await patch(client, "fresh", {"user": "u1"})).json()
-    assert (made["version"], made["message_count"], made["metadata"]) == (0, 0, {"user": "u1"})
+    # A thread never written is not made by a PATCH: 404, as another tenant's would be.
+    assert_problem(await patch(client, "fresh", {"user": "u1"}), 404, "ThreadNotFound")
     listed = await client.get("/v1/threads", params={"metadata.user": "u1"})
-    assert listed.json()["thread_ids"] == ["fresh", "p"]
+    assert listed.json()["thread_ids"] == ["p"]
 
 
 @pytest.mark.parametrize(
@@ -248,14 +236,13 @@ async def test_patch_raw_bodies(
         "/v1/threads/r", content=raw, headers={"content-type": "application/json"}
     )
     assert_problem(response, status, error)
-    nothing = await info(client, "r")
-    assert (nothing["created_at"], nothing["metadata"]) == (None, {})
+    assert_problem(await client.get("/v1/threads/r/info"), 404, "ThreadNotFound")
 
 
 async def test_patch_body_limit(client: httpx.AsyncClient) -> None:
     big = {"metadata": {"k": "v" * (70 << 10)}}
     assert_problem(await client.patch("/v1/threads/b", json=big), 413, "RequestBodyTooLarge")
-    assert (await info(client, "b"))["created_at"] is None
+    assert_problem(await client.get("/v1/threads/b/info"), 404, "ThreadNotFound")
 
 
 async def test_patch_expiry(client: httpx.AsyncClient) -> None:
@@ -361,6 +348,7 @@ async def test_openapi_metadata_key_rule_is_the_checks(client: httpx.AsyncClient
     # JSON Schema patterns are ECMA-262, whose "$" is the very end: Python's \Z.
     pattern = metadata["propertyNames"]["pattern"].removesuffix("$") + r"\Z"
     allowed = re.search(pattern, key) is not None
+    await write(client, "rules", "hi")
     response = await patch(client, "rules", {key: "v"})
     assert response.status_code == (200 if allowed else 400), (key, response.text)
 
@@ -526,9 +514,10 @@ async def test_splice_size_limits(client: httpx.AsyncClient, store_url: str) -> 
     # A message over the cache's 1 MiB cap, in a body the server takes: as append says.
     app = create_app(Settings(store_url=store_url, namespace="limits"))
     async with running(app) as http:
+        await write(http, "m", "a")
         response = await splice(http, "m", {"messages": [user("x" * (1 << 20))]})
         assert assert_problem(response, 413, "MessageTooLarge")["limit"] == 1 << 20
-        assert (await messages(http, "m")) == (0, [])
+        assert (await messages(http, "m")) == (1, ["a"])
 
 
 async def test_fork(client: httpx.AsyncClient) -> None:
@@ -585,7 +574,7 @@ async def test_fork_refused_writes_nothing(
     await splice(client, "src", {"start": 0, "stop": 1, "messages": [user("A")]})  # version 3
     assert_problem(await client.post("/v1/threads/src/fork", json=body), status, error)
     assert await messages(client, "src") == (3, ["A", "b"])
-    assert await messages(client, "n") == (0, [])
+    assert_problem(await client.get("/v1/threads/n"), 404, "ThreadNotFound")
     assert (await client.get("/v1/threads")).json()["thread_ids"] == ["src"]
 
 

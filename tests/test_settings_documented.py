@@ -90,6 +90,17 @@ NON_DEFAULTS: dict[str, tuple[str, Any]] = {
     "retention": ("3600", 3600.0),
     "sweep_interval": ("0", 0.0),
     "l2_signing_key": ("s3cret", "s3cret"),
+    "keys_file": ("/run/keys.json", "/run/keys.json"),
+    "jwt_jwks_url": ("https://idp.example/jwks", "https://idp.example/jwks"),
+    "jwt_audience": ("agent-core", "agent-core"),
+    "jwt_issuer": ("https://idp.example/", "https://idp.example/"),
+    "jwt_tenant_claim": ("org", "org"),
+    "max_tenants": ("7", 7),
+    "tenant_requests_per_minute": ("600", 600),
+    "tenant_tokens_per_minute": ("90000", 90000),
+    "audit_log": ("-", "-"),
+    "audit_sample_rate": ("0.5", 0.5),
+    "cors_origins": ("https://app.example", "https://app.example"),
     "encryption_keys_file": ("/run/keys.json", "/run/keys.json"),
 }
 

@@ -194,14 +194,37 @@ class KeyVerifier:
         self._verified: dict[bytes, str] = {}
         self._decoy_salt = secrets.token_bytes(_SALT_BYTES)
 
+    def with_entries(self, entries: Iterable[ApiKey]) -> KeyVerifier:
+        """A verifier of ``entries`` that still remembers the keys of this one it keeps."""
+        successor = KeyVerifier(entries)
+        successor._decoy_salt = self._decoy_salt
+        successor._verified = {
+            fingerprint: key_id
+            for fingerprint, key_id in self._verified.items()
+            if key_id in successor._by_id
+            and successor._by_id[key_id].digest == self._by_id[key_id].digest
+        }
+        return successor
+
+    def remembered(
+        self, presented: str, *, now: datetime | None = None
+    ) -> tuple[bool, ApiKey | None]:
+        """Whether ``presented`` verified before (no KDF needed), and if so its usable key
+        (None once revoked or expired)."""
+        fingerprint = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+        known = self._verified.get(fingerprint)
+        if known is None:
+            return False, None
+        entry = self._by_id.get(known)
+        return True, entry if entry is not None and entry.usable(now or datetime.now(UTC)) else None
+
     def verify(self, presented: str, *, now: datetime | None = None) -> ApiKey | None:
         """The usable key ``presented`` is, or None (unknown, wrong, revoked, expired)."""
         moment = now or datetime.now(UTC)
+        seen, entry = self.remembered(presented, now=moment)
+        if seen:
+            return entry
         fingerprint = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        known = self._verified.get(fingerprint)
-        if known is not None:
-            entry = self._by_id.get(known)
-            return entry if entry is not None and entry.usable(moment) else None
         match = _KEY.fullmatch(presented)
         entry = self._by_id.get(match.group(1)) if match else None
         # The KDF runs for every key not seen before, well-formed or not, known id or not.

@@ -21,6 +21,7 @@ _OPTIONAL: Final = {
     "mangum": ("mangum", "lambda"),
     "matplotlib": ("matplotlib", "plot"),
     "cryptography": ("cryptography", "encryption"),
+    "jwt": ("pyjwt", "server"),
 }
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
@@ -254,6 +255,108 @@ def serve(
             "thread.",
         ),
     ] = False,
+    keys_file: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_KEYS_FILE",
+            help="API keys (agent-core keys create): every request then needs "
+            "'Authorization: Bearer <key>', and acts for the key's tenant. Reloaded on change.",
+        ),
+    ] = None,
+    jwt_jwks_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_JWT_JWKS_URL",
+            help="Accept RS256/ES256 JWTs signed by a key of this JWKS (needs --jwt-audience "
+            "and --jwt-issuer).",
+        ),
+    ] = None,
+    jwt_audience: Annotated[
+        str | None,
+        typer.Option(envvar="AGENT_CORE_JWT_AUDIENCE", help="The JWTs' required 'aud'."),
+    ] = None,
+    jwt_issuer: Annotated[
+        str | None,
+        typer.Option(envvar="AGENT_CORE_JWT_ISSUER", help="The JWTs' required 'iss'."),
+    ] = None,
+    jwt_tenant_claim: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_JWT_TENANT_CLAIM",
+            help="The JWT claim naming the tenant.  \\[default: tenant]",
+            show_default=False,
+        ),
+    ] = None,
+    max_tenants: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_MAX_TENANTS",
+            help="Tenants this instance serves at once (each holds a cache and a Redis "
+            "pub/sub connection).  \\[default: 100]",
+            show_default=False,
+        ),
+    ] = None,
+    tenant_requests_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_TENANT_REQUESTS_PER_MINUTE",
+            help="Requests per minute per tenant (429 beyond).  \\[default: unlimited]",
+            show_default=False,
+        ),
+    ] = None,
+    tenant_tokens_per_minute: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_TENANT_TOKENS_PER_MINUTE",
+            help="Model tokens (prompt + reserved output) per minute per tenant, for turns "
+            "(429 beyond).  \\[default: unlimited]",
+            show_default=False,
+        ),
+    ] = None,
+    audit_log: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_AUDIT_LOG",
+            help="Write the audit log (JSON lines) to this file, or '-' for stderr.",
+        ),
+    ] = None,
+    audit_sample_rate: Annotated[
+        float | None,
+        typer.Option(
+            envvar="AGENT_CORE_AUDIT_SAMPLE_RATE",
+            help="Fraction of reads and appends the audit log records (the rest is always "
+            "recorded).  \\[default: 0]",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            envvar="AGENT_CORE_CORS_ORIGINS",
+            help="A browser origin allowed to call the API (repeat for more; the variable: "
+            "comma-separated).  \\[default: none, CORS off]",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_bind: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_METRICS_BIND",
+            help="Also serve /metrics, /readyz, /v1/stats and the dashboard, without "
+            "credentials, on [HOST:]PORT (host 127.0.0.1 unless given).",
+        ),
+    ] = None,
+    ssl_certfile: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_SSL_CERTFILE", help="Serve HTTPS with this certificate (PEM)."
+        ),
+    ] = None,
+    ssl_keyfile: Annotated[
+        str | None,
+        typer.Option(envvar="AGENT_CORE_SSL_KEYFILE", help="The private key of --ssl-certfile."),
+    ] = None,
     encryption_keys_file: Annotated[
         str | None,
         typer.Option(
@@ -267,21 +370,10 @@ def serve(
     """Run the HTTP API (and /metrics, /healthz) with uvicorn until SIGINT or SIGTERM.
 
     Every setting is also an AGENT_CORE_* variable; AGENT_CORE_L2_SIGNING_KEY, a secret, has
-    no flag (it would show in ps). Requests are not authenticated yet, so serve listens only
-    on a loopback address unless told --insecure-no-auth.
+    no flag (it would show in ps). Without --keys-file or --jwt-jwks-url requests are not
+    authenticated, so serve then listens only on a loopback address unless told
+    --insecure-no-auth.
     """
-    if not _is_loopback(host):
-        if not insecure_no_auth:
-            _fail(
-                f"refusing to listen on {host!r} without authentication: anyone who reaches "
-                "the port could read, write and purge every thread. Listen on 127.0.0.1 "
-                "behind a proxy that authenticates, or pass --insecure-no-auth to accept that"
-            )
-        _err.print(
-            f"[bold red]WARNING:[/] listening on {escape(host)} with NO authentication "
-            "(--insecure-no-auth): anyone who reaches the port can read, write and purge "
-            "every thread"
-        )
     settings = _settings(
         store_url=store,
         redis_url=redis,
@@ -295,14 +387,39 @@ def serve(
         max_message_bytes=max_message_bytes,
         retention=retention,
         sweep_interval=sweep_interval,
+        keys_file=keys_file,
+        jwt_jwks_url=jwt_jwks_url,
+        jwt_audience=jwt_audience,
+        jwt_issuer=jwt_issuer,
+        jwt_tenant_claim=jwt_tenant_claim,
+        max_tenants=max_tenants,
+        tenant_requests_per_minute=tenant_requests_per_minute,
+        tenant_tokens_per_minute=tenant_tokens_per_minute,
+        audit_log=audit_log,
+        audit_sample_rate=audit_sample_rate,
+        cors_origins=",".join(cors_origin) if cors_origin else None,
         encryption_keys_file=encryption_keys_file,
     )
+    if not _is_loopback(host) and not settings.authenticates:
+        if not insecure_no_auth:
+            _fail(
+                f"refusing to listen on {host!r} without authentication: anyone who reaches "
+                "the port could read, write and purge every thread. Give --keys-file (or "
+                "--jwt-jwks-url), listen on 127.0.0.1 behind a proxy that authenticates, or "
+                "pass --insecure-no-auth to accept that"
+            )
+        _err.print(
+            f"[bold red]WARNING:[/] listening on {escape(host)} with NO authentication "
+            "(--insecure-no-auth): anyone who reaches the port can read, write and purge "
+            "every thread"
+        )
+    listeners = _Listeners(host, port, _metrics_address(metrics_bind), ssl_certfile, ssl_keyfile)
     try:
         from .server import create_app  # the ``server`` extra: ConfigurationError without it
 
         asgi = create_app(settings)
         with _signals_end_quietly():
-            asyncio.run(_serve(asgi, host, port, access_log=access_log))
+            asyncio.run(_serve(asgi, listeners, access_log=access_log))
     except AgentCoreError as exc:
         _fail(str(exc), settings.store_url, settings.redis_url)
 
@@ -317,8 +434,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> None:
-    """uvicorn inside the app's lifespan, which this runs itself.
+@dataclass(frozen=True)
+class _Listeners:
+    """Where serve listens: the API, the optional ops listener, and HTTPS files."""
+
+    host: str
+    port: int
+    metrics: tuple[str, int] | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
+def _metrics_address(bind: str | None) -> tuple[str, int] | None:
+    """``--metrics-bind`` [HOST:]PORT as (host, port); the host defaults to loopback."""
+    if bind is None or not bind.strip():
+        return None
+    host, _, port = bind.strip().rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        _fail(f"--metrics-bind must be [HOST:]PORT with a port of 1-65535, got {bind!r}")
+    if not _is_loopback(host):
+        _err.print(
+            f"[bold yellow]note:[/] the metrics listener on {escape(host)} serves /metrics, "
+            "/readyz, /v1/stats and the dashboard to anyone who reaches it"
+        )
+    return host, int(port)
+
+
+async def _serve(asgi: FastAPI, listeners: _Listeners, *, access_log: bool) -> None:
+    """uvicorn inside the app's lifespan, which this runs itself; with a metrics address,
+    a second uvicorn serving only the ops routes, stopped with the first.
 
     Under uvicorn's lifespan a store that will not open is a logged traceback and exit
     code 3; run here, it is the typed error that `serve` reports in one line.
@@ -326,10 +471,40 @@ async def _serve(asgi: FastAPI, host: str, port: int, *, access_log: bool) -> No
     with needs_extra("agent-core serve"):
         import uvicorn
 
+    from .server import ops_only
+
+    class _OpsServer(uvicorn.Server):
+        # The API server owns SIGINT/SIGTERM: it stops this one when it stops.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     async with asgi.router.lifespan_context(asgi):
         _freeze_startup_objects()
-        config = uvicorn.Config(asgi, host=host, port=port, lifespan="off", access_log=access_log)
-        await uvicorn.Server(config).serve()
+        config = uvicorn.Config(
+            asgi,
+            host=listeners.host,
+            port=listeners.port,
+            lifespan="off",
+            access_log=access_log,
+            ssl_certfile=listeners.ssl_certfile,
+            ssl_keyfile=listeners.ssl_keyfile,
+        )
+        if listeners.metrics is None:
+            await uvicorn.Server(config).serve()
+            return
+        ops_host, ops_port = listeners.metrics
+        ops = _OpsServer(
+            uvicorn.Config(
+                ops_only(asgi), host=ops_host, port=ops_port, lifespan="off", access_log=False
+            )
+        )
+        ops_task = asyncio.create_task(ops.serve())
+        try:
+            await uvicorn.Server(config).serve()
+        finally:
+            ops.should_exit = True
+            await ops_task
 
 
 def _freeze_startup_objects() -> None:

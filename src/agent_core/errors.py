@@ -23,11 +23,13 @@ __all__ = [
     "InvalidThreadId",
     "MessageTooLarge",
     "ModelError",
+    "PermissionDenied",
     "ProviderError",
     "RateLimited",
     "RequestTooLarge",
     "StoreUnavailable",
     "ThreadExists",
+    "ThreadNotFound",
     "TokenBudgetExceeded",
     "TurnNotSaved",
     "VersionConflict",
@@ -119,9 +121,23 @@ class ThreadExists(AgentCoreError):
         self.version = version
 
 
+class ThreadNotFound(AgentCoreError):
+    """The thread was never written in the caller's namespace (HTTP 404)."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            f"no thread {quote(thread_id)}: append to it first (POST /v1/threads/<id>/messages)"
+        )
+        self.thread_id = thread_id
+
+
 class AuthenticationFailed(AgentCoreError):
     """A request carried no credential, or one that is unknown, wrong, revoked or expired
     (HTTP 401). The message never quotes the credential."""
+
+
+class PermissionDenied(AgentCoreError):
+    """The credential is valid but lacks the scope the request needs (HTTP 403)."""
 
 
 class StoreUnavailable(AgentCoreError):

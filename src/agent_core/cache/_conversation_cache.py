@@ -64,6 +64,7 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
                 "use ConversationCache.from_urls(store='sqlite:///agent-core.db')"
             )
         self.options = settings = CacheOptions.of(options)
+        self._option_values = dict(options)  # for_namespace's siblings take the same
         self.store = store
         self.namespace = check_namespace(namespace)
         self.consistency = settings.consistency
@@ -82,6 +83,7 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         self._fences = Fences(self.namespace, origin, self._l1, self._counters, self._background)
         self._redis = redis_client
         self._owns_redis = False
+        self._owns_store = True
         self._l2: RedisTier | None = None
         self._bus: InvalidationBus | None = None
         # Each namespace seals under data keys of its own (derived once per namespace).
@@ -153,10 +155,24 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         cache._owns_redis = client is not None
         return cache
 
+    def for_namespace(self, namespace: str) -> ConversationCache:
+        """A cache of ``namespace`` on this one's store, Redis client and options; not opened.
+
+        It has its own L1, fences and bus subscription, and shares the connections: open
+        it while this cache is open, and close it before this one (closing it leaves the
+        store and Redis open). A server serving many tenants keeps one per tenant.
+        """
+        sibling = ConversationCache(
+            self.store, redis_client=self._redis, namespace=namespace, **self._option_values
+        )
+        sibling._owns_store = False
+        return sibling
+
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self.store.open()
+        if self._owns_store:
+            await self.store.open()
         try:
             await self._open_tiers()
         except BaseException:
@@ -190,7 +206,8 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
             with contextlib.suppress(Exception):
                 await self._redis.aclose()
         self._l1.clear("closed")
-        await self.store.close()
+        if self._owns_store:
+            await self.store.close()
 
     async def _enter(self) -> None:
         await self.open()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from ..observe import MemorySnapshot
@@ -92,6 +93,28 @@ class CacheStats:
     @property
     def requests(self) -> int:
         return self.l1_hits + self.l2_hits + self.misses
+
+    @classmethod
+    def combined(cls, parts: Sequence[CacheStats]) -> CacheStats:
+        """The stats of several caches of one process (a server's tenants) as one: counts
+        and bytes add up, degraded if any is; memory, consistency and the last Redis
+        error are the first cache's (they are the process's)."""
+        first = parts[0]
+        sums = {
+            f.name: sum(getattr(part, f.name) for part in parts)
+            for f in fields(cls)
+            if f.type == "int"
+        }
+        evictions: Counter[str] = Counter()
+        for part in parts:
+            evictions.update(part.evictions)
+        return replace(
+            first,
+            **sums,
+            evictions=dict(evictions),
+            degraded=any(part.degraded for part in parts),
+            redis_last_error=next((p.redis_last_error for p in parts if p.redis_last_error), ""),
+        )
 
     @property
     def l1_hit_rate(self) -> float:

@@ -11,14 +11,23 @@ from .._extras import needs_extra
 from ._settings import Settings
 
 if TYPE_CHECKING:
+    from ._access import ops_only
     from ._app import create_app
     from ._serverless import ServerlessApp, make_app, serverless_settings
 
-__all__ = ["ServerlessApp", "Settings", "create_app", "make_app", "serverless_settings"]
+__all__ = [
+    "ServerlessApp",
+    "Settings",
+    "create_app",
+    "make_app",
+    "ops_only",
+    "serverless_settings",
+]
 
 #: Public name -> the module that defines it (imports the ``server`` extra).
 _LAZY: Final = {
     "create_app": "._app",
+    "ops_only": "._access",
     "ServerlessApp": "._serverless",
     "make_app": "._serverless",
     "serverless_settings": "._serverless",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Final, Literal
 import orjson
 from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import (
@@ -40,16 +42,22 @@ from .._validation import (
 )
 from ..agent import AgentReply, BaseAgent
 from ..cache import ConversationCache
-from ..errors import AgentCoreError, InvalidArgument
+from ..errors import AgentCoreError, InvalidArgument, ThreadNotFound
 from ..observe import LoopLagMonitor
 from ..store import MAX_PAGE_SIZE, ThreadInfo
+from ._access import Ops, Reader, Writer
+from ._audit import AuditLog, RouteKind
+from ._auth import Authenticator, ReloadingKeys
 from ._core import Core, core_of
 from ._dashboard import dashboard_router
+from ._jwt import JwtVerifier
 from ._message_schema import MESSAGE_SCHEMA, USER_MESSAGE_SCHEMA
 from ._metrics import Metrics
 from ._problems import error_problem, install_problem_handlers, problem
 from ._recent import RecentActivity
 from ._settings import Settings
+from ._tenant_limits import TenantTokens, tenant_limiter
+from ._tenants import Tenants
 
 __all__ = ["create_app"]
 
@@ -351,28 +359,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
+            audit = AuditLog(settings.audit_log, sample_rate=settings.audit_sample_rate)
+            stack.callback(audit.close)
+            auth = Authenticator(
+                keys=_keys(settings, audit),
+                jwt=await _jwt(settings, stack),
+                open_tenant=settings.namespace,
+            )
             cache = await stack.enter_async_context(settings.cache())
-            if settings.sweep_interval > 0:
-                sweeper = asyncio.create_task(
-                    _sweep_expired(cache, settings.sweep_interval), name="agent-core-sweep"
-                )
-                stack.push_async_callback(cancel_and_wait, sweeper)  # before the cache closes
             model = settings.chat_model()
             stack.push_async_callback(model.aclose)
-            token_model = settings.token_model
-            agent = BaseAgent(
-                model,
-                cache,
-                max_context_tokens=settings.max_context_tokens,
-                reserve_output_tokens=settings.reserve_output_tokens,
-                token_model=token_model,
-            )
+            request_limits = tenant_limiter(settings, "requests")
+            token_limits = tenant_limiter(settings, "tokens")
+            for limiter in (request_limits, token_limits):
+                if limiter is not None:
+                    stack.push_async_callback(limiter.aclose)
+
+            def make_agent(tenant: str, tenant_cache: ConversationCache) -> BaseAgent:
+                return BaseAgent(
+                    model,
+                    tenant_cache,
+                    max_context_tokens=settings.max_context_tokens,
+                    reserve_output_tokens=settings.reserve_output_tokens,
+                    token_model=settings.token_model,
+                    rate_limits=None
+                    if token_limits is None
+                    else TenantTokens(token_limits, tenant),
+                )
+
+            tenants = Tenants(cache, make_agent, max_tenants=settings.max_tenants)
+            stack.push_async_callback(tenants.aclose)  # before the base cache closes
+            if settings.sweep_interval > 0:
+                sweeper = asyncio.create_task(
+                    _sweep_expired(tenants, settings.sweep_interval),
+                    name="agent-core-sweep",
+                )
+                stack.push_async_callback(cancel_and_wait, sweeper)  # before the caches close
             recent = RecentActivity()
             lag = await stack.enter_async_context(
                 LoopLagMonitor(_LAG_INTERVAL, on_sample=recent.loop_lag.add)
             )
-            metrics = Metrics(cache.stats, lag.snapshot)
-            app.state.core = Core(settings, cache, agent, lag, metrics, token_model, recent)
+            core = Core(
+                settings,
+                cache,
+                tenants,
+                auth,
+                audit,
+                request_limits,
+                lag,
+                Metrics(tenants.stats, lag.snapshot),
+                settings.token_model,
+                recent,
+            )
+            app.state.core = core
             yield
 
     app = FastAPI(
@@ -386,23 +425,58 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(dashboard_router)
     # The last added runs first: refused bodies (413) are timed too.
     app.add_middleware(_BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "If-Match"],
+            expose_headers=["Location", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(_Timing)
     return app
 
 
-async def _sweep_expired(cache: ConversationCache, interval: float) -> None:
-    """Every ``interval`` seconds, delete the namespace's expired threads and the store's
-    expired idempotency keys, a batch at a time (both already count as gone: this frees
-    their rows and Redis values)."""
+async def _sweep_expired(tenants: Tenants, interval: float) -> None:
+    """Every ``interval`` seconds, delete the expired threads of every tenant open here
+    and the store's expired idempotency keys, a batch at a time (both already count as
+    gone: this frees their rows and Redis values). Tenants not open on this instance
+    wait for one that serves them, or for ``agent-core gc``."""
     while True:
         await asyncio.sleep(interval)
         try:
-            while await cache.sweep_expired(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
-                pass
-            while await cache.store.expire_idempotency_keys(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
+            for tenant in tenants:
+                while await tenant.cache.sweep_expired(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
+                    pass
+            store = tenants.base.store
+            while await store.expire_idempotency_keys(limit=_SWEEP_BATCH) == _SWEEP_BATCH:
                 pass
         except AgentCoreError as exc:  # the store is down, say: the next round tries again
             _log.warning("agent-core: sweeping expired threads failed: %s", exc)
+
+
+def _keys(settings: Settings, audit: AuditLog) -> ReloadingKeys | None:
+    if settings.keys_file is None:
+        return None
+    path = pathlib.Path(settings.keys_file)
+    return ReloadingKeys(path, lambda changes: audit.key_changes(changes, str(path)))
+
+
+async def _jwt(settings: Settings, stack: contextlib.AsyncExitStack) -> JwtVerifier | None:
+    if settings.jwt_jwks_url is None:
+        return None
+    # Settings refuse a JWKS URL without both.
+    assert settings.jwt_audience is not None
+    assert settings.jwt_issuer is not None
+    verifier = JwtVerifier(
+        settings.jwt_jwks_url,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        tenant_claim=settings.jwt_tenant_claim,
+    )
+    stack.push_async_callback(verifier.aclose)
+    return verifier
 
 
 # -- endpoints -----------------------------------------------------------------------
@@ -419,17 +493,19 @@ _router = APIRouter()
 )
 async def append_messages(
     request: Request,
+    caller: Writer,
     thread_id: ThreadId,
     body: AppendRequest,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Append messages; a repeated ``Idempotency-Key`` returns its first version."""
-    version = await core_of(request).cache.append(
+    version = await caller.tenant.cache.append(
         thread_id,
         body.messages,
         expected_version=body.expected_version,
         idempotency_key=idempotency_key,
     )
+    request.state.version = version
     return _version_response(version, status_code=201)
 
 
@@ -449,6 +525,7 @@ def _version_response(
 )
 async def get_thread(
     request: Request,
+    caller: Reader,
     thread_id: ThreadId,
     max_tokens: Annotated[int | None, Query(ge=1, description="Window budget.")] = None,
     model: Annotated[
@@ -457,7 +534,7 @@ async def get_thread(
 ) -> Response:
     """The thread's messages, or with ``max_tokens`` the newest that fit (pinned kept)."""
     core = core_of(request)
-    cache = core.cache
+    cache = caller.tenant.cache
     if model is not None and max_tokens is None:
         raise InvalidArgument("model only applies to a window: give max_tokens too")
     started = time.perf_counter()
@@ -474,6 +551,8 @@ async def get_thread(
         payloads = tuple(message.raw for message in window.messages)
         tail = b',"token_count":%d,"omitted":%d' % (window.token_count, window.omitted)
     core.record_get(source, time.perf_counter() - started)
+    if version == 0 and not payloads:
+        await _existing(cache, thread_id)
     # The cached bytes are spliced in as they are: no decoding, no re-encoding.
     body = b"".join(
         (
@@ -497,6 +576,7 @@ async def get_thread(
 )
 async def delete_thread(
     request: Request,
+    caller: Writer,
     thread_id: ThreadId,
     purge: Annotated[
         bool,
@@ -506,10 +586,14 @@ async def delete_thread(
         ),
     ] = False,
 ) -> Response:
-    """Delete the thread's messages (with ``purge``, erase the thread); returns its new
-    version (versions never go back)."""
-    cache = core_of(request).cache
+    """Delete the thread's messages (with ``purge``, erase the thread: admin scope);
+    returns its new version (versions never go back)."""
+    if purge:
+        caller.principal.require("admin")
+    cache = caller.tenant.cache
+    await _existing(cache, thread_id)
     version = await (cache.purge(thread_id) if purge else cache.delete(thread_id))
+    request.state.version = version
     return _version_response(version)
 
 
@@ -521,6 +605,7 @@ async def delete_thread(
 )
 async def splice_thread(
     request: Request,
+    caller: Writer,
     thread_id: ThreadId,
     body: SpliceRequest,
     idempotency_key: IdempotencyKey = None,
@@ -529,7 +614,9 @@ async def splice_thread(
     """Replace the messages ``[start:stop]`` by ``messages``, atomically; returns the new
     version. Remove (no messages), insert (``start`` = ``stop``) or edit; a splice that
     changes nothing writes nothing. A repeated ``Idempotency-Key`` returns its first version."""
-    version = await core_of(request).cache.splice(
+    cache = caller.tenant.cache
+    await _existing(cache, thread_id)
+    version = await cache.splice(
         thread_id,
         body.start,
         body.stop,
@@ -537,6 +624,7 @@ async def splice_thread(
         expected_version=_expected_version(body.expected_version, if_match),
         idempotency_key=idempotency_key,
     )
+    request.state.version = version
     return _version_response(version)
 
 
@@ -567,11 +655,16 @@ def _expected_version(in_body: int | None, if_match: str | None) -> int | None:
     responses=_PROBLEM,
     tags=["threads"],
 )
-async def fork_thread(request: Request, thread_id: ThreadId, body: ForkRequest) -> Response:
+async def fork_thread(
+    request: Request, caller: Writer, thread_id: ThreadId, body: ForkRequest
+) -> Response:
     """Make ``new_id`` a copy of this thread (messages and metadata), now or as of
     ``at_version``; returns the new thread's version, with its URL in ``Location``. Each
     thread then changes alone."""
-    version = await core_of(request).cache.fork(thread_id, body.new_id, at_version=body.at_version)
+    cache = caller.tenant.cache
+    await _existing(cache, thread_id)
+    version = await cache.fork(thread_id, body.new_id, at_version=body.at_version)
+    request.state.version = version
     # A path, not a URL: behind a proxy, the Host and scheme this app sees may not be the
     # client's.
     path = request.app.url_path_for("get_thread", thread_id=body.new_id)
@@ -599,6 +692,7 @@ _MAX_REPORTED: Final = 5
 )
 async def list_threads(
     request: Request,
+    caller: Reader,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Thread ids per page.")] = 100,
     after: Annotated[
         str | None,
@@ -610,7 +704,7 @@ async def list_threads(
 ) -> Response:
     """List thread ids, filtered by metadata."""
     metadata = _metadata_filter(request)
-    page = await core_of(request).cache.list_threads(
+    page = await caller.tenant.cache.list_threads(
         limit=limit, after=after, metadata=metadata or None
     )
     return Response(
@@ -650,10 +744,9 @@ def _metadata_filter(request: Request) -> dict[str, str]:
     responses=_PROBLEM,
     tags=["threads"],
 )
-async def thread_info(request: Request, thread_id: ThreadId) -> Response:
+async def thread_info(caller: Reader, thread_id: ThreadId) -> Response:
     """The thread's version, message count, times and metadata; not its messages."""
-    info = await core_of(request).cache.thread_info(thread_id)
-    return _info_response(thread_id, info)
+    return _info_response(thread_id, await _existing(caller.tenant.cache, thread_id))
 
 
 @_router.patch(
@@ -662,17 +755,26 @@ async def thread_info(request: Request, thread_id: ThreadId) -> Response:
     responses=_PROBLEM,
     tags=["threads"],
 )
-async def update_thread(request: Request, thread_id: ThreadId, body: ThreadUpdate) -> Response:
+async def update_thread(caller: Writer, thread_id: ThreadId, body: ThreadUpdate) -> Response:
     """Merge metadata into the thread's (null removes a key) and set its expiry; the
     version does not move (unless the expiry is already past: then it is deleted).
 
-    A thread never written is created (version 0). A refused update writes nothing.
+    A thread never written is a 404. A refused update writes nothing.
     """
+    cache = caller.tenant.cache
+    await _existing(cache, thread_id)
     # Only the fields the client sent: a field left out is left as it is.
-    info = await core_of(request).cache.update_thread(
-        thread_id, **body.model_dump(exclude_unset=True)
-    )
+    info = await cache.update_thread(thread_id, **body.model_dump(exclude_unset=True))
     return _info_response(thread_id, info)
+
+
+async def _existing(cache: ConversationCache, thread_id: str) -> ThreadInfo:
+    """The thread's info; `ThreadNotFound` if it was never written in this namespace (as
+    any thread of another tenant is: the same answer, so nothing leaks)."""
+    info = await cache.thread_info(thread_id)
+    if info.created_at is None:
+        raise ThreadNotFound(thread_id)
+    return info
 
 
 def _info_response(thread_id: str, info: ThreadInfo) -> Response:
@@ -693,18 +795,24 @@ def _info_response(thread_id: str, info: ThreadInfo) -> Response:
     },
     tags=["agent"],
 )
-async def run_turn(request: Request, thread_id: ThreadId, body: TurnRequest) -> Response:
+async def run_turn(
+    request: Request, caller: Writer, thread_id: ThreadId, body: TurnRequest
+) -> Response:
     """One agent turn: history window, model call, and the user message and reply stored."""
     core = core_of(request)
+    agent = caller.tenant.agent
     if "text/event-stream" in request.headers.get("accept", ""):
-        return await _stream_turn(core, thread_id, body.message)
-    reply = await core.agent.run(thread_id, body.message)
+        return await _stream_turn(core, agent, thread_id, body.message)
+    reply = await agent.run(thread_id, body.message)
+    request.state.version = reply.version
     core.record_turn(reply)
     return Response(_reply_json(reply), media_type=_JSON)
 
 
-async def _stream_turn(core: Core, thread_id: str, message: str | dict[str, Any]) -> Response:
-    stream = core.agent.stream(thread_id, message)
+async def _stream_turn(
+    core: Core, agent: BaseAgent, thread_id: str, message: str | dict[str, Any]
+) -> Response:
+    stream = agent.stream(thread_id, message)
     # The first chunk is awaited before answering, so that a turn that can't start
     # (budget, rate limit, model down) still gets its own status code.
     try:
@@ -759,7 +867,7 @@ def _reply_json(reply: AgentReply) -> bytes:
     )
 
 
-@_router.get("/metrics", tags=["ops"], response_class=Response)
+@_router.get("/metrics", tags=["ops"], response_class=Response, dependencies=[Ops])
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     registry = core_of(request).metrics.registry
@@ -778,6 +886,7 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The store is unreachable."}},
     tags=["ops"],
+    dependencies=[Ops],
 )
 async def readyz(request: Request) -> Response:
     """Ready when the store answers; a degraded Redis is reported but still ready (200)."""
@@ -789,7 +898,7 @@ async def readyz(request: Request) -> Response:
             await core.cache.store.version(core.cache.namespace, "readyz")
     except Exception as exc:
         store, detail = "unavailable", core.redact(f"{type(exc).__name__}: {exc}")
-    stats = core.cache.stats()
+    stats = core.stats()
     redis = core.redis_state(stats)
     if store != "ok":
         status: Literal["ok", "degraded", "unavailable"] = "unavailable"
@@ -803,11 +912,12 @@ async def readyz(request: Request) -> Response:
     )
 
 
-@_router.get("/v1/stats", tags=["ops"])
+@_router.get("/v1/stats", tags=["ops"], dependencies=[Ops])
 async def stats(request: Request) -> dict[str, Any]:
-    """The cache's counters, hit rates and memory, and the event-loop lag."""
+    """The caches' counters (every tenant's, combined), hit rates and memory, and the
+    event-loop lag."""
     core = core_of(request)
-    s = core.cache.stats()
+    s = core.stats()
     return {
         **asdict(s),
         "redis_last_error": core.redact(s.redis_last_error),
@@ -912,6 +1022,33 @@ class _Timing:
             if core is not None:
                 route = scope.get("route")
                 path = getattr(route, "path", "unmatched")
-                core.metrics.record_request(
-                    path, scope["method"], status, time.perf_counter() - started
-                )
+                method = scope["method"]
+                core.metrics.record_request(path, method, status, time.perf_counter() - started)
+                if core.audit.enabled:
+                    _audit(core.audit, scope, path, method, status)
+
+
+#: Routes whose requests the audit log samples as appends (the other writes: always).
+_APPENDS: Final = frozenset({"/v1/threads/{thread_id}/messages", "/v1/threads/{thread_id}/turns"})
+
+
+def _audit(audit: AuditLog, scope: Scope, route: str, method: str, status: int) -> None:
+    state = scope.get("state", {})
+    kind: RouteKind
+    if not route.startswith("/v1/threads"):
+        kind = "ops"
+    elif method == "GET":
+        kind = "read"
+    else:
+        kind = "append" if route in _APPENDS else "change"
+    client = scope.get("client")
+    audit.request(
+        state.get("principal"),
+        method=method,
+        route=route,
+        kind=kind,
+        status=status,
+        thread_id=scope.get("path_params", {}).get("thread_id"),
+        version=state.get("version"),
+        client=client[0] if client else None,
+    )

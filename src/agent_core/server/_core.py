@@ -9,28 +9,43 @@ from typing import Literal
 from fastapi import Request
 
 from .._urls import redact
-from ..agent import AgentReply, BaseAgent
+from ..agent import AgentReply
 from ..cache import CacheStats, ConversationCache
 from ..observe import LoopLagMonitor
+from ..ratelimit import RateLimiter
+from ._audit import AuditLog
+from ._auth import Authenticator
 from ._metrics import Metrics
 from ._recent import RecentActivity
 from ._settings import Settings
+from ._tenants import Tenants
 
 __all__ = ["Core", "core_of"]
 
 
 @dataclass
 class Core:
-    """The opened cache, agent and monitors; kept in ``app.state.core``."""
+    """The opened caches, agents, monitors and access control; kept in ``app.state.core``.
+
+    ``cache`` is the base cache (``settings.namespace``): the store and Redis every
+    tenant's cache shares, and the only tenant without authentication.
+    """
 
     settings: Settings
     cache: ConversationCache
-    agent: BaseAgent
+    tenants: Tenants
+    auth: Authenticator
+    audit: AuditLog
+    request_limits: RateLimiter | None
     lag: LoopLagMonitor
     metrics: Metrics
     token_model: str
     recent: RecentActivity
     started: float = field(default_factory=time.time)
+
+    def stats(self) -> CacheStats:
+        """The stats of every tenant's cache, combined."""
+        return self.tenants.stats()
 
     def record_get(self, tier: str, seconds: float) -> None:
         """A GET of a thread (or of its window) served by ``tier`` in ``seconds``."""

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
+from ._access import Ops
 from ._core import Core, core_of
 from ._recent import RecentSummary
 
@@ -83,7 +84,7 @@ class DashboardResponse(BaseModel):
     redis: Literal["none", "ok", "degraded"]
 
 
-dashboard_router = APIRouter()
+dashboard_router = APIRouter(dependencies=[Ops])
 
 
 @dashboard_router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -100,7 +101,7 @@ async def dashboard_data(request: Request) -> DashboardResponse:
 
 
 def dashboard_snapshot(core: Core) -> DashboardResponse:
-    stats = core.cache.stats()
+    stats = core.stats()
     recent = core.recent
     memory = stats.memory
     now = time.time()

@@ -15,17 +15,21 @@ from starlette.exceptions import HTTPException
 
 from ..errors import (
     AgentCoreError,
+    AuthenticationFailed,
     CacheClosed,
     ConfigurationError,
     ContextFileError,
     IdempotencyKeyReused,
+    IdentityProviderUnavailable,
     InvalidArgument,
     MessageTooLarge,
     ModelError,
+    PermissionDenied,
     RateLimited,
     RequestTooLarge,
     StoreUnavailable,
     ThreadExists,
+    ThreadNotFound,
     TokenBudgetExceeded,
     TurnNotSaved,
     VersionConflict,
@@ -45,6 +49,10 @@ PROBLEM_TYPE: Final = "urn:agent-core:problem:"
 
 # The most specific class wins: the lookup walks each error's MRO.
 _STATUS: Final[dict[type[AgentCoreError], int]] = {
+    AuthenticationFailed: 401,
+    PermissionDenied: 403,
+    ThreadNotFound: 404,
+    IdentityProviderUnavailable: 503,
     VersionConflict: 409,
     ThreadExists: 409,
     IdempotencyKeyReused: 422,
@@ -99,7 +107,9 @@ def error_problem(exc: AgentCoreError) -> Response:
     """The problem response of a typed error, with its useful attributes."""
     extra: dict[str, Any] = {}
     headers: dict[str, str] | None = None
-    if isinstance(exc, VersionConflict):
+    if isinstance(exc, AuthenticationFailed):
+        headers = {"WWW-Authenticate": 'Bearer realm="agent-core"'}
+    elif isinstance(exc, VersionConflict):
         extra = {"expected": exc.expected, "actual": exc.actual}
     elif isinstance(exc, IdempotencyKeyReused | ThreadExists):
         extra = {"version": exc.version}
@@ -107,6 +117,8 @@ def error_problem(exc: AgentCoreError) -> Response:
         extra = {"size": exc.size, "limit": exc.limit}
     elif isinstance(exc, TokenBudgetExceeded):
         extra = {"needed": exc.needed, "max_tokens": exc.max_tokens}
+    elif isinstance(exc, IdentityProviderUnavailable):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     elif isinstance(exc, RateLimited):
         extra = {"limit": exc.limit, "retry_after": exc.retry_after}
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}

@@ -23,6 +23,7 @@ _NUMBERS: Final[dict[str, type[int] | type[float]]] = {
     "int": int,
     "float": float,
     "float | None": float,
+    "int | None": int,
 }
 # EchoModel has no tokenizer of its own: its prompts are counted as gpt-4o's.
 _ECHO_TOKEN_MODEL: Final = "gpt-4o"
@@ -44,6 +45,13 @@ class Settings:
     ``retention`` (seconds; None: forever) makes every write keep its thread at least that
     long; the app deletes the namespace's expired threads every ``sweep_interval`` seconds
     (0: never; ``agent-core gc`` does it on demand).
+
+    With ``keys_file`` (API keys) or ``jwt_jwks_url`` (JWTs of an identity provider)
+    every request is authenticated, and each tenant is its own namespace; without
+    either, every request acts for ``namespace``. ``tenant_*_per_minute`` limit each
+    tenant's requests and model tokens (429); ``audit_log`` (a path, or ``-`` for
+    stderr) records who did what, ``audit_sample_rate`` of reads and appends included.
+    ``cors_origins`` (comma-separated) lets those browser origins call the API.
     """
 
     store_url: str = "sqlite:///agent-core.db"
@@ -60,6 +68,17 @@ class Settings:
     sweep_interval: float = 60.0
     #: Signs L2 values (``AGENT_CORE_L2_SIGNING_KEY``; never shown in the repr).
     l2_signing_key: str | None = dataclasses.field(default=None, repr=False)
+    keys_file: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    max_tenants: int = 100
+    tenant_requests_per_minute: int | None = None
+    tenant_tokens_per_minute: int | None = None
+    audit_log: str | None = None
+    audit_sample_rate: float = 0.0
+    cors_origins: str | None = None
     #: Encrypts stored messages at rest (a keys file: docs/DESIGN.md, "Encryption at rest").
     encryption_keys_file: str | None = None
 
@@ -72,6 +91,24 @@ class Settings:
                 raise ConfigurationError(
                     f"{name} must be an integer of at least {minimum}, got {quote(value)}"
                 )
+        for name in ("max_tenants", "tenant_requests_per_minute", "tenant_tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (type(value) is not int or value < 1):
+                raise ConfigurationError(
+                    f"{name} must be a positive integer (or unset), got {quote(value)}"
+                )
+        rate = self.audit_sample_rate
+        if type(rate) not in (int, float) or not 0 <= rate <= 1:
+            raise ConfigurationError(
+                f"audit_sample_rate must be a fraction from 0 to 1, got {quote(rate)}"
+            )
+        jwt = {"jwt_audience": self.jwt_audience, "jwt_issuer": self.jwt_issuer}
+        if self.jwt_jwks_url is not None and None in jwt.values():
+            missing = [name for name, value in jwt.items() if value is None]
+            raise ConfigurationError(
+                f"jwt_jwks_url needs {' and '.join(missing)} too: tokens are only accepted "
+                "for this service (audience) from your identity provider (issuer)"
+            )
         check_seconds(
             "sweep_interval",
             self.sweep_interval,
@@ -87,6 +124,17 @@ class Settings:
             if isinstance(fields[name], str):
                 fields[name] = mask_url(fields[name])
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in fields.items())})"
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether requests must carry a credential (API keys or JWTs configured)."""
+        return self.keys_file is not None or self.jwt_jwks_url is not None
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``cors_origins`` split at commas (empty: CORS off)."""
+        raw = self.cors_origins or ""
+        return [origin.strip() for origin in raw.split(",") if origin.strip()]
 
     @property
     def token_model(self) -> str:
@@ -148,7 +196,7 @@ class Settings:
                     raise ConfigurationError(
                         f"{variable} must be a number ({field.type}), got {quote(raw)}"
                     ) from None
-            elif name in ("redis_url", "l2_signing_key", "encryption_keys_file"):
+            elif str(field.type) == "str | None":
                 values[name] = raw or None
             else:
                 values[name] = raw
