@@ -189,6 +189,13 @@ def test_fails_loudly_without_postgres() -> None:
             ("ratio_p50", "fork", "list_threads", "sweep"),
             id="lifecycle",
         ),
+        pytest.param(
+            "encryption.py",
+            (),
+            ("redis_server", "Encryption at rest, p50 µs (plain vs encrypted)"),
+            ("append/1", "l2_hit/10", "l1_hit/10"),
+            id="encryption",
+        ),
     ],
 )
 def test_cache_benchmark_quick_run(
