@@ -476,3 +476,43 @@ async def test_rotation_skips_a_row_changed_meanwhile(store_url: str, namespace:
         assert (done.found, done.rotated, done.skipped) == (1, 1, 0)
     async with opened(store_url, namespace, k2) as cache:
         assert texts(await cache.get("t")) == ["A", "b"]
+
+
+async def test_rotation_while_a_writer_appends_and_splices(store_url: str, namespace: str) -> None:
+    """rotate-data runs beside the service: every row ends under the newest key, and every
+    thread reads as the writer left it."""
+    k1, k2 = new_keys("k1"), new_keys("k2")
+    threads = [f"t{i}" for i in range(12)]
+    async with opened(store_url, namespace, k1) as old:
+        for thread_id in threads:
+            await old.append(thread_id, [user(f"{thread_id}-{j}") for j in range(4)])
+    both = EncryptionKeys([*k1, *k2])
+    async with opened(store_url, namespace, [*k1, *k2]) as writer:
+        stop = asyncio.Event()
+
+        async def write() -> int:
+            done = 0
+            while not stop.is_set():
+                thread_id = threads[done % len(threads)]
+                await writer.append(thread_id, [user(f"w{done}")])
+                if done % 3 == 0:  # replaces the oldest message, maybe a k1 row being rotated
+                    await writer.splice(thread_id, 0, 1, [user(f"s{done}")])
+                done += 1
+            return done
+
+        task = asyncio.create_task(write())
+        store = store_from_url(store_url)
+        await store.open()
+        try:
+            rotation = await rotate_data(store, both, namespace=namespace, batch=3)
+        finally:
+            await store.close()
+            stop.set()
+        assert await task > 0
+        assert rotation.found >= rotation.rotated > 0
+        expected = {thread_id: texts(await writer.get(thread_id)) for thread_id in threads}
+    payloads = await stored_payloads(store_url, namespace)
+    assert all(p.startswith(b'{"$ac_enc":1,"k":"k2",') for p in payloads)
+    async with opened(store_url, namespace, k2) as reader:
+        for thread_id, messages in expected.items():
+            assert texts(await reader.get(thread_id)) == messages
