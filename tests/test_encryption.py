@@ -26,12 +26,14 @@ from agent_core import (
     EncryptionKeyMissing,
     EncryptionKeys,
     IdempotencyKeyReused,
+    InvalidArgument,
     InvalidMessage,
     Message,
+    ThreadStore,
 )
 from agent_core.cli import app
 from agent_core.server import Settings
-from agent_core.store import batch_digest, rotate_data, store_from_url
+from agent_core.store import StoredPayload, batch_digest, rotate_data, store_from_url
 
 from ._sqlite_bytes import file_holds
 from .conftest import l2_key
@@ -516,3 +518,36 @@ async def test_rotation_while_a_writer_appends_and_splices(store_url: str, names
     async with opened(store_url, namespace, k2) as reader:
         for thread_id, messages in expected.items():
             assert texts(await reader.get(thread_id)) == messages
+
+
+# -- the store methods' own checks (both stores) -------------------------------------------
+
+
+async def test_the_new_store_arguments_are_checked_and_a_refused_call_writes_nothing(
+    store: ThreadStore, namespace: str
+) -> None:
+    await store.append(namespace, "t", [b'{"role":"user","content":"x"}'])
+    for bad in ({"after": ("other-ns", "t", 0)}, {"after": (namespace, "t")}, {"limit": 0}):
+        with pytest.raises(InvalidArgument):
+            await store.scan_payloads(namespace, **bad)
+    with pytest.raises(InvalidArgument):
+        await store.scan_payloads(namespace, skip_prefix="text")  # type: ignore[arg-type]
+    (row,) = await store.scan_payloads(namespace)
+    for swaps in ([(row, "text")], [("row", b"{}")], b"{}"):
+        with pytest.raises(InvalidArgument):
+            await store.replace_payloads(swaps)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="digest"):
+        await store.append(namespace, "t", [b"{}"], idempotency_key="k", digest=b"")
+    with pytest.raises(InvalidArgument, match="one bytes payload per payload"):
+        await store.fork(namespace, "t", "f", rewrite=lambda payloads: [])
+    with pytest.raises(InvalidArgument, match="one bytes payload per payload"):
+        await store.splice(namespace, "t", 0, 1, [], removed_as=lambda payloads: [])
+    assert (await store.read(namespace, "t")).payloads == (row.payload,)
+    assert (await store.read(namespace, "f")).version == 0
+    assert await store.version(namespace, "t") == 1
+    # A stale swap (the payload is no longer the one read) changes nothing either.
+    stale = StoredPayload(namespace, "t", 1, b'{"role":"user","content":"y"}')
+    assert await store.replace_payloads([(stale, b'{"role":"user","content":"z"}')]) == 0
+    assert await store.replace_payloads([(row, b'{"role":"user","content":"z"}')]) == 1
+    records = await store.read(namespace, "t")
+    assert (records.version, records.payloads) == (1, (b'{"role":"user","content":"z"}',))
