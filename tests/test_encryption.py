@@ -339,6 +339,12 @@ async def test_splice_pop_fork_windows_and_retries_work_sealed(
         assert window.token_count > 0
     payloads = await stored_payloads(store_url, namespace)
     assert all(p.startswith(SEALED) for p in payloads)
+    async with opened(store_url, namespace, keys, redis=redis_url) as cache:
+        await cache.purge("f")
+        await cache.delete("t")
+        await cache.append("t", [user("after")])
+        assert (texts(await cache.get("f")), texts(await cache.get("t"))) == ([], ["after"])
+    assert len(await stored_payloads(store_url, namespace)) == 1
 
 
 async def test_a_retry_across_a_new_key_is_still_a_retry(store_url: str, namespace: str) -> None:
