@@ -130,7 +130,7 @@ class EncryptionKeys:
                     else type(key).__name__
                 )
                 raise ConfigurationError(
-                    f"{where} (id {entry['id']!r}): \"key\" must be 64 hex digits (32 random "
+                    f'{where} (id {entry["id"]!r}): "key" must be 64 hex digits (32 random '
                     f"bytes: python -c 'import secrets; print(secrets.token_hex(32))'), "
                     f"got {shape}"
                 )
@@ -177,6 +177,5 @@ class EncryptionKeys:
 def _check_id(key_id: object, where: str) -> None:
     if not isinstance(key_id, str) or not _KEY_ID.fullmatch(key_id):
         raise ConfigurationError(
-            f"{where}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -, "
-            f"got {quote(key_id)}"
+            f"{where}: the key id must be 1-64 characters of A-Z a-z 0-9 . _ -, got {quote(key_id)}"
         )

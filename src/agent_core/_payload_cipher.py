@@ -195,6 +195,6 @@ def refuse_reserved(payloads: Sequence[bytes]) -> None:
     for index, payload in enumerate(payloads):
         if payload.startswith(ENVELOPE_PREFIX):
             raise InvalidMessage(
-                f"messages[{index}]: a message may not start with the field \"$ac_enc\", "
+                f'messages[{index}]: a message may not start with the field "$ac_enc", '
                 "which marks payloads encrypted at rest; put another field first"
             )
