@@ -156,6 +156,7 @@ TEST_ALLOWED: Final[frozenset[tuple[str, str]]] = frozenset(
         # `agent-core keys create` does, without a subprocess per key.
         ("tests.test_keys", "agent_core._api_keys"),
         ("tests.test_auth", "agent_core._api_keys"),
+        ("tests.test_openapi_fuzz", "agent_core._api_keys"),
         # The JWT verifier against a local JWKS server: its refresh policy (fetches counted
         # at the server) and every way a token fails, more cases than routes can afford.
         ("tests.test_jwt", "agent_core.server._jwt"),
