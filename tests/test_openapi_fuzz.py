@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from requests.structures import CaseInsensitiveDict
 from schemathesis.python import asgi
 
 from agent_core._api_keys import KeysFile
@@ -73,7 +74,9 @@ def test_no_server_errors(
         # admits billions): windows and turns then meet the messages earlier cases wrote.
         thread_id = str(case.path_parameters.get("thread_id", ""))
         case.path_parameters["thread_id"] = f"t{len(thread_id) % 3}"
-    case.headers = {**(case.headers or {}), **credential}
+    # Reassigned, not updated in place: schemathesis 4.x sends only headers it saw set (and
+    # case.call's own headers= did not reach the app).
+    case.headers = CaseInsensitiveDict({**case.headers, **credential})
     response = case.call(app=served)
     request = case.as_curl_command()
     assert response.status_code < 500, f"{response.status_code} for {request}: {response.text}"

@@ -27,7 +27,7 @@ from ._l1 import L1Tier
 from ._lifecycle import ThreadLifecycle
 from ._loader import Loader, Served
 from ._options import POLICIES, CacheOptions
-from ._parts import CacheParts, store_fingerprint
+from ._parts import CacheParts, redis_parts, store_fingerprint
 from ._read_result import ReadResult
 from ._redis_tier import RedisTier
 from ._stats import CacheStats, Counters, build_stats
@@ -90,27 +90,8 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         keys = settings.encryption_keys
         cipher = None if keys is None else keys.cipher(self.namespace)
         if redis_client is not None:
-            self._l2 = self._fences.l2 = RedisTier(
-                redis_client,
-                self.namespace,
-                ttl=settings.l2_ttl,
-                timeout=settings.redis_timeout,
-                compress_min_bytes=settings.compress_min_bytes,
-                origin=origin,
-                on_degraded=self._fences.stop_waiting_for_fills,
-                on_recover=self._fences.forget_unannounced,
-                max_value_bytes=settings.l2_max_value_bytes,
-                signing_key=settings.signing_key,
-                cipher=cipher,
-            )
-            self._bus = InvalidationBus(
-                redis_client,
-                self.namespace,
-                origin=origin,
-                timeout=settings.redis_timeout,
-                on_event=self._fences.on_event,
-                on_subscribed=self._fences.forget_unannounced,
-                on_lost=self._l2.fail,
+            self._l2, self._bus = redis_parts(
+                redis_client, self.namespace, settings, self._fences, origin, cipher
             )
         self._ticks = Ticks()
         parts = CacheParts(
@@ -156,12 +137,8 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         return cache
 
     def for_namespace(self, namespace: str) -> ConversationCache:
-        """A cache of ``namespace`` on this one's store, Redis client and options; not opened.
-
-        It has its own L1, fences and bus subscription, and shares the connections: open
-        it while this cache is open, and close it before this one (closing it leaves the
-        store and Redis open). A server serving many tenants keeps one per tenant.
-        """
+        """A cache of ``namespace`` (own L1, fences and bus) sharing this one's store, Redis
+        client and options; open it after this one and close it before (it leaves both open)."""
         sibling = ConversationCache(
             self.store, redis_client=self._redis, namespace=namespace, **self._option_values
         )
