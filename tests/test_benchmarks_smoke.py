@@ -269,6 +269,21 @@ def test_auth_timing_quick_run(tmp_path: Path) -> None:
     assert set(document["wrong"]) == {"0", "4", "10", "17", "59"}
 
 
+def test_auth_overhead_quick_run(tmp_path: Path) -> None:
+    """benchmarks/auth_overhead.py --quick: no auth, API key and JWT apps in process (SQLite,
+    a local JWKS server), a few seconds."""
+    headings = ("Machine", "Authentication overhead per request, µs")
+    document = quick_run("auth_overhead.py", tmp_path, headings, timeout=60)
+    variants = ("none", "none, again", "api key", "jwt")
+    requests = ("GET thread (L1 hit)", "append")
+    assert set(document["cells"]) == {f"{r}/{v}" for r in requests for v in variants}
+    for name, cell in document["cells"].items():
+        assert cell["samples"] == document["rounds"], name
+        assert cell["p99_us"] >= cell["p50_us"] > 0, name
+        if not name.endswith("/none"):
+            assert cell["ratio_p50"] > 0, name
+
+
 def test_tokens_quick_run(tmp_path: Path) -> None:
     """benchmarks/tokens.py --quick: offline, no PostgreSQL or Redis, a few seconds."""
     headings = (
