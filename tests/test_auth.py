@@ -341,3 +341,32 @@ async def test_the_audit_log(tmp_path: Path, jwks: JwksServer) -> None:
     for record in records:
         datetime.fromisoformat(record["time"])
         assert made["a"] not in json.dumps(record)
+
+
+async def test_stored_bytes_quota(tmp_path: Path, jwks: JwksServer) -> None:
+    _, made = make_keys(tmp_path / "keys.json")
+    app = auth_app(tmp_path, jwks, tenant_max_stored_bytes=2_000)
+    async with running(app) as http:
+        a, b = ({"Authorization": f"Bearer {made[n]}"} for n in ("a", "b"))
+        body = {"messages": [user("x" * 400)]}
+        statuses = [
+            (await http.post("/v1/threads/t/messages", json=body, headers=a)).status_code
+            for _ in range(5)
+        ]
+        assert statuses[:4] == [201] * 4
+        problem = assert_problem(
+            await http.post("/v1/threads/t/messages", json=body, headers=a), 507, "QuotaExceeded"
+        )
+        assert problem["quota"] == 2_000
+        assert problem["used"] + problem["adding"] > 2_000
+        # Nothing of the refused request was written; another tenant has its own quota.
+        version = (await http.get("/v1/threads/t", headers=a)).json()["version"]
+        assert version == statuses.count(201)
+        assert (await http.post("/v1/threads/t/messages", json=body, headers=b)).status_code == 201
+        # A request larger than the whole quota can never fit: 413.
+        huge = {"messages": [user("y" * 3_000)]}
+        assert_problem(
+            await http.post("/v1/threads/u/messages", json=huge, headers=b), 413, "QuotaExceeded"
+        )
+        # Reads go on over the quota.
+        assert (await http.get("/v1/threads/t", headers=a)).status_code == 200

@@ -98,6 +98,7 @@ NON_DEFAULTS: dict[str, tuple[str, Any]] = {
     "max_tenants": ("7", 7),
     "tenant_requests_per_minute": ("600", 600),
     "tenant_tokens_per_minute": ("90000", 90000),
+    "tenant_max_stored_bytes": ("1000000", 1000000),
     "audit_log": ("-", "-"),
     "audit_sample_rate": ("0.5", 0.5),
     "cors_origins": ("https://app.example", "https://app.example"),

@@ -789,3 +789,19 @@ async def test_purge_namespace_removes_every_row_of_it_alone(
     assert await store.version(other, "a") == await store.version(other, "b") == 1
     with pytest.raises(InvalidNamespace):
         await store.purge_namespace("bad namespace")
+
+
+async def test_stored_bytes_counts_the_namespace_s_payloads(
+    store: ThreadStore, namespace: str
+) -> None:
+    assert await store.stored_bytes(namespace) == 0
+    payloads = [b'{"role":"user","content":"h\xc3\xa9"}', b'{"role":"user","content":"hi"}']
+    await store.append(namespace, "a", payloads[:1])
+    await store.append(namespace, "b", payloads[1:])
+    await store.append(namespace + "-other", "a", payloads)
+    # Bytes as stored (PostgreSQL's json keeps the text as given), UTF-8 counted in bytes.
+    assert await store.stored_bytes(namespace) == sum(map(len, payloads))
+    await store.delete(namespace, "a")
+    assert await store.stored_bytes(namespace) == len(payloads[1])
+    with pytest.raises(InvalidArgument):
+        await store.stored_bytes("bad namespace!")

@@ -313,6 +313,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    tenant_max_stored_bytes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="AGENT_CORE_TENANT_MAX_STORED_BYTES",
+            help="Bytes of messages each tenant may store (507 beyond; soft: measured every "
+            "10 s).  \\[default: unlimited]",
+            show_default=False,
+        ),
+    ] = None,
     audit_log: Annotated[
         str | None,
         typer.Option(
@@ -395,6 +404,7 @@ def serve(
         max_tenants=max_tenants,
         tenant_requests_per_minute=tenant_requests_per_minute,
         tenant_tokens_per_minute=tenant_tokens_per_minute,
+        tenant_max_stored_bytes=tenant_max_stored_bytes,
         audit_log=audit_log,
         audit_sample_rate=audit_sample_rate,
         cors_origins=",".join(cors_origin) if cors_origin else None,

@@ -25,6 +25,7 @@ __all__ = [
     "ModelError",
     "PermissionDenied",
     "ProviderError",
+    "QuotaExceeded",
     "RateLimited",
     "RequestTooLarge",
     "StoreUnavailable",
@@ -138,6 +139,24 @@ class AuthenticationFailed(AgentCoreError):
 
 class PermissionDenied(AgentCoreError):
     """The credential is valid but lacks the scope the request needs (HTTP 403)."""
+
+
+class QuotaExceeded(AgentCoreError):
+    """A tenant's stored bytes would pass its quota (HTTP 507; 413 for a request larger
+    than the whole quota, which could never fit)."""
+
+    def __init__(self, tenant: str, *, used: int, adding: int, quota: int) -> None:
+        never = adding > quota
+        super().__init__(
+            f"tenant {quote(tenant)} stores {used} bytes of its {quota}-byte quota; this "
+            f"request adds about {adding}: "
+            + ("it can never fit, send less" if never else "delete or purge threads first")
+        )
+        self.tenant = tenant
+        self.used = used
+        self.adding = adding
+        self.quota = quota
+        self.never_fits = never
 
 
 class StoreUnavailable(AgentCoreError):

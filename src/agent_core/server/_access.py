@@ -21,7 +21,17 @@ from ._problems import problem
 from ._tenant_limits import admit_request
 from ._tenants import Tenant
 
-__all__ = ["OPS_LISTENER", "OPS_PATHS", "Admin", "Caller", "Ops", "Reader", "Writer", "ops_only"]
+__all__ = [
+    "OPS_LISTENER",
+    "OPS_PATHS",
+    "Adder",
+    "Admin",
+    "Caller",
+    "Ops",
+    "Reader",
+    "Writer",
+    "ops_only",
+]
 
 #: Set in the ASGI scope by the ``--metrics-bind`` listener.
 OPS_LISTENER: Final = "agent_core.ops_listener"
@@ -64,6 +74,19 @@ async def _ops(request: Request, _: object = Security(_bearer)) -> None:
 
 Reader = Annotated[Caller, _caller_of("read")]
 Writer = Annotated[Caller, _caller_of("write")]
+
+
+async def _adding(request: Request, caller: Writer) -> Caller:
+    quota = core_of(request).quota
+    if quota is not None:
+        # The body's size stands for what the request stores (the reply of a turn comes
+        # later: the next measurement counts it).
+        await quota.admit(caller.principal.tenant, len(await request.body()))
+    return caller
+
+
+#: A writer whose request adds messages: also held to the tenant's stored-bytes quota.
+Adder = Annotated[Caller, Depends(_adding)]
 Admin = Annotated[Caller, _caller_of("admin")]
 Ops = Depends(_ops)
 

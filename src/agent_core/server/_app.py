@@ -45,7 +45,7 @@ from ..cache import ConversationCache
 from ..errors import AgentCoreError, InvalidArgument, ThreadNotFound
 from ..observe import LoopLagMonitor
 from ..store import MAX_PAGE_SIZE, ThreadInfo
-from ._access import Ops, Reader, Writer
+from ._access import Adder, Ops, Reader, Writer
 from ._audit import AuditLog, RouteKind
 from ._auth import Authenticator, ReloadingKeys
 from ._core import Core, core_of
@@ -56,7 +56,7 @@ from ._metrics import Metrics
 from ._problems import error_problem, install_problem_handlers, problem
 from ._recent import RecentActivity
 from ._settings import Settings
-from ._tenant_limits import TenantTokens, tenant_limiter
+from ._tenant_limits import StoredBytesQuota, TenantTokens, tenant_limiter
 from ._tenants import Tenants
 
 __all__ = ["create_app"]
@@ -406,6 +406,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 auth,
                 audit,
                 request_limits,
+                None
+                if settings.tenant_max_stored_bytes is None
+                else StoredBytesQuota(cache.store, settings.tenant_max_stored_bytes),
                 lag,
                 Metrics(tenants.stats, lag.snapshot),
                 settings.token_model,
@@ -493,7 +496,7 @@ _router = APIRouter()
 )
 async def append_messages(
     request: Request,
-    caller: Writer,
+    caller: Adder,
     thread_id: ThreadId,
     body: AppendRequest,
     idempotency_key: IdempotencyKey = None,
@@ -605,7 +608,7 @@ async def delete_thread(
 )
 async def splice_thread(
     request: Request,
-    caller: Writer,
+    caller: Adder,
     thread_id: ThreadId,
     body: SpliceRequest,
     idempotency_key: IdempotencyKey = None,
@@ -796,7 +799,7 @@ def _info_response(thread_id: str, info: ThreadInfo) -> Response:
     tags=["agent"],
 )
 async def run_turn(
-    request: Request, caller: Writer, thread_id: ThreadId, body: TurnRequest
+    request: Request, caller: Adder, thread_id: ThreadId, body: TurnRequest
 ) -> Response:
     """One agent turn: history window, model call, and the user message and reply stored."""
     core = core_of(request)

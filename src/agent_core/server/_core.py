@@ -18,6 +18,7 @@ from ._auth import Authenticator
 from ._metrics import Metrics
 from ._recent import RecentActivity
 from ._settings import Settings
+from ._tenant_limits import StoredBytesQuota
 from ._tenants import Tenants
 
 __all__ = ["Core", "core_of"]
@@ -37,6 +38,7 @@ class Core:
     auth: Authenticator
     audit: AuditLog
     request_limits: RateLimiter | None
+    quota: StoredBytesQuota | None
     lag: LoopLagMonitor
     metrics: Metrics
     token_model: str

@@ -25,6 +25,7 @@ from ..errors import (
     MessageTooLarge,
     ModelError,
     PermissionDenied,
+    QuotaExceeded,
     RateLimited,
     RequestTooLarge,
     StoreUnavailable,
@@ -52,6 +53,7 @@ _STATUS: Final[dict[type[AgentCoreError], int]] = {
     AuthenticationFailed: 401,
     PermissionDenied: 403,
     ThreadNotFound: 404,
+    QuotaExceeded: 507,
     IdentityProviderUnavailable: 503,
     VersionConflict: 409,
     ThreadExists: 409,
@@ -117,6 +119,10 @@ def error_problem(exc: AgentCoreError) -> Response:
         extra = {"size": exc.size, "limit": exc.limit}
     elif isinstance(exc, TokenBudgetExceeded):
         extra = {"needed": exc.needed, "max_tokens": exc.max_tokens}
+    elif isinstance(exc, QuotaExceeded):
+        extra = {"used": exc.used, "adding": exc.adding, "quota": exc.quota}
+        if exc.never_fits:
+            return problem(413, str(exc), error=type(exc).__name__, **extra)
     elif isinstance(exc, IdentityProviderUnavailable):
         headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
     elif isinstance(exc, RateLimited):

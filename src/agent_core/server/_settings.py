@@ -49,8 +49,9 @@ class Settings:
     With ``keys_file`` (API keys) or ``jwt_jwks_url`` (JWTs of an identity provider)
     every request is authenticated, and each tenant is its own namespace; without
     either, every request acts for ``namespace``. ``tenant_*_per_minute`` limit each
-    tenant's requests and model tokens (429); ``audit_log`` (a path, or ``-`` for
-    stderr) records who did what, ``audit_sample_rate`` of reads and appends included.
+    tenant's requests and model tokens (429), ``tenant_max_stored_bytes`` what each
+    stores (507); ``audit_log`` (a path, or ``-`` for stderr) records who did what,
+    ``audit_sample_rate`` of reads and appends included.
     ``cors_origins`` (comma-separated) lets those browser origins call the API.
     """
 
@@ -76,6 +77,7 @@ class Settings:
     max_tenants: int = 100
     tenant_requests_per_minute: int | None = None
     tenant_tokens_per_minute: int | None = None
+    tenant_max_stored_bytes: int | None = None
     audit_log: str | None = None
     audit_sample_rate: float = 0.0
     cors_origins: str | None = None
@@ -91,7 +93,12 @@ class Settings:
                 raise ConfigurationError(
                     f"{name} must be an integer of at least {minimum}, got {quote(value)}"
                 )
-        for name in ("max_tenants", "tenant_requests_per_minute", "tenant_tokens_per_minute"):
+        for name in (
+            "max_tenants",
+            "tenant_requests_per_minute",
+            "tenant_tokens_per_minute",
+            "tenant_max_stored_bytes",
+        ):
             value = getattr(self, name)
             if value is not None and (type(value) is not int or value < 1):
                 raise ConfigurationError(

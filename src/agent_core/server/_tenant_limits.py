@@ -7,13 +7,24 @@ over the limit is a 429 with ``Retry-After`` at once.
 
 from __future__ import annotations
 
-from typing import Literal
+import time
+from typing import Final, Literal
 
-from ..errors import AgentCoreError, RateLimited
+from ..errors import AgentCoreError, QuotaExceeded, RateLimited
 from ..ratelimit import RateLimiter, RateLimits
+from ..store import ThreadStore
 from ._settings import Settings
 
-__all__ = ["TenantRateLimited", "TenantTokens", "admit_request", "tenant_limiter"]
+__all__ = [
+    "StoredBytesQuota",
+    "TenantRateLimited",
+    "TenantTokens",
+    "admit_request",
+    "tenant_limiter",
+]
+
+#: Seconds a tenant's measured stored bytes are trusted before measuring again.
+USAGE_TTL: Final = 10.0
 
 
 class TenantRateLimited(RateLimited):
@@ -73,3 +84,31 @@ class TenantTokens:
             raise TenantRateLimited(
                 self._tenant, limit="tokens", retry_after=exc.retry_after
             ) from None
+
+
+class StoredBytesQuota:
+    """Each tenant's stored bytes, held under ``quota`` (soft).
+
+    The store's figure (`ThreadStore.stored_bytes`, a scan of the namespace) is measured
+    at most every `USAGE_TTL` seconds per tenant; bytes this instance accepted since are
+    added to it. So a tenant may pass its quota by what other instances accept within
+    that time, and deletes count from the next measurement.
+    """
+
+    def __init__(self, store: ThreadStore, quota: int) -> None:
+        self._store = store
+        self.quota = quota
+        # tenant -> (bytes measured, when, bytes accepted since)
+        self._usage: dict[str, tuple[int, float, int]] = {}
+
+    async def admit(self, tenant: str, adding: int) -> None:
+        """Count ``adding`` bytes for ``tenant``, or raise `QuotaExceeded`."""
+        measured, when, since = self._usage.get(tenant, (0, -USAGE_TTL, 0))
+        now = time.monotonic()
+        if now - when >= USAGE_TTL:
+            measured, when, since = await self._store.stored_bytes(tenant), now, 0
+        used = measured + since
+        if used + adding > self.quota:
+            self._usage[tenant] = (measured, when, since)
+            raise QuotaExceeded(tenant, used=used, adding=adding, quota=self.quota)
+        self._usage[tenant] = (measured, when, since + adding)

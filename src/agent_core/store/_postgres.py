@@ -666,6 +666,10 @@ class PostgresStore:
         check_thread(namespace, thread_id)
         return _thread_info(await self._query("fetchrow", sql.THREAD_INFO, namespace, thread_id))
 
+    async def stored_bytes(self, namespace: str) -> int:
+        check_namespace(namespace)
+        return int(await self._query("fetchval", sql.STORED_BYTES, namespace))
+
     async def update_thread(
         self,
         namespace: str,

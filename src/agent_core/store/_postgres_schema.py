@@ -1014,6 +1014,11 @@ SELECT (SELECT count(*) FROM written) + (
 )
 """
 PURGE_THREADS: Final = f"DELETE FROM {SCHEMA}.threads WHERE namespace = $1"
+STORED_BYTES: Final = f"""
+SELECT coalesce(sum(octet_length(payload::text)), 0)::bigint FROM {SCHEMA}.messages
+WHERE namespace = $1
+"""
+
 LIST: Final = f"""
 SELECT t.thread_id FROM {SCHEMA}.threads t
 WHERE t.namespace = $1 AND t.thread_id > $2 AND {_LIVE}

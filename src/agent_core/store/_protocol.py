@@ -252,6 +252,10 @@ class ThreadStore(Protocol):
     async def thread_info(self, namespace: str, thread_id: str) -> ThreadInfo:
         """The thread's version, message count, times and metadata, from one snapshot."""
 
+    async def stored_bytes(self, namespace: str) -> int:
+        """Bytes of the namespace's stored message payloads (as stored: encrypted if they
+        are); reads every row of the namespace, so callers cache it."""
+
     async def update_thread(
         self,
         namespace: str,

@@ -943,6 +943,22 @@ class SQLiteStore:
         check_thread(namespace, thread_id)
         return await self._on_reader(self._thread_info_snapshot, namespace, thread_id)
 
+    async def stored_bytes(self, namespace: str) -> int:
+        check_namespace(namespace)
+        return await self._on_reader(self._stored_bytes, namespace)
+
+    def _stored_bytes(self, namespace: str) -> int:
+        (total,) = (
+            self._reader()
+            .execute(
+                "SELECT coalesce(sum(length(CAST(payload AS BLOB))), 0) FROM messages"
+                " WHERE namespace = ?",
+                (namespace,),
+            )
+            .fetchone()
+        )
+        return int(total)
+
     def _thread_info_snapshot(self, namespace: str, thread_id: str) -> ThreadInfo:
         connection = self._reader()
         connection.execute("BEGIN")
