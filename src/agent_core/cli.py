@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 import httpx
 import orjson
 
+from ._env import env_value
 from ._extras import needs_extra
 from ._urls import mask_url, redact
 from ._validation import check_thread_id
@@ -536,11 +537,17 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the server.")] = 5.0,
 ) -> None:
-    """Show the cache statistics of a running server (GET /v1/stats)."""
+    """Show the cache statistics of a running server (GET /v1/stats).
+
+    A server with API keys wants an admin key in AGENT_CORE_API_KEY (or its _FILE twin; a
+    variable only, as a flag would show in ps), or --url of its --metrics-bind listener.
+    """
     endpoint = url.rstrip("/") + "/v1/stats"
     shown = mask_url(endpoint)
+    key = env_value(os.environ, "AGENT_CORE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.get(endpoint, timeout=timeout)
+        response = httpx.get(endpoint, timeout=timeout, headers=headers)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         _fail(f"cannot reach {shown}: {str(exc) or type(exc).__name__}", url)
     if response.status_code != 200:
