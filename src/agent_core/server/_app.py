@@ -554,8 +554,8 @@ async def get_thread(
         payloads = tuple(message.raw for message in window.messages)
         tail = b',"token_count":%d,"omitted":%d' % (window.token_count, window.omitted)
     core.record_get(source, time.perf_counter() - started)
-    if version == 0 and not payloads:
-        await _existing(cache, thread_id)
+    if version == 0:
+        await _existing(cache, thread_id, version=0)
     # The cached bytes are spliced in as they are: no decoding, no re-encoding.
     body = b"".join(
         (
@@ -749,7 +749,9 @@ def _metadata_filter(request: Request) -> dict[str, str]:
 )
 async def thread_info(caller: Reader, thread_id: ThreadId) -> Response:
     """The thread's version, message count, times and metadata; not its messages."""
-    return _info_response(thread_id, await _existing(caller.tenant.cache, thread_id))
+    return _info_response(
+        thread_id, _found(thread_id, await caller.tenant.cache.thread_info(thread_id))
+    )
 
 
 @_router.patch(
@@ -771,10 +773,22 @@ async def update_thread(caller: Writer, thread_id: ThreadId, body: ThreadUpdate)
     return _info_response(thread_id, info)
 
 
-async def _existing(cache: ConversationCache, thread_id: str) -> ThreadInfo:
-    """The thread's info; `ThreadNotFound` if it was never written in this namespace (as
-    any thread of another tenant is: the same answer, so nothing leaks)."""
-    info = await cache.thread_info(thread_id)
+async def _existing(
+    cache: ConversationCache, thread_id: str, *, version: int | None = None
+) -> None:
+    """`ThreadNotFound` unless the thread was written in this namespace (any thread of
+    another tenant is not: the same answer, so nothing leaks).
+
+    One indexed version read (none if the caller knows the ``version``); only a thread at
+    version 0, which may hold metadata alone, costs a `thread_info` (it counts messages).
+    """
+    if version is None:
+        version = await cache.store.version(cache.namespace, thread_id)
+    if version == 0:
+        _found(thread_id, await cache.thread_info(thread_id))
+
+
+def _found(thread_id: str, info: ThreadInfo) -> ThreadInfo:
     if info.created_at is None:
         raise ThreadNotFound(thread_id)
     return info
