@@ -25,7 +25,6 @@ __all__ = [
     "OPS_LISTENER",
     "OPS_PATHS",
     "Adder",
-    "Admin",
     "Caller",
     "Ops",
     "Reader",
@@ -87,7 +86,6 @@ async def _adding(request: Request, caller: Writer) -> Caller:
 
 #: A writer whose request adds messages: also held to the tenant's stored-bytes quota.
 Adder = Annotated[Caller, Depends(_adding)]
-Admin = Annotated[Caller, _caller_of("admin")]
 Ops = Depends(_ops)
 
 

@@ -84,10 +84,6 @@ class ReloadingKeys:
     def path(self) -> Path:
         return self._file.path
 
-    def tenants(self) -> set[str]:
-        """Tenants of the keys in force."""
-        return {entry.tenant for entry in self._entries.values()}
-
     def verifier(self) -> KeyVerifier:
         """The verifier of the file as it is now."""
         stamp = self._stat()

@@ -47,18 +47,10 @@ class TenantRateLimited(RateLimited):
 def tenant_limiter(settings: Settings, limit: Literal["requests", "tokens"]) -> RateLimiter | None:
     """The limiter of each tenant's ``limit`` per minute, or None when unlimited; shared
     through ``settings``' Redis, if any."""
-    per_minute = (
-        settings.tenant_requests_per_minute
-        if limit == "requests"
-        else settings.tenant_tokens_per_minute
-    )
+    per_minute: int | None = getattr(settings, f"tenant_{limit}_per_minute")
     if per_minute is None:
         return None
-    limits = (
-        RateLimits(requests_per_minute=per_minute, max_wait=0)
-        if limit == "requests"
-        else RateLimits(tokens_per_minute=per_minute, max_wait=0)
-    )
+    limits = RateLimits(**{f"{limit}_per_minute": per_minute}, max_wait=0)
     return RateLimiter(limits, redis=settings.redis_url, namespace=settings.namespace)
 
 
