@@ -53,10 +53,20 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
     ("observe", frozenset({"observe"})),
     # Message, Conversation, their shapes, per-message token counts and their codecs.
     # Encryption at rest: the keys file and the sealed-payload envelope (issue 14).
+    # Messages as Anthropic's API takes them (the online count and the Anthropic model),
+    # and the name that marks a compaction summary.
     (
         "messages",
         frozenset(
-            {"messages", "_message_shape", "_token_counts", "_encryption", "_payload_cipher"}
+            {
+                "messages",
+                "_message_shape",
+                "_token_counts",
+                "_encryption",
+                "_payload_cipher",
+                "_anthropic_format",
+                "_summary",
+            }
         ),
     ),
     ("tokens", frozenset({"tokens"})),

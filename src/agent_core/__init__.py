@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from ._encryption import EncryptionKeys
+from ._summary import SUMMARY_NAME
 from .agent import (
     AgentLimiter,
     AgentMemory,
@@ -71,6 +72,7 @@ __version__ = "0.1.0"
 
 # PostgresStore is public too, but not in __all__: `import *` must work without asyncpg.
 __all__ = [
+    "SUMMARY_NAME",
     "AgentCoreError",
     "AgentLimiter",
     "AgentMemory",

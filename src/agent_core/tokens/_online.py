@@ -2,18 +2,11 @@
 
 Nothing here runs unless `TokenCounter.count_messages_online` is called. It converts
 Chat Completions messages to a Messages API request (``POST /v1/messages/count_tokens``)
-and sends it in one request, never retried:
-
-* ``system`` and ``developer`` messages -> top-level ``system`` text blocks, in order;
-* ``user`` and ``assistant`` text (a string or text parts) -> ``text`` blocks; empty and
-  whitespace-only texts are left out, as the API refuses them;
-* assistant ``tool_calls`` -> ``tool_use`` blocks (``input`` = the parsed arguments);
-* ``tool`` messages -> ``tool_result`` blocks in a user turn;
-* consecutive turns of one role -> one turn, as the API expects alternating roles;
-* tools in function format -> ``{"name", "description", "input_schema"}``.
-
-Images, audio, files, Responses API items and legacy ``function`` messages are refused
-with `InvalidArgument` rather than left out, which would undercount.
+as `agent_core._anthropic_format` does for `AnthropicChatModel` (system prompt pulled out,
+tool calls and results as content blocks, same-role turns merged) and sends it in one
+request, never retried. Text only: images, audio, files, Responses API items and legacy
+``function`` messages are refused with `InvalidArgument` rather than left out, which
+would undercount.
 """
 
 from __future__ import annotations
@@ -25,20 +18,17 @@ from urllib.parse import SplitResult, urlsplit
 
 import orjson
 
-from .._quote import quote
+from .._anthropic_format import convert_messages, convert_tools, encode_request
 from .._urls import show_url
 from .._validation import check_seconds
 from ..errors import InvalidArgument, ProviderError
 from ..messages import Message
-from ._chat import _function_of
 
 __all__ = ["DEFAULT_BASE_URL", "check_online_args", "count_tokens_online", "is_claude"]
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 _PATH: Final = "/v1/messages/count_tokens"
 _ANTHROPIC_VERSION: Final = "2023-06-01"
-_EMPTY_SCHEMA: Final[Mapping[str, Any]] = {"type": "object", "properties": {}}
-_TEXT_PARTS: Final = frozenset({"text", "input_text", "output_text"})
 _SNIPPET: Final = 300
 _HINTS: Final[Mapping[int, str]] = {
     400: "the provider refused the converted request; check the messages and tools",
@@ -87,42 +77,14 @@ def anthropic_request(
     tools: Sequence[Mapping[str, Any]] | None,
 ) -> bytes:
     """The count-tokens request body (JSON) for ``messages`` and ``tools``."""
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
-        raise InvalidArgument(
-            f"messages must be a sequence of message dicts or Message, got {type(messages)!r}"
-        )
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        item = message.to_dict() if isinstance(message, Message) else message
-        try:
-            role, blocks = _convert(item)
-        except InvalidArgument as exc:
-            exc.args = (f"messages[{index}]: {exc}",)
-            raise
-        if role == "system":
-            system.extend(blocks)
-        elif turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-        elif blocks:
-            turns.append({"role": role, "content": blocks})
-    if not turns:
-        raise InvalidArgument(
-            "messages must hold a user or assistant message with content: "
-            "the provider counts no request without one"
-        )
-    body: dict[str, Any] = {"model": model, "messages": turns}
-    if system:
-        body["system"] = system
-    if tools is not None:
-        if isinstance(tools, str | bytes) or not isinstance(tools, Sequence):
-            raise InvalidArgument(f"tools must be a sequence of tool dicts, got {type(tools)!r}")
-        if tools:
-            body["tools"] = [_tool(tool, index) for index, tool in enumerate(tools)]
-    try:
-        return orjson.dumps(body)
-    except orjson.JSONEncodeError as exc:
-        raise InvalidArgument(f"messages and tools must be JSON-serializable: {exc}") from None
+    converted = convert_messages(messages, images=False)
+    body: dict[str, Any] = {"model": model, "messages": converted.turns}
+    if converted.system:
+        body["system"] = converted.system
+    definitions = convert_tools(tools)
+    if definitions:
+        body["tools"] = definitions
+    return encode_request(body)
 
 
 async def count_tokens_online(
@@ -181,110 +143,6 @@ def _url_parts(url: object) -> SplitResult | None:
         return parts if parts.port != 0 else None
     except ValueError:
         return None
-
-
-def _convert(item: object) -> tuple[str, list[dict[str, Any]]]:
-    """The Anthropic role (``"system"`` for the top-level prompt) and content blocks."""
-    if not isinstance(item, Mapping):
-        raise InvalidArgument(f"a message must be a dict or Message, got {type(item)!r}")
-    role = item.get("role")
-    if role in ("system", "developer"):
-        return "system", _text_blocks(item.get("content"))
-    if role == "user":
-        return "user", _text_blocks(item.get("content"))
-    if role == "assistant":
-        if item.get("function_call") is not None:
-            raise InvalidArgument(
-                "the legacy function_call has no id to pair with its result; use tool_calls"
-            )
-        blocks = _text_blocks(item.get("content"))
-        calls = item.get("tool_calls") or []
-        if not isinstance(calls, list):
-            raise InvalidArgument(f"tool_calls must be a list, got {type(calls)!r}")
-        blocks.extend(_tool_use(call, index) for index, call in enumerate(calls))
-        return "assistant", blocks
-    if role == "tool":
-        call_id = item.get("tool_call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise InvalidArgument(f"a tool message needs a str tool_call_id, got {quote(call_id)}")
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
-        blocks = _text_blocks(item.get("content"))
-        if blocks:
-            result["content"] = blocks
-        return "user", [result]
-    raise InvalidArgument(
-        "online counts take Chat Completions messages of role system, developer, user, "
-        f"assistant or tool, got role {quote(role)} (type {quote(item.get('type'))})"
-    )
-
-
-def _text_blocks(content: object) -> list[dict[str, Any]]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        texts = [content]
-    elif isinstance(content, list):
-        texts = [_part_text(part) for part in content]
-    else:
-        raise InvalidArgument(f"content must be a str or a list of parts, got {type(content)!r}")
-    return [{"type": "text", "text": text} for text in texts if text.strip()]
-
-
-def _part_text(part: object) -> str:
-    if (
-        isinstance(part, Mapping)
-        and part.get("type", "text") in _TEXT_PARTS
-        and isinstance(part.get("text"), str)
-    ):
-        text: str = part["text"]
-        return text
-    kind = part.get("type") if isinstance(part, Mapping) else type(part).__name__
-    raise InvalidArgument(
-        f"online counts take text parts only, got a {quote(kind)} part; count images, audio "
-        "and files with the provider's own client"
-    )
-
-
-def _tool_use(call: object, index: int) -> dict[str, Any]:
-    function = call.get("function") if isinstance(call, Mapping) else None
-    if (
-        not isinstance(call, Mapping)
-        or call.get("type", "function") != "function"
-        or not isinstance(call.get("id"), str)
-        or not isinstance(function, Mapping)
-        or not isinstance(function.get("name"), str)
-        or not isinstance(function.get("arguments"), str)
-    ):
-        raise InvalidArgument(
-            f"tool_calls[{index}] must be a function call with a str id, function.name and "
-            f"function.arguments, got {quote(call)}"
-        )
-    try:
-        arguments = orjson.loads(function["arguments"])
-    except orjson.JSONDecodeError as exc:
-        raise InvalidArgument(
-            f"tool_calls[{index}].function.arguments is not valid JSON ({exc}); the provider "
-            "takes a tool call's input as a JSON object"
-        ) from None
-    if not isinstance(arguments, dict):
-        raise InvalidArgument(
-            f"tool_calls[{index}].function.arguments must encode a JSON object, "
-            f"got {type(arguments).__name__}"
-        )
-    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": arguments}
-
-
-def _tool(tool: object, index: int) -> dict[str, Any]:
-    function = _function_of(tool, index)
-    schema = function.get("parameters", _EMPTY_SCHEMA)
-    if not isinstance(schema, Mapping):
-        raise InvalidArgument(
-            f"tools[{index}] parameters must be a JSON schema object, got {quote(schema)}"
-        )
-    converted: dict[str, Any] = {"name": function["name"], "input_schema": schema}
-    if isinstance(function.get("description"), str):
-        converted["description"] = function["description"]
-    return converted
 
 
 def _status_error(
