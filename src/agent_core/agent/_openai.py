@@ -3,42 +3,33 @@
 Request bodies are assembled from the messages' encoded bytes (``Message.raw``), joined
 into the ``messages`` array as they are: a conversation is never re-encoded to be sent.
 
-Retries: 408, 429, 5xx, timeouts and network failures are retried up to ``max_retries``
-times, after the wait the server asks for (``retry-after-ms``, ``Retry-After`` in seconds
-or as an HTTP date) or else an exponential backoff with jitter, capped at
-``max_backoff``. A server that asks for more than ``max_retry_after`` seconds is not
-waited for: the error carries its ``retry_after`` for the caller (or a rate limiter) to
-use. A 429 for ``insufficient_quota`` is never retried. A stream is retried only until
-its response starts; a failure after that raises, since the text already delivered
-cannot be taken back.
+Retries and errors are `HttpChatModel`'s (agent/_http.py): 408, 429, 5xx, timeouts and
+network failures are retried, waiting what the server asks up to ``max_retry_after``; a
+429 for ``insufficient_quota`` is never retried; a stream is retried only until its
+response starts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import math
-import os
-import random
-import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeGuard
-from urllib.parse import urlsplit
+from typing import Any, Final, Literal
 
 import orjson
 
-from .._closing import AsyncClosing
-from .._env import env_value
 from .._quote import quote
-from .._urls import mask_url, show_url
-from .._validation import check_seconds
-from ..errors import ConfigurationError, InvalidArgument, ModelError
+from ..errors import InvalidArgument, ModelError
 from ..messages import Message
+from ._http import (
+    HttpChatModel,
+    Provider,
+    error_details,
+    invalid_response,
+    is_count,
+    json_object,
+)
+from ._http import retry_after as _retry_after  # noqa: F401 - tests/test_chat_models uses it here
 from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
-
-if TYPE_CHECKING:
-    import httpx
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIChatModel"]
 
@@ -55,8 +46,6 @@ _RESERVED: Final = frozenset(
         "n",
     }
 )
-_RETRY_STATUSES: Final = frozenset({408, 429})
-_SNIPPET: Final = 300
 _HINTS: Final[Mapping[int, str]] = {
     400: "the server refused the request; check the messages, tools and extra_body",
     401: "check OPENAI_API_KEY (or api_key): the server did not accept it",
@@ -67,9 +56,24 @@ _HINTS: Final[Mapping[int, str]] = {
     422: "the server refused the request's parameters; check the tools and extra_body",
     429: "rate limited: send fewer requests or tokens per minute, or raise max_retries",
 }
+_API_HINT: Final = "is base_url an OpenAI-compatible API (it usually ends in /v1)?"
+_PROVIDER: Final = Provider(
+    name="OpenAI",
+    base_url_env="OPENAI_BASE_URL",
+    api_key_env="OPENAI_API_KEY",
+    default_base_url=DEFAULT_BASE_URL,
+    path="/chat/completions",
+    reserved=_RESERVED,
+    hints=_HINTS,
+    final_errors={"insufficient_quota": "the account is out of credit: check its plan and billing"},
+    api_hint=_API_HINT,
+    key_header="authorization",
+    key_prefix="Bearer ",
+    headers={},
+)
 
 
-class OpenAIChatModel(AsyncClosing):
+class OpenAIChatModel(HttpChatModel):
     """A model behind an OpenAI-compatible ``POST {base_url}/chat/completions``.
 
     ``base_url`` defaults to ``$OPENAI_BASE_URL``, else OpenAI's API; ``api_key`` to
@@ -84,6 +88,8 @@ class OpenAIChatModel(AsyncClosing):
     ``backoff`` seconds doubled per attempt up to ``max_backoff``, with jitter. One
     connection pool per instance: close it with `aclose` or ``async with``.
     """
+
+    _provider = _PROVIDER
 
     def __init__(
         self,
@@ -100,47 +106,25 @@ class OpenAIChatModel(AsyncClosing):
         extra_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        if not isinstance(model, str) or not model.strip() or not model.isprintable():
-            raise InvalidArgument(f"model must be a non-empty model name, got {quote(model)}")
-        self._model = model
-        self._url = f"{_base_url(base_url).rstrip('/')}/chat/completions"
-        api_key = _api_key(api_key)
-        if api_key is None and urlsplit(self._url).hostname == urlsplit(DEFAULT_BASE_URL).hostname:
-            raise ConfigurationError(
-                "OpenAI's API needs an API key: set OPENAI_API_KEY or pass api_key "
-                "(or set base_url to a server that needs none)"
-            )
-        self._timeout = check_seconds("timeout", timeout)
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InvalidArgument(f"max_retries must be an int >= 0, got {quote(max_retries)}")
-        self._max_retries = max_retries
-        self._backoff = check_seconds("backoff", backoff, allow_zero=True)
-        self._max_backoff = check_seconds("max_backoff", max_backoff, allow_zero=True)
-        self._max_retry_after = check_seconds("max_retry_after", max_retry_after, allow_zero=True)
+        super().__init__(
+            model,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            max_retry_after=max_retry_after,
+            extra_body=extra_body,
+            headers=headers,
+        )
         if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise InvalidArgument(
                 "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
                 f"got {quote(max_tokens_param)}"
             )
         self._max_tokens_param = max_tokens_param
-        self._extra_body = _extra_body(extra_body)
         self._head = b'{"model":' + orjson.dumps(model) + b',"messages":['
-        # Imported here: about 65 ms of imports that `import agent_core` does not need.
-        import httpx
-
-        self._client = httpx.AsyncClient(
-            headers=_headers(headers, api_key), timeout=self._timeout, follow_redirects=False
-        )
-
-    @property
-    def name(self) -> str:
-        """The model name sent with each request."""
-        return self._model
-
-    @property
-    def url(self) -> str:
-        """The endpoint: ``{base_url}/chat/completions``."""
-        return self._url
 
     async def complete(
         self,
@@ -151,7 +135,7 @@ class OpenAIChatModel(AsyncClosing):
     ) -> Completion:
         """The model's reply to ``messages``; raises `ModelError` if none came."""
         body = self._body(*check_request(messages, tools, max_tokens), max_tokens, stream=False)
-        response = await self._post(body, stream=False)
+        response = await self._post(self._url, body, stream=False)
         return self._parse(response.content)
 
     def stream(
@@ -167,13 +151,6 @@ class OpenAIChatModel(AsyncClosing):
         """
         body = self._body(*check_request(messages, tools, max_tokens), max_tokens, stream=True)
         return ChatStream(self._events(body))
-
-    async def aclose(self) -> None:
-        """Close the connection pool; the model can't be used afterwards."""
-        await self._client.aclose()
-
-    def __repr__(self) -> str:
-        return f"OpenAIChatModel(model={self._model!r}, url={mask_url(self._url)!r})"
 
     def _body(
         self,
@@ -195,81 +172,6 @@ class OpenAIChatModel(AsyncClosing):
         end = b"]}" if tail == b"{}" else b"]," + tail[1:]
         return b"".join((self._head, b",".join([message.raw for message in messages]), end))
 
-    async def _post(self, body: bytes, *, stream: bool) -> httpx.Response:
-        """The first 200 response to ``body``, after any retries; the caller closes it."""
-        if self._client.is_closed:
-            raise ModelError(
-                f"{self!r} is closed: make a new model (aclose ends its connection pool)",
-                status=None,
-                error_type="closed",
-                retryable=False,
-            )
-        request = self._client.build_request(
-            "POST",
-            self._url,
-            content=body,
-            headers={
-                "content-type": "application/json",
-                "accept": "text/event-stream" if stream else "application/json",
-            },
-        )
-        attempt = 0
-        while True:
-            attempt += 1
-            response, error = await self._attempt(request, stream=stream)
-            if response is not None:
-                return response
-            assert error is not None
-            error.attempts = attempt
-            if not error.retryable or attempt > self._max_retries:
-                if attempt > 1:
-                    error.args = (f"{error} (gave up after {attempt} attempts)",)
-                raise error
-            if error.retry_after is None:
-                delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                # Jitter spreads the retries of clients that failed together.
-                delay *= 0.5 + random.random() / 2
-            elif error.retry_after <= self._max_retry_after:
-                delay = error.retry_after
-            else:
-                error.args = (
-                    f"{error} (the server asks to wait {error.retry_after:g} s, more than "
-                    f"max_retry_after = {self._max_retry_after:g} s)",
-                )
-                raise error
-            await asyncio.sleep(delay)
-
-    async def _attempt(
-        self, request: httpx.Request, *, stream: bool
-    ) -> tuple[httpx.Response | None, ModelError | None]:
-        """One try: a 200 response, or the error it ended with."""
-        import httpx
-
-        try:
-            async with asyncio.timeout(self._timeout):
-                response = await self._client.send(request, stream=stream)
-                if response.status_code == 200:
-                    return response, None
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except (TimeoutError, httpx.TimeoutException) as exc:
-            error = ModelError(
-                f"no answer from {self._url} within {self._timeout:g} s: the server or the "
-                "network is slow; retry later or pass a longer timeout",
-                status=None,
-                error_type="timeout",
-                retryable=True,
-            )
-            error.__cause__ = exc
-            return None, error
-        except httpx.TransportError as exc:
-            return None, _connection_error(self._url, exc)
-        except httpx.DecodingError as exc:
-            return None, _invalid(self._url, f"a body that does not decode ({exc})", b"")
-        return None, _status_error(self._url, response)
-
     def _parse(self, content: bytes) -> Completion:
         data = _json_object(content, self._url)
         choices = data.get("choices")
@@ -283,67 +185,24 @@ class OpenAIChatModel(AsyncClosing):
         )
 
     async def _events(self, body: bytes) -> AsyncGenerator[StreamEvent, None]:
-        import httpx
-
-        response = await self._post(body, stream=True)
-        try:
-            kind = response.headers.get("content-type", "")
-            if not kind.startswith("text/event-stream"):
-                await response.aread()
-                raise _invalid(
-                    self._url, f"content-type {quote(kind)}, not a stream", response.content
-                )
-            reply = _StreamedReply(self._url)
-            try:
-                async with aclosing(_sse_data(response)) as events:
-                    async for data in events:
-                        if data == "[DONE]":
-                            break
-                        text = reply.add(data)
-                        if text:
-                            yield text
-                    else:
-                        if reply.finish_reason is None:
-                            raise ModelError(
-                                f"the stream from {self._url} ended before [DONE]: the "
-                                "connection was cut; send the request again",
-                                status=200,
-                                error_type="connection_error",
-                                retryable=True,
-                            )
-            except httpx.TimeoutException as exc:
-                raise ModelError(
-                    f"the stream from {self._url} stalled for {self._timeout:g} s; send the "
-                    "request again or pass a longer timeout",
-                    status=200,
-                    error_type="timeout",
-                    retryable=True,
-                ) from exc
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                raise ModelError(
-                    f"the stream from {self._url} broke off: {type(exc).__name__}: {exc}; "
-                    "send the request again",
-                    status=200,
-                    error_type="connection_error",
-                    retryable=True,
-                ) from exc
-            yield reply.completion(self._model)
-        finally:
-            await response.aclose()
-
-
-async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
-    """The ``data`` of each server-sent event (lines of one event joined by newlines)."""
-    data: list[str] = []
-    async for line in response.aiter_lines():
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif not line and data:
-            yield "\n".join(data)
-            data.clear()
-        # Comments (": keep-alive") and event, id and retry fields carry nothing used here.
-    if data:
-        yield "\n".join(data)
+        reply = _StreamedReply(self._url)
+        async with aclosing(self._sse_stream(body)) as events:
+            async for data in events:
+                if data == "[DONE]":
+                    break
+                text = reply.add(data)
+                if text:
+                    yield text
+            else:
+                if reply.finish_reason is None:
+                    raise ModelError(
+                        f"the stream from {self._url} ended before [DONE]: the "
+                        "connection was cut; send the request again",
+                        status=200,
+                        error_type="connection_error",
+                        retryable=True,
+                    )
+        yield reply.completion(self._model)
 
 
 class _StreamedReply:
@@ -363,7 +222,7 @@ class _StreamedReply:
         if chunk.get("error") is not None:
             # A request the server refuses gets a 4xx before the stream starts; an error
             # inside the stream is the server failing on the way.
-            message, error_type = _error_details(chunk)
+            message, error_type = error_details(chunk)
             raise ModelError(
                 f"the stream from {self._url} broke off: {message}; send the request again",
                 status=200,
@@ -487,197 +346,16 @@ def _usage(url: str, usage: object, raw: bytes | None) -> Usage:
     if isinstance(usage, dict):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         total = usage.get("total_tokens")
-        if _is_count(prompt) and _is_count(completion):
+        if is_count(prompt) and is_count(completion):
             total = prompt + completion if total is None else total
-            if _is_count(total):
+            if is_count(total):
                 return Usage(prompt, completion, total)
     raise _invalid(url, f"usage that is not token counts ({quote(usage)})", raw or b"")
 
 
-def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _json_object(content: bytes | str, url: str) -> dict[str, Any]:
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        raise _invalid(url, "malformed JSON", content) from None
-    if not isinstance(data, dict):
-        raise _invalid(url, f"a JSON {type(data).__name__}, not an object", content)
-    return data
+    return json_object(content, url, _API_HINT)
 
 
 def _invalid(url: str, what: str, content: bytes | str) -> ModelError:
-    return ModelError(
-        f"{url} answered with {what}: {_snippet(content)}; is base_url an OpenAI-compatible "
-        "API (it usually ends in /v1)?",
-        status=200,
-        error_type="invalid_response",
-        retryable=False,
-    )
-
-
-def _status_error(url: str, response: httpx.Response) -> ModelError:
-    status = response.status_code
-    message, error_type = _error_details(_error_body(response.content))
-    retryable = (status in _RETRY_STATUSES or status >= 500) and error_type != "insufficient_quota"
-    if error_type == "insufficient_quota":
-        hint = "the account is out of credit: check its plan and billing"
-    else:
-        hint = _HINTS.get(status, "the server failed; retry later" if status >= 500 else "")
-        if 300 <= status < 400:
-            where = response.headers.get("location", "elsewhere")
-            hint = f"the server redirects to {where}; set base_url to the new address"
-    return ModelError(
-        f"{url} answered {status}"
-        + (f" ({error_type})" if error_type else "")
-        + f": {message or _snippet(response.content)}"
-        + (f"; {hint}" if hint else ""),
-        status=status,
-        error_type=error_type,
-        retryable=retryable,
-        retry_after=_retry_after(response.headers, time.time()) if retryable else None,
-    )
-
-
-def _error_body(content: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(content)
-    except orjson.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _error_details(body: Mapping[str, Any]) -> tuple[str, str | None]:
-    """The message and type of an error body: OpenAI's ``{"error": {...}}``, or vLLM's flat one."""
-    error = body.get("error", body)
-    if isinstance(error, str):
-        return error[:_SNIPPET], None
-    if not isinstance(error, dict):
-        return "", None
-    message = error.get("message")
-    # OpenAI puts the useful kind in ``type`` ("insufficient_quota") or in ``code``.
-    kind = error.get("type") if isinstance(error.get("type"), str) else error.get("code")
-    return (
-        message[:_SNIPPET] if isinstance(message, str) else "",
-        kind if isinstance(kind, str) else None,
-    )
-
-
-def _connection_error(url: str, exc: httpx.TransportError) -> ModelError:
-    import httpx
-
-    error = ModelError(
-        f"could not reach {url}: {type(exc).__name__}: {exc}; check base_url, the server "
-        "and any proxy settings",
-        status=None,
-        error_type="connection_error",
-        # A request httpx can't even write (bad header, unknown scheme) fails the same again.
-        retryable=not isinstance(exc, httpx.LocalProtocolError | httpx.UnsupportedProtocol),
-    )
-    error.__cause__ = exc
-    return error
-
-
-def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            seconds = float(value) / 1000
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds):
-            return max(0.0, seconds)
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
-        except (TypeError, ValueError):
-            return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _snippet(content: bytes | str) -> str:
-    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
-    text = " ".join(text.split())
-    return repr(text if len(text) <= _SNIPPET else text[: _SNIPPET - 3] + "...")
-
-
-def _base_url(value: object) -> str:
-    source = "base_url"
-    if value is None:
-        value = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        source = "OPENAI_BASE_URL"
-    error = ConfigurationError if source == "OPENAI_BASE_URL" else InvalidArgument
-    if not isinstance(value, str):
-        raise error(f"{source} must be a str URL, got {type(value)!r}")
-    try:
-        parts = urlsplit(value)
-        port_ok = parts.port != 0
-    except ValueError:
-        port_ok = False
-    if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise error(
-            f"{source} must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {show_url(value)}"
-        )
-    if parts.query or parts.fragment:
-        raise error(f"{source} must have no query or fragment, got {show_url(value)}")
-    return value
-
-
-def _api_key(value: object) -> str | None:
-    source = "api_key"
-    if value is None:
-        value = env_value(os.environ, "OPENAI_API_KEY") or None
-        source = "OPENAI_API_KEY"
-    if value is None:
-        return None
-    # The key is never echoed: error messages end up in logs.
-    if not (isinstance(value, str) and value and value.isascii() and value.isprintable()) or (
-        " " in value
-    ):
-        error = ConfigurationError if source == "OPENAI_API_KEY" else InvalidArgument
-        raise error(
-            f"{source} must be a non-empty str of printable ASCII without spaces; got an "
-            f"unusable {type(value).__name__} (not shown)"
-        )
-    return value
-
-
-def _extra_body(value: object) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
-        raise InvalidArgument(f"extra_body must be a dict with str keys, got {quote(value)}")
-    reserved = sorted(_RESERVED.intersection(value))
-    if reserved:
-        raise InvalidArgument(
-            f"extra_body may not set {', '.join(reserved)}: the model sets them "
-            "(pass max_tokens and tools to each call)"
-        )
-    try:
-        # A copy, so that changing the caller's dict later changes no request.
-        copy: dict[str, Any] = orjson.loads(orjson.dumps(dict(value)))
-    except orjson.JSONEncodeError as exc:
-        raise InvalidArgument(f"extra_body must be JSON-serializable: {exc}") from None
-    return copy
-
-
-def _headers(value: object, api_key: str | None) -> dict[str, str]:
-    headers = {"user-agent": "agent-core"}
-    if value is not None:
-        if not isinstance(value, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) and f"{k}{v}".isascii() and v.isprintable()
-            for k, v in value.items()
-        ):
-            raise InvalidArgument("headers must be a dict of ASCII str names to printable values")
-        headers.update(value)
-    if api_key is not None:
-        headers["authorization"] = f"Bearer {api_key}"
-    return headers
+    return invalid_response(url, what, content, _API_HINT)
