@@ -50,14 +50,14 @@ _REFUSALS: Final[Mapping[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Where one message's blocks went."""
+    """Where one message's blocks went: ``system[first:last + 1]``, or
+    ``turns[turn]["content"][first:last + 1]``."""
 
-    kind: Literal["system", "turn"]
-    #: ``"system"``: the message's first and last block in ``system``; ``"turn"``: the
-    #: index in ``turns`` of the turn that holds the message, twice.
+    #: None for a system or developer message (its blocks are in ``system``).
+    turn: int | None
     first: int
     last: int
-    #: ``"turn"`` only: the message joined a turn that an earlier message of its role began.
+    #: The message joined a turn that an earlier message of its role began.
     continued: bool = False
 
 
@@ -98,14 +98,15 @@ def convert_messages(
         if not blocks:
             pass
         elif role == "system":
-            place = Place("system", len(system), len(system) + len(blocks) - 1)
+            place = Place(None, len(system), len(system) + len(blocks) - 1)
             system.extend(blocks)
         elif turns and turns[-1]["role"] == role:
-            turns[-1]["content"].extend(blocks)
-            place = Place("turn", len(turns) - 1, len(turns) - 1, continued=True)
+            content = turns[-1]["content"]
+            place = Place(len(turns) - 1, len(content), len(content) + len(blocks) - 1, True)
+            content.extend(blocks)
         else:
+            place = Place(len(turns), 0, len(blocks) - 1)
             turns.append({"role": role, "content": blocks})
-            place = Place("turn", len(turns) - 1, len(turns) - 1)
         places.append(place)
     if not turns:
         raise InvalidArgument(

@@ -1,6 +1,8 @@
-"""Running agents: `BaseAgent`, chat models (OpenAI-compatible HTTP, local echo), context files."""
+"""Running agents: `BaseAgent`, chat models (OpenAI-compatible and Anthropic HTTP, local echo),
+context files."""
 
 from ._agent import AgentStream, BaseAgent
+from ._anthropic import AnthropicChatModel
 from ._echo import EchoModel
 from ._memory import AgentLimiter, AgentMemory
 from ._models import ChatModel, ChatStream, Completion, StreamEvent, Usage
@@ -12,6 +14,7 @@ __all__ = [
     "AgentMemory",
     "AgentReply",
     "AgentStream",
+    "AnthropicChatModel",
     "BaseAgent",
     "ChatModel",
     "ChatStream",
