@@ -14,7 +14,9 @@ of its own. ``cache_breakpoints="auto"`` places them (see `auto_breakpoints`).
 
 Replies: the assistant message comes back in Chat Completions shape (``content`` text or
 None, ``tool_calls`` with JSON ``arguments``), ready to be appended to the thread and sent
-again; ``thinking`` and server-tool blocks are left out of it (they are in ``raw``).
+again; ``thinking`` and server-tool blocks are left out of it (they are in ``raw``). So
+extended thinking (``extra_body={"thinking": ...}``) does not carry across a tool call:
+the API wants the thinking block back with the tool result, and the message has none.
 Retries and errors are `HttpChatModel`'s (agent/_http.py), 529 "overloaded" among the
 retried statuses.
 """

@@ -161,8 +161,15 @@ class OnlineCounts:
                 values[key] = known
                 self._shares.move_to_end(key)
         names = list(jobs)
-        counts = await asyncio.gather(*(self._count(jobs[name]) for name in names))
-        for name, tokens in zip(names, counts, strict=True):
+        try:
+            # A failure cancels the other requests, and is raised as it is.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._count(jobs[name])) for name in names]
+        except ExceptionGroup as failed:
+            error = failed.exceptions[0]
+            raise error from error.__cause__
+        for name, task in zip(names, tasks, strict=True):
+            tokens = task.result()
             if isinstance(name, str):
                 self._bases[name] = tokens
             else:
