@@ -12,7 +12,7 @@ from .._quote import quote
 from ..errors import InvalidArgument
 from ..messages import Message
 from ..tokens import TokenCounter
-from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
+from ._models import ChatStream, Completion, StreamEvent, Usage, check_cache_key, check_request
 
 __all__ = ["EchoModel"]
 
@@ -53,9 +53,11 @@ class EchoModel(AsyncClosing):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> Completion:
-        """The echo of the last user message."""
+        """The echo of the last user message (``cache_key`` is checked, then ignored)."""
         messages, _ = check_request(messages, tools, max_tokens)
+        check_cache_key(cache_key)
         return await self._reply(messages, tools, max_tokens)
 
     def stream(
@@ -64,9 +66,11 @@ class EchoModel(AsyncClosing):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> ChatStream:
         """The echo word by word, then the `Completion`."""
         messages, _ = check_request(messages, tools, max_tokens)
+        check_cache_key(cache_key)
         return ChatStream(self._events(messages, tools, max_tokens))
 
     async def aclose(self) -> None:

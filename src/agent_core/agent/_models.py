@@ -29,6 +29,7 @@ __all__ = [
     "Completion",
     "StreamEvent",
     "Usage",
+    "check_cache_key",
     "check_request",
 ]
 
@@ -37,9 +38,16 @@ __all__ = [
 class Usage:
     """Tokens billed for one request, as the server reported them (zeros if it did not)."""
 
+    #: Every input token, those read from and written to the provider's prompt cache included.
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    #: Input tokens read from the provider's prompt cache (billed at its discount):
+    #: OpenAI's ``prompt_tokens_details.cached_tokens``, Anthropic's ``cache_read_input_tokens``.
+    cached_tokens: int = 0
+    #: Input tokens written to the provider's prompt cache (Anthropic's
+    #: ``cache_creation_input_tokens``, billed at 1.25x); 0 where writes are free.
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +128,13 @@ class ChatModel(Protocol):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> Completion:
-        """The model's reply to ``messages``, offered ``tools`` (function definitions)."""
+        """The model's reply to ``messages``, offered ``tools`` (function definitions).
+
+        ``cache_key`` groups requests that share a prompt prefix (`BaseAgent` passes the
+        thread id), for providers that route on it (OpenAI's ``prompt_cache_key``);
+        models without such a feature ignore it."""
         ...
 
     def stream(
@@ -130,6 +143,7 @@ class ChatModel(Protocol):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> ChatStream:
         """The reply as it is generated: text deltas, then the `Completion`."""
         ...
@@ -158,6 +172,18 @@ def check_request(
     ):
         raise InvalidArgument(f"max_tokens must be a positive int or None, got {quote(max_tokens)}")
     return messages, _encode_tools(tools)
+
+
+def check_cache_key(cache_key: object) -> str | None:
+    """Validate a request's ``cache_key``: None, or a str of 1 to 1,024 printable characters."""
+    if cache_key is not None and not (
+        isinstance(cache_key, str) and 0 < len(cache_key) <= 1024 and cache_key.isprintable()
+    ):
+        raise InvalidArgument(
+            f"cache_key must be None or a str of 1 to 1024 printable characters, "
+            f"got {quote(cache_key)}"
+        )
+    return cache_key
 
 
 def _encode_tools(tools: object) -> bytes | None:

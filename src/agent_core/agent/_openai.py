@@ -29,7 +29,14 @@ from ._http import (
     json_object,
 )
 from ._http import retry_after as _retry_after  # noqa: F401 - tests/test_chat_models uses it here
-from ._models import ChatStream, Completion, StreamEvent, Usage, check_request
+from ._models import (
+    ChatStream,
+    Completion,
+    StreamEvent,
+    Usage,
+    check_cache_key,
+    check_request,
+)
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIChatModel"]
 
@@ -44,6 +51,7 @@ _RESERVED: Final = frozenset(
         "max_tokens",
         "max_completion_tokens",
         "n",
+        "prompt_cache_key",
     }
 )
 _HINTS: Final[Mapping[int, str]] = {
@@ -132,9 +140,15 @@ class OpenAIChatModel(HttpChatModel):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> Completion:
-        """The model's reply to ``messages``; raises `ModelError` if none came."""
-        body = self._body(*check_request(messages, tools, max_tokens), max_tokens, stream=False)
+        """The model's reply to ``messages``; raises `ModelError` if none came.
+
+        ``cache_key`` is sent as ``prompt_cache_key``: OpenAI routes requests with one
+        key to the same prompt cache (`BaseAgent` sends the thread id)."""
+        body = self._body(
+            *check_request(messages, tools, max_tokens), max_tokens, cache_key, stream=False
+        )
         response = await self._post(self._url, body, stream=False)
         return self._parse(response.content)
 
@@ -144,12 +158,15 @@ class OpenAIChatModel(HttpChatModel):
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> ChatStream:
         """The reply as it is generated (server-sent events): text deltas, then the Completion.
 
         Arguments are checked now; the request is sent on the first ``__anext__``.
         """
-        body = self._body(*check_request(messages, tools, max_tokens), max_tokens, stream=True)
+        body = self._body(
+            *check_request(messages, tools, max_tokens), max_tokens, cache_key, stream=True
+        )
         return ChatStream(self._events(body))
 
     def _body(
@@ -157,10 +174,13 @@ class OpenAIChatModel(HttpChatModel):
         messages: Sequence[Message],
         tools: bytes | None,
         max_tokens: int | None,
+        cache_key: str | None,
         *,
         stream: bool,
     ) -> bytes:
         rest: dict[str, Any] = dict(self._extra_body)
+        if check_cache_key(cache_key) is not None:
+            rest["prompt_cache_key"] = cache_key
         if tools is not None:
             rest["tools"] = orjson.Fragment(tools)
         if max_tokens is not None:
@@ -348,8 +368,10 @@ def _usage(url: str, usage: object, raw: bytes | None) -> Usage:
         total = usage.get("total_tokens")
         if is_count(prompt) and is_count(completion):
             total = prompt + completion if total is None else total
+            details = usage.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
             if is_count(total):
-                return Usage(prompt, completion, total)
+                return Usage(prompt, completion, total, cached if is_count(cached) else 0)
     raise _invalid(url, f"usage that is not token counts ({quote(usage)})", raw or b"")
 
 

@@ -19,7 +19,7 @@ from ..errors import CacheClosed, ConfigurationError
 from ..messages import Conversation, Message, encode_batch
 from ..observe import MemoryMonitor
 from ..store import ThreadStore, store_from_url
-from ..tokens import Window
+from ..tokens import DEFAULT_RETAIN_RATIO, Window, WindowStrategy
 from ._bus import InvalidationBus
 from ._fences import Fences
 from ._freshness import Ticks
@@ -246,17 +246,35 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         max_tokens: int,
         model: str,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        strategy: WindowStrategy = "sliding",
+        retain_ratio: float = DEFAULT_RETAIN_RATIO,
+        pending_tokens: int = 0,
     ) -> Window:
         """The newest messages of the thread that fit ``max_tokens`` for ``model``.
 
         System and developer messages are always kept; a tool call is never split
-        from its results; the budget covers chat overhead, reply priming and the
-        ``tools`` definitions. Counts come from those stored at append: messages
-        without one for the model's encoding are counted once, and their counts
-        stored (in the background). Raises `TokenBudgetExceeded` if the newest
-        message does not fit.
+        from its results; the budget covers chat overhead, reply priming, the
+        ``tools`` definitions and ``pending_tokens`` (what the request sends after the
+        window, such as a new user message). ``strategy="stable"`` keeps the window's
+        start while the thread fits from there, and on an overflow moves it so that
+        ``retain_ratio`` of the budget is used: turns then share a prefix that
+        providers cache (docs/DESIGN.md, "Cache-stable windows"); keep ``max_tokens``
+        and ``tools`` the same from turn to turn. Counts come from those stored at
+        append: messages without one for the model's encoding are counted once, and
+        their counts stored (in the background). Raises `TokenBudgetExceeded` if the
+        newest message does not fit.
         """
-        return (await self._windows.window(thread_id, max_tokens, model, tools))[0]
+        return (
+            await self.read_window(
+                thread_id,
+                max_tokens=max_tokens,
+                model=model,
+                tools=tools,
+                strategy=strategy,
+                retain_ratio=retain_ratio,
+                pending_tokens=pending_tokens,
+            )
+        ).value
 
     async def read_window(
         self,
@@ -265,9 +283,14 @@ class ConversationCache(ThreadLifecycle, AsyncClosing):
         max_tokens: int,
         model: str,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        strategy: WindowStrategy = "sliding",
+        retain_ratio: float = DEFAULT_RETAIN_RATIO,
+        pending_tokens: int = 0,
     ) -> ReadResult[Window]:
         """`window`, and which tier served the snapshot it was cut from."""
-        window, source = await self._windows.window(thread_id, max_tokens, model, tools)
+        window, source = await self._windows.window(
+            thread_id, max_tokens, model, tools, strategy, retain_ratio, pending_tokens
+        )
         return ReadResult(window, source)
 
     # -- writes ----------------------------------------------------------------------

@@ -7,9 +7,12 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .._quote import quote
 from .._validation import check_count, check_expires_at, check_slice, check_thread_id
+from ..errors import InvalidArgument
 from ..messages import Message, encode_batch, trusted_message
 from ..store import SpliceResult, ThreadInfo, ThreadPage, ThreadStore
+from ._compaction import Summarizer, compact_thread
 from ._writes import Writes
 
 __all__ = ["ThreadLifecycle"]
@@ -70,6 +73,51 @@ class ThreadLifecycle:
         )
         return await self._writes.splice(
             thread_id, slice(start, stop), messages, payloads, expected_version, idempotency_key
+        )
+
+    async def compact(
+        self,
+        thread_id: str,
+        *,
+        summarizer: Summarizer,
+        model: str,
+        keep_recent_tokens: int,
+        instructions: str | None = None,
+        max_summary_tokens: int = 1024,
+        expected_version: int | None = None,
+        keep_original: bool = False,
+    ) -> int:
+        """Summarize the thread's oldest messages into one summary message; returns the
+        thread's version.
+
+        Every message before the newest ``keep_recent_tokens`` (counted for ``model``,
+        never splitting a tool call from its results) is replaced by a system message
+        named `SUMMARY_NAME`, which windows keep like any system message; system and
+        developer messages there stay. ``summarizer`` writes the summary (at most
+        ``max_summary_tokens``) following ``instructions``. It is one compare-and-splice:
+        an append meanwhile is kept, another compaction or rewrite of the same messages
+        meanwhile makes this one write nothing. ``keep_original`` first forks the thread
+        as it was to ``{thread_id}.original.{version}``. Nothing to summarize: nothing
+        written. `VersionConflict` if the thread is not at ``expected_version``.
+        """
+        self._check_open()
+        check_thread_id(thread_id)
+        if not isinstance(summarizer, Summarizer):
+            raise InvalidArgument(
+                f"summarizer must be a ChatModel, got {type(summarizer).__name__}"
+            )
+        if not isinstance(model, str) or not model.strip():
+            raise InvalidArgument(f"model must be a model name, got {quote(model)}")
+        return await compact_thread(
+            self,  # type: ignore[arg-type]  # a base of ConversationCache
+            thread_id,
+            summarizer=summarizer,
+            model=model,
+            keep_recent_tokens=keep_recent_tokens,
+            instructions=instructions,
+            max_summary_tokens=max_summary_tokens,
+            expected_version=expected_version,
+            keep_original=keep_original,
         )
 
     async def fork(self, source_id: str, new_id: str, *, at_version: int | None = None) -> int:

@@ -16,7 +16,15 @@ from typing import Any, Final
 from .._tasks import TaskGroup
 from .._validation import check_count
 from ..messages import Conversation
-from ..tokens import TokenCounter, Window, complete_counts, select_window
+from ..tokens import (
+    DEFAULT_RETAIN_RATIO,
+    TokenCounter,
+    Window,
+    WindowStrategy,
+    check_window_strategy,
+    complete_counts,
+    select_window,
+)
 from ._loader import Served
 from ._parts import CacheParts
 from ._read_result import ReadSource
@@ -59,8 +67,13 @@ class Windows:
         max_tokens: int,
         model: str,
         tools: Sequence[Mapping[str, Any]] | None,
+        strategy: WindowStrategy = "sliding",
+        retain_ratio: float = DEFAULT_RETAIN_RATIO,
+        pending_tokens: int = 0,
     ) -> tuple[Window, ReadSource]:
         check_count("max_tokens", max_tokens, minimum=1)
+        check_count("pending_tokens", pending_tokens, minimum=0)
+        ratio = check_window_strategy(strategy, retain_ratio)
         counter = self._counter(model)
         tools_tokens = (
             0 if tools is None else counter.count_messages([], tools) - counter.reply_priming
@@ -77,7 +90,16 @@ class Windows:
             if counted:
                 self._counters.late_counts += len(counted)
                 self._repair(conversation, counter.key, index.counts, counted)
-        window = select_window(conversation, derived, index, counter, max_tokens, tools_tokens)
+        window = select_window(
+            conversation,
+            derived,
+            index,
+            counter,
+            max_tokens,
+            tools_tokens,
+            retain_ratio=ratio,
+            pending_tokens=pending_tokens,
+        )
         return window, source
 
     def _counter(self, model: str) -> TokenCounter:

@@ -1,7 +1,19 @@
 """Offline token counts (exact for OpenAI, Llama 3 and Qwen; estimates otherwise), windows."""
 
 from ._counter import TokenCounter
-from ._window import Derived, Window, complete_counts, select_window
+from ._stable import DEFAULT_RETAIN_RATIO, WindowStrategy, check_window_strategy
+from ._window import Derived, Window, complete_counts, recent_start, select_window
 
-# Derived, complete_counts and select_window are for the cache's windows (library-internal).
-__all__ = ["Derived", "TokenCounter", "Window", "complete_counts", "select_window"]
+# Derived, complete_counts, check_window_strategy, recent_start and select_window are
+# for the cache's windows and compaction (library-internal).
+__all__ = [
+    "DEFAULT_RETAIN_RATIO",
+    "Derived",
+    "TokenCounter",
+    "Window",
+    "WindowStrategy",
+    "check_window_strategy",
+    "complete_counts",
+    "recent_start",
+    "select_window",
+]

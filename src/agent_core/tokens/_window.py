@@ -36,12 +36,14 @@ from ..messages import (
     trusted_message,
 )
 from ._counter import TokenCounter
+from ._stable import first_start, stable_cut
 
 __all__ = [
     "Derived",
     "Window",
     "complete_counts",
     "conversation_tokens",
+    "recent_start",
     "select_window",
     "token_index",
     "token_total",
@@ -69,6 +71,9 @@ class Window:
     token_count: int
     #: Messages of the conversation left out.
     omitted: int
+    #: Where the kept suffix starts in the conversation (pinned messages before it are
+    #: kept too); 0 when nothing was left out.
+    cut: int = 0
 
     def to_list(self) -> list[dict[str, Any]]:
         """Fresh ``dict`` copies of the window's messages."""
@@ -146,6 +151,8 @@ def _may_matter(payloads: Sequence[bytes]) -> list[int]:
     return sorted(found)
 
 
+# A cut's key tuple and its ints (the key string is the index's, shared).
+_CUT_BYTES: Final = 160
 # An open call's key string and the int it maps to (the dict's slots are weighed apart).
 _OPEN_CALL_BYTES: Final = 100
 _NO_SHAPE: Final = _Shape(array("q"), bytearray(), {})
@@ -215,13 +222,18 @@ class Derived:
     beside the snapshot in L1, weighs it there and extends it with each append.
     """
 
-    __slots__ = ("indexes", "shape")
+    __slots__ = ("cuts", "indexes", "shape")
 
     def __init__(
-        self, shape: _Shape | None = None, indexes: dict[str, TokenIndex] | None = None
+        self,
+        shape: _Shape | None = None,
+        indexes: dict[str, TokenIndex] | None = None,
+        cuts: dict[tuple[str, int, int], int] | None = None,
     ) -> None:
         self.shape = shape
         self.indexes: dict[str, TokenIndex] = {} if indexes is None else indexes
+        #: Stable windows' cuts, by count key, budget and retained budget (`stable_cut`).
+        self.cuts: dict[tuple[str, int, int], int] = {} if cuts is None else cuts
 
     def extended(self, extended: Conversation, added: Sequence[bytes]) -> Derived | None:
         """For ``extended`` (this snapshot plus ``added``): what was built, extended, not
@@ -235,12 +247,16 @@ class Derived:
             column = stored_counts(extended).get(key)
             if column is not None and UNKNOWN not in (tail := column[start:]):
                 indexes[key] = index.extended(tail, shape)
-        return Derived(shape, indexes)
+        # A replay goes on from a cut while the older messages' starts are unchanged (a
+        # result that closes an older call changes them: the cuts are replayed anew).
+        unchanged = shape.blocked.startswith(self.shape.blocked)
+        return Derived(shape, indexes, dict(self.cuts) if unchanged else None)
 
     def nbytes(self) -> int:
         """Memory it holds: every object, its header and spare capacity included (about
         700 bytes for a shape and one index on top of the arrays' items)."""
-        total = _DERIVED_BYTES + getsizeof(self.indexes)
+        total = _DERIVED_BYTES + getsizeof(self.indexes) + getsizeof(self.cuts)
+        total += _CUT_BYTES * len(self.cuts)
         shape = self.shape
         if shape is not None:
             total += (
@@ -351,8 +367,13 @@ def select_window(
     counter: TokenCounter,
     max_tokens: int,
     tools_tokens: int,
+    *,
+    retain_ratio: float | None = None,
+    pending_tokens: int = 0,
 ) -> Window:
-    """Pinned messages and the longest suffix within ``max_tokens``.
+    """Pinned messages and a suffix within ``max_tokens``: the longest that fits, or with
+    ``retain_ratio``, the cache-stable one (`stable_cut`). ``pending_tokens``: what the
+    request sends after the window (a new user message); it counts against the budget.
 
     Raises `TokenBudgetExceeded` when not even the newest message (with its tool
     call, if it is a result) fits beside the pinned ones.
@@ -360,24 +381,38 @@ def select_window(
     size = len(conversation)
     shape = _shape(conversation, derived)
     fixed = counter.reply_priming + tools_tokens + index.pinned_total
-    if fixed > max_tokens:
+    if fixed + pending_tokens > max_tokens:
+        pending = (
+            f" and the {pending_tokens} tokens sent after the window" if pending_tokens else ""
+        )
         raise TokenBudgetExceeded(
             f"max_tokens={max_tokens} is too small: the pinned system messages, reply "
-            f"priming and tools alone need {fixed} tokens",
-            needed=fixed,
+            f"priming and tools{pending} alone need {fixed + pending_tokens} tokens",
+            needed=fixed + pending_tokens,
             max_tokens=max_tokens,
         )
-    free = index.free
-    start = bisect_left(free, free[size] - (max_tokens - fixed))
-    start = _first_start(shape.blocked, start, size)
+    free, avail = index.free, max_tokens - fixed
+    end = free[size] + pending_tokens
+    if retain_ratio is None:
+        start = bisect_left(free, end - avail)
+    else:
+        # The cut before the pending messages is kept per budget (an appended snapshot
+        # goes on from it); the pending ones may move it once more.
+        target = min(avail, max(0, int(max_tokens * retain_ratio) - fixed))
+        key = (counter.key, avail, target)
+        start = stable_cut(free, shape.blocked, size, avail, target, derived.cuts.get(key, 0))
+        derived.cuts[key] = start
+        if end - free[start] > avail:
+            start = bisect_left(free, end - target, start, size + 1)
+    start = first_start(shape.blocked, min(start, size), size)
     if start == size and size and shape.pinned[-1:] != array("q", [size - 1]):
         newest = _last_start(shape.blocked, size)
         raise TokenBudgetExceeded(
             f"max_tokens={max_tokens} is too small: the newest message"
             f"{'s (a tool call and its results)' if newest < size - 1 else ''} need "
-            f"{fixed + free[size] - free[newest]} tokens with the pinned system messages, "
+            f"{fixed + end - free[newest]} tokens with the pinned system messages, "
             "reply priming and tools; raise max_tokens or shorten the messages",
-            needed=fixed + free[size] - free[newest],
+            needed=fixed + end - free[newest],
             max_tokens=max_tokens,
         )
     messages = conversation.messages
@@ -389,12 +424,20 @@ def select_window(
         chosen,
         fixed + free[size] - free[start],
         size - len(chosen),
+        start,
     )
 
 
-def _first_start(blocked: bytearray, start: int, size: int) -> int:
-    found = blocked.find(0, start, size)
-    return size if found < 0 else found
+def recent_start(
+    conversation: Conversation, derived: Derived, index: TokenIndex, keep_tokens: int
+) -> int:
+    """Where the newest suffix of at most ``keep_tokens`` unpinned tokens starts (never
+    between a tool call and its results); the newest message's start if even it is over."""
+    size = len(conversation)
+    shape = _shape(conversation, derived)
+    free = index.free
+    start = first_start(shape.blocked, bisect_left(free, free[size] - keep_tokens), size)
+    return _last_start(shape.blocked, size) if start == size and size else start
 
 
 def _last_start(blocked: bytearray, size: int) -> int:
