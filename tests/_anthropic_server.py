@@ -155,6 +155,11 @@ def _frame(event: object) -> bytes:
     return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
 
 
+def frames(*events: dict[str, Any]) -> bytes:
+    """Events framed as the API frames them, to be written at once (one `Stream` event)."""
+    return b"".join(map(_frame, events))
+
+
 def error_body(error_type: str, message: str) -> dict[str, Any]:
     return {
         "type": "error",

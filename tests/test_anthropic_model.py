@@ -7,6 +7,7 @@ reaches a real provider.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from ._anthropic_server import (
     block_stop,
     error_body,
     error_event,
+    frames,
     json_delta,
     message_body,
     message_delta,
@@ -584,6 +586,33 @@ async def test_stream_failures_after_the_start_raise(
     assert received == ["par"]
     assert (info.value.error_type, info.value.retryable) == (error_type, retryable)
     assert len(server.requests) == 1
+
+
+async def test_a_stalled_stream_times_out(server: AnthropicServer) -> None:
+    # The hour-long gap ends when the server stops; only the timeout can end it sooner.
+    first = frames(message_start(usage()), block_start(0, text("")))
+    server.script(Stream([first, PING], gap=3600.0))
+    received: list[StreamEvent] = []
+    async with make_model(server, timeout=0.3) as model:
+        with pytest.raises(ModelError, match=r"stalled for 0\.3 s") as info:
+            await drain(model.stream(MESSAGES), received)
+    assert (info.value.error_type, info.value.retryable) == ("timeout", True)
+    assert received == []
+
+
+async def test_leaving_a_stream_early_releases_it(
+    server: AnthropicServer, model: AnthropicChatModel
+) -> None:
+    first = frames(message_start(usage()), block_start(0, text("")), text_delta(0, "a"))
+    server.script(
+        Stream([first, text_delta(0, "b")], gap=3600.0), Reply(body=message_body(text("next")))
+    )
+    # Not released, the stream would wait out the hour-long gap: a generous deadline.
+    async with asyncio.timeout(60), model.stream(MESSAGES) as stream:
+        async for event in stream:
+            assert event == "a"
+            break
+    assert (await model.complete(MESSAGES)).text == "next"
 
 
 # Prompt-cache breakpoints

@@ -162,6 +162,7 @@ class AnthropicChatModel(HttpChatModel):
             raise InvalidArgument(f"exact_online must be True or False, got {quote(exact_online)}")
         self._count_url = f"{self._url}/count_tokens"
         self._online = OnlineCounts(model, self._count_request) if exact_online else None
+        self._offline: TokenCounter | None = None
 
     @property
     def exact_online(self) -> bool:
@@ -211,7 +212,9 @@ class AnthropicChatModel(HttpChatModel):
         which for Claude is an estimate (Claude's tokenizer is not public)."""
         messages, _ = check_request(messages, tools, None)
         if self._online is None:
-            return TokenCounter.for_model(self._model).count_messages(messages, tools)
+            if self._offline is None:
+                self._offline = TokenCounter.for_model(self._model)
+            return self._offline.count_messages(messages, tools)
         return await self._online.count(messages, tools)
 
     def _body(

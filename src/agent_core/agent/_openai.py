@@ -27,8 +27,8 @@ from ._http import (
     invalid_response,
     is_count,
     json_object,
+    retry_after,
 )
-from ._http import retry_after as _retry_after  # noqa: F401 - tests/test_chat_models uses it here
 from ._models import (
     ChatStream,
     Completion,
@@ -65,6 +65,8 @@ _HINTS: Final[Mapping[int, str]] = {
     429: "rate limited: send fewer requests or tokens per minute, or raise max_retries",
 }
 _API_HINT: Final = "is base_url an OpenAI-compatible API (it usually ends in /v1)?"
+#: Where tests/test_chat_models.py finds the Retry-After parsing it checks.
+_retry_after = retry_after
 _PROVIDER: Final = Provider(
     name="OpenAI",
     base_url_env="OPENAI_BASE_URL",
