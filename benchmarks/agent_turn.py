@@ -166,10 +166,11 @@ class BodyThenEcho:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> Completion:
         started = time.perf_counter_ns()
         checked, encoded_tools = check_request(messages, tools, max_tokens)
-        body = self._openai._body(checked, encoded_tools, max_tokens, stream=False)
+        body = self._openai._body(checked, encoded_tools, max_tokens, cache_key, stream=False)
         self.body_ns = time.perf_counter_ns() - started
         self.body_bytes = len(body)
         return await self._echo.complete(messages, tools=tools, max_tokens=max_tokens)
@@ -180,8 +181,9 @@ class BodyThenEcho:
         *,
         tools: Sequence[Mapping[str, Any]] | None = None,
         max_tokens: int | None = None,
+        cache_key: str | None = None,
     ) -> ChatStream:
-        return self._echo.stream(messages, tools=tools, max_tokens=max_tokens)
+        return self._echo.stream(messages, tools=tools, max_tokens=max_tokens, cache_key=cache_key)
 
     async def aclose(self) -> None:
         await self._openai.aclose()

@@ -18,6 +18,8 @@ from .agent import (
     BaseAgent,
     ChatModel,
     ChatStream,
+    CompactionPolicy,
+    CompactionStats,
     Completion,
     EchoModel,
     OpenAIChatModel,
@@ -31,6 +33,7 @@ from .cache import (
     ConversationCache,
     ReadResult,
     ReadSource,
+    Summarizer,
 )
 from .errors import (
     AgentCoreError,
@@ -88,6 +91,8 @@ __all__ = [
     "CacheStats",
     "ChatModel",
     "ChatStream",
+    "CompactionPolicy",
+    "CompactionStats",
     "Completion",
     "ConfigurationError",
     "ContextFileError",
@@ -117,6 +122,7 @@ __all__ = [
     "RateLimits",
     "ReadResult",
     "ReadSource",
+    "Summarizer",
     "RequestTooLarge",
     "SQLiteStore",
     "StoreUnavailable",

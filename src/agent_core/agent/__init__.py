@@ -3,6 +3,7 @@ context files."""
 
 from ._agent import AgentStream, BaseAgent
 from ._anthropic import AnthropicChatModel
+from ._compaction import CompactionPolicy, CompactionStats
 from ._echo import EchoModel
 from ._memory import AgentLimiter, AgentMemory
 from ._models import ChatModel, ChatStream, Completion, StreamEvent, Usage
@@ -18,6 +19,8 @@ __all__ = [
     "BaseAgent",
     "ChatModel",
     "ChatStream",
+    "CompactionPolicy",
+    "CompactionStats",
     "Completion",
     "EchoModel",
     "HistoryTier",

@@ -35,7 +35,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from .._closing import AsyncClosing
 from .._quote import quote
@@ -51,9 +51,10 @@ from ..errors import (
     VersionConflict,
 )
 from ..messages import DEFAULT_MAX_MESSAGE_BYTES, Message
-from ..tokens import TokenCounter
+from ..tokens import DEFAULT_RETAIN_RATIO, TokenCounter, WindowStrategy, check_window_strategy
+from ._compaction import CompactionPolicy, CompactionStats, Compactor, WindowCheck
 from ._context_files import ContextFile, ContextFiles
-from ._memory import AgentLimiter, AgentMemory
+from ._memory import AgentLimiter, AgentMemory, CompactingMemory
 from ._models import ChatModel, Completion
 from ._reply import AgentReply, HistoryTier
 
@@ -70,6 +71,7 @@ class _Turn:
     """A prompt ready to send, and what it took to build it."""
 
     __slots__ = (
+        "check",
         "omitted",
         "prompt",
         "prompt_tokens",
@@ -92,7 +94,9 @@ class _Turn:
         sent_history: int,
         omitted: int,
         timings: dict[str, float],
+        check: WindowCheck | None,
     ) -> None:
+        self.check = check
         self.thread_id = thread_id
         self.user = user
         self.prompt = prompt
@@ -104,7 +108,7 @@ class _Turn:
         self.timings = timings
 
 
-class BaseAgent:
+class BaseAgent(AsyncClosing):
     """Runs turns of a conversation: history from ``memory``, a reply from ``model``.
 
     ``memory`` is an open `ConversationCache`, or a wrapper or substitute implementing
@@ -116,9 +120,15 @@ class BaseAgent:
     models and estimates for others (pass e.g. ``token_model="gpt-4o"`` to count an
     `EchoModel` or a renamed deployment exactly). With ``rate_limits`` (a `RateLimiter`
     or any `AgentLimiter`), each turn
-    first acquires ``prompt_tokens + reserve_output_tokens`` for ``model.name``. The
-    module's docs give the policies (budget, conflicts, failures). One agent may run
-    many turns concurrently.
+    first acquires ``prompt_tokens + reserve_output_tokens`` for ``model.name``.
+    ``window_strategy="stable"`` sends cache-stable history windows (``retain_ratio``:
+    `ConversationCache.window`), so that turns share the prefix providers cache;
+    ``compaction`` (a `CompactionPolicy`) summarizes long threads in the background,
+    after the reply. ``prompt_cache_key`` maps a thread id to the key requests are
+    sent with (``cache_key``; OpenAI's ``prompt_cache_key``): by default the thread id;
+    a function returning None sends none. The module's docs give the policies (budget,
+    conflicts, failures). One agent may run many turns concurrently; ``aclose`` (or
+    ``async with``) waits for its background compactions.
     """
 
     def __init__(
@@ -133,6 +143,10 @@ class BaseAgent:
         rate_limits: AgentLimiter | None = None,
         enable_conversation_memory: bool = True,
         token_model: str | None = None,
+        window_strategy: WindowStrategy = "sliding",
+        retain_ratio: float = DEFAULT_RETAIN_RATIO,
+        compaction: CompactionPolicy | None = None,
+        prompt_cache_key: Callable[[str], str | None] | None = None,
     ) -> None:
         if not isinstance(model, ChatModel):
             raise ConfigurationError(
@@ -175,8 +189,33 @@ class BaseAgent:
         name = model.name if token_model is None else token_model
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"token_model must be a model name, got {quote(name)}")
+        try:
+            ratio = check_window_strategy(window_strategy, retain_ratio)
+        except InvalidArgument as exc:
+            raise ConfigurationError(str(exc)) from None
+        if compaction is not None and not isinstance(compaction, CompactionPolicy):
+            raise ConfigurationError(
+                f"compaction must be a CompactionPolicy or None, got {type(compaction).__name__}"
+            )
+        if compaction is not None and not isinstance(memory, CompactingMemory):
+            raise ConfigurationError(
+                "compaction needs a memory that compacts (a ConversationCache), got "
+                f"{type(memory).__name__}"
+            )
+        if prompt_cache_key is not None and not callable(prompt_cache_key):
+            raise ConfigurationError(
+                "prompt_cache_key must be a callable (thread id -> key) or None"
+            )
         self.model = model
         self.memory = memory if enable_conversation_memory else None
+        self.window_strategy: WindowStrategy = window_strategy
+        self.retain_ratio = retain_ratio if ratio is None else ratio
+        self._cache_key = prompt_cache_key or _thread_key
+        self._compactor = (
+            None
+            if compaction is None or self.memory is None
+            else Compactor(compaction, cast(CompactingMemory, memory), name, rate_limits)
+        )
         self.rate_limits = rate_limits
         self.max_context_tokens = max_context_tokens
         self.reserve_output_tokens = reserve_output_tokens
@@ -211,7 +250,11 @@ class BaseAgent:
         thread_id, user = self._check_turn(thread_id, user_message)
         turn = await self._prepare(thread_id, user)
         started = time.perf_counter()
-        completion = await self.model.complete(turn.prompt, max_tokens=self.reserve_output_tokens)
+        completion = await self.model.complete(
+            turn.prompt,
+            max_tokens=self.reserve_output_tokens,
+            cache_key=self._cache_key(thread_id),
+        )
         turn.timings["model"] = time.perf_counter() - started
         return await self._persist(turn, completion)
 
@@ -272,8 +315,11 @@ class BaseAgent:
         history: tuple[Message, ...] = ()
         history_tokens, version, omitted = priming, None, 0
         tier: HistoryTier = "none"
+        check: WindowCheck | None = None
         if self.memory is not None:
-            history, history_tokens, version, omitted, tier = await self._history(thread_id, room)
+            history, history_tokens, version, omitted, tier, check = await self._history(
+                thread_id, room, user_tokens
+            )
         timings["history"] = clock() - started
 
         started = clock()
@@ -288,17 +334,45 @@ class BaseAgent:
             )
             timings["rate_limit"] = clock() - started
         return _Turn(
-            thread_id, user, prompt, prompt_tokens, version, tier, len(history), omitted, timings
+            thread_id,
+            user,
+            prompt,
+            prompt_tokens,
+            version,
+            tier,
+            len(history),
+            omitted,
+            timings,
+            check,
         )
 
     async def _history(
-        self, thread_id: str, room: int
-    ) -> tuple[tuple[Message, ...], int, int, int, HistoryTier]:
-        """Messages, their billed tokens (reply priming included), version, omitted count
-        and the tier that served them."""
+        self, thread_id: str, room: int, user_tokens: int
+    ) -> tuple[tuple[Message, ...], int, int, int, HistoryTier, WindowCheck | None]:
+        """Messages, their billed tokens (reply priming included), version, omitted count,
+        the tier that served them and, for a stable window, what compaction checks."""
         assert self.memory is not None
+        check = None
         try:
-            read = await self.memory.read_window(thread_id, max_tokens=room, model=self.token_model)
+            if self.window_strategy == "stable":
+                # The user message is the window's pending part, so that the budget the
+                # cut is replayed with is the same on every turn.
+                memory = cast(CompactingMemory, self.memory)
+                read = await memory.read_window(
+                    thread_id,
+                    max_tokens=room + user_tokens,
+                    model=self.token_model,
+                    strategy="stable",
+                    retain_ratio=self.retain_ratio,
+                    pending_tokens=user_tokens,
+                )
+                check = WindowCheck(
+                    read.value.cut, room + user_tokens, self.token_model, self.retain_ratio
+                )
+            else:
+                read = await self.memory.read_window(
+                    thread_id, max_tokens=room, model=self.token_model
+                )
         except TokenBudgetExceeded:
             # The newest message (or tool call and results) can't fit: fall back to the
             # pinned messages rather than fail every later turn of the thread.
@@ -316,9 +390,16 @@ class BaseAgent:
                     max_tokens=self._budget,
                 ) from None
             omitted = len(conversation) - len(pinned)
-            return pinned, tokens, conversation.version, omitted, served.source
+            return pinned, tokens, conversation.version, omitted, served.source, None
         window = read.value
-        return window.messages, window.token_count, window.version, window.omitted, read.source
+        return (
+            window.messages,
+            window.token_count,
+            window.version,
+            window.omitted,
+            read.source,
+            check,
+        )
 
     def _over_budget(
         self, needed: int, user_tokens: int, files: Sequence[ContextFile]
@@ -341,7 +422,9 @@ class BaseAgent:
         turn = await self._prepare(thread_id, user)
         started = time.perf_counter()
         completion: Completion | None = None
-        async with self.model.stream(turn.prompt, max_tokens=self.reserve_output_tokens) as events:
+        async with self.model.stream(
+            turn.prompt, max_tokens=self.reserve_output_tokens, cache_key=self._cache_key(thread_id)
+        ) as events:
             async for event in events:
                 if isinstance(event, str):
                     yield event
@@ -387,6 +470,8 @@ class BaseAgent:
                     cause=exc,
                 ) from exc
         turn.timings["persist"] = time.perf_counter() - started
+        if self._compactor is not None:
+            self._compactor.after_turn(turn.thread_id, turn.check)
         return self._reply(turn, completion, version, conflicted)
 
     def _reply(
@@ -406,6 +491,18 @@ class BaseAgent:
             conflicted=conflicted,
             timings=turn.timings,
         )
+
+    @property
+    def compaction_stats(self) -> CompactionStats | None:
+        """What background compactions did (None without a `CompactionPolicy`)."""
+        return None if self._compactor is None else self._compactor.stats
+
+    async def aclose(self) -> None:
+        """Wait for the background compactions started so far (the memory and the model
+        stay open: the agent does not own them). Serverless handlers call it before
+        returning, since a frozen instance runs no background task."""
+        if self._compactor is not None:
+            await self._compactor.wait()
 
     def __repr__(self) -> str:
         return (
@@ -445,6 +542,10 @@ class AgentStream(AsyncClosing):
     async def aclose(self) -> None:
         """Stop the turn (nothing is stored unless it had ended) and close the model's stream."""
         await self._events.aclose()
+
+
+def _thread_key(thread_id: str) -> str:
+    return thread_id
 
 
 def _head(system: Message | None, files: Sequence[ContextFile]) -> list[Message]:

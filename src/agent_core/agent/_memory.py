@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..cache import ReadResult
+from ..cache import ReadResult, Summarizer
 from ..messages import Conversation, Message
-from ..tokens import Window
+from ..tokens import DEFAULT_RETAIN_RATIO, Window, WindowStrategy
 
-__all__ = ["AgentLimiter", "AgentMemory"]
+__all__ = ["AgentLimiter", "AgentMemory", "CompactingMemory"]
 
 
 @runtime_checkable
@@ -36,6 +36,35 @@ class AgentMemory(Protocol):
         *,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+    ) -> int: ...
+
+
+@runtime_checkable
+class CompactingMemory(AgentMemory, Protocol):
+    """An `AgentMemory` with stable windows and compaction, which `CompactionPolicy` needs."""
+
+    async def read_window(
+        self,
+        thread_id: str,
+        *,
+        max_tokens: int,
+        model: str,
+        strategy: WindowStrategy = "sliding",
+        retain_ratio: float = DEFAULT_RETAIN_RATIO,
+        pending_tokens: int = 0,
+    ) -> ReadResult[Window]: ...
+
+    async def compact(
+        self,
+        thread_id: str,
+        *,
+        summarizer: Summarizer,
+        model: str,
+        keep_recent_tokens: int,
+        instructions: str | None = None,
+        max_summary_tokens: int = 1024,
+        expected_version: int | None = None,
+        keep_original: bool = False,
     ) -> int: ...
 
 

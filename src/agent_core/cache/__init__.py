@@ -1,5 +1,6 @@
 """The conversation cache, its options, its statistics and how a read was served."""
 
+from ._compaction import Summarizer
 from ._conversation_cache import DEFAULT_STORE_URL, ConversationCache
 from ._options import CacheOptions, Consistency
 from ._probe import CacheProbe
@@ -15,4 +16,5 @@ __all__ = [
     "ConversationCache",
     "ReadResult",
     "ReadSource",
+    "Summarizer",
 ]

@@ -2,10 +2,17 @@
 
 from ._counter import TokenCounter
 from ._stable import DEFAULT_RETAIN_RATIO, WindowStrategy, check_window_strategy
-from ._window import Derived, Window, complete_counts, recent_start, select_window
+from ._window import (
+    Derived,
+    Window,
+    complete_counts,
+    recent_start,
+    select_window,
+    token_index,
+)
 
-# Derived, complete_counts, check_window_strategy, recent_start and select_window are
-# for the cache's windows and compaction (library-internal).
+# Derived, complete_counts, check_window_strategy, recent_start, select_window
+# and token_index are for the cache's windows and compaction (library-internal).
 __all__ = [
     "DEFAULT_RETAIN_RATIO",
     "Derived",
@@ -16,4 +23,5 @@ __all__ = [
     "complete_counts",
     "recent_start",
     "select_window",
+    "token_index",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "WindowStrategy",
     "check_window_strategy",
     "first_start",
+    "move_cut",
     "stable_cut",
 ]
 
@@ -70,7 +71,21 @@ def stable_cut(
         end = bisect_right(free, free[cut] + avail, cut, size + 1)
         if end > size:
             return cut
-        cut = first_start(blocked, bisect_left(free, free[end] - target, cut, end), end)
+        cut = move_cut(free, blocked, cut, end, free[end], avail, target)
+
+
+def move_cut(
+    free: array[int], blocked: bytearray, cut: int, stop: int, total: int, avail: int, target: int
+) -> int:
+    """The cut after an overflow of the window from ``cut`` to ``stop`` (``total``: the
+    unpinned tokens before ``stop``, pending ones included): where the window costs at
+    most ``target``, else (its newest messages alone cost more) at most ``avail``, else
+    ``stop``."""
+    for room in (target, avail):
+        moved = first_start(blocked, bisect_left(free, total - room, cut, stop), stop)
+        if moved < stop:
+            return moved
+    return stop
 
 
 def first_start(blocked: bytearray, start: int, end: int) -> int:

@@ -36,7 +36,7 @@ from ..messages import (
     trusted_message,
 )
 from ._counter import TokenCounter
-from ._stable import first_start, stable_cut
+from ._stable import first_start, move_cut, stable_cut
 
 __all__ = [
     "Derived",
@@ -403,8 +403,8 @@ def select_window(
         start = stable_cut(free, shape.blocked, size, avail, target, derived.cuts.get(key, 0))
         derived.cuts[key] = start
         if end - free[start] > avail:
-            start = bisect_left(free, end - target, start, size + 1)
-    start = first_start(shape.blocked, min(start, size), size)
+            start = move_cut(free, shape.blocked, start, size, end, avail, target)
+    start = first_start(shape.blocked, start, size)
     if start == size and size and shape.pinned[-1:] != array("q", [size - 1]):
         newest = _last_start(shape.blocked, size)
         raise TokenBudgetExceeded(
