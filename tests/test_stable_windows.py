@@ -8,8 +8,10 @@ where the window holds ``retain_ratio`` of it, never between a tool call and its
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -156,7 +158,7 @@ def test_the_replayed_cut_is_the_rule_and_goes_on_from_a_kept_one(
     prefix = min(prefix, len(messages))
     derived = Derived()
     short = Conversation("t", 1, messages[:prefix])
-    try:
+    with contextlib.suppress(TokenBudgetExceeded):
         select_window(
             short,
             derived,
@@ -166,8 +168,6 @@ def test_the_replayed_cut_is_the_rule_and_goes_on_from_a_kept_one(
             0,
             retain_ratio=ratio,
         )
-    except TokenBudgetExceeded:
-        pass
     whole = Conversation("t", 2, messages)
     extended = derived.extended(whole, [m.raw for m in messages[prefix:]])
     for kept_derived in (extended or Derived(), Derived()):
@@ -196,7 +196,7 @@ def test_turns_share_a_prefix_until_an_overflow_moves_the_cut() -> None:
     messages = [Message.from_dict(item) for item in items]
     derived = Derived()
     previous: list[bytes] = []
-    moves = sizes = 0
+    moves = 0
     budget = 4_000
     for size in range(2, len(messages) + 1):
         conversation = Conversation("t", size, messages[:size])
@@ -219,7 +219,6 @@ def test_turns_share_a_prefix_until_an_overflow_moves_the_cut() -> None:
             # message that overflowed it if that alone is more.
             assert window.token_count <= 0.7 * budget or window.cut >= size - 3
         previous = current
-        sizes += 1
     sliding_moves = 0
     previous = []
     for size in range(2, len(messages) + 1):
@@ -268,11 +267,12 @@ async def test_window_arguments_are_checked(cache: ConversationCache) -> None:
     await cache.append("t", [{"role": "user", "content": "hi"}])
     with pytest.raises(InvalidArgument, match="strategy"):
         await cache.window("t", max_tokens=100, model=MODEL, strategy="fixed")  # type: ignore[arg-type]
-    for ratio in (0, 1.5, float("nan"), True, "0.7"):
+    bad_ratios: tuple[Any, ...] = (0, 1.5, float("nan"), True, "0.7")
+    for ratio in bad_ratios:
         with pytest.raises(InvalidArgument, match="retain_ratio"):
             await cache.window(
                 "t", max_tokens=100, model=MODEL, strategy="stable", retain_ratio=ratio
-            )  # type: ignore[arg-type]
+            )
     with pytest.raises(InvalidArgument, match="pending_tokens"):
         await cache.window("t", max_tokens=100, model=MODEL, pending_tokens=-1)
 
@@ -300,7 +300,8 @@ async def test_a_cold_instance_cuts_the_same_window(make_cache: CacheFactory) ->
                 thread, max_tokens=3_000, model=MODEL, strategy="stable", pending_tokens=40
             )
             windows.append(raws(read.value.messages))
-    assert windows[1] == windows[0] and windows[2] == windows[0]
+    assert windows[1] == windows[0]
+    assert windows[2] == windows[0]
 
 
 async def test_agent_requests_keep_a_byte_identical_prefix_across_instances(
@@ -337,13 +338,14 @@ async def test_agent_requests_keep_a_byte_identical_prefix_across_instances(
     keys = {body["prompt_cache_key"] for body in bodies}
     assert keys == {thread}
     kept = moved = 0
-    for before, after in zip(bodies, bodies[1:], strict=False):
+    for before, after in pairwise(bodies):
         shared = after["messages"][: len(before["messages"])]
         if shared == before["messages"]:
             kept += 1
         else:
             moved += 1
-    assert moved > 0 and kept > 3 * moved, (kept, moved)
+    assert moved > 0
+    assert kept > 3 * moved, (kept, moved)
 
 
 @pytest.mark.integration

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import orjson
 
@@ -29,9 +29,6 @@ from .._validation import check_count
 from ..errors import InvalidArgument, ThreadExists, VersionConflict
 from ..messages import Conversation, Message
 from ..tokens import Derived, TokenCounter, complete_counts, recent_start
-
-if TYPE_CHECKING:
-    from ._conversation_cache import ConversationCache
 
 __all__ = ["DEFAULT_SUMMARY_INSTRUCTIONS", "Summarizer", "compact_thread", "is_summary"]
 
@@ -71,6 +68,24 @@ class Summarizer(Protocol):
     ) -> Any: ...
 
 
+class _Threads(Protocol):
+    """What compaction uses of `ConversationCache`."""
+
+    async def get(self, thread_id: str) -> Conversation: ...
+
+    async def splice(
+        self,
+        thread_id: str,
+        start: int | None,
+        stop: int | None,
+        messages: Sequence[dict[str, Any] | Message] = (),
+        *,
+        expected_version: int | None = None,
+    ) -> int: ...
+
+    async def fork(self, source_id: str, new_id: str, *, at_version: int | None = None) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     #: Messages ``[0:stop]`` are replaced.
@@ -95,7 +110,7 @@ async def plan(conversation: Conversation, model: str, keep_recent_tokens: int) 
 
 
 async def compact_thread(
-    cache: ConversationCache,
+    cache: _Threads,
     thread_id: str,
     *,
     summarizer: Summarizer,
@@ -144,7 +159,7 @@ def original_id(thread_id: str, version: int) -> str:
     return f"{thread_id}.original.{version}"
 
 
-async def _keep_original(cache: ConversationCache, thread_id: str, version: int) -> None:
+async def _keep_original(cache: _Threads, thread_id: str, version: int) -> None:
     # ThreadExists: another instance's copy of the same version.
     with contextlib.suppress(ThreadExists):
         await cache.fork(thread_id, original_id(thread_id, version), at_version=version)

@@ -10,7 +10,7 @@ from typing import Any
 from .._quote import quote
 from .._validation import check_count, check_expires_at, check_slice, check_thread_id
 from ..errors import InvalidArgument
-from ..messages import Message, encode_batch, trusted_message
+from ..messages import Conversation, Message, encode_batch, trusted_message
 from ..store import SpliceResult, ThreadInfo, ThreadPage, ThreadStore
 from ._compaction import Summarizer, compact_thread
 from ._writes import Writes
@@ -30,6 +30,10 @@ class ThreadLifecycle:
 
     def _check_open(self) -> None:
         """Raises `CacheClosed` unless the cache is open (`ConversationCache`'s)."""
+
+    async def get(self, thread_id: str) -> Conversation:
+        """The thread as a snapshot (`ConversationCache`'s)."""
+        raise NotImplementedError
 
     async def splice(
         self,
@@ -109,7 +113,7 @@ class ThreadLifecycle:
         if not isinstance(model, str) or not model.strip():
             raise InvalidArgument(f"model must be a model name, got {quote(model)}")
         return await compact_thread(
-            self,  # type: ignore[arg-type]  # a base of ConversationCache
+            self,
             thread_id,
             summarizer=summarizer,
             model=model,
