@@ -17,7 +17,17 @@ import pytest
 import redis.asyncio as redis
 
 from agent_core import ConversationCache
-from agent_core.bench import BenchConfig, BenchRun, achievable, report, rows, run_bench
+from agent_core.bench import (
+    BASELINE_IMPROVEMENT,
+    BenchConfig,
+    BenchRun,
+    Comparison,
+    achievable,
+    improvement,
+    report,
+    rows,
+    run_bench,
+)
 from agent_core.errors import InvalidArgument
 
 from .test_cli import CLEAN_ENV, invoke
@@ -25,6 +35,12 @@ from .test_cli import CLEAN_ENV, invoke
 #: Small enough for the suite: 60 threads, one of 256 KiB, 300 turns in 6 cold starts.
 SMALL = {"threads": 60, "requests": 300, "large_thread_bytes": 256 << 10}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+#: The rows of the comparison with the Phase-1 baseline (issue 15).
+VERSUS = (
+    "p50 turn vs Phase-1 baseline",
+    "p95 turn vs Phase-1 baseline",
+    "p50 load vs Phase-1 baseline",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -59,6 +75,7 @@ async def test_without_redis_every_cold_start_reads_the_store(store_url: str) ->
     assert table["L2 hit rate"].passed is None
     assert table["L1 hit rate"].passed
     assert table["total hit rate"].passed
+    assert_compared(run)
     await assert_cleaned_up(run)
 
 
@@ -82,15 +99,83 @@ async def test_with_redis_l2_serves_every_cold_read(store_url: str, redis_url: s
     assert document["memory"]["peak_l1_bytes"] > 0
     assert document["memory"]["memory_limit"] == run.memory_limit == 3 << 30
     assert table["peak RSS / memory limit"].target == "<= 3,072 MiB"
+    assert_compared(run)
+    assert document["baseline"]["turns"] == 300
+    assert document["baseline"]["improvement"]["p50"] == table[VERSUS[0]].value
     await assert_cleaned_up(run)
 
 
+async def test_the_baseline_reads_the_same_threads_within_the_same_budget(
+    store_url: str,
+) -> None:
+    """A thread over the budget (1 MiB, ~150K tokens for 124K): both sides cut it, to the
+    same messages, whenever they read the same version (the baseline goes first)."""
+    config = BenchConfig(
+        store=store_url,
+        threads=3,
+        requests=40,
+        per_instance=10,
+        large_threads=1,
+        large_thread_bytes=1 << 20,
+    )
+    run = await run_bench(config)
+
+    comparison = assert_compared(run)
+    large = (1 << 20) // 4_000
+    assert max(comparison.messages) >= large  # the large thread, read whole every turn
+    pairs = enumerate(zip(comparison.sent, comparison.messages, strict=True))
+    trimmed = [i for i, (sent, read) in pairs if sent < read]
+    assert trimmed  # its tokens were over the budget: the oldest messages were dropped
+    assert any(i % 2 == 0 for i in trimmed)
+    await assert_cleaned_up(run)
+
+
+def assert_compared(run: BenchRun) -> Comparison:
+    """The comparison pass ran every turn of the trace on both sides, and its rows hold
+    figures from it: sanity, not speed."""
+    comparison = run.comparison
+    turns = run.config.requests
+    for name in ("agent_core", "baseline", "read", "count", "write", "agent_persist"):
+        values = getattr(comparison, name)
+        assert len(values) == turns, name
+        assert all(value > 0 for value in values), name
+    for total, read, count, write in zip(*_parts(comparison), strict=True):
+        assert total == pytest.approx(read + count + write)
+    assert len(comparison.agent_sent) == len(comparison.sent) == turns
+    # Even turns: the baseline read first, so both read the same version of the thread
+    # and, with the same budget and token model, sent the same messages. Odd turns: it
+    # read agent-core's new pair too.
+    for i in range(0, turns, 2):
+        assert comparison.sent[i] == comparison.agent_sent[i], i
+    for i in range(1, turns, 2):
+        assert comparison.messages[i] >= comparison.agent_sent[i] + 2, i
+    assert comparison.seconds > sum(comparison.agent_core) + sum(comparison.baseline)
+    table = {row.metric: row for row in rows(run)}
+    for metric, percentile in zip(VERSUS[:2], (50, 95), strict=True):
+        value = improvement(comparison.agent_core, comparison.baseline, percentile)
+        assert value is not None
+        assert table[metric].value == value < 1
+        assert f"{turns:,} turns" in table[metric].measured
+    judged = table[VERSUS[0]]
+    assert judged.target == ">= 70 %"
+    assert judged.passed is (judged.value is not None and judged.value >= BASELINE_IMPROVEMENT)
+    assert table[VERSUS[1]].passed is None
+    assert table[VERSUS[2]].value is not None
+    return comparison
+
+
+def _parts(comparison: Comparison) -> tuple[list[float], ...]:
+    return comparison.baseline, comparison.read, comparison.count, comparison.write
+
+
 async def assert_cleaned_up(run: BenchRun) -> None:
-    """No row of the run's namespace is left (not even a deleted thread's), and no L2 key."""
-    async with ConversationCache.from_urls(run.store, namespace=run.namespace) as cache:
-        assert (await cache.list_threads()).thread_ids == ()
-        for i in range(run.config.threads):
-            assert await cache.store.version(run.namespace, f"bench-{i:05d}") == 0
+    """No row of the run's namespace (or the baseline's beside it) is left, not even a
+    deleted thread's, and no L2 key."""
+    for namespace in (run.namespace, f"{run.namespace}-p1"):
+        async with ConversationCache.from_urls(run.store, namespace=namespace) as cache:
+            assert (await cache.list_threads()).thread_ids == ()
+            for i in range(run.config.threads):
+                assert await cache.store.version(namespace, f"bench-{i:05d}") == 0
     if run.config.redis is not None:
         client = redis.Redis.from_url(run.config.redis)
         try:
@@ -112,6 +197,12 @@ def test_report_hides_passwords() -> None:
     assert "s3cret" not in document
     assert "hush" not in document
     assert "postgresql://ana:***@db/x" in document
+    # A run without the comparison: its rows say so, judged neither way.
+    table = {row.metric: row for row in rows(run)}
+    for metric in VERSUS:
+        assert table[metric].measured == "not run (--no-baseline)"
+        assert table[metric].passed is None
+    assert report(run)["baseline"]["improvement"]["p50"] is None
 
 
 @pytest.mark.parametrize(
@@ -125,6 +216,7 @@ def test_report_hides_passwords() -> None:
         ({"large_threads": 300, "threads": 10}, "large_threads"),
         ({"memory_limit": 1024}, "memory_limit"),
         ({"store": ""}, "store"),
+        ({"baseline": 1}, "baseline"),
     ],
 )
 def test_bad_config_is_a_typed_error(overrides: dict[str, object], needle: str) -> None:
@@ -150,12 +242,27 @@ def test_cli_prints_the_table_and_writes_json_and_plots(tmp_path: Path) -> None:
         assert metric in result.output
     assert "200 turns on 40 threads" in result.output
     assert document["reads"]["l1_hits"] + document["reads"]["misses"] == 200
-    assert {row["metric"] for row in document["rows"]} >= {"L1 hit rate", "loop lag p99"}
-    for name in ("hit_rates.png", "latency.png", "loop_lag.png", "memory.png"):
+    assert {row["metric"] for row in document["rows"]} >= {"L1 hit rate", "loop lag p99", *VERSUS}
+    assert "side by side with the Phase-1 baseline" in result.output
+    for name in ("hit_rates.png", "latency.png", "loop_lag.png", "memory.png", "baseline.png"):
         data = (plots / name).read_bytes()
         assert data.startswith(PNG_MAGIC), name
         assert len(data) > 10_000, name
         assert str(plots / name) in result.output
+
+
+@pytest.mark.integration
+def test_cli_no_baseline_skips_the_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plots = tmp_path / "plots"
+    size = ["--requests", "100", "--threads", "20", "--no-baseline"]
+    result = invoke(["bench", "--quick", *size, "--json", str(out), "--plot", str(plots)])
+    document = json.loads(out.read_bytes())
+    assert result.exit_code == (0 if document["passed"] else 1), result.output
+    assert "not run (--no-baseline)" in result.output
+    assert document["baseline"]["turns"] == 0
+    assert document["seconds"]["baseline"] == 0
+    assert not (plots / "baseline.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -195,6 +302,18 @@ def test_main_job_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
     verdicts = {row["metric"]: row["passed"] for row in document["rows"]}
     assert verdicts["L1 hit rate"]
     assert verdicts["total hit rate"]
+    # The seed's latency claim, judged on this quick run: figures from both sides.
+    values = {row["metric"]: row["value"] for row in document["rows"]}
+    assert verdicts[VERSUS[0]] is (values[VERSUS[0]] >= BASELINE_IMPROVEMENT)
+    assert "p50 turn vs Phase-1 baseline" in done.stdout
+    versus = document["baseline"]
+    assert versus["turns"] == 1_000
+    for side in ("agent_core", "baseline"):
+        assert versus["turn_ms"][side]["count"] == 1_000
+        assert 0 < versus["turn_ms"][side]["p50"] <= versus["turn_ms"][side]["p95"]
+    assert versus["improvement"]["p50"] == values[VERSUS[0]] < 1
+    # Seed 1's trace draws the 1 MiB thread (~150K tokens): the baseline trimmed it.
+    assert versus["messages_read"]["trimmed_turns"] >= 1
     assert list(tmp_path.iterdir()) == [tmp_path / "b.json"]  # the SQLite file was temporary
 
 

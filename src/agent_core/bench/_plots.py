@@ -21,7 +21,8 @@ _TIERS: Final[tuple[HistoryTier, ...]] = ("l1", "l2", "store")
 
 
 def plot(run: BenchRun, directory: Path) -> list[Path]:
-    """Write hit_rates.png, latency.png, loop_lag.png and memory.png; return their paths."""
+    """Write hit_rates.png, latency.png, loop_lag.png and memory.png, and baseline.png if
+    the comparison with the Phase-1 baseline ran; return their paths."""
     with needs_extra("--plot"):
         import matplotlib
 
@@ -34,6 +35,8 @@ def plot(run: BenchRun, directory: Path) -> list[Path]:
         "loop_lag.png": _loop_lag(Figure(figsize=(8, 4)), run),
         "memory.png": _memory(Figure(figsize=(8, 4)), run),
     }
+    if run.comparison.agent_core:
+        drawn["baseline.png"] = _baseline(Figure(figsize=(8, 4)), run)
     paths = []
     for name, figure in drawn.items():
         path = directory / name
@@ -77,6 +80,23 @@ def _latency(figure: Figure, run: BenchRun) -> Figure:
             axes.step(values, share, where="post", label=f"{tier} ({len(values):,} turns)")
     axes.set(
         title="History load per turn, by the tier that served it",
+        xlabel="ms (log)",
+        ylabel="share of turns",
+        xscale="log",
+    )
+    axes.legend(loc="lower right")
+    return figure
+
+
+def _baseline(figure: Figure, run: BenchRun) -> Figure:
+    axes = figure.subplots()
+    comparison = run.comparison
+    for label, seconds in (("agent-core", comparison.agent_core), ("Phase-1", comparison.baseline)):
+        values = sorted(value * 1e3 for value in seconds)
+        share = [(i + 1) / len(values) for i in range(len(values))]
+        axes.step(values, share, where="post", label=f"{label} ({len(values):,} turns)")
+    axes.set(
+        title="Turn latency without the model call, same trace side by side",
         xlabel="ms (log)",
         ylabel="share of turns",
         xscale="log",

@@ -12,7 +12,7 @@ from ..agent import HistoryTier
 from ..observe import nearest_rank
 from ._workload import MIB, BenchRun
 
-__all__ = ["Row", "report", "rows"]
+__all__ = ["BASELINE_IMPROVEMENT", "Row", "improvement", "report", "rows"]
 
 #: Hit rates must reach this share of what the trace allows at best.
 HIT_RATE_SHARE: Final = 0.99
@@ -21,6 +21,9 @@ CACHED_P95: Final = 0.005
 UNCACHED_P95: Final = 0.050
 #: The bound on loop lag that the cache is built to (issue 3: p99 <= 5 ms).
 LAG_P99: Final = 0.005
+#: The seed's claim: turns (all but the model call) 70-80 % faster than the Phase-1
+#: baseline's, judged at p50 as 1 - agent-core / baseline.
+BASELINE_IMPROVEMENT: Final = 0.70
 
 _CACHED: Final[tuple[HistoryTier, ...]] = ("l1", "l2")
 _UNCACHED: Final[tuple[HistoryTier, ...]] = ("store",)
@@ -38,12 +41,17 @@ class Row:
 
 
 def rows(run: BenchRun) -> list[Row]:
-    """The table, in the seed's order: hit rates, latency, memory, loop lag.
+    """The table, in the seed's order: hit rates, latency, memory, loop lag; then the
+    comparison with the Phase-1 baseline.
 
     Rates use the seed's formulas: L1 = l1 / reads, L2 = l2 / (l2 + misses), total =
     (l1 + l2) / reads. A "load" is a turn's history step: the read and its token window.
+    The baseline's rows compare the paired turns of the comparison pass (all but the
+    model call; a load there is the baseline's read, count and trim): improvement =
+    1 - agent-core / baseline, at the same percentile of each side.
     """
     reads = run.reads
+    comparison = run.comparison
     return [
         _rate("L1 hit rate", run.l1_hits, reads, run.l1_max_hits, reads),
         _l2_rate(run),
@@ -67,7 +75,46 @@ def rows(run: BenchRun) -> list[Row]:
             run.lag_p99 <= LAG_P99,
             run.lag_p99,
         ),
+        _versus(
+            "p50 turn vs Phase-1 baseline",
+            comparison.agent_core,
+            comparison.baseline,
+            50,
+            BASELINE_IMPROVEMENT,
+        ),
+        _versus(
+            "p95 turn vs Phase-1 baseline", comparison.agent_core, comparison.baseline, 95, None
+        ),
+        _versus("p50 load vs Phase-1 baseline", comparison.agent_history, _loads(run), 50, None),
     ]
+
+
+def improvement(agent_core: list[float], baseline: list[float], percentile: int) -> float | None:
+    """1 - agent-core / baseline at ``percentile`` of each; None without turns."""
+    if not agent_core or not baseline:
+        return None
+    ours = nearest_rank(sorted(agent_core), percentile)
+    theirs = nearest_rank(sorted(baseline), percentile)
+    return 1 - ours / theirs if theirs > 0 else None
+
+
+def _versus(
+    metric: str, agent_core: list[float], baseline: list[float], percentile: int, goal: float | None
+) -> Row:
+    target = "report" if goal is None else f">= {goal * 100:.0f} %"
+    value = improvement(agent_core, baseline, percentile)
+    if value is None:
+        return Row(metric, target, "not run (--no-baseline)", None, None)
+    ours = nearest_rank(sorted(agent_core), percentile) * 1e3
+    theirs = nearest_rank(sorted(baseline), percentile) * 1e3
+    measured = f"{value * 100:.0f} % ({ours:.2f} vs {theirs:.2f} ms, {len(agent_core):,} turns)"
+    return Row(metric, target, measured, None if goal is None else value >= goal, value)
+
+
+def _loads(run: BenchRun) -> list[float]:
+    """The baseline's counterpart of a load: its read, and its decode, count and trim."""
+    comparison = run.comparison
+    return [read + count for read, count in zip(comparison.read, comparison.count, strict=True)]
 
 
 def _rate(metric: str, hits: int, reads: int, best_hits: int, best_reads: int) -> Row:
@@ -137,7 +184,11 @@ def report(run: BenchRun) -> dict[str, Any]:
         },
         "instances": run.instances,
         "conflicts": run.conflicts,
-        "seconds": {"seed": run.seed_seconds, "turns": run.turn_seconds},
+        "seconds": {
+            "seed": run.seed_seconds,
+            "turns": run.turn_seconds,
+            "baseline": run.comparison.seconds,
+        },
         "latency_ms": {
             "history": {t: _summary(samples.of("history", (t,))) for t in ("l1", "l2", "store")},
             "turn": {t: _summary(samples.of("turn", (t,))) for t in ("l1", "l2", "store")},
@@ -155,6 +206,41 @@ def report(run: BenchRun) -> dict[str, Any]:
             "l1_budget": run.l1_budget,
         },
         "timeline": asdict(run.timeline),
+        "baseline": _baseline(run),
+    }
+
+
+def _baseline(run: BenchRun) -> dict[str, Any]:
+    """The paired turns: both sides' latencies (all but the model call) and their parts."""
+    comparison = run.comparison
+    agent_core, baseline = comparison.agent_core, comparison.baseline
+    return {
+        "turns": len(agent_core),
+        "improvement": {f"p{p}": improvement(agent_core, baseline, p) for p in (50, 95, 99)},
+        "load_improvement": {
+            f"p{p}": improvement(comparison.agent_history, _loads(run), p) for p in (50, 95, 99)
+        },
+        "turn_ms": {"agent_core": _summary(agent_core), "baseline": _summary(baseline)},
+        "load_ms": {
+            "agent_core": _summary(comparison.agent_history),
+            "baseline": _summary(_loads(run)),
+        },
+        "parts_ms": {
+            "agent_core_history": _summary(comparison.agent_history),
+            "agent_core_persist": _summary(comparison.agent_persist),
+            "baseline_read": _summary(comparison.read),
+            "baseline_count": _summary(comparison.count),
+            "baseline_write": _summary(comparison.write),
+        },
+        "messages_read": {
+            "mean": sum(comparison.messages) / len(comparison.messages)
+            if comparison.messages
+            else 0.0,
+            "max": max(comparison.messages, default=0),
+            "trimmed_turns": sum(
+                sent < read for sent, read in zip(comparison.sent, comparison.messages, strict=True)
+            ),
+        },
     }
 
 

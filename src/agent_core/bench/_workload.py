@@ -10,6 +10,10 @@ each) sit at random ranks, so the loop-lag figure covers multi-MB conversations.
 
 Before the turns, the threads are written, and with Redis every thread is read once
 through a cache so that L2 holds it, as a shared Redis does after warm-up.
+
+After them (``baseline``, the default), the same trace runs once more, each turn twice in
+a row: by agent-core (the same agents, caches and cold starts) and by the Phase-1
+baseline of `._baseline` on the very same threads, which side goes first alternating.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from ..agent import BaseAgent, EchoModel
 from ..cache import ConversationCache
 from ..errors import InvalidArgument
 from ..observe import LoopLagMonitor, memory_limit, process_rss
+from ._baseline import Comparison, Phase1Turns, baseline_namespace
 from ._samples import Samples, Timeline
 
 __all__ = ["BenchConfig", "BenchRun", "run_bench"]
@@ -44,6 +49,8 @@ _MESSAGE_CHARS: Final = 200
 _LARGE_MESSAGE_CHARS: Final = 4_000
 _LARGE_BATCH: Final = 250
 _DEFAULT_MEMORY_LIMIT: Final = 1024 * MIB
+#: The model whose tokens bound the prompts (the agent's and the baseline's), counted exactly.
+TOKEN_MODEL: Final = "gpt-4o"
 #: How often the timeline samples memory, hit counts and loop lag.
 _SAMPLE_EVERY: Final = 0.25
 _WORDS: Final = (
@@ -55,12 +62,13 @@ _WORDS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    """What `run_bench` runs; `quick` is a run of a few seconds.
+    """What `run_bench` runs; `quick` is a run of about 15 seconds.
 
     ``store`` None means a SQLite file in a temporary directory (the embedded default),
     ``redis`` None means no L2. ``memory_limit`` is handed to every cache's memory
     monitor, which shrinks L1 above 80 % of it; None means the process's own limit (its
-    cgroup's, else physical RAM), at most 1 GiB.
+    cgroup's, else physical RAM), at most 1 GiB. ``baseline`` runs the trace a second
+    time, agent-core and the Phase-1 baseline turn by turn (see the module's docs).
     """
 
     store: str | None = None
@@ -74,6 +82,7 @@ class BenchConfig:
     l1_max_bytes: int = 64 * MIB
     memory_limit: int | None = None
     seed: int = 1
+    baseline: bool = True
 
     def __post_init__(self) -> None:
         check_count("threads", self.threads, minimum=1)
@@ -89,6 +98,8 @@ class BenchConfig:
             raise InvalidArgument(f"zipf_s must be a number, got {quote(self.zipf_s)}")
         if not 0 < self.zipf_s <= 10:
             raise InvalidArgument(f"zipf_s must be in (0, 10], got {self.zipf_s}")
+        if not isinstance(self.baseline, bool):
+            raise InvalidArgument(f"baseline must be a bool, got {quote(self.baseline)}")
         for name in ("store", "redis"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
@@ -96,7 +107,7 @@ class BenchConfig:
 
     @classmethod
     def quick(cls, **overrides: object) -> BenchConfig:
-        """200 threads, 1,000 turns, one 1 MB thread: a few seconds."""
+        """200 threads, 1,000 turns, one 1 MB thread: about 15 s (5 s without the baseline)."""
         base = cls(threads=200, requests=1_000, large_threads=1, large_thread_bytes=MIB)
         return replace(base, **overrides)  # type: ignore[arg-type]
 
@@ -129,6 +140,8 @@ class BenchRun:
     lag_p50: float = 0.0
     lag_p99: float = 0.0
     lag_max: float = 0.0
+    #: The second pass over the trace: agent-core and the Phase-1 baseline side by side.
+    comparison: Comparison = field(default_factory=Comparison)
 
     @property
     def reads(self) -> int:
@@ -139,7 +152,8 @@ Progress = Callable[[int], None]
 
 
 async def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun:
-    """Seed the threads, run the turns, clean up; ``progress(n)`` after every n turns."""
+    """Seed the threads, run the turns (and the comparison with the baseline), clean up;
+    ``progress(n)`` after every n turns (a paired turn of the comparison counts once)."""
     if not isinstance(config, BenchConfig):
         raise InvalidArgument(f"config must be a BenchConfig, got {type(config).__name__}")
     rng = random.Random(config.seed)
@@ -157,6 +171,8 @@ async def run_bench(config: BenchConfig, progress: Progress | None = None) -> Be
             await _seed(run, threads, large, rng)
             run.seed_seconds = time.perf_counter() - started
             await _turns(run, trace, progress)
+            if config.baseline:
+                await _compare(run, trace, progress)
         finally:
             await _clean_up(run)
     return run
@@ -260,7 +276,7 @@ async def _instance(
     async with _cache(run) as cache:
         samples.cold_start.append(time.perf_counter() - opened)
         current[:] = [cache]
-        agent = BaseAgent(EchoModel(), cache, token_model="gpt-4o")
+        agent = _agent(cache)
         for n, thread_id in enumerate(threads):
             started = time.perf_counter()
             reply = await agent.run(thread_id, f"turn {n} of instance {run.instances}")
@@ -277,6 +293,63 @@ async def _instance(
     run.l1_budget = max(run.l1_budget, stats.l1_max_bytes)
     # L1 is fullest at the end of an instance: the timeline's samples may fall between.
     run.peak_l1_bytes = max(run.peak_l1_bytes, stats.l1_bytes)
+
+
+def _agent(cache: ConversationCache) -> BaseAgent:
+    return BaseAgent(EchoModel(), cache, token_model=TOKEN_MODEL)
+
+
+async def _compare(run: BenchRun, trace: list[str], progress: Progress | None) -> None:
+    """The trace once more, each turn by agent-core and by the baseline, back to back.
+
+    Instances and cold starts are the first pass's; the baseline opens its own store
+    connection with each instance's cache, as a worker of its own would. Which side
+    goes first alternates from turn to turn, so neither always finds the store (or the
+    machine) as the other left it. Nothing here touches the first pass's figures.
+    """
+    per_instance = run.config.per_instance
+    versions: dict[str, int] = {}
+    started = time.perf_counter()
+    try:
+        for index, start in enumerate(range(0, len(trace), per_instance)):
+            threads = trace[start : start + per_instance]
+            await _paired_instance(run, threads, start, index, versions, progress)
+    finally:
+        run.comparison.seconds = time.perf_counter() - started
+
+
+async def _paired_instance(
+    run: BenchRun,
+    threads: list[str],
+    first: int,
+    index: int,
+    versions: dict[str, int],
+    progress: Progress | None,
+) -> None:
+    comparison = run.comparison
+    async with _cache(run) as cache:
+        agent = _agent(cache)
+        async with Phase1Turns(run.store, run.namespace, agent, versions) as baseline:
+            for n, thread_id in enumerate(threads):
+                text = f"turn {n} of paired instance {index}"
+                if (first + n) % 2 == 0:
+                    await baseline.turn(thread_id, text, comparison)
+                    await _agent_turn(agent, thread_id, text, comparison)
+                else:
+                    await _agent_turn(agent, thread_id, text, comparison)
+                    await baseline.turn(thread_id, text, comparison)
+                if progress is not None:
+                    progress(1)
+
+
+async def _agent_turn(agent: BaseAgent, thread_id: str, text: str, into: Comparison) -> None:
+    """`BaseAgent.run`, timed as the first pass times it, less the model call."""
+    started = time.perf_counter()
+    reply = await agent.run(thread_id, text)
+    into.agent_core.append(time.perf_counter() - started - reply.timings["model"])
+    into.agent_history.append(reply.timings["history"])
+    into.agent_persist.append(reply.timings["persist"])
+    into.agent_sent.append(reply.history_messages)
 
 
 async def _sample(run: BenchRun, current: list[ConversationCache], lag: LoopLagMonitor) -> None:
@@ -301,7 +374,14 @@ async def _clean_up(run: BenchRun) -> None:
     no thread row (delete would keep one) and no Redis key (delete would write a tombstone
     that lives for the L2 TTL) is left behind.
     """
-    async with ConversationCache.from_urls(
-        run.store, run.config.redis, namespace=run.namespace, watch_external=False
-    ) as cache:
-        await cache.purge_namespace()
+    try:
+        async with ConversationCache.from_urls(
+            run.store, run.config.redis, namespace=run.namespace, watch_external=False
+        ) as cache:
+            await cache.purge_namespace()
+    finally:
+        # The baseline's appends: in the store only (it never touches Redis).
+        async with ConversationCache.from_urls(
+            run.store, namespace=baseline_namespace(run.namespace), watch_external=False
+        ) as cache:
+            await cache.purge_namespace()
