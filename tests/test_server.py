@@ -219,7 +219,13 @@ async def test_turn(client: httpx.AsyncClient) -> None:
     assert body["version"] == 2
     assert body["history_tier"] in {"l1", "l2", "store"}
     assert body["prompt_tokens"] > 0
-    assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert set(body["usage"]) == {
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+    }
     assert "model" in body["timings"]
     thread = (await client.get("/v1/threads/chat")).json()
     assert [m["role"] for m in thread["messages"]] == ["user", "assistant"]

@@ -85,6 +85,7 @@ NON_DEFAULTS: dict[str, tuple[str, Any]] = {
     "max_staleness": ("2.5", 2.5),
     "max_context_tokens": ("8000", 8000),
     "reserve_output_tokens": ("500", 500),
+    "window_strategy": ("stable", "stable"),
     "max_body_bytes": ("1000", 1000),
     "max_message_bytes": ("999", 999),
     "retention": ("3600", 3600.0),

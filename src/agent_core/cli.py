@@ -102,8 +102,8 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         envvar="AGENT_CORE_MODEL",
-        help="'echo' (offline) or a model name for an OpenAI-compatible server "
-        "(OPENAI_BASE_URL, OPENAI_API_KEY).  \\[default: echo]",
+        help="'echo' (offline), a claude-* model (ANTHROPIC_API_KEY) or a model name for "
+        "an OpenAI-compatible server (OPENAI_BASE_URL, OPENAI_API_KEY).  \\[default: echo]",
         show_default=False,
     ),
 ]
@@ -202,6 +202,15 @@ def serve(
         typer.Option(
             envvar="AGENT_CORE_RESERVE_OUTPUT_TOKENS",
             help="Tokens of the context window kept for the reply.  \\[default: 1000]",
+            show_default=False,
+        ),
+    ] = None,
+    window_strategy: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_WINDOW_STRATEGY",
+            help="History windows of turns: 'sliding' or 'stable' (cache-stable prefixes "
+            "that providers bill at their cached price).  \\[default: sliding]",
             show_default=False,
         ),
     ] = None,
@@ -393,6 +402,7 @@ def serve(
         max_staleness=max_staleness,
         max_context_tokens=max_context_tokens,
         reserve_output_tokens=reserve_output_tokens,
+        window_strategy=window_strategy,
         max_body_bytes=max_body_bytes,
         max_message_bytes=max_message_bytes,
         retention=retention,
@@ -742,6 +752,7 @@ async def _chat(settings: Settings, thread: str, system: str) -> None:
                 max_context_tokens=settings.max_context_tokens,
                 reserve_output_tokens=settings.reserve_output_tokens,
                 token_model=settings.token_model,
+                window_strategy=settings.turn_windows,
             )
             interactive = sys.stdin.isatty()
             lines = _stdin_lines()

@@ -305,6 +305,10 @@ class UsageResponse(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    #: Prompt tokens the provider read from its prompt cache (billed at a discount).
+    cached_tokens: int
+    #: Prompt tokens the provider wrote to its prompt cache (Anthropic bills 1.25x).
+    cache_write_tokens: int
 
 
 class TurnResponse(BaseModel):
@@ -382,6 +386,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     max_context_tokens=settings.max_context_tokens,
                     reserve_output_tokens=settings.reserve_output_tokens,
                     token_model=settings.token_model,
+                    window_strategy=settings.turn_windows,
                     rate_limits=None
                     if token_limits is None
                     else TenantTokens(token_limits, tenant),
@@ -534,12 +539,16 @@ async def get_thread(
     model: Annotated[
         str | None, Query(min_length=1, max_length=200, description="Window's token model.")
     ] = None,
+    strategy: Annotated[
+        Literal["sliding", "stable"],
+        Query(description="Window: the longest suffix that fits, or a cache-stable one."),
+    ] = "sliding",
 ) -> Response:
     """The thread's messages, or with ``max_tokens`` the newest that fit (pinned kept)."""
     core = core_of(request)
     cache = caller.tenant.cache
-    if model is not None and max_tokens is None:
-        raise InvalidArgument("model only applies to a window: give max_tokens too")
+    if (model is not None or strategy != "sliding") and max_tokens is None:
+        raise InvalidArgument("model and strategy only apply to a window: give max_tokens too")
     started = time.perf_counter()
     if max_tokens is None:
         read = await cache.read(thread_id)
@@ -547,7 +556,7 @@ async def get_thread(
         version, payloads, tail = conversation.version, conversation.payloads, b""
     else:
         served = await cache.read_window(
-            thread_id, max_tokens=max_tokens, model=model or core.token_model
+            thread_id, max_tokens=max_tokens, model=model or core.token_model, strategy=strategy
         )
         window, source = served.value, served.source
         version = window.version

@@ -56,7 +56,7 @@ class Core:
 
     def record_turn(self, reply: AgentReply) -> None:
         """A stored turn: its model call and waits, and its history read."""
-        self.metrics.record_turn(reply.timings, reply.history_tier)
+        self.metrics.record_turn(reply.timings, reply.history_tier, reply.usage)
         history = reply.timings.get("history")
         if history is not None:
             self.recent.record_read(reply.history_tier, history)

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ..agent import Usage
 from ..cache import CacheStats
 from ..observe import LoopLagSnapshot
 
@@ -149,6 +150,13 @@ class Metrics:
             ["history_tier"],
             registry=self.registry,
         )
+        self.model_tokens = Counter(
+            PREFIX + "model_tokens",
+            "Tokens the model's provider billed for stored turns: prompt (all input), "
+            "cached (input read from its prompt cache), cache_write, completion.",
+            ["kind"],
+            registry=self.registry,
+        )
 
     def record_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Record a request's latency under its route template (unmatched: ``"unmatched"``),
@@ -156,8 +164,8 @@ class Metrics:
         method = method if method in _METHODS else "other"
         self.requests.labels(route, method, str(status)).observe(seconds)
 
-    def record_turn(self, timings: dict[str, float], history_tier: str) -> None:
-        """Record a stored turn's model call, rate-limit wait and history tier."""
+    def record_turn(self, timings: dict[str, float], history_tier: str, usage: Usage) -> None:
+        """Record a stored turn's model call, rate-limit wait, history tier and billed tokens."""
         model = timings.get("model")
         if model is not None:
             self.model_calls.observe(model)
@@ -165,3 +173,10 @@ class Metrics:
         if wait is not None:
             self.rate_limit_waits.observe(wait)
         self.turns.labels(history_tier).inc()
+        for kind, tokens in (
+            ("prompt", usage.prompt_tokens),
+            ("cached", usage.cached_tokens),
+            ("cache_write", usage.cache_write_tokens),
+            ("completion", usage.completion_tokens),
+        ):
+            self.model_tokens.labels(kind).inc(tokens)

@@ -13,10 +13,11 @@ from .._env import env_value
 from .._quote import quote
 from .._urls import mask_url
 from .._validation import check_seconds
-from ..agent import ChatModel, EchoModel, OpenAIChatModel
+from ..agent import AnthropicChatModel, ChatModel, EchoModel, OpenAIChatModel
 from ..cache import ConversationCache
 from ..errors import ConfigurationError
 from ..messages import DEFAULT_MAX_MESSAGE_BYTES
+from ..tokens import WindowStrategy
 
 #: The annotations of numeric fields, and how their variables are read.
 _NUMBERS: Final[dict[str, type[int] | type[float]]] = {
@@ -39,9 +40,10 @@ class Settings:
 
     ``model`` ``"echo"`` is the local `EchoModel` (counted as gpt-4o); any other name is
     sent to an OpenAI-compatible server by `OpenAIChatModel` (``OPENAI_BASE_URL``,
-    ``OPENAI_API_KEY``). ``max_body_bytes`` caps every request body, ``max_message_bytes``
-    each message's JSON (the cache's option of that name). ``l2_signing_key``
-    (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
+    ``OPENAI_API_KEY``), and a ``claude-*`` name to Anthropic by `AnthropicChatModel`
+    (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``). ``max_body_bytes`` caps every request
+    body, ``max_message_bytes`` each message's JSON (the cache's option of that name).
+    ``l2_signing_key`` (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
     ``retention`` (seconds; None: forever) makes every write keep its thread at least that
     long; the app deletes the namespace's expired threads every ``sweep_interval`` seconds
     (0: never; ``agent-core gc`` does it on demand).
@@ -53,6 +55,7 @@ class Settings:
     stores (507); ``audit_log`` (a path, or ``-`` for stderr) records who did what,
     ``audit_sample_rate`` of reads and appends included.
     ``cors_origins`` (comma-separated) lets those browser origins call the API.
+    ``window_strategy`` ``"stable"`` sends turns cache-stable history windows.
     """
 
     store_url: str = "sqlite:///agent-core.db"
@@ -63,6 +66,7 @@ class Settings:
     max_staleness: float = 1.0
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
+    window_strategy: str = "sliding"
     max_body_bytes: int = 4 << 20
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     retention: float | None = None
@@ -104,6 +108,10 @@ class Settings:
                 raise ConfigurationError(
                     f"{name} must be a positive integer (or unset), got {quote(value)}"
                 )
+        if self.window_strategy not in ("sliding", "stable"):
+            raise ConfigurationError(
+                f"window_strategy must be 'sliding' or 'stable', got {quote(self.window_strategy)}"
+            )
         rate = self.audit_sample_rate
         if type(rate) not in (int, float) or not 0 <= rate <= 1:
             raise ConfigurationError(
@@ -144,6 +152,11 @@ class Settings:
         return [origin.strip() for origin in raw.split(",") if origin.strip()]
 
     @property
+    def turn_windows(self) -> WindowStrategy:
+        """``window_strategy``, as `BaseAgent` takes it (checked at construction)."""
+        return "stable" if self.window_strategy == "stable" else "sliding"
+
+    @property
     def token_model(self) -> str:
         """The model whose rules count prompts: ``model``, or gpt-4o for the echo model."""
         return _ECHO_TOKEN_MODEL if self.model == "echo" else self.model
@@ -170,6 +183,8 @@ class Settings:
         """A new model client for ``model``; the caller closes it."""
         if self.model == "echo":
             return EchoModel(token_model=_ECHO_TOKEN_MODEL)
+        if self.model.strip().lower().startswith("claude"):
+            return AnthropicChatModel(self.model)
         return OpenAIChatModel(self.model)
 
     @classmethod
