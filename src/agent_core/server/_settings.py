@@ -43,7 +43,8 @@ class Settings:
     ``OPENAI_API_KEY``), and a ``claude-*`` name to Anthropic by `AnthropicChatModel`
     (``ANTHROPIC_BASE_URL``, ``ANTHROPIC_API_KEY``). ``max_body_bytes`` caps every request
     body, ``max_message_bytes`` each message's JSON (the cache's option of that name).
-    ``l2_signing_key`` (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its Redis values.
+    ``l2_signing_key`` (``AGENT_CORE_L2_SIGNING_KEY``) makes the cache sign and check its
+    Redis values.
     ``retention`` (seconds; None: forever) makes every write keep its thread at least that
     long; the app deletes the namespace's expired threads every ``sweep_interval`` seconds
     (0: never; ``agent-core gc`` does it on demand).
