@@ -151,6 +151,8 @@ def _may_matter(payloads: Sequence[bytes]) -> list[int]:
     return sorted(found)
 
 
+# Stable cuts kept per snapshot (a caller rarely uses more than one or two budgets).
+_MAX_CUTS: Final = 8
 # A cut's key tuple and its ints (the key string is the index's, shared).
 _CUT_BYTES: Final = 160
 # An open call's key string and the int it maps to (the dict's slots are weighed apart).
@@ -401,6 +403,8 @@ def select_window(
         target = min(avail, max(0, int(max_tokens * retain_ratio) - fixed))
         key = (counter.key, avail, target)
         start = stable_cut(free, shape.blocked, size, avail, target, derived.cuts.get(key, 0))
+        if len(derived.cuts) >= _MAX_CUTS:  # budgets come from callers: keep a few
+            derived.cuts.clear()
         derived.cuts[key] = start
         if end - free[start] > avail:
             start = move_cut(free, shape.blocked, start, size, end, avail, target)
