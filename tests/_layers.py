@@ -77,6 +77,8 @@ LAYERS: Final[tuple[tuple[str, frozenset[str]], ...]] = (
     # API keys (issue 14) sit with the service that checks them.
     ("service", frozenset({"server", "bench", "serverless", "_demo", "_api_keys"})),
     ("cli", frozenset({"cli", "_keys_cli"})),
+    # Drop-in memory for agent frameworks (issue 16), over the cache and the agent layer.
+    ("integrations", frozenset({"integrations"})),
     # agent_core/__init__.py re-exports the public API: nothing inside imports it.
     ("root", frozenset({""})),
 )
