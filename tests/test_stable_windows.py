@@ -363,3 +363,23 @@ async def test_identical_messages_give_identical_bodies() -> None:
                 )
         first, second = (request.body for request in server.requests)
     assert first == second
+
+
+def test_stable_windows_need_a_memory_that_takes_a_strategy() -> None:
+    class SlidingOnly:
+        max_message_bytes = 1 << 20
+
+        async def read(self, thread_id: str) -> Any: ...
+
+        async def read_window(self, thread_id: str, *, max_tokens: int, model: str) -> Any: ...
+
+        async def append(self, thread_id: str, messages: Any, **options: Any) -> int:
+            return 0
+
+    from agent_core import ConfigurationError, EchoModel
+
+    BaseAgent(EchoModel(), SlidingOnly())  # sliding windows: fine
+    with pytest.raises(ConfigurationError, match="read_window takes strategy"):
+        BaseAgent(EchoModel(), SlidingOnly(), window_strategy="stable")
+    with pytest.raises(ConfigurationError, match="window_strategy"):
+        BaseAgent(EchoModel(), SlidingOnly(), window_strategy="fixed")  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ Policies:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -190,9 +191,18 @@ class BaseAgent(AsyncClosing):
         if not isinstance(name, str) or not name.strip():
             raise ConfigurationError(f"token_model must be a model name, got {quote(name)}")
         try:
-            ratio = check_window_strategy(window_strategy, retain_ratio)
+            ratio = check_window_strategy(window_strategy, retain_ratio, name="window_strategy")
         except InvalidArgument as exc:
             raise ConfigurationError(str(exc)) from None
+        if (
+            ratio is not None
+            and memory is not None
+            and "strategy" not in inspect.signature(memory.read_window).parameters
+        ):
+            raise ConfigurationError(
+                "window_strategy='stable' needs a memory whose read_window takes strategy= "
+                f"(a ConversationCache); {type(memory).__name__}'s does not"
+            )
         if compaction is not None and not isinstance(compaction, CompactionPolicy):
             raise ConfigurationError(
                 f"compaction must be a CompactionPolicy or None, got {type(compaction).__name__}"

@@ -43,10 +43,12 @@ WindowStrategy = Literal["sliding", "stable"]
 DEFAULT_RETAIN_RATIO: Final = 0.7
 
 
-def check_window_strategy(strategy: object, retain_ratio: object) -> float | None:
-    """The retain ratio a window of ``strategy`` uses (None: sliding)."""
+def check_window_strategy(
+    strategy: object, retain_ratio: object, *, name: str = "strategy"
+) -> float | None:
+    """The retain ratio a window of ``strategy`` (the argument ``name``) uses (None: sliding)."""
     if strategy not in ("sliding", "stable"):
-        raise InvalidArgument(f"strategy must be 'sliding' or 'stable', got {quote(strategy)}")
+        raise InvalidArgument(f"{name} must be 'sliding' or 'stable', got {quote(strategy)}")
     ratio = check_number("retain_ratio", retain_ratio, lambda r: 0 < r <= 1, "a number in (0, 1]")
     return ratio if strategy == "stable" else None
 
