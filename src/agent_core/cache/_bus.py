@@ -118,7 +118,7 @@ class InvalidationBus:
                     delay = 0.05
                 with contextlib.suppress(*REDIS_FAILURES):
                     async with asyncio.timeout(self._timeout):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
