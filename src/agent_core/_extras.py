@@ -11,6 +11,7 @@ from .errors import ConfigurationError
 #: Import name -> (distribution to install, the ``agent-core[...]`` extra that brings it).
 _OPTIONAL: Final = {
     "asyncpg": ("asyncpg", "postgres"),
+    "langchain_core": ("langchain-core", "langchain"),
     "fastapi": ("fastapi", "server"),
     "starlette": ("fastapi", "server"),
     "uvicorn": ("uvicorn", "server"),
