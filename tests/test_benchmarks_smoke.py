@@ -409,6 +409,17 @@ def test_message_shape_quick_run(tmp_path: Path) -> None:
     assert document["goal"]["check_shape_worst_us"] > 0
 
 
+def test_adapter_langchain_quick_run(tmp_path: Path) -> None:
+    """benchmarks/adapter_langchain.py --quick: SQLite only, every cell timed at every size
+    (the two histories were checked to read back the same messages first)."""
+    headings = ("Machine", "Reading the history, p50 µs (8 rounds)", "SQLChatMessageHistory")
+    document = quick_run("adapter_langchain.py", tmp_path, headings, timeout=60)
+    assert set(document["reads_us"]) == {"10", "100", "1000"}
+    for cells in document["reads_us"].values():
+        assert len(cells) == 4
+        assert all(cell["samples"] == 8 for cell in cells.values())
+
+
 def test_l1_soak_quick_run(tmp_path: Path, redis_url: str) -> None:
     """benchmarks/l1_soak.py --quick: SQLite and the session's Redis, RSS within the bound,
     and no key of its namespace left behind."""

@@ -175,6 +175,11 @@ class AgentCoreChatMessageHistory(BaseChatMessageHistory):
             sync_timeout=self.sync_timeout,
         )
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the cache runs on (None until known; a `from_urls` history's own)."""
+        return self._loop
+
     # -- async -------------------------------------------------------------------------
 
     async def aget_messages(self) -> list[BaseMessage]:
