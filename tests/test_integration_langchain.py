@@ -10,8 +10,6 @@ sandboxes), so `TestContract` checks ``BaseChatMessageHistory``'s documented con
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +53,7 @@ from agent_core.integrations.langchain import (
 )
 
 from .conftest import CacheFactory
+from .test_extras import _error_of
 
 # RunnableWithMessageHistory and BaseChatMessageHistory are deprecated in langchain-core
 # 1.x (in favour of LangGraph persistence, tested below too); both still ship and work.
@@ -664,15 +663,8 @@ async def test_a_langgraph_app_keeps_its_history_in_agent_core(
 
 @pytest.mark.integration
 def test_without_langchain_core_the_import_names_the_extra() -> None:
-    code = (
-        "import sys\nsys.modules['langchain_core'] = None\n"
-        "try:\n    import agent_core.integrations.langchain\n"
-        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert done.stdout.strip() == (
-        "ConfigurationError AgentCoreChatMessageHistory needs langchain-core: "
-        "pip install 'agent-core[langchain]'"
+    raised = _error_of("import agent_core.integrations.langchain", blocked=("langchain_core",))
+    assert raised == (
+        "agent_core.errors.ConfigurationError",
+        "AgentCoreChatMessageHistory needs langchain-core: pip install 'agent-core[langchain]'",
     )
