@@ -40,6 +40,7 @@ from agent_core import (
     ConfigurationError,
     ConversationCache,
     InvalidArgument,
+    InvalidBatch,
     InvalidMessage,
     InvalidThreadId,
     VersionConflict,
@@ -329,7 +330,6 @@ async def test_bad_arguments_are_typed_errors(cache: ConversationCache) -> None:
 @pytest.mark.parametrize(
     ("batch", "error"),
     [
-        (HumanMessage("not a list"), "messages must be a list of LangChain messages"),
         ([HumanMessage("ok"), {"role": "user", "content": "a dict"}], r"messages\[1\]: expected"),
         ([HumanMessage("ok"), RemoveMessage(id="m1")], r"messages\[1\]: a RemoveMessage has no"),
         (
@@ -352,6 +352,15 @@ async def test_a_refused_batch_writes_nothing(
         await in_thread(lambda: history.add_messages(batch))
     assert await history.aget_messages() == [HumanMessage("before")]
     assert (await cache.get(THREAD)).version == 1
+
+
+async def test_a_batch_that_is_not_a_list_or_too_long_is_refused(cache: ConversationCache) -> None:
+    history = AgentCoreChatMessageHistory(THREAD, cache)
+    with pytest.raises(InvalidBatch, match="messages must be a list of LangChain messages"):
+        await history.aadd_messages(HumanMessage("not in a list"))  # type: ignore[arg-type]
+    with pytest.raises(InvalidBatch):
+        await history.aadd_messages([HumanMessage(str(i)) for i in range(1001)])
+    assert (await cache.get(THREAD)).version == 0
 
 
 # -- two instances, concurrency, VersionConflict ----------------------------------------------

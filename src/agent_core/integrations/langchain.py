@@ -39,6 +39,7 @@ from ..errors import (
     CacheClosed,
     ConfigurationError,
     InvalidArgument,
+    InvalidBatch,
     InvalidMessage,
 )
 from ..messages import Message
@@ -272,7 +273,7 @@ class AgentCoreChatMessageHistory(BaseChatMessageHistory):
         if isinstance(messages, str | bytes | BaseMessage | Mapping) or not isinstance(
             messages, Sequence
         ):
-            raise InvalidMessage(
+            raise InvalidBatch(
                 f"messages must be a list of LangChain messages, got {type(messages).__name__}; "
                 "wrap a single message in a list"
             )
