@@ -23,6 +23,7 @@ _OPTIONAL: Final = {
     "matplotlib": ("matplotlib", "plot"),
     "cryptography": ("cryptography", "encryption"),
     "jwt": ("pyjwt", "server"),
+    "agents": ("openai-agents", "openai-agents"),
 }
 
 
