@@ -196,6 +196,13 @@ def test_fails_loudly_without_postgres() -> None:
             ("append/1", "l2_hit/10", "l1_hit/10"),
             id="encryption",
         ),
+        pytest.param(
+            "adapter_openai_agents.py",
+            (),
+            ("redis_server", "openai-agents", "get_items p50, µs", "agent-core, L2 hit"),
+            ("get_items", "sizes"),
+            id="adapter_openai_agents",
+        ),
     ],
 )
 def test_cache_benchmark_quick_run(
