@@ -20,6 +20,7 @@ out; so is an item whose own type is ``agent_core_item``. Other readers of the t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, cast
 
@@ -42,7 +43,6 @@ from ..messages import Message
 with needs_extra("AgentCoreSession"):
     from agents.items import TResponseInputItem
     from agents.memory import SessionSettings
-    from agents.memory.session_settings import coerce_session_settings, resolve_session_limit
 
 __all__ = ["ENVELOPE_TYPE", "AgentCoreSession"]
 
@@ -172,7 +172,8 @@ class AgentCoreSession(AsyncClosing):
         self, limit: int | None = None
     ) -> tuple[list[TResponseInputItem], int]:
         """`get_items`, and the thread version they were read at (for ``expected_version``)."""
-        resolved = resolve_session_limit(limit, self.session_settings)
+        settings = self.session_settings
+        resolved = limit if limit is not None or settings is None else settings.limit
         if resolved is not None:
             check_count("limit", resolved, minimum=0)
         if self._state == "unopened":
@@ -245,11 +246,16 @@ def _settings(value: object) -> SessionSettings:
         raise InvalidArgument(
             f"session_settings must be a SessionSettings or a dict, got {type(value).__name__}"
         )
+    if isinstance(value, Mapping):
+        known = {field.name for field in dataclasses.fields(SessionSettings)}
+        unknown = sorted(map(str, set(value) - known))
+        if unknown:
+            raise InvalidArgument(
+                f"session_settings has no {', '.join(unknown)}: it takes {', '.join(sorted(known))}"
+            )
     try:
-        settings = coerce_session_settings(
-            value if isinstance(value, SessionSettings) else dict(value)
-        )
-    except (TypeError, ValueError) as exc:
+        settings = value if isinstance(value, SessionSettings) else SessionSettings(**value)
+    except (TypeError, ValueError) as exc:  # an unknown name; pydantic's ValidationError
         raise InvalidArgument(f"session_settings: {exc}") from None
     if settings.limit is not None:
         check_count("session_settings.limit", settings.limit, minimum=0)
