@@ -52,6 +52,7 @@ from agent_core.integrations.openai_agents import ENVELOPE_TYPE, AgentCoreSessio
 from ._chat_server import ChatServer, Reply, completion_body
 from ._poll import eventually
 from .conftest import CacheFactory
+from .test_extras import _error_of
 
 RUN = RunConfig(tracing_disabled=True)
 SESSION = "user-1"
@@ -846,16 +847,40 @@ async def test_empty_batches_write_nothing(session: AgentCoreSession) -> None:
 
 
 @pytest.mark.integration
-def test_without_the_sdk_the_error_names_the_extra() -> None:
-    code = (
-        "import sys\nsys.modules['agents'] = None\n"
-        "try:\n    import agent_core.integrations.openai_agents\n"
-        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+def test_without_the_sdk_the_import_names_the_extra() -> None:
+    raised = _error_of("import agent_core.integrations.openai_agents", blocked=("agents",))
+    assert raised == (
+        "agent_core.errors.ConfigurationError",
+        "AgentCoreSession needs openai-agents: pip install 'agent-core[openai-agents]'",
     )
+
+
+RUN_SYNC = """
+import sys
+from agents import Agent, RunConfig, Runner
+from agents.testing import ScriptedModel, assistant_message
+from agent_core.integrations.openai_agents import AgentCoreSession
+
+model = ScriptedModel([[assistant_message("one")], [assistant_message("two")]])
+agent = Agent(name="sync", model=model)
+session = AgentCoreSession.from_urls("user-1", store=sys.argv[1])
+offline = RunConfig(tracing_disabled=True)
+replies = [Runner.run_sync(agent, text, session=session, run_config=offline).final_output
+           for text in ("hi", "again")]
+print(replies, len(model.last_call.input))
+"""
+
+
+@pytest.mark.integration
+def test_run_sync_calls_share_the_session(sqlite_url: str) -> None:
+    """`Runner.run_sync` runs every call on the thread's default loop: the session's cache,
+    opened by the first call, serves the second (in a fresh interpreter, as a script would)."""
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-W", "ignore", "-c", RUN_SYNC, sqlite_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
-    assert done.stdout.strip() == (
-        "ConfigurationError AgentCoreSession needs openai-agents: "
-        "pip install 'agent-core[openai-agents]'"
-    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['one', 'two'] 3"
