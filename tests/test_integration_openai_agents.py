@@ -821,19 +821,21 @@ def test_the_cache_must_be_a_conversation_cache() -> None:
 @pytest.mark.parametrize(
     ("items", "error", "match"),
     [
-        ({"role": "user", "content": "hi"}, InvalidBatch, "wrap a single item in a list"),
-        ("hi", InvalidBatch, "list of item dicts"),
-        ([user("ok"), "not a dict"], InvalidMessage, r"items\[1\]: a message must be a dict"),
-        ([user("ok"), {"type": "x", "v": float("nan")}], InvalidMessage, r"items\[1\]: .*NaN"),
-        ([user("ok"), {"type": "x", "v": {1, 2}}], InvalidMessage, r"items\[1\]"),
+        ({"role": "user", "content": "hi"}, InvalidBatch, "wrap a single message in a list"),
+        ("hi", InvalidBatch, "list of message dicts"),
+        ([user("ok"), "not a dict"], InvalidMessage, r"messages\[1\]: a message must be a dict"),
+        ([user("ok"), {"type": "x", "v": float("nan")}], InvalidMessage, r"messages\[1\]: .*NaN"),
+        ([user("ok"), {"type": "x", "v": {1, 2}}], InvalidMessage, r"messages\[1\]"),
         ([user("x" * 2000)], MessageTooLarge, "max_message_bytes"),
+        ([{"role": "user", "content": [], "v": float("nan")}], InvalidMessage, "NaN"),
+        ([user(str(n)) for n in range(4)], InvalidBatch, "over the limit of 3"),
     ],
 )
 async def test_refused_items_write_nothing(
     store_url: str, namespace: str, items: Any, error: type[Exception], match: str
 ) -> None:
     async with AgentCoreSession.from_urls(
-        SESSION, store=store_url, namespace=namespace, max_message_bytes=1024
+        SESSION, store=store_url, namespace=namespace, max_message_bytes=1024, max_batch_messages=3
     ) as session:
         await session.add_items([user("before")])
         with pytest.raises(error, match=match):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Final, Literal, cast
 
 import orjson
@@ -34,7 +34,6 @@ from ..cache import DEFAULT_STORE_URL, ConversationCache
 from ..errors import (
     ConfigurationError,
     InvalidArgument,
-    InvalidBatch,
     InvalidMessage,
     MessageTooLarge,
 )
@@ -142,12 +141,15 @@ class AgentCoreSession(AsyncClosing):
         none. With ``expected_version`` (not something the SDK passes) it is
         compare-and-append: `VersionConflict`, and nothing written, if the thread has
         moved past that version."""
-        messages = self._encode(items)
-        if not messages:
-            return
+        batch: Any = items  # the cache's append refuses anything but a list, typed
+        if isinstance(items, list | tuple):
+            if not items:
+                return
+            max_bytes = self.cache.max_message_bytes
+            batch = [_stored(item, max_bytes) for item in items]
         if self._state == "unopened":
             await self._open_owned()
-        await self.cache.append(self.session_id, messages, expected_version=expected_version)
+        await self.cache.append(self.session_id, batch, expected_version=expected_version)
 
     async def pop_item(self, *, expected_version: int | None = None) -> TResponseInputItem | None:
         """Remove the newest item and return it; None if there is none. Atomic: concurrent
@@ -222,22 +224,6 @@ class AgentCoreSession(AsyncClosing):
                 await self.cache.open()
                 self._state = "open"
 
-    def _encode(self, items: object) -> list[Message]:
-        if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Sequence):
-            raise InvalidBatch(
-                f"items must be a list of item dicts, got {type(items).__name__}; "
-                "wrap a single item in a list"
-            )
-        max_bytes = self.cache.max_message_bytes
-        messages = []
-        for index, item in enumerate(items):
-            try:
-                messages.append(_message(item, max_bytes))
-            except InvalidMessage as exc:
-                exc.args = (f"items[{index}]: {exc}",)
-                raise
-        return messages
-
 
 def _settings(value: object) -> SessionSettings:
     if value is None:
@@ -278,17 +264,19 @@ def _window(window_tokens: object, model: object) -> tuple[int | None, str | Non
     return tokens, model
 
 
-def _message(item: object, max_bytes: int) -> Message:
-    """``item`` as a message, or, if agent-core's message check refuses it, its envelope."""
-    if not (isinstance(item, Mapping) and item.get("type") == ENVELOPE_TYPE):
+def _stored(item: object, max_bytes: int) -> Any:
+    """``item`` as a `Message`; its envelope if agent-core's message check refuses it; or
+    as it is, for the cache's append to refuse with its typed error (not a dict, too large)."""
+    if not isinstance(item, Mapping):
+        return item
+    if item.get("type") != ENVELOPE_TYPE:
         try:
-            return Message.from_dict(cast("Mapping[str, Any]", item), max_bytes=max_bytes)
+            return Message.from_dict(item, max_bytes=max_bytes)
         except MessageTooLarge:
-            raise
+            return item
         except InvalidMessage:
-            if not isinstance(item, Mapping):
-                raise
-    return Message.from_dict({"type": ENVELOPE_TYPE, "item": item}, max_bytes=max_bytes)
+            pass
+    return {"type": ENVELOPE_TYPE, "item": item}
 
 
 def _unwrap(item: Any) -> Any:
