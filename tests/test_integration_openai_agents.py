@@ -886,3 +886,16 @@ def test_run_sync_calls_share_the_session(sqlite_url: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['one', 'two'] 3"
+
+
+async def test_a_close_during_the_first_open_leaves_the_session_closed(sqlite_url: str) -> None:
+    """The close waits for the opening call's open (never closing a cache half open, nor
+    leaving one open after it); that call then writes, or finds the cache closed."""
+    session = AgentCoreSession.from_urls(SESSION, store=sqlite_url)
+    first = asyncio.create_task(session.add_items([user("hi")]))
+    await asyncio.sleep(0)  # the first call is opening the cache
+    await session.close()
+    (outcome,) = await asyncio.gather(first, return_exceptions=True)
+    assert outcome is None or isinstance(outcome, CacheClosed), outcome
+    with pytest.raises(CacheClosed):
+        await session.get_items()

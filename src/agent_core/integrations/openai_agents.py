@@ -197,8 +197,10 @@ class AgentCoreSession(AsyncClosing):
     async def close(self) -> None:
         """Close the cache if this session owns it (`from_urls`); otherwise nothing."""
         if self._state in ("unopened", "open"):
-            self._state = "closed"
-            await self.cache.close()
+            async with self._lock():  # not while a first call is opening it
+                if self._state in ("unopened", "open"):
+                    self._state = "closed"
+                    await self.cache.close()
 
     async def aclose(self) -> None:
         """`close`, under the name ``async with`` and `contextlib.aclosing` call."""
@@ -216,10 +218,13 @@ class AgentCoreSession(AsyncClosing):
 
     # -- internals ----------------------------------------------------------------------
 
-    async def _open_owned(self) -> None:
+    def _lock(self) -> asyncio.Lock:
         if self._opening is None:
             self._opening = asyncio.Lock()
-        async with self._opening:
+        return self._opening
+
+    async def _open_owned(self) -> None:
+        async with self._lock():
             if self._state == "unopened":
                 await self.cache.open()
                 self._state = "open"
