@@ -306,13 +306,14 @@ async def test_a_failing_summarizer_is_counted_never_raised(
 async def test_stable_windows_wait_for_the_cut_to_move(
     cache: ConversationCache, server: ChatServer, summarizer: OpenAIChatModel
 ) -> None:
-    """Over the trigger with a cut window, the agent compacts only on a turn after which
-    the cut moves; until then the provider's cached prefix stays warm."""
+    """Over the trigger with a cut window, the agent compacts only on a turn before which
+    the cut moves (this turn's growth again would move it); until then the provider's
+    cached prefix stays warm."""
     thread = f"a-{uuid.uuid4().hex}"
-    await cache.append(thread, turns(30))
+    await cache.append(thread, turns(30))  # 3,610 tokens
     for _ in range(10):
         server.script(Reply(body=completion_body("summary")))
-    policy = CompactionPolicy(trigger_tokens=1_500, target_tokens=800, summarizer=summarizer)
+    policy = CompactionPolicy(trigger_tokens=3_000, target_tokens=2_900, summarizer=summarizer)
     async with BaseAgent(
         EchoModel(),
         cache,
@@ -335,3 +336,57 @@ async def test_stable_windows_wait_for_the_cut_to_move(
                 assert reply.history_omitted > 0
     assert stats.deferred > 0
     assert len(summaries((await cache.get(thread)).to_list())) == 1
+
+
+async def test_deferral_ends_at_trigger_plus_target(
+    cache: ConversationCache, server: ChatServer, summarizer: OpenAIChatModel
+) -> None:
+    """A thread past trigger_tokens + target_tokens is compacted at once, warm prefix or
+    not: deferring can't let it grow without bound."""
+    thread = f"a-{uuid.uuid4().hex}"
+    await cache.append(thread, turns(30))  # 3,610 tokens
+    server.script(Reply(body=completion_body("summary")))
+    policy = CompactionPolicy(trigger_tokens=2_000, target_tokens=1_500, summarizer=summarizer)
+    async with BaseAgent(
+        EchoModel(),
+        cache,
+        token_model=MODEL,
+        compaction=policy,
+        window_strategy="stable",
+        max_context_tokens=3_000,
+        reserve_output_tokens=500,
+    ) as agent:
+        reply = await agent.run(thread, "one more " * 10)
+        assert reply.history_omitted > 0  # the window was cut
+        await agent.aclose()
+        stats = agent.compaction_stats
+        assert stats is not None
+        assert (stats.finished, stats.deferred, stats.failed) == (1, 0, 0)
+    assert len(summaries((await cache.get(thread)).to_list())) == 1
+
+
+async def test_a_part_longer_than_one_request_is_summarized_in_pieces(
+    cache: ConversationCache, server: ChatServer, summarizer: OpenAIChatModel
+) -> None:
+    """A part whose transcript is over PIECE_BYTES (and a message alone over it) goes to
+    the summarizer in pieces, oldest first, each with the summary so far."""
+    thread = f"c-{uuid.uuid4().hex}"
+    big = "x" * 300_000  # alone over PIECE_BYTES: shortened, marked
+    rows = [{"role": "user", "content": f"note {i} " + "y " * 40_000} for i in range(8)]
+    await cache.append(thread, [SYSTEM, {"role": "user", "content": big}, *rows, *turns(3)])
+    texts = ("the big one", "and three notes", "and six notes", "all of it")
+    for text in texts:
+        server.script(Reply(body=completion_body(text)))
+    await cache.compact(thread, summarizer=summarizer, model=MODEL, keep_recent_tokens=500)
+    # 80 KB notes: three to a piece of at most 256 KiB, after the shortened big one.
+    prompts = [request.json()["messages"][1]["content"] for request in server.requests]
+    assert len(prompts) == 4
+    assert all(len(prompt.encode()) <= 300_000 for prompt in prompts)
+    assert prompts[0].endswith("bytes left out]")
+    for previous, prompt in zip(texts, prompts[1:], strict=False):
+        assert prompt.startswith(f"(summary of what came before) {previous}\n\n")
+    assert "note 7 " in prompts[3]
+    after = (await cache.get(thread)).to_list()
+    [summary] = summaries(after)
+    assert summary["content"].endswith("all of it")
+    assert after[0] == SYSTEM

@@ -377,7 +377,11 @@ class BaseAgent(AsyncClosing):
                     pending_tokens=user_tokens,
                 )
                 check = WindowCheck(
-                    read.value.cut, room + user_tokens, self.token_model, self.retain_ratio
+                    read.value.cut,
+                    read.value.token_count,
+                    room + user_tokens,
+                    self.token_model,
+                    self.retain_ratio,
                 )
             else:
                 read = await self.memory.read_window(

@@ -3,9 +3,10 @@
 A turn never waits for a compaction: after its reply is stored, the agent starts a
 task that decides and compacts (`Compactor.after_turn`). It compacts when the thread's
 history passes ``trigger_tokens``; with stable windows, while the window is cut and
-the next turn would keep the same cut, it waits for the turn where the cut moves, since
-the provider's cached prefix is lost then anyway. After a compaction the thread holds
-about ``target_tokens``, so a thread is compacted once per overflow of the trigger.
+the next turn (if it adds as many tokens as this one did) would keep the same cut, it
+waits for the turn before the cut moves, since the provider's cached prefix is lost then
+anyway, but never past ``trigger_tokens + target_tokens``. After a compaction the thread
+holds about ``target_tokens``, so a thread is compacted once per overflow of the trigger.
 The summarizer's tokens are acquired from the agent's rate limits first. A failure is
 logged and counted (`CompactionStats`), never raised into a turn.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from .._tasks import TaskGroup
 from .._validation import check_count
 from ..errors import ConfigurationError, InvalidArgument
+from ..tokens import Window
 from ._memory import AgentLimiter, CompactingMemory
 from ._models import ChatModel
 
@@ -144,19 +146,14 @@ class Compactor:
         total = conversation.token_count(self._model)
         if total < policy.trigger_tokens:
             return
-        if window is not None and window.cut > 0:
-            # The window is cut: wait for the turn that moves the cut (the provider's
-            # cache misses then anyway) rather than break a warm prefix now.
-            following = await self._memory.read_window(
-                thread_id,
-                max_tokens=window.max_tokens,
-                model=window.model,
-                strategy="stable",
-                retain_ratio=window.retain_ratio,
-            )
-            if following.value.cut == window.cut:
-                self.stats.deferred += 1
-                return
+        if (
+            window is not None
+            and window.cut > 0
+            and total < policy.trigger_tokens + policy.target_tokens
+            and await self._cut_holds(thread_id, window)
+        ):
+            self.stats.deferred += 1
+            return
         summary_tokens = policy.summary_tokens
         if self._rate_limits is not None:
             # What the summarizer reads (the part summarized) and may write.
@@ -174,12 +171,34 @@ class Compactor:
         )
         self.stats.finished += 1
 
+    async def _cut_holds(self, thread_id: str, window: WindowCheck) -> bool:
+        """Whether the next turn keeps the cut, if it adds what this turn added: then the
+        provider's cached prefix is warm, and compacting now would break it."""
+        now = await self._read_window(thread_id, window, 0)
+        if now.cut != window.cut:
+            return False
+        added = max(0, now.token_count - window.tokens)
+        return (await self._read_window(thread_id, window, added)).cut == window.cut
+
+    async def _read_window(self, thread_id: str, window: WindowCheck, pending: int) -> Window:
+        read = await self._memory.read_window(
+            thread_id,
+            max_tokens=window.max_tokens,
+            model=window.model,
+            strategy="stable",
+            retain_ratio=window.retain_ratio,
+            pending_tokens=pending,
+        )
+        return read.value
+
 
 @dataclass(frozen=True, slots=True)
 class WindowCheck:
     """The stable window a turn was sent with: what the check compares the next one to."""
 
     cut: int
+    #: The window's own tokens (the pending user message not included).
+    tokens: int
     max_tokens: int
     model: str
     retain_ratio: float

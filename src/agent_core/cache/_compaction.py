@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -42,6 +42,10 @@ DEFAULT_SUMMARY_INSTRUCTIONS: Final = (
     "sentences, without a preamble."
 )
 _SUMMARY_HEAD: Final = "Summary of the earlier conversation:\n"
+_EARLIER: Final = "(summary of what came before) "
+#: The most transcript one summarizer request carries (about 64K tokens of English), far
+#: below the 1 MiB message limit, with room for the summary so far.
+PIECE_BYTES: Final = 256 * 1024
 _ATTEMPTS: Final = 3
 _PINNED_ROLES: Final = frozenset({"system", "developer"})
 
@@ -171,26 +175,46 @@ async def _summarize(
     instructions: str | None,
     max_tokens: int,
 ) -> Message:
-    prompt = [
-        Message.from_dict(
-            {"role": "system", "content": instructions or DEFAULT_SUMMARY_INSTRUCTIONS}
-        ),
-        Message.from_dict({"role": "user", "content": transcript(messages)}),
-    ]
-    completion = await summarizer.complete(prompt, max_tokens=max_tokens)
-    text = completion.text.strip()
-    if not text:
-        raise InvalidArgument(
-            f"the summarizer {summarizer.name!r} returned no text; nothing was compacted"
-        )
+    system = Message.from_dict(
+        {"role": "system", "content": instructions or DEFAULT_SUMMARY_INSTRUCTIONS}
+    )
+    text = ""
+    # A part too long for one request is summarized in pieces, oldest first, each with the
+    # summary so far: a thread of any length compacts, and no request outgrows a message.
+    for piece in _pieces(messages):
+        if text:
+            piece = f"{_EARLIER}{text}\n\n{piece}"
+        user = Message.from_dict({"role": "user", "content": piece})
+        completion = await summarizer.complete([system, user], max_tokens=max_tokens)
+        text = completion.text.strip()
+        if not text:
+            raise InvalidArgument(
+                f"the summarizer {summarizer.name!r} returned no text; nothing was compacted"
+            )
     return Message.from_dict(
         {"role": "system", "name": SUMMARY_NAME, "content": _SUMMARY_HEAD + text}
     )
 
 
-def transcript(messages: Sequence[Message]) -> str:
-    """The messages as plain text for a summarizer, one paragraph each."""
-    return "\n\n".join(_line(message.to_dict()) for message in messages)
+def _pieces(messages: Sequence[Message]) -> Iterator[str]:
+    """The transcript in pieces of at most `PIECE_BYTES` (UTF-8), cut between messages; a
+    message longer than that alone is shortened, marked where it was cut."""
+    lines: list[str] = []
+    size = 0
+    for message in messages:
+        line = _line(message.to_dict())
+        encoded = line.encode()
+        if len(encoded) > PIECE_BYTES:
+            kept = encoded[: PIECE_BYTES - 64].decode(errors="ignore")
+            line = f"{kept} [... {len(encoded) - len(kept.encode()):,} bytes left out]"
+            encoded = line.encode()
+        if lines and size + 2 + len(encoded) > PIECE_BYTES:
+            yield "\n\n".join(lines)
+            lines, size = [], 0
+        lines.append(line)
+        size += len(encoded) + 2
+    if lines:
+        yield "\n\n".join(lines)
 
 
 def _line(item: dict[str, Any]) -> str:
