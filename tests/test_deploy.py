@@ -69,6 +69,9 @@ PYTHON_IMAGE = "python:3.11-slim"
 NOT_IN_IMAGE = {
     "lambda": "the AWS Lambda adapter, not the HTTP service",
     "plot": "bench --plot's PNG plots",
+    "openai-agents": "the openai-agents adapter, imported by the user's own agents",
+    "langchain": "the LangChain adapter, imported by the user's own chains",
+    "pydantic-ai": "the pydantic-ai adapter, imported by the user's own agents",
     "all": "every extra, the two above included",
     "dev": "tests and tools",
 }
