@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -156,7 +157,12 @@ def assert_compared(run: BenchRun) -> Comparison:
         assert value is not None
         assert table[metric].value == value < 1
         assert f"{turns:,} turns" in table[metric].measured
+    # The seed's claim is judged on traces as long as the full run's, reported on shorter.
     judged = table[VERSUS[0]]
+    assert run.config.requests < BenchConfig().requests
+    assert (judged.target, judged.passed) == (">= 70 % (full run)", None)
+    full = replace(run, config=replace(run.config, requests=BenchConfig().requests))
+    judged = {row.metric: row for row in rows(full)}[VERSUS[0]]
     assert judged.target == ">= 70 %"
     assert judged.passed is (judged.value is not None and judged.value >= BASELINE_IMPROVEMENT)
     assert table[VERSUS[1]].passed is None
@@ -302,9 +308,10 @@ def test_main_job_command_runs_on_the_embedded_default(tmp_path: Path) -> None:
     verdicts = {row["metric"]: row["passed"] for row in document["rows"]}
     assert verdicts["L1 hit rate"]
     assert verdicts["total hit rate"]
-    # The seed's latency claim, judged on this quick run: figures from both sides.
+    # The seed's latency claim, reported by the quick run (judged on the full one).
     values = {row["metric"]: row["value"] for row in document["rows"]}
-    assert verdicts[VERSUS[0]] is (values[VERSUS[0]] >= BASELINE_IMPROVEMENT)
+    assert verdicts[VERSUS[0]] is None
+    assert isinstance(values[VERSUS[0]], float)
     assert "p50 turn vs Phase-1 baseline" in done.stdout
     versus = document["baseline"]
     assert versus["turns"] == 1_000
