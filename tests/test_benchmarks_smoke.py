@@ -8,6 +8,7 @@ If PostgreSQL cannot be reached they exit non-zero, and these tests fail; nothin
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -452,3 +453,109 @@ def test_cluster_latency_quick_run(tmp_path: Path) -> None:
     document = quick_run("cluster_latency.py", tmp_path, headings)
     assert document["redis_errors"] == {"single": 0, "cluster": 0}
     assert document["latency"]["L2 hit"]["100"]["cluster"]["samples"] > 0
+
+
+def test_prompt_cache_quick_run(tmp_path: Path) -> None:
+    """benchmarks/prompt_cache.py --quick: SQLite only, 3 conversations x 60 turns at 32K, a
+    few seconds; its tallies add up and no prompt is over its budget."""
+    headings = (
+        "Machine",
+        "Workload: 3 conversations x 60 turns",
+        "Billed input cost relative to naive, budget 32,000 tokens",
+        "Cache shares and prompt sizes, budget 32,000 tokens",
+        "Why OpenAI billed tokens in full",
+        "Goals at 32,000 tokens (stable against naive):",
+        "PASS  no prompt over its budget",
+    )
+    document = quick_run("prompt_cache.py", tmp_path, headings, timeout=60)
+    row = document["cells"]["32000"]
+    assert set(row) == {"naive", "stable", "compact100", "compact80"}
+    for key, cell in row.items():
+        tally = cell["tally"]
+        assert tally["over_budget"] == tally["fallbacks"] == 0, key
+        assert 0 < tally["max_prompt"] <= 32_000, key
+        assert tally["requests"] == row["naive"]["tally"]["requests"], key
+        billed = tally["anthropic_read"] + tally["anthropic_write"] + tally["anthropic_plain"]
+        assert billed == tally["prompt_tokens"], key
+        uncached = sum(tally[f"uncached_{cause}"] for cause in cell["uncached"])
+        assert uncached == tally["prompt_tokens"] - tally["openai_cached"], key
+    assert row["naive"]["relative"] == dict.fromkeys(row["naive"]["relative"], 1.0)
+    stable, naive = row["stable"]["tally"], row["naive"]["tally"]
+    # A stable window's prefix changes only where its cut moves, and far less often.
+    assert stable["prefix_breaks"] == stable["cut_moves"] < naive["prefix_breaks"] / 2
+    for key in ("compact100", "compact80"):
+        tally = row[key]["tally"]
+        assert tally["compactions"] > 0, key
+        assert tally["summarizer_input"] > tally["summarizer_output"] > 0, key
+    assert document["goals"]["over_budget"] == []
+    assert set(document["goals"]) >= {"anthropic", "openai90", "openai50", "met"}
+
+
+def _prompt_cache_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("prompt_cache", BENCHMARKS / "prompt_cache.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "prompt_cache", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _marked(body: dict[str, Any]) -> list[str]:
+    places = [f"system[{i}]" for i, b in enumerate(body.get("system", [])) if "cache_control" in b]
+    for t, turn in enumerate(body["messages"]):
+        places += [
+            f"messages[{t}][{b}]"
+            for b, block in enumerate(turn["content"])
+            if "cache_control" in block
+        ]
+    return places
+
+
+async def test_prompt_cache_breakpoints_are_the_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark bills Anthropic at the breakpoints it computes, a replica of
+    `AnthropicChatModel(cache_breakpoints="auto")`'s (private): the real model, sending the
+    benchmark's prompts to a local Messages API, marks the same blocks."""
+    from agent_core import SUMMARY_NAME, AnthropicChatModel, Message, TokenCounter
+
+    from ._anthropic_server import API_KEY, AnthropicServer, message_body, text
+    from ._chat_server import Reply
+
+    bench = _prompt_cache_module(monkeypatch)
+    counter = TokenCounter.for_model("gpt-4o")
+    chat = bench.make_chat(bench.TextMaker(counter), 7, 0, 10)
+    history: list[Any] = []
+    starts: list[int] = []  # where a window may start: not inside a call and its results
+    ends: list[int] = []  # where a request ends: a user message, a round's results
+    for turn in chat.turns:
+        starts.append(len(history))
+        history.append(turn.user)
+        ends.append(len(history))
+        for round_ in turn.rounds:
+            starts.append(len(history))
+            history += [round_.call, *round_.results]
+            ends.append(len(history))
+        starts.append(len(history))
+        history.append(turn.final)
+    system = Message.from_dict({"role": "system", "content": bench.SYSTEM_PROMPT})
+    summary = Message.from_dict(
+        {"role": "system", "name": SUMMARY_NAME, "content": "Summary of the earlier conversation."}
+    )
+    prompts = [
+        [system, *([summary] if with_summary else []), *history[start:end]]
+        for with_summary in (False, True)
+        for end in ends
+        for start in starts
+        if start < end and start % 3 == end % 3
+    ]
+    assert len(prompts) >= 20
+    with AnthropicServer() as server:
+        async with AnthropicChatModel(
+            "claude-sonnet-4-5", base_url=server.base_url, api_key=API_KEY
+        ) as model:
+            for prompt in prompts:
+                server.script(Reply(body=message_body(text("ok"))))
+                await model.complete(prompt, tools=bench.TOOLS)
+                body = server.calls()[-1].json()
+                assert bench.breakpoint_labels(prompt, counter) == _marked(body)
