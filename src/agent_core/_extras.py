@@ -24,6 +24,7 @@ _OPTIONAL: Final = {
     "cryptography": ("cryptography", "encryption"),
     "jwt": ("pyjwt", "server"),
     "agents": ("openai-agents", "openai-agents"),
+    "pydantic_ai": ("pydantic-ai-slim", "pydantic-ai"),
 }
 
 
