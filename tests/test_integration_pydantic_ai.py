@@ -48,6 +48,7 @@ from pydantic_ai.usage import RequestUsage
 from agent_core import (
     ConfigurationError,
     ConversationCache,
+    EchoModel,
     InvalidArgument,
     InvalidBatch,
     InvalidMessage,
@@ -71,6 +72,11 @@ PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 def part(message: ModelMessage, index: int = -1) -> Any:
     """One of a message's parts, typed loosely: each test knows which kind it holds."""
     return message.parts[index]
+
+
+def parts_of(messages: Sequence[ModelMessage]) -> list[Any]:
+    """Every part, in order (pydantic-ai merges requests in a row before it sends them)."""
+    return [part for message in messages for part in message.parts]
 
 
 def assert_exact(loaded: list[ModelMessage], stored: Sequence[ModelMessage]) -> None:
@@ -506,7 +512,7 @@ async def test_run_turn_sends_the_window(cache: ConversationCache) -> None:
     sent = script.seen[0]
     # The model got the window, then the prompt; pydantic-ai merges the pinned request with
     # the next (a window that cuts the first reply holds two requests in a row).
-    assert [p for m in sent[:-1] for p in m.parts] == [p for m in window for p in m.parts]
+    assert parts_of(sent[:-1]) == parts_of(window)
     assert [part(sent[-1], i).content for i in range(len(sent[-1].parts))] == ["next"]
     assert len(await history.load()) == 2 + 4 * 10 + 2  # the whole turn is stored
 
@@ -542,6 +548,30 @@ async def test_plain_text_messages_of_other_writers_load_as_prompts(
         "a reply",
     ]
     assert isinstance(loaded[1].parts[0], SystemPromptPart)
+
+
+async def test_a_thread_compacted_by_agent_core_still_runs(cache: ConversationCache) -> None:
+    """``cache.compact`` summarizes the oldest turns (read through their view) into a system
+    message; the history loads with it as a system prompt and the kept turns exact."""
+    history = await long_thread(cache, 6)
+    before = await history.load()
+    await cache.compact(THREAD, summarizer=EchoModel(), model="gpt-4o", keep_recent_tokens=200)
+    after = await history.load()
+    assert after[0] == before[0]  # a system message: compaction keeps it
+    summary = part(after[1], 0)
+    assert isinstance(summary, SystemPromptPart)
+    assert summary.content.startswith("Summary of the earlier conversation:")
+    assert "user: question 0: The quick" in summary.content  # the summarizer read the view
+    kept = len(after) - 2
+    assert 0 < kept < len(before) - 1
+    assert_exact(after[2:], before[-kept:])
+    script = Scripted(said("fine"))
+    await run_turn(Agent(FunctionModel(script)), history, "go on")
+    sent = parts_of(script.seen[0][:-1])
+    assert len(sent) == len(parts_of(after))
+    # pydantic-ai sends a system prompt that follows user content as user text.
+    assert summary.content in sent[2].content
+    assert sent[3:] == parts_of(after[2:])
 
 
 async def test_a_message_pydantic_ai_cannot_load_is_named(cache: ConversationCache) -> None:
