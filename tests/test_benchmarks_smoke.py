@@ -428,6 +428,16 @@ def test_adapter_langchain_quick_run(tmp_path: Path) -> None:
         assert all(cell["samples"] == 8 for cell in cells.values())
 
 
+def test_adapter_pydantic_ai_quick_run(tmp_path: Path) -> None:
+    """benchmarks/adapter_pydantic_ai.py --quick: a private Redis, every cell timed at every
+    size (each side was checked to load the history it saved first)."""
+    headings = ("Machine", "redis_server", "TypeAdapter + sqlite3", "agent-core, L2 hit")
+    document = quick_run("adapter_pydantic_ai.py", tmp_path, headings, timeout=60)
+    assert len(document["load"]) == 12
+    assert all(cell["samples"] == 15 for cell in document["load"].values())
+    assert document["bytes_per_message"]["agent-core"] > 0
+
+
 def test_l1_soak_quick_run(tmp_path: Path, redis_url: str) -> None:
     """benchmarks/l1_soak.py --quick: SQLite and the session's Redis, RSS within the bound,
     and no key of its namespace left behind."""

@@ -1,0 +1,294 @@
+"""Adapter overhead, pydantic-ai (issue 16): loading a message history with
+`AgentCoreMessageHistory.load` beside pydantic-ai's documented persistence, at 10, 100 and
+1,000 messages.
+
+    python benchmarks/adapter_pydantic_ai.py [--quick] [--json FILE]
+
+pydantic-ai ships no SQLite (or other database) history: its documented pattern is
+``ModelMessagesTypeAdapter.dump_json(messages)`` to store and ``validate_json`` to load
+(2.x adds a ``ConversationStore`` base class whose only backend, in memory, is for tests).
+The baseline is that pattern over a plain ``sqlite3`` table, one row per conversation
+holding the dumped list, read on the event loop's thread (no worker thread): the least a
+SQLite-backed history can cost.
+
+Each history holds the same messages (a user prompt and a text reply per turn, and every
+fifth turn a tool call and its return in between; ~450 bytes of pydantic-ai JSON a message),
+written once. A sample is one ``load`` (the baseline's SELECT plus ``validate_json``), timed
+with ``perf_counter_ns``; each round visits every (variant, size) cell once in a shuffled
+order, so drift spreads over all of them.
+
+- ``TypeAdapter + sqlite3``: the baseline above, on a file in a temporary directory.
+- ``agent-core, L1 hit``: `AgentCoreMessageHistory` over a cache of a SQLite file in the same
+  directory, no Redis: the snapshot held in process (a thread this process served or wrote
+  last); the JSON of each message cut from its payload, then one ``validate_json``.
+- ``agent-core, L2 hit``: the same over a cache with a private ``redis-server`` as L2; the
+  thread dropped from L1 before each sample (``evict_local``, untimed): one Redis round trip
+  and a version check in the store.
+- ``agent-core, store``: no Redis, L1 dropped before each sample: the read the first load of
+  a process pays (version and rows from SQLite, in its reader thread).
+
+Every agent-core cache is in the default bounded mode (``max_staleness`` 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelMessagesTypeAdapter,
+    ModelRequest,
+    ModelResponse,
+    SystemPromptPart,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
+from pydantic_ai.usage import RequestUsage
+
+from _redis import private_redis, redis_server_version
+from _support import (
+    gc_paused,
+    local_machine,
+    print_machine,
+    print_table,
+    run_benchmark,
+    summarize,
+    us,
+)
+from agent_core import ConversationCache
+from agent_core.integrations.pydantic_ai import AgentCoreMessageHistory
+
+SIZES: Final = (10, 100, 1_000)
+BASELINE: Final = "TypeAdapter + sqlite3"
+L1: Final = "agent-core, L1 hit"
+L2: Final = "agent-core, L2 hit"
+STORE: Final = "agent-core, store"
+VARIANTS: Final = (BASELINE, L1, L2, STORE)
+#: Variants whose thread is dropped from L1 before each sample.
+EVICTED: Final = (L2, STORE)
+START: Final = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    samples: int
+    warmup: int
+
+
+FULL: Final = Plan(samples=400, warmup=20)
+QUICK: Final = Plan(samples=15, warmup=2)
+
+
+def history(count: int) -> list[ModelMessage]:
+    """``count`` messages of a conversation as an agent run produces them."""
+    filler = "The quick brown fox jumps over the lazy dog. "
+    messages: list[ModelMessage] = []
+    turn = 0
+    while len(messages) < count:
+        when = START + timedelta(minutes=turn)
+        parts: list[Any] = [UserPromptPart(f"Question {turn}: " + filler * 3, timestamp=when)]
+        if turn == 0:
+            parts.insert(0, SystemPromptPart("You are a helpful assistant.", timestamp=when))
+        messages.append(ModelRequest(parts, timestamp=when, run_id=f"run-{turn}"))
+        usage = RequestUsage(input_tokens=100 + turn, output_tokens=40)
+        if turn % 5 == 4:
+            call = ToolCallPart("weather", {"city": "Paris"}, f"call_{turn}")
+            messages.append(ModelResponse([call], usage=usage, model_name="gpt-4o", timestamp=when))
+            result = ToolReturnPart("weather", "sunny, 21 C", f"call_{turn}", timestamp=when)
+            messages.append(ModelRequest([result], timestamp=when, run_id=f"run-{turn}"))
+        reply = TextPart(f"Answer {turn}. " + filler * 2)
+        messages.append(ModelResponse([reply], usage=usage, model_name="gpt-4o", timestamp=when))
+        turn += 1
+    return messages[:count]
+
+
+class TypeAdapterSQLite:
+    """pydantic-ai's documented persistence over sqlite3: the dumped list, one row each."""
+
+    def __init__(self, path: str) -> None:
+        self.connection = sqlite3.connect(path)
+        self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS histories (id TEXT PRIMARY KEY, messages BLOB NOT NULL)"
+        )
+
+    def save(self, conversation: str, messages: list[ModelMessage]) -> None:
+        with self.connection:
+            self.connection.execute(
+                "INSERT OR REPLACE INTO histories VALUES (?, ?)",
+                (conversation, ModelMessagesTypeAdapter.dump_json(messages)),
+            )
+
+    def load(self, conversation: str) -> list[ModelMessage]:
+        row = self.connection.execute(
+            "SELECT messages FROM histories WHERE id = ?", (conversation,)
+        ).fetchone()
+        return [] if row is None else ModelMessagesTypeAdapter.validate_json(row[0])
+
+
+Cell = tuple[str, int]
+
+
+@dataclass
+class Subjects:
+    baseline: TypeAdapterSQLite
+    histories: dict[Cell, AgentCoreMessageHistory]
+
+    async def load(self, cell: Cell) -> list[ModelMessage]:
+        if cell[0] == BASELINE:
+            return self.baseline.load(f"history-{cell[1]}")
+        return await self.histories[cell].load()
+
+
+@asynccontextmanager
+async def subjects(directory: str, redis_url: str) -> AsyncIterator[Subjects]:
+    """The baseline and one filled agent-core history per (variant, size)."""
+    async with AsyncExitStack() as stack:
+        local = await stack.enter_async_context(
+            ConversationCache.from_urls(store=f"sqlite:///{directory}/agent-core.db")
+        )
+        shared = await stack.enter_async_context(
+            ConversationCache.from_urls(
+                store=f"sqlite:///{directory}/agent-core-l2.db", redis=redis_url
+            )
+        )
+        baseline = TypeAdapterSQLite(f"{directory}/type-adapter.db")
+        stack.callback(baseline.connection.close)
+        made = Subjects(baseline, {})
+        for size in SIZES:
+            messages = history(size)
+            baseline.save(f"history-{size}", messages)
+            for variant, cache in ((L1, local), (L2, shared), (STORE, local)):
+                thread = f"{'store' if variant == STORE else 'history'}-{size}"
+                made.histories[variant, size] = AgentCoreMessageHistory(thread, cache)
+            await made.histories[L1, size].extend(messages)
+            await made.histories[L2, size].extend(messages)
+            await made.histories[STORE, size].extend(messages)
+            expected = ModelMessagesTypeAdapter.dump_json(messages)
+            for variant in VARIANTS:
+                loaded = await made.load((variant, size))
+                if ModelMessagesTypeAdapter.dump_json(loaded) != expected:
+                    raise RuntimeError(f"{variant}/{size}: loaded another history than saved")
+        yield made
+
+
+async def measure(made: Subjects, plan: Plan, rng: random.Random) -> dict[Cell, list[int]]:
+    cells = [(variant, size) for variant in VARIANTS for size in SIZES]
+    samples: dict[Cell, list[int]] = {cell: [] for cell in cells}
+    clock = time.perf_counter_ns
+    with gc_paused():
+        for round_number in range(plan.warmup + plan.samples):
+            rng.shuffle(cells)
+            for cell in cells:
+                if cell[0] in EVICTED:
+                    history = made.histories[cell]
+                    history.cache.evict_local(history.thread_id)
+                started = clock()
+                loaded = await made.load(cell)
+                elapsed = clock() - started
+                if len(loaded) != cell[1]:
+                    raise RuntimeError(f"{cell}: loaded {len(loaded)} messages")
+                if round_number >= plan.warmup:
+                    samples[cell].append(elapsed)
+    return samples
+
+
+async def check_tiers(made: Subjects) -> None:
+    """Each agent-core variant was served by the tier it is named for."""
+    for (variant, size), history in made.histories.items():
+        cache, thread = history.cache, history.thread_id
+        if variant in EVICTED:
+            cache.evict_local(thread)
+        source = (await cache.read(thread)).source
+        expected = {L1: "l1", L2: "l2", STORE: "store"}[variant]
+        if source != expected:
+            raise RuntimeError(f"{variant}/{size}: read from {source}, not {expected}")
+
+
+async def stored_bytes(made: Subjects) -> dict[str, int]:
+    """Bytes a message takes, on average at 1,000 messages: pydantic-ai's JSON alone (the
+    baseline) and agent-core's payload (the Chat Completions view plus that JSON)."""
+    size = SIZES[-1]
+    dumped = len(ModelMessagesTypeAdapter.dump_json(history(size)))
+    payloads = (await made.histories[L1, size].cache.get(f"history-{size}")).payloads
+    return {
+        BASELINE: round(dumped / size),
+        "agent-core": round(sum(map(len, payloads)) / size),
+    }
+
+
+async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
+        machine = {
+            **local_machine("pydantic-ai-slim", "pydantic", "pydantic-core", "orjson"),
+            "temp_dir": directory,
+            "redis_server": redis_server_version(),
+        }
+        print_machine(machine)
+        async with subjects(directory, redis_url) as made:
+            results = await measure(made, plan, rng)
+            await check_tiers(made)
+            sizes = await stored_bytes(made)
+    summaries = {cell: summarize(values) for cell, values in results.items()}
+    rows = []
+    for size in SIZES:
+        base = summaries[BASELINE, size].p50_us
+        row = [f"{size:,}"]
+        for variant in VARIANTS:
+            p50 = summaries[variant, size].p50_us
+            row.append(us(p50) if variant == BASELINE else f"{us(p50)} ({p50 / base:.2f}x)")
+        rows.append(row)
+    print_table(
+        f"load p50, µs ({plan.samples} samples per cell; x: of the baseline's)",
+        ["messages", *VARIANTS],
+        rows,
+    )
+    print_table(
+        "Stored bytes per message (1,000 messages)",
+        ["stored as", "bytes"],
+        [[name, f"{value:,}"] for name, value in sizes.items()],
+    )
+    elapsed = time.perf_counter() - started
+    print(f"measured in {elapsed:.1f} s")
+    return {
+        "benchmark": "adapter_pydantic_ai",
+        "mode": mode,
+        "machine": machine,
+        "plan": asdict(plan),
+        "sizes": list(SIZES),
+        "load": {
+            f"{variant}/{size}": asdict(summary) for (variant, size), summary in summaries.items()
+        },
+        "bytes_per_message": sizes,
+        "elapsed_s": round(elapsed, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few samples; a smoke run")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
+    parser.add_argument("--seed", type=int, default=1, help="the visiting order's seed")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    document = run_benchmark("adapter_pydantic_ai", run(plan, mode, args.seed), args.json)
+    return 1 if document is None else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
