@@ -649,6 +649,8 @@ async def test_bad_arguments_are_refused(cache: ConversationCache) -> None:
         AgentCoreMessageHistory(THREAD, cache, window_tokens=0, model="gpt-4o")
     with pytest.raises(InvalidArgument, match="needs the model"):
         await history.window(100)
+    with pytest.raises(InvalidArgument, match="max_tokens"):
+        await history.window(0, model="gpt-4o")
     calls: list[tuple[Any, dict[str, Any], str]] = [
         (history, {"message_history": []}, "passes message_history itself"),
         (history, {"on_conflict": "merge"}, "on_conflict must be 'append' or 'retry'"),

@@ -103,7 +103,7 @@ class AgentCoreMessageHistory:
             )
         self.window_tokens, self.model = None, None
         if window_tokens is not None:
-            self.window_tokens, self.model = _budget(window_tokens, model)
+            self.window_tokens, self.model = _budget(window_tokens, model, "window_tokens")
         self.cache = cache
 
     async def load(self) -> list[ModelMessage]:
@@ -135,6 +135,7 @@ class AgentCoreMessageHistory:
         budget, counted_for = _budget(
             self.window_tokens if max_tokens is None else max_tokens,
             self.model if model is None else model,
+            "window_tokens" if max_tokens is None else "max_tokens",
         )
         window = await self.cache.window(self.thread_id, max_tokens=budget, model=counted_for)
         kept = window.messages
@@ -170,7 +171,7 @@ class AgentCoreMessageHistory:
         written, if the thread has moved). An empty list writes nothing and returns the current
         version. ``idempotency_key`` as in `ConversationCache.append`.
         """
-        if isinstance(messages, Sequence) and not messages:
+        if isinstance(messages, list | tuple) and not messages:
             return (await self.cache.get(self.thread_id)).version
         batch = _batch(messages, self.cache.max_message_bytes)
         return await self.cache.append(
@@ -262,8 +263,8 @@ def _not_saved(
     )
 
 
-def _budget(max_tokens: object, model: object) -> tuple[int, str]:
-    tokens = check_count("window_tokens", max_tokens, minimum=1)
+def _budget(max_tokens: object, model: object, name: str) -> tuple[int, str]:
+    tokens = check_count(name, max_tokens, minimum=1)
     if not isinstance(model, str) or not model.strip():
         raise InvalidArgument(
             f"a token window needs the model its tokens are counted for (model='gpt-4o', say); "
