@@ -303,6 +303,19 @@ async def test_a_failing_summarizer_is_counted_never_raised(
     assert summaries((await cache.get(thread)).to_list()) == []
 
 
+def stable_agent(cache: ConversationCache, policy: CompactionPolicy) -> BaseAgent:
+    """An agent with stable windows of 2,500 tokens of history and ``policy``."""
+    return BaseAgent(
+        EchoModel(),
+        cache,
+        token_model=MODEL,
+        compaction=policy,
+        window_strategy="stable",
+        max_context_tokens=3_000,
+        reserve_output_tokens=500,
+    )
+
+
 async def test_stable_windows_wait_for_the_cut_to_move(
     cache: ConversationCache, server: ChatServer, summarizer: OpenAIChatModel
 ) -> None:
@@ -314,15 +327,7 @@ async def test_stable_windows_wait_for_the_cut_to_move(
     for _ in range(10):
         server.script(Reply(body=completion_body("summary")))
     policy = CompactionPolicy(trigger_tokens=3_000, target_tokens=2_900, summarizer=summarizer)
-    async with BaseAgent(
-        EchoModel(),
-        cache,
-        token_model=MODEL,
-        compaction=policy,
-        window_strategy="stable",
-        max_context_tokens=3_000,
-        reserve_output_tokens=500,
-    ) as agent:
+    async with stable_agent(cache, policy) as agent:
         stats = agent.compaction_stats
         assert stats is not None
         turn = 0
@@ -347,15 +352,7 @@ async def test_deferral_ends_at_trigger_plus_target(
     await cache.append(thread, turns(30))  # 3,610 tokens
     server.script(Reply(body=completion_body("summary")))
     policy = CompactionPolicy(trigger_tokens=2_000, target_tokens=1_500, summarizer=summarizer)
-    async with BaseAgent(
-        EchoModel(),
-        cache,
-        token_model=MODEL,
-        compaction=policy,
-        window_strategy="stable",
-        max_context_tokens=3_000,
-        reserve_output_tokens=500,
-    ) as agent:
+    async with stable_agent(cache, policy) as agent:
         reply = await agent.run(thread, "one more " * 10)
         assert reply.history_omitted > 0  # the window was cut
         await agent.aclose()
