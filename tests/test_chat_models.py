@@ -162,7 +162,11 @@ async def test_options_shape_the_body(server: ChatServer) -> None:
     server.script(Reply(body=completion_body("ok")))
     extra = {"temperature": 0.2, "tool_choice": "auto"}
     async with make_model(
-        server, max_tokens_param="max_completion_tokens", extra_body=extra, headers={"X-Team": "a"}
+        server,
+        max_tokens_param="max_completion_tokens",
+        prompt_cache_retention="24h",
+        extra_body=extra,
+        headers={"X-Team": "a"},
     ) as model:
         extra["temperature"] = 1.0  # a copy was taken
         await model.complete(MESSAGES, tools=[], max_tokens=7)
@@ -172,6 +176,7 @@ async def test_options_shape_the_body(server: ChatServer) -> None:
         "messages": [m.to_dict() for m in MESSAGES],
         "temperature": 0.2,
         "tool_choice": "auto",
+        "prompt_cache_retention": "24h",
         "max_completion_tokens": 7,
     }
     assert request.headers["x-team"] == "a"
@@ -232,6 +237,8 @@ async def test_local_server_needs_no_key_but_openai_does(
         ({"api_key": "sk secret with spaces"}, "api_key"),
         ({"api_key": ""}, "api_key"),
         ({"max_tokens_param": "max_output_tokens"}, "max_tokens_param"),
+        ({"prompt_cache_retention": "1h"}, "prompt_cache_retention"),
+        ({"extra_body": {"prompt_cache_retention": "24h"}}, "prompt_cache_retention"),
         ({"extra_body": {"messages": []}}, "messages"),
         ({"extra_body": {"stream": True}}, "stream"),
         ({"extra_body": {"seed": object()}}, "JSON"),

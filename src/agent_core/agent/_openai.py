@@ -52,6 +52,7 @@ _RESERVED: Final = frozenset(
         "max_completion_tokens",
         "n",
         "prompt_cache_key",
+        "prompt_cache_retention",
     }
 )
 _HINTS: Final[Mapping[int, str]] = {
@@ -93,9 +94,13 @@ class OpenAIChatModel(HttpChatModel):
     ``extra_body`` adds fields to every request (``temperature``, ``tool_choice``, ...);
     ``headers`` adds HTTP headers (``OpenAI-Organization``, ...). ``max_tokens_param``
     names the field ``max_tokens`` is sent as: o-series models want
-    ``"max_completion_tokens"``. Retries (see the module's docs): at most
-    ``max_retries``, waiting what the server asks up to ``max_retry_after`` seconds, else
-    ``backoff`` seconds doubled per attempt up to ``max_backoff``, with jitter. One
+    ``"max_completion_tokens"``. ``prompt_cache_retention`` is sent with every request when
+    given: ``"24h"`` keeps OpenAI's cached prefixes up to a day (gpt-5.1 and later) instead
+    of the 5-10 minutes of inactivity of ``"in_memory"``, so a thread whose user pauses
+    still hits its cache (docs/DESIGN.md, "Cache-stable windows"). Retries (see the
+    module's docs): at most ``max_retries``, waiting what the server asks up to
+    ``max_retry_after`` seconds, else ``backoff`` seconds doubled per attempt up to
+    ``max_backoff``, with jitter. One
     connection pool per instance: close it with `aclose` or ``async with``.
     """
 
@@ -113,9 +118,20 @@ class OpenAIChatModel(HttpChatModel):
         max_backoff: float = 8.0,
         max_retry_after: float = 60.0,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        prompt_cache_retention: Literal["in_memory", "24h"] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise InvalidArgument(
+                "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
+                f"got {quote(max_tokens_param)}"
+            )
+        if prompt_cache_retention not in (None, "in_memory", "24h"):
+            raise InvalidArgument(
+                "prompt_cache_retention must be 'in_memory', '24h' or None (the provider's "
+                f"default), got {quote(prompt_cache_retention)}"
+            )
         super().__init__(
             model,
             base_url=base_url,
@@ -128,12 +144,9 @@ class OpenAIChatModel(HttpChatModel):
             extra_body=extra_body,
             headers=headers,
         )
-        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
-            raise InvalidArgument(
-                "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
-                f"got {quote(max_tokens_param)}"
-            )
         self._max_tokens_param = max_tokens_param
+        if prompt_cache_retention is not None:
+            self._extra_body["prompt_cache_retention"] = prompt_cache_retention
         self._head = b'{"model":' + orjson.dumps(model) + b',"messages":['
 
     async def complete(
