@@ -86,6 +86,7 @@ NON_DEFAULTS: dict[str, tuple[str, Any]] = {
     "max_context_tokens": ("8000", 8000),
     "reserve_output_tokens": ("500", 500),
     "window_strategy": ("stable", "stable"),
+    "prompt_cache_retention": ("24h", "24h"),
     "max_body_bytes": ("1000", 1000),
     "max_message_bytes": ("999", 999),
     "retention": ("3600", 3600.0),
@@ -163,6 +164,7 @@ def test_each_variable_reaches_the_settings(captured: list[Settings]) -> None:
         (["--max-message-bytes", "1"], "max_message_bytes must be an integer of at least 2"),
         (["--max-body-bytes", "0"], "max_body_bytes must be an integer of at least 1"),
         (["--sweep-interval", "-1"], "sweep_interval"),
+        (["--prompt-cache-retention", "1h"], "prompt_cache_retention must be"),
     ],
 )
 def test_a_bad_setting_is_one_red_line(args: list[str], message: str) -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from agent_core import (
     BaseAgent,
+    ConfigurationError,
     ConversationCache,
     InvalidArgument,
     Message,
@@ -29,6 +30,7 @@ from agent_core import (
     TokenCounter,
 )
 from agent_core.messages import Conversation
+from agent_core.server import Settings
 from agent_core.tokens import Derived, select_window, token_index
 
 from ._chat_server import ChatServer, Reply, completion_body
@@ -346,6 +348,26 @@ async def test_agent_requests_keep_a_byte_identical_prefix_across_instances(
             moved += 1
     assert moved > 0
     assert kept > 3 * moved, (kept, moved)
+
+
+@pytest.mark.integration
+async def test_service_settings_send_the_prompt_cache_retention(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The service's OpenAI model asks for the configured retention on every request."""
+    with ChatServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        for retention in ("24h", "in_memory", None):
+            server.script(Reply(body=completion_body("ok")))
+            model = Settings(model="gpt-5.1", prompt_cache_retention=retention).chat_model()
+            try:
+                await model.complete([Message.from_dict({"role": "user", "content": "hi"})])
+            finally:
+                await model.aclose()
+            assert server.requests[-1].json().get("prompt_cache_retention") == retention
+    with pytest.raises(ConfigurationError, match="prompt_cache_retention must be"):
+        Settings(prompt_cache_retention="1h")
 
 
 @pytest.mark.integration

@@ -214,6 +214,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    prompt_cache_retention: Annotated[
+        str | None,
+        typer.Option(
+            envvar="AGENT_CORE_PROMPT_CACHE_RETENTION",
+            help="OpenAI models: how long OpenAI keeps cached prompt prefixes, 'in_memory' "
+            "(5-10 minutes) or '24h' (gpt-5.1 and later).  \\[default: OpenAI's]",
+            show_default=False,
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int | None,
         typer.Option(
@@ -403,6 +412,7 @@ def serve(
         max_context_tokens=max_context_tokens,
         reserve_output_tokens=reserve_output_tokens,
         window_strategy=window_strategy,
+        prompt_cache_retention=prompt_cache_retention,
         max_body_bytes=max_body_bytes,
         max_message_bytes=max_message_bytes,
         retention=retention,

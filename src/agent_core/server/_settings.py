@@ -6,7 +6,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from .._encryption import EncryptionKeys
 from .._env import env_value
@@ -56,7 +56,9 @@ class Settings:
     stores (507); ``audit_log`` (a path, or ``-`` for stderr) records who did what,
     ``audit_sample_rate`` of reads and appends included.
     ``cors_origins`` (comma-separated) lets those browser origins call the API.
-    ``window_strategy`` ``"stable"`` sends turns cache-stable history windows.
+    ``window_strategy`` ``"stable"`` sends turns cache-stable history windows;
+    ``prompt_cache_retention`` (``"in_memory"`` or ``"24h"``) is sent with an OpenAI
+    model's requests (None: OpenAI's default).
     """
 
     store_url: str = "sqlite:///agent-core.db"
@@ -68,6 +70,7 @@ class Settings:
     max_context_tokens: int = 16_000
     reserve_output_tokens: int = 1_000
     window_strategy: str = "sliding"
+    prompt_cache_retention: str | None = None
     max_body_bytes: int = 4 << 20
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     retention: float | None = None
@@ -112,6 +115,11 @@ class Settings:
         if self.window_strategy not in ("sliding", "stable"):
             raise ConfigurationError(
                 f"window_strategy must be 'sliding' or 'stable', got {quote(self.window_strategy)}"
+            )
+        if self.prompt_cache_retention not in (None, "in_memory", "24h"):
+            raise ConfigurationError(
+                "prompt_cache_retention must be 'in_memory' or '24h' (or unset), got "
+                f"{quote(self.prompt_cache_retention)}"
             )
         rate = self.audit_sample_rate
         if type(rate) not in (int, float) or not 0 <= rate <= 1:
@@ -158,6 +166,12 @@ class Settings:
         return "stable" if self.window_strategy == "stable" else "sliding"
 
     @property
+    def openai_cache_retention(self) -> Literal["in_memory", "24h"] | None:
+        """``prompt_cache_retention``, as `OpenAIChatModel` takes it (checked at construction)."""
+        value = self.prompt_cache_retention
+        return "24h" if value == "24h" else "in_memory" if value == "in_memory" else None
+
+    @property
     def token_model(self) -> str:
         """The model whose rules count prompts: ``model``, or gpt-4o for the echo model."""
         return _ECHO_TOKEN_MODEL if self.model == "echo" else self.model
@@ -186,7 +200,7 @@ class Settings:
             return EchoModel(token_model=_ECHO_TOKEN_MODEL)
         if self.model.strip().lower().startswith("claude"):
             return AnthropicChatModel(self.model)
-        return OpenAIChatModel(self.model)
+        return OpenAIChatModel(self.model, prompt_cache_retention=self.openai_cache_retention)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
