@@ -25,14 +25,14 @@ Every agent-core cache is in the default bounded mode (``max_staleness`` 1 s).
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,37 +40,24 @@ from agents import SQLiteSession
 from agents.items import TResponseInputItem
 from agents.memory import Session
 
-from _redis import private_redis, redis_server_version
-from _support import (
-    gc_paused,
-    local_machine,
-    print_machine,
-    print_table,
-    run_benchmark,
-    summarize,
-    us,
+from _adapter_bench import (
+    SIZES,
+    TIERS,
+    Cell,
+    Plan,
+    Reader,
+    check_tiers,
+    measure,
+    p50_rows,
+    thread_name,
+    tier_caches,
 )
-from agent_core import ConversationCache
+from _adapter_bench import main as adapter_main
+from _redis import private_redis, redis_server_version
+from _support import local_machine, print_machine, print_table, summarize
 from agent_core.integrations.openai_agents import AgentCoreSession
 
-SIZES: Final = (10, 100, 1_000)
 SQLITE_SESSION: Final = "SQLiteSession"
-L1: Final = "agent-core, L1 hit"
-L2: Final = "agent-core, L2 hit"
-STORE: Final = "agent-core, store"
-VARIANTS: Final = (SQLITE_SESSION, L1, L2, STORE)
-#: Variants whose thread is dropped from L1 before each sample.
-EVICTED: Final = (L2, STORE)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    samples: int
-    warmup: int
-
-
-FULL: Final = Plan(samples=400, warmup=20)
-QUICK: Final = Plan(samples=15, warmup=2)
 
 
 def history(count: int) -> list[TResponseInputItem]:
@@ -113,56 +100,32 @@ def history(count: int) -> list[TResponseInputItem]:
     return items[:count]
 
 
+async def count_items(session: Session) -> int:
+    return len(await session.get_items())
+
+
 @asynccontextmanager
-async def sessions(directory: str, redis_url: str) -> AsyncIterator[dict[tuple[str, int], Session]]:
-    """One filled session per (variant, size)."""
+async def readers(directory: str, redis_url: str) -> AsyncIterator[dict[Cell, Reader]]:
+    """One filled session per (variant, size), and its read."""
     async with AsyncExitStack() as stack:
-        local = await stack.enter_async_context(
-            ConversationCache.from_urls(store=f"sqlite:///{directory}/agent-core.db")
-        )
-        shared = await stack.enter_async_context(
-            ConversationCache.from_urls(
-                store=f"sqlite:///{directory}/agent-core-l2.db", redis=redis_url
-            )
-        )
-        caches = {L1: local, L2: shared, STORE: local}
-        made: dict[tuple[str, int], Session] = {}
+        caches = await stack.enter_async_context(tier_caches(directory, redis_url))
+        made: dict[Cell, Reader] = {}
         for size in SIZES:
             sdk = SQLiteSession(f"session-{size}", Path(directory) / "sdk.db")
             stack.callback(sdk.close)
-            made[SQLITE_SESSION, size] = sdk
-            for variant, cache in caches.items():
-                thread = f"{'store' if variant == STORE else 'session'}-{size}"
-                made[variant, size] = AgentCoreSession(thread, cache)
-        for (variant, size), session in made.items():
-            await session.add_items(history(size))
-            if len(await session.get_items()) != size:
-                raise RuntimeError(f"{variant}: {size} items written, a different count read")
+            sessions: dict[str, Session] = {SQLITE_SESSION: sdk}
+            for variant in TIERS:
+                thread = thread_name(variant, size, "session")
+                sessions[variant] = AgentCoreSession(thread, caches[variant])
+                made[variant, size] = Reader(
+                    partial(count_items, sessions[variant]), caches[variant], thread
+                )
+            made[SQLITE_SESSION, size] = Reader(partial(count_items, sdk))
+            for variant, session in sessions.items():
+                await session.add_items(history(size))
+                if len(await session.get_items()) != size:
+                    raise RuntimeError(f"{variant}: {size} items written, a different count read")
         yield made
-
-
-async def measure(
-    made: dict[tuple[str, int], Session], plan: Plan, rng: random.Random
-) -> dict[tuple[str, int], list[int]]:
-    cells = list(made)
-    samples: dict[tuple[str, int], list[int]] = {cell: [] for cell in cells}
-    clock = time.perf_counter_ns
-    with gc_paused():
-        for round_number in range(plan.warmup + plan.samples):
-            rng.shuffle(cells)
-            for cell in cells:
-                session = made[cell]
-                if cell[0] in EVICTED:
-                    assert isinstance(session, AgentCoreSession)
-                    session.cache.evict_local(session.session_id)
-                started = clock()
-                items = await session.get_items()
-                elapsed = clock() - started
-                if len(items) != cell[1]:
-                    raise RuntimeError(f"{cell}: read {len(items)} items")
-                if round_number >= plan.warmup:
-                    samples[cell].append(elapsed)
-    return samples
 
 
 async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
@@ -175,22 +138,14 @@ async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
             "redis_server": redis_server_version(),
         }
         print_machine(machine)
-        async with sessions(directory, redis_url) as made:
+        async with readers(directory, redis_url) as made:
             results = await measure(made, plan, rng)
             await check_tiers(made)
     summaries = {cell: summarize(values) for cell, values in results.items()}
-    rows = []
-    for size in SIZES:
-        base = summaries[SQLITE_SESSION, size].p50_us
-        row = [f"{size:,}"]
-        for variant in VARIANTS:
-            p50 = summaries[variant, size].p50_us
-            row.append(us(p50) if variant == SQLITE_SESSION else f"{us(p50)} ({p50 / base:.2f}x)")
-        rows.append(row)
     print_table(
         f"get_items p50, µs ({plan.samples} samples per cell; x: of SQLiteSession's)",
-        ["items", *VARIANTS],
-        rows,
+        ["items", SQLITE_SESSION, *TIERS],
+        p50_rows(summaries, SQLITE_SESSION),
     )
     elapsed = time.perf_counter() - started
     print(f"measured in {elapsed:.1f} s")
@@ -207,30 +162,8 @@ async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
     }
 
 
-async def check_tiers(made: dict[tuple[str, int], Session]) -> None:
-    """Each agent-core variant was served by the tier it is named for."""
-    for (variant, size), session in made.items():
-        if not isinstance(session, AgentCoreSession):
-            continue
-        cache, thread = session.cache, session.session_id
-        if variant in EVICTED:
-            cache.evict_local(thread)
-        source = (await cache.read(thread)).source
-        expected = {L1: "l1", L2: "l2", STORE: "store"}[variant]
-        if source != expected:
-            raise RuntimeError(f"{variant}/{size}: read from {source}, not {expected}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few samples; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--seed", type=int, default=1, help="the visiting order's seed")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    document = run_benchmark("adapter_openai_agents", run(plan, mode, args.seed), args.json)
-    return 1 if document is None else 0
+    return adapter_main("adapter_openai_agents", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ Every agent-core cache is in the default bounded mode (``max_staleness`` 1 s).
 
 from __future__ import annotations
 
-import argparse
 import random
 import sqlite3
 import sys
@@ -42,6 +41,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 from pydantic_ai.messages import (
@@ -57,38 +57,25 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.usage import RequestUsage
 
-from _redis import private_redis, redis_server_version
-from _support import (
-    gc_paused,
-    local_machine,
-    print_machine,
-    print_table,
-    run_benchmark,
-    summarize,
-    us,
+from _adapter_bench import (
+    SIZES,
+    TIERS,
+    Cell,
+    Plan,
+    Reader,
+    check_tiers,
+    measure,
+    p50_rows,
+    thread_name,
+    tier_caches,
 )
-from agent_core import ConversationCache
+from _adapter_bench import main as adapter_main
+from _redis import private_redis, redis_server_version
+from _support import local_machine, print_machine, print_table, summarize
 from agent_core.integrations.pydantic_ai import AgentCoreMessageHistory
 
-SIZES: Final = (10, 100, 1_000)
 BASELINE: Final = "TypeAdapter + sqlite3"
-L1: Final = "agent-core, L1 hit"
-L2: Final = "agent-core, L2 hit"
-STORE: Final = "agent-core, store"
-VARIANTS: Final = (BASELINE, L1, L2, STORE)
-#: Variants whose thread is dropped from L1 before each sample.
-EVICTED: Final = (L2, STORE)
 START: Final = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    samples: int
-    warmup: int
-
-
-FULL: Final = Plan(samples=400, warmup=20)
-QUICK: Final = Plan(samples=15, warmup=2)
 
 
 def history(count: int) -> list[ModelMessage]:
@@ -138,83 +125,47 @@ class TypeAdapterSQLite:
         return [] if row is None else ModelMessagesTypeAdapter.validate_json(row[0])
 
 
-Cell = tuple[str, int]
+async def load_baseline(baseline: TypeAdapterSQLite, size: int) -> int:
+    return len(baseline.load(f"history-{size}"))
+
+
+async def load_history(history: AgentCoreMessageHistory) -> int:
+    return len(await history.load())
 
 
 @dataclass
 class Subjects:
-    baseline: TypeAdapterSQLite
+    readers: dict[Cell, Reader]
     histories: dict[Cell, AgentCoreMessageHistory]
-
-    async def load(self, cell: Cell) -> list[ModelMessage]:
-        if cell[0] == BASELINE:
-            return self.baseline.load(f"history-{cell[1]}")
-        return await self.histories[cell].load()
 
 
 @asynccontextmanager
 async def subjects(directory: str, redis_url: str) -> AsyncIterator[Subjects]:
     """The baseline and one filled agent-core history per (variant, size)."""
     async with AsyncExitStack() as stack:
-        local = await stack.enter_async_context(
-            ConversationCache.from_urls(store=f"sqlite:///{directory}/agent-core.db")
-        )
-        shared = await stack.enter_async_context(
-            ConversationCache.from_urls(
-                store=f"sqlite:///{directory}/agent-core-l2.db", redis=redis_url
-            )
-        )
+        caches = await stack.enter_async_context(tier_caches(directory, redis_url))
         baseline = TypeAdapterSQLite(f"{directory}/type-adapter.db")
         stack.callback(baseline.connection.close)
-        made = Subjects(baseline, {})
+        made = Subjects({}, {})
         for size in SIZES:
             messages = history(size)
             baseline.save(f"history-{size}", messages)
-            for variant, cache in ((L1, local), (L2, shared), (STORE, local)):
-                thread = f"{'store' if variant == STORE else 'history'}-{size}"
-                made.histories[variant, size] = AgentCoreMessageHistory(thread, cache)
-            await made.histories[L1, size].extend(messages)
-            await made.histories[L2, size].extend(messages)
-            await made.histories[STORE, size].extend(messages)
+            made.readers[BASELINE, size] = Reader(partial(load_baseline, baseline, size))
             expected = ModelMessagesTypeAdapter.dump_json(messages)
-            for variant in VARIANTS:
-                loaded = await made.load((variant, size))
-                if ModelMessagesTypeAdapter.dump_json(loaded) != expected:
+            if ModelMessagesTypeAdapter.dump_json(baseline.load(f"history-{size}")) != expected:
+                raise RuntimeError(f"{BASELINE}/{size}: loaded another history than saved")
+            for variant in TIERS:
+                thread = thread_name(variant, size, "history")
+                saved = made.histories[variant, size] = AgentCoreMessageHistory(
+                    thread, caches[variant]
+                )
+                await saved.extend(messages)
+                if ModelMessagesTypeAdapter.dump_json(await saved.load()) != expected:
                     raise RuntimeError(f"{variant}/{size}: loaded another history than saved")
+                made.readers[variant, size] = Reader(
+                    partial(load_history, saved), caches[variant], thread
+                )
         yield made
-
-
-async def measure(made: Subjects, plan: Plan, rng: random.Random) -> dict[Cell, list[int]]:
-    cells = [(variant, size) for variant in VARIANTS for size in SIZES]
-    samples: dict[Cell, list[int]] = {cell: [] for cell in cells}
-    clock = time.perf_counter_ns
-    with gc_paused():
-        for round_number in range(plan.warmup + plan.samples):
-            rng.shuffle(cells)
-            for cell in cells:
-                if cell[0] in EVICTED:
-                    history = made.histories[cell]
-                    history.cache.evict_local(history.thread_id)
-                started = clock()
-                loaded = await made.load(cell)
-                elapsed = clock() - started
-                if len(loaded) != cell[1]:
-                    raise RuntimeError(f"{cell}: loaded {len(loaded)} messages")
-                if round_number >= plan.warmup:
-                    samples[cell].append(elapsed)
-    return samples
-
-
-async def check_tiers(made: Subjects) -> None:
-    """Each agent-core variant was served by the tier it is named for."""
-    for (variant, size), history in made.histories.items():
-        cache, thread = history.cache, history.thread_id
-        if variant in EVICTED:
-            cache.evict_local(thread)
-        source = (await cache.read(thread)).source
-        expected = {L1: "l1", L2: "l2", STORE: "store"}[variant]
-        if source != expected:
-            raise RuntimeError(f"{variant}/{size}: read from {source}, not {expected}")
 
 
 async def stored_bytes(made: Subjects) -> dict[str, int]:
@@ -222,7 +173,8 @@ async def stored_bytes(made: Subjects) -> dict[str, int]:
     baseline) and agent-core's payload (the Chat Completions view plus that JSON)."""
     size = SIZES[-1]
     dumped = len(ModelMessagesTypeAdapter.dump_json(history(size)))
-    payloads = (await made.histories[L1, size].cache.get(f"history-{size}")).payloads
+    saved = made.histories[TIERS[0], size]
+    payloads = (await saved.cache.get(saved.thread_id)).payloads
     return {
         BASELINE: round(dumped / size),
         "agent-core": round(sum(map(len, payloads)) / size),
@@ -240,22 +192,14 @@ async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
         }
         print_machine(machine)
         async with subjects(directory, redis_url) as made:
-            results = await measure(made, plan, rng)
-            await check_tiers(made)
+            results = await measure(made.readers, plan, rng)
+            await check_tiers(made.readers)
             sizes = await stored_bytes(made)
     summaries = {cell: summarize(values) for cell, values in results.items()}
-    rows = []
-    for size in SIZES:
-        base = summaries[BASELINE, size].p50_us
-        row = [f"{size:,}"]
-        for variant in VARIANTS:
-            p50 = summaries[variant, size].p50_us
-            row.append(us(p50) if variant == BASELINE else f"{us(p50)} ({p50 / base:.2f}x)")
-        rows.append(row)
     print_table(
         f"load p50, µs ({plan.samples} samples per cell; x: of the baseline's)",
-        ["messages", *VARIANTS],
-        rows,
+        ["messages", BASELINE, *TIERS],
+        p50_rows(summaries, BASELINE),
     )
     print_table(
         "Stored bytes per message (1,000 messages)",
@@ -279,15 +223,7 @@ async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="few samples; a smoke run")
-    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE")
-    parser.add_argument("--seed", type=int, default=1, help="the visiting order's seed")
-    args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    mode = "quick" if args.quick else "full"
-    document = run_benchmark("adapter_pydantic_ai", run(plan, mode, args.seed), args.json)
-    return 1 if document is None else 0
+    return adapter_main("adapter_pydantic_ai", __doc__, run, argv)
 
 
 if __name__ == "__main__":
