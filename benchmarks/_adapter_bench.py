@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import random
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
-from _support import Summary, gc_paused, run_benchmark, us
+from _redis import private_redis, redis_server_version
+from _support import Summary, gc_paused, local_machine, print_machine, run_benchmark, us
 from agent_core import ConversationCache
 
 SIZES: Final = (10, 100, 1_000)
@@ -50,6 +52,20 @@ class Reader:
     read: Callable[[], Awaitable[int]]
     cache: ConversationCache | None = None
     thread: str = ""
+
+
+@contextmanager
+def bench_setup(*distributions: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """A private Redis, a temporary directory and the machine (printed): its URL, its
+    path and the machine's description."""
+    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
+        machine = {
+            **local_machine(*distributions),
+            "temp_dir": directory,
+            "redis_server": redis_server_version(),
+        }
+        print_machine(machine)
+        yield redis_url, directory, machine
 
 
 @asynccontextmanager

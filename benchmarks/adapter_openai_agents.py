@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import random
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -46,6 +45,7 @@ from _adapter_bench import (
     Cell,
     Plan,
     Reader,
+    bench_setup,
     check_tiers,
     measure,
     p50_rows,
@@ -53,8 +53,7 @@ from _adapter_bench import (
     tier_caches,
 )
 from _adapter_bench import main as adapter_main
-from _redis import private_redis, redis_server_version
-from _support import local_machine, print_machine, print_table, summarize
+from _support import print_table, summarize
 from agent_core.integrations.openai_agents import AgentCoreSession
 
 SQLITE_SESSION: Final = "SQLiteSession"
@@ -131,13 +130,7 @@ async def readers(directory: str, redis_url: str) -> AsyncIterator[dict[Cell, Re
 async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     started = time.perf_counter()
-    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
-        machine = {
-            **local_machine("openai-agents", "orjson"),
-            "temp_dir": directory,
-            "redis_server": redis_server_version(),
-        }
-        print_machine(machine)
+    with bench_setup("openai-agents", "orjson") as (redis_url, directory, machine):
         async with readers(directory, redis_url) as made:
             results = await measure(made, plan, rng)
             await check_tiers(made)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -63,6 +62,7 @@ from _adapter_bench import (
     Cell,
     Plan,
     Reader,
+    bench_setup,
     check_tiers,
     measure,
     p50_rows,
@@ -70,8 +70,7 @@ from _adapter_bench import (
     tier_caches,
 )
 from _adapter_bench import main as adapter_main
-from _redis import private_redis, redis_server_version
-from _support import local_machine, print_machine, print_table, summarize
+from _support import print_table, summarize
 from agent_core.integrations.pydantic_ai import AgentCoreMessageHistory
 
 BASELINE: Final = "TypeAdapter + sqlite3"
@@ -184,13 +183,11 @@ async def stored_bytes(made: Subjects) -> dict[str, int]:
 async def run(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     started = time.perf_counter()
-    with private_redis() as redis_url, tempfile.TemporaryDirectory(prefix="ac-bench-") as directory:
-        machine = {
-            **local_machine("pydantic-ai-slim", "pydantic", "pydantic-core", "orjson"),
-            "temp_dir": directory,
-            "redis_server": redis_server_version(),
-        }
-        print_machine(machine)
+    with bench_setup("pydantic-ai-slim", "pydantic", "pydantic-core", "orjson") as (
+        redis_url,
+        directory,
+        machine,
+    ):
         async with subjects(directory, redis_url) as made:
             results = await measure(made.readers, plan, rng)
             await check_tiers(made.readers)
