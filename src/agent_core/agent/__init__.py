@@ -7,10 +7,11 @@ from ._compaction import CompactionPolicy, CompactionStats
 from ._echo import EchoModel
 from ._memory import AgentLimiter, AgentMemory
 from ._models import ChatModel, ChatStream, Completion, StreamEvent, Usage
-from ._openai import OpenAIChatModel
+from ._openai import PROMPT_CACHE_RETENTIONS, OpenAIChatModel, PromptCacheRetention
 from ._reply import AgentReply, HistoryTier
 
 __all__ = [
+    "PROMPT_CACHE_RETENTIONS",
     "AgentLimiter",
     "AgentMemory",
     "AgentReply",
@@ -25,6 +26,7 @@ __all__ = [
     "EchoModel",
     "HistoryTier",
     "OpenAIChatModel",
+    "PromptCacheRetention",
     "StreamEvent",
     "Usage",
 ]

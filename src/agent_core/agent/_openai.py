@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
@@ -38,9 +38,12 @@ from ._models import (
     check_request,
 )
 
-__all__ = ["DEFAULT_BASE_URL", "OpenAIChatModel"]
+__all__ = ["DEFAULT_BASE_URL", "PROMPT_CACHE_RETENTIONS", "OpenAIChatModel", "PromptCacheRetention"]
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
+#: How long OpenAI keeps a cached prompt prefix: 5-10 minutes of inactivity, or up to a day.
+PromptCacheRetention = Literal["in_memory", "24h"]
+PROMPT_CACHE_RETENTIONS: Final = get_args(PromptCacheRetention)
 _RESERVED: Final = frozenset(
     {
         "model",
@@ -100,8 +103,8 @@ class OpenAIChatModel(HttpChatModel):
     still hits its cache (docs/DESIGN.md, "Cache-stable windows"). Retries (see the
     module's docs): at most ``max_retries``, waiting what the server asks up to
     ``max_retry_after`` seconds, else ``backoff`` seconds doubled per attempt up to
-    ``max_backoff``, with jitter. One
-    connection pool per instance: close it with `aclose` or ``async with``.
+    ``max_backoff``, with jitter. One connection pool per instance: close it with `aclose`
+    or ``async with``.
     """
 
     _provider = _PROVIDER
@@ -118,7 +121,7 @@ class OpenAIChatModel(HttpChatModel):
         max_backoff: float = 8.0,
         max_retry_after: float = 60.0,
         max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
-        prompt_cache_retention: Literal["in_memory", "24h"] | None = None,
+        prompt_cache_retention: PromptCacheRetention | None = None,
         extra_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -127,7 +130,7 @@ class OpenAIChatModel(HttpChatModel):
                 "max_tokens_param must be 'max_tokens' or 'max_completion_tokens', "
                 f"got {quote(max_tokens_param)}"
             )
-        if prompt_cache_retention not in (None, "in_memory", "24h"):
+        if prompt_cache_retention not in (None, *PROMPT_CACHE_RETENTIONS):
             raise InvalidArgument(
                 "prompt_cache_retention must be 'in_memory', '24h' or None (the provider's "
                 f"default), got {quote(prompt_cache_retention)}"

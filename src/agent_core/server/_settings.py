@@ -6,14 +6,21 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, cast
 
 from .._encryption import EncryptionKeys
 from .._env import env_value
 from .._quote import quote
 from .._urls import mask_url
 from .._validation import check_seconds
-from ..agent import AnthropicChatModel, ChatModel, EchoModel, OpenAIChatModel
+from ..agent import (
+    PROMPT_CACHE_RETENTIONS,
+    AnthropicChatModel,
+    ChatModel,
+    EchoModel,
+    OpenAIChatModel,
+    PromptCacheRetention,
+)
 from ..cache import ConversationCache
 from ..errors import ConfigurationError
 from ..messages import DEFAULT_MAX_MESSAGE_BYTES
@@ -116,7 +123,7 @@ class Settings:
             raise ConfigurationError(
                 f"window_strategy must be 'sliding' or 'stable', got {quote(self.window_strategy)}"
             )
-        if self.prompt_cache_retention not in (None, "in_memory", "24h"):
+        if self.prompt_cache_retention not in (None, *PROMPT_CACHE_RETENTIONS):
             raise ConfigurationError(
                 "prompt_cache_retention must be 'in_memory' or '24h' (or unset), got "
                 f"{quote(self.prompt_cache_retention)}"
@@ -166,12 +173,6 @@ class Settings:
         return "stable" if self.window_strategy == "stable" else "sliding"
 
     @property
-    def openai_cache_retention(self) -> Literal["in_memory", "24h"] | None:
-        """``prompt_cache_retention``, as `OpenAIChatModel` takes it (checked at construction)."""
-        value = self.prompt_cache_retention
-        return "24h" if value == "24h" else "in_memory" if value == "in_memory" else None
-
-    @property
     def token_model(self) -> str:
         """The model whose rules count prompts: ``model``, or gpt-4o for the echo model."""
         return _ECHO_TOKEN_MODEL if self.model == "echo" else self.model
@@ -200,7 +201,9 @@ class Settings:
             return EchoModel(token_model=_ECHO_TOKEN_MODEL)
         if self.model.strip().lower().startswith("claude"):
             return AnthropicChatModel(self.model)
-        return OpenAIChatModel(self.model, prompt_cache_retention=self.openai_cache_retention)
+        # Checked in __post_init__.
+        retention = cast("PromptCacheRetention | None", self.prompt_cache_retention)
+        return OpenAIChatModel(self.model, prompt_cache_retention=retention)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
