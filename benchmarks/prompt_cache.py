@@ -705,25 +705,28 @@ class Tally:
 
 
 class PrefixCache:
-    """OpenAI's prompt cache for one conversation: message-boundary prefixes, each live
-    for ``ttl_s`` after its last use."""
+    """OpenAI's prompt cache for one conversation: when each message-boundary prefix was
+    last used, so that one record answers for every retention."""
 
-    def __init__(self, ttl_s: float) -> None:
-        self.ttl_s = ttl_s
-        self.live: dict[int, float] = {}
+    def __init__(self, ttls: tuple[float, ...]) -> None:
+        self.ttls = ttls
+        self.used: dict[int, float] = {}
 
-    def bill(self, hashes: list[int], sums: list[int], now: float) -> int:
-        """The request's cached tokens; its prefixes are then cached."""
-        live = self.live
-        length = 0
-        while length < len(hashes) and live.get(hashes[length], -math.inf) >= now:
-            length += 1
-        expiry = now + self.ttl_s
+    def bill(self, hashes: list[int], sums: list[int], now: float) -> list[int]:
+        """The request's cached tokens under each of ``ttls``; its prefixes are then used."""
+        used = self.used
+        cached = []
+        for ttl in self.ttls:
+            length = 0
+            while length < len(hashes) and used.get(hashes[length], -math.inf) + ttl >= now:
+                length += 1
+            cached.append(floor_openai(sums[length - 1]) if length else 0)
         for chain in hashes:
-            live[chain] = expiry
-        if len(live) > 200_000:
-            self.live = {key: at for key, at in live.items() if at >= now}
-        return floor_openai(sums[length - 1]) if length else 0
+            used[chain] = now
+        if len(used) > 200_000:
+            oldest = now - max(self.ttls)
+            self.used = {key: at for key, at in used.items() if at >= oldest}
+        return cached
 
 
 class Biller:
@@ -736,8 +739,7 @@ class Biller:
         self.tally = Tally()
         self.tools_tokens = counter.count_messages([], TOOLS) - counter.reply_priming
         self.facts: dict[bytes, Facts] = {}
-        self.openai = PrefixCache(ttl_s)
-        self.openai_24h = PrefixCache(EXTENDED_TTL_S)
+        self.openai = PrefixCache((ttl_s, EXTENDED_TTL_S))
         self.previous: list[int] = []
         self.previous_at = -math.inf
         self.anthropic_live: dict[int, float] = {}
@@ -780,9 +782,9 @@ class Biller:
         expired = now - self.previous_at > self.ttl_s
         if common and not expired:
             tally.openai_cached_previous += floor_openai(sums[common - 1])
-        cached = self.openai.bill(hashes, sums, now)
+        cached, cached_24h = self.openai.bill(hashes, sums, now)
         tally.openai_cached += cached
-        tally.openai_cached_24h += self.openai_24h.bill(hashes, sums, now)
+        tally.openai_cached_24h += cached_24h
         uncached = total - cached
         # Why the tokens OpenAI bills in full were not cached.
         if not self.previous:
@@ -1123,10 +1125,7 @@ async def simulate(
             cell["relative"] = {
                 name: round(cost[name] / naive_cost[name], 4)
                 for name in (
-                    "anthropic",
-                    "openai90_24h",
-                    "openai90",
-                    "openai50",
+                    *(name for name, _ in PROVIDERS),
                     "openai90_previous",
                     "openai50_previous",
                     "anthropic_no_breakpoints",
